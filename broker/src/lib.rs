@@ -1,0 +1,9 @@
+//! Ordo's broker: the sans-IO group engine, the I/O shell around it, and
+//! (behind the `sim` feature) the deterministic simulator.
+//!
+//! Layout follows DESIGN.md: `engine/` is the protocol core (membership,
+//! reliability, delivery layers); `server/` serves clients over TCP;
+//! `shell/` owns sockets and drives the engine; `metrics` and `http` expose
+//! it to operators.
+
+pub mod engine;

@@ -1,0 +1,3 @@
+//! `ordo-broker`: the daemon.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `ordo`: the command-line tool.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Runnable programs that show Ordo at work; see `src/bin/`.

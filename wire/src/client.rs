@@ -1,0 +1,694 @@
+//! The client protocol: length-prefixed binary frames over TCP.
+//!
+//! Every frame is `u32 length | u8 kind | body`, big-endian, where `length`
+//! counts the kind byte and the body. A connection opens with
+//! [`Request::Hello`] naming the protocol version, answered by
+//! [`Reply::Welcome`] with the server's limits. Requests that expect an
+//! answer carry a `req` id echoed by [`Reply::Ok`] or [`Reply::Error`].
+//!
+//! Decoding is two steps, as in mini-redis: [`frame_len`] looks at the
+//! prefix without allocating (so "need more bytes" is not an error, and an
+//! oversized frame is refused before it is buffered), then the body is parsed
+//! from the split-off frame, with payloads sliced out of it without copying.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::buf::{
+    causal_context_len, put_bool, put_bytes, put_causal_context, put_origin, put_str, Reader,
+    ORIGIN_LEN,
+};
+use crate::types::{CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
+use crate::WireError;
+
+/// The client protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Default cap on a whole frame (prefix excluded), both directions.
+pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
+
+/// Default cap on a published payload.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
+
+/// Limits a server announces in its welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame the server accepts (length prefix excluded).
+    pub max_frame: u32,
+    /// Largest payload the server accepts in a publish.
+    pub max_payload: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// Frames a client sends to a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Opens the session; must be the first frame.
+    Hello {
+        version: u16,
+        token: Option<String>,
+        /// Free-form client name for logs.
+        name: String,
+    },
+    /// Declares a topic with its ordering.
+    Declare {
+        req: u64,
+        topic: String,
+        ordering: Ordering,
+        safe: bool,
+    },
+    /// Subscribes `sid` to a pattern (`.`-separated, `*` one token, `>` the rest).
+    Subscribe { req: u64, sid: u64, pattern: String },
+    /// Ends subscription `sid`.
+    Unsubscribe { req: u64, sid: u64 },
+    /// Publishes a message; with `confirm` the broker answers `Ok { req: confirm }`
+    /// once the message is safe (DESIGN.md "Confirmed publishes").
+    Publish {
+        confirm: Option<u64>,
+        topic: String,
+        /// Causal context the client carries from other brokers; may be empty.
+        context: CausalContext,
+        payload: Bytes,
+    },
+    /// Asks for the topic table.
+    ListTopics { req: u64 },
+    /// Asks for the current view.
+    Cluster { req: u64 },
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+}
+
+/// Frames a broker sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Accepts the session.
+    Welcome {
+        version: u16,
+        node: NodeId,
+        incarnation: Incarnation,
+        /// This connection's id at the broker; it is the `publisher` of its messages.
+        client_id: u64,
+        limits: Limits,
+    },
+    /// Request `req` succeeded.
+    Ok { req: u64 },
+    /// Request `req` failed (`req` 0: the connection as a whole).
+    Error {
+        req: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A message for subscription `sid`.
+    Message(Box<Delivery>),
+    /// Messages may be missing between two views for subscription `sid`.
+    Discontinuity {
+        sid: u64,
+        from_view: ViewId,
+        to_view: ViewId,
+        reason: String,
+    },
+    /// The topic table.
+    Topics { req: u64, topics: Vec<TopicInfo> },
+    /// The current view.
+    Cluster { req: u64, view: ClusterView },
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+}
+
+/// A delivered message with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub sid: u64,
+    pub topic: String,
+    pub ordering: Ordering,
+    /// The publishing connection's id at the origin broker.
+    pub publisher: u64,
+    pub origin: Origin,
+    /// The origin broker's sequence number for this message (per incarnation).
+    pub seq: Seq,
+    /// Causal context after this message; empty on non-causal topics.
+    pub context: CausalContext,
+    /// Position in the topic's total order; only on total topics.
+    pub gseq: Option<GlobalSeq>,
+    pub payload: Bytes,
+}
+
+/// One row of the topic table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub ordering: Ordering,
+    pub safe: bool,
+}
+
+/// The membership view as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    pub view_id: ViewId,
+    /// The broker answering.
+    pub this: Origin,
+    pub members: Vec<Origin>,
+    pub coordinator: NodeId,
+    /// The total-seq sequencer, if the view has one.
+    pub sequencer: Option<NodeId>,
+}
+
+/// Why a request or connection failed. Unknown codes survive a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The peer broke the protocol (bad frame, wrong first frame).
+    Protocol,
+    /// A frame exceeded the size limit.
+    FrameTooLarge,
+    /// A payload exceeded the size limit.
+    PayloadTooLarge,
+    /// A topic was declared with a different ordering or safety.
+    Conflict,
+    /// A topic name or pattern is not valid.
+    InvalidName,
+    /// The token is missing or wrong.
+    NotAuthorized,
+    /// A configured limit (connections, subscriptions) was reached.
+    Limit,
+    /// The client did not read fast enough and was disconnected.
+    SlowConsumer,
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// The request cannot be served now (e.g. no quorum for a total topic).
+    Unavailable,
+    /// Something failed inside the broker.
+    Internal,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::Protocol => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::PayloadTooLarge => 3,
+            ErrorCode::Conflict => 4,
+            ErrorCode::InvalidName => 5,
+            ErrorCode::NotAuthorized => 6,
+            ErrorCode::Limit => 7,
+            ErrorCode::SlowConsumer => 8,
+            ErrorCode::ShuttingDown => 9,
+            ErrorCode::Unavailable => 10,
+            ErrorCode::Internal => 11,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    pub fn from_code(c: u16) -> ErrorCode {
+        match c {
+            1 => ErrorCode::Protocol,
+            2 => ErrorCode::FrameTooLarge,
+            3 => ErrorCode::PayloadTooLarge,
+            4 => ErrorCode::Conflict,
+            5 => ErrorCode::InvalidName,
+            6 => ErrorCode::NotAuthorized,
+            7 => ErrorCode::Limit,
+            8 => ErrorCode::SlowConsumer,
+            9 => ErrorCode::ShuttingDown,
+            10 => ErrorCode::Unavailable,
+            11 => ErrorCode::Internal,
+            c => ErrorCode::Other(c),
+        }
+    }
+
+    /// A short lower-case name for messages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Protocol => "protocol error",
+            ErrorCode::FrameTooLarge => "frame too large",
+            ErrorCode::PayloadTooLarge => "payload too large",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::InvalidName => "invalid name",
+            ErrorCode::NotAuthorized => "not authorized",
+            ErrorCode::Limit => "limit reached",
+            ErrorCode::SlowConsumer => "slow consumer",
+            ErrorCode::ShuttingDown => "shutting down",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::Other(_) => "error",
+        }
+    }
+}
+
+// Frame kinds. Requests and replies have separate spaces so a frame sent the
+// wrong way is rejected as unknown.
+const K_HELLO: u8 = 0x01;
+const K_DECLARE: u8 = 0x02;
+const K_SUBSCRIBE: u8 = 0x03;
+const K_UNSUBSCRIBE: u8 = 0x04;
+const K_PUBLISH: u8 = 0x05;
+const K_LIST_TOPICS: u8 = 0x06;
+const K_CLUSTER: u8 = 0x07;
+const K_PING: u8 = 0x0e;
+const K_PONG: u8 = 0x0f;
+
+const K_WELCOME: u8 = 0x81;
+const K_OK: u8 = 0x82;
+const K_ERROR: u8 = 0x83;
+const K_MESSAGE: u8 = 0x84;
+const K_DISCONTINUITY: u8 = 0x85;
+const K_TOPICS: u8 = 0x86;
+const K_CLUSTER_VIEW: u8 = 0x87;
+const K_REPLY_PING: u8 = 0x8e;
+const K_REPLY_PONG: u8 = 0x8f;
+
+/// Looks at the start of `buf` without consuming it: `Ok(None)` if the
+/// length prefix is not complete, `Ok(Some(n))` with the body length
+/// otherwise (the whole frame is `LEN_PREFIX + n` bytes), or an error if the
+/// announced length is zero or above `max_frame`.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, WireError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    if len == 0 {
+        return Err(WireError::malformed("frame", "empty frame"));
+    }
+    Ok(Some(len))
+}
+
+/// Splits one whole frame body (kind byte first) off the front of `buf`,
+/// or returns `Ok(None)` and reserves room when more bytes are needed.
+fn split_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Bytes>, WireError> {
+    let Some(len) = frame_len(buf, max_frame)? else {
+        return Ok(None);
+    };
+    if buf.len() < LEN_PREFIX + len {
+        buf.reserve(LEN_PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LEN_PREFIX);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Writes `u32 length | body` where `body` is produced by `f`.
+fn put_frame(out: &mut BytesMut, f: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32(0);
+    f(out);
+    let len = (out.len() - start - LEN_PREFIX) as u32;
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+fn ordering(r: &mut Reader<'_>) -> Result<Ordering, WireError> {
+    let code = r.u8("ordering")?;
+    Ordering::from_code(code)
+        .ok_or_else(|| WireError::malformed("ordering", format!("unknown code {code}")))
+}
+
+fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, WireError> {
+    Ok(r.str(what)?.to_owned())
+}
+
+/// Slices length-prefixed bytes out of `frame` without copying.
+fn payload(r: &mut Reader<'_>, frame: &Bytes) -> Result<Bytes, WireError> {
+    let n = r.u32("payload")? as usize;
+    let start = r.position();
+    r.take(n, "payload")?;
+    Ok(frame.slice(start..start + n))
+}
+
+impl Request {
+    /// Appends this frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        put_frame(out, |out| match self {
+            Request::Hello {
+                version,
+                token,
+                name,
+            } => {
+                out.put_u8(K_HELLO);
+                out.put_u16(*version);
+                put_bool(out, token.is_some());
+                if let Some(t) = token {
+                    put_str(out, t);
+                }
+                put_str(out, name);
+            }
+            Request::Declare {
+                req,
+                topic,
+                ordering,
+                safe,
+            } => {
+                out.put_u8(K_DECLARE);
+                out.put_u64(*req);
+                put_str(out, topic);
+                out.put_u8(ordering.code());
+                put_bool(out, *safe);
+            }
+            Request::Subscribe { req, sid, pattern } => {
+                out.put_u8(K_SUBSCRIBE);
+                out.put_u64(*req);
+                out.put_u64(*sid);
+                put_str(out, pattern);
+            }
+            Request::Unsubscribe { req, sid } => {
+                out.put_u8(K_UNSUBSCRIBE);
+                out.put_u64(*req);
+                out.put_u64(*sid);
+            }
+            Request::Publish {
+                confirm,
+                topic,
+                context,
+                payload,
+            } => {
+                out.reserve(
+                    1 + 9 + 2 + topic.len() + causal_context_len(context) + 4 + payload.len(),
+                );
+                out.put_u8(K_PUBLISH);
+                put_bool(out, confirm.is_some());
+                if let Some(c) = confirm {
+                    out.put_u64(*c);
+                }
+                put_str(out, topic);
+                put_causal_context(out, context);
+                put_bytes(out, payload);
+            }
+            Request::ListTopics { req } => {
+                out.put_u8(K_LIST_TOPICS);
+                out.put_u64(*req);
+            }
+            Request::Cluster { req } => {
+                out.put_u8(K_CLUSTER);
+                out.put_u64(*req);
+            }
+            Request::Ping { nonce } => {
+                out.put_u8(K_PING);
+                out.put_u64(*nonce);
+            }
+            Request::Pong { nonce } => {
+                out.put_u8(K_PONG);
+                out.put_u64(*nonce);
+            }
+        });
+    }
+
+    /// Decodes one request from the front of `buf`. `Ok(None)`: need more
+    /// bytes (nothing consumed). An error means the stream cannot be trusted
+    /// any more; the caller reports it and closes the connection.
+    pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Request>, WireError> {
+        match split_frame(buf, max_frame)? {
+            Some(frame) => Request::parse(&frame).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Parses one frame body (kind byte first, no length prefix).
+    pub fn parse(frame: &Bytes) -> Result<Request, WireError> {
+        let mut r = Reader::new(frame);
+        let req = match r.u8("kind")? {
+            K_HELLO => Request::Hello {
+                version: r.u16("version")?,
+                token: r.opt("token", |r| string(r, "token"))?,
+                name: string(&mut r, "client name")?,
+            },
+            K_DECLARE => Request::Declare {
+                req: r.u64("req")?,
+                topic: string(&mut r, "topic")?,
+                ordering: ordering(&mut r)?,
+                safe: r.bool("safe")?,
+            },
+            K_SUBSCRIBE => Request::Subscribe {
+                req: r.u64("req")?,
+                sid: r.u64("sid")?,
+                pattern: string(&mut r, "pattern")?,
+            },
+            K_UNSUBSCRIBE => Request::Unsubscribe {
+                req: r.u64("req")?,
+                sid: r.u64("sid")?,
+            },
+            K_PUBLISH => Request::Publish {
+                confirm: r.opt("confirm", |r| r.u64("confirm"))?,
+                topic: string(&mut r, "topic")?,
+                context: r.causal_context()?,
+                payload: payload(&mut r, frame)?,
+            },
+            K_LIST_TOPICS => Request::ListTopics { req: r.u64("req")? },
+            K_CLUSTER => Request::Cluster { req: r.u64("req")? },
+            K_PING => Request::Ping {
+                nonce: r.u64("nonce")?,
+            },
+            K_PONG => Request::Pong {
+                nonce: r.u64("nonce")?,
+            },
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Reply {
+    /// Appends this frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        put_frame(out, |out| match self {
+            Reply::Welcome {
+                version,
+                node,
+                incarnation,
+                client_id,
+                limits,
+            } => {
+                out.put_u8(K_WELCOME);
+                out.put_u16(*version);
+                out.put_u32(node.0);
+                out.put_u64(incarnation.0);
+                out.put_u64(*client_id);
+                out.put_u32(limits.max_frame);
+                out.put_u32(limits.max_payload);
+            }
+            Reply::Ok { req } => {
+                out.put_u8(K_OK);
+                out.put_u64(*req);
+            }
+            Reply::Error { req, code, message } => {
+                out.put_u8(K_ERROR);
+                out.put_u64(*req);
+                out.put_u16(code.code());
+                put_str(out, message);
+            }
+            Reply::Message(d) => {
+                out.reserve(
+                    1 + 8
+                        + 2
+                        + d.topic.len()
+                        + 1
+                        + 8
+                        + ORIGIN_LEN
+                        + 8
+                        + causal_context_len(&d.context)
+                        + 9
+                        + 4
+                        + d.payload.len(),
+                );
+                out.put_u8(K_MESSAGE);
+                out.put_u64(d.sid);
+                put_str(out, &d.topic);
+                out.put_u8(d.ordering.code());
+                out.put_u64(d.publisher);
+                put_origin(out, d.origin);
+                out.put_u64(d.seq.0);
+                put_causal_context(out, &d.context);
+                put_bool(out, d.gseq.is_some());
+                if let Some(g) = d.gseq {
+                    out.put_u64(g.0);
+                }
+                put_bytes(out, &d.payload);
+            }
+            Reply::Discontinuity {
+                sid,
+                from_view,
+                to_view,
+                reason,
+            } => {
+                out.put_u8(K_DISCONTINUITY);
+                out.put_u64(*sid);
+                out.put_u64(from_view.0);
+                out.put_u64(to_view.0);
+                put_str(out, reason);
+            }
+            Reply::Topics { req, topics } => {
+                out.put_u8(K_TOPICS);
+                out.put_u64(*req);
+                out.put_u32(topics.len() as u32);
+                for t in topics {
+                    put_str(out, &t.name);
+                    out.put_u8(t.ordering.code());
+                    put_bool(out, t.safe);
+                }
+            }
+            Reply::Cluster { req, view } => {
+                out.put_u8(K_CLUSTER_VIEW);
+                out.put_u64(*req);
+                out.put_u64(view.view_id.0);
+                put_origin(out, view.this);
+                out.put_u32(view.members.len() as u32);
+                for m in &view.members {
+                    put_origin(out, *m);
+                }
+                out.put_u32(view.coordinator.0);
+                put_bool(out, view.sequencer.is_some());
+                if let Some(s) = view.sequencer {
+                    out.put_u32(s.0);
+                }
+            }
+            Reply::Ping { nonce } => {
+                out.put_u8(K_REPLY_PING);
+                out.put_u64(*nonce);
+            }
+            Reply::Pong { nonce } => {
+                out.put_u8(K_REPLY_PONG);
+                out.put_u64(*nonce);
+            }
+        });
+    }
+
+    /// Decodes one reply from the front of `buf`; see [`Request::decode`].
+    pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Reply>, WireError> {
+        match split_frame(buf, max_frame)? {
+            Some(frame) => Reply::parse(&frame).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Parses one frame body (kind byte first, no length prefix).
+    pub fn parse(frame: &Bytes) -> Result<Reply, WireError> {
+        let mut r = Reader::new(frame);
+        let reply = match r.u8("kind")? {
+            K_WELCOME => Reply::Welcome {
+                version: r.u16("version")?,
+                node: NodeId(r.u32("node")?),
+                incarnation: Incarnation(r.u64("incarnation")?),
+                client_id: r.u64("client id")?,
+                limits: Limits {
+                    max_frame: r.u32("max frame")?,
+                    max_payload: r.u32("max payload")?,
+                },
+            },
+            K_OK => Reply::Ok { req: r.u64("req")? },
+            K_ERROR => Reply::Error {
+                req: r.u64("req")?,
+                code: ErrorCode::from_code(r.u16("error code")?),
+                message: string(&mut r, "error message")?,
+            },
+            K_MESSAGE => Reply::Message(Box::new(Delivery {
+                sid: r.u64("sid")?,
+                topic: string(&mut r, "topic")?,
+                ordering: ordering(&mut r)?,
+                publisher: r.u64("publisher")?,
+                origin: r.origin()?,
+                seq: Seq(r.u64("seq")?),
+                context: r.causal_context()?,
+                gseq: r.opt("gseq", |r| r.u64("gseq").map(GlobalSeq))?,
+                payload: payload(&mut r, frame)?,
+            })),
+            K_DISCONTINUITY => Reply::Discontinuity {
+                sid: r.u64("sid")?,
+                from_view: ViewId(r.u64("from view")?),
+                to_view: ViewId(r.u64("to view")?),
+                reason: string(&mut r, "reason")?,
+            },
+            K_TOPICS => {
+                let req = r.u64("req")?;
+                let n = r.count(2 + 1 + 1, "topics")?;
+                let mut topics = Vec::with_capacity(n);
+                for _ in 0..n {
+                    topics.push(TopicInfo {
+                        name: string(&mut r, "topic")?,
+                        ordering: ordering(&mut r)?,
+                        safe: r.bool("safe")?,
+                    });
+                }
+                Reply::Topics { req, topics }
+            }
+            K_CLUSTER_VIEW => {
+                let req = r.u64("req")?;
+                let view_id = ViewId(r.u64("view id")?);
+                let this = r.origin()?;
+                let n = r.count(ORIGIN_LEN, "members")?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(r.origin()?);
+                }
+                let coordinator = NodeId(r.u32("coordinator")?);
+                let sequencer = r.opt("sequencer", |r| r.u32("sequencer").map(NodeId))?;
+                Reply::Cluster {
+                    req,
+                    view: ClusterView {
+                        view_id,
+                        this,
+                        members,
+                        coordinator,
+                        sequencer,
+                    },
+                }
+            }
+            K_REPLY_PING => Reply::Ping {
+                nonce: r.u64("nonce")?,
+            },
+            K_REPLY_PONG => Reply::Pong {
+                nonce: r.u64("nonce")?,
+            },
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_round_trips_and_slices_payload() {
+        let req = Request::Publish {
+            confirm: Some(9),
+            topic: "orders.eu".into(),
+            context: CausalContext::new(),
+            payload: Bytes::from_static(b"hello"),
+        };
+        let mut buf = BytesMut::new();
+        req.encode(&mut buf);
+        req.encode(&mut buf);
+        assert_eq!(Request::decode(&mut buf, 1024), Ok(Some(req.clone())));
+        assert_eq!(Request::decode(&mut buf, 1024), Ok(Some(req)));
+        assert_eq!(Request::decode(&mut buf, 1024), Ok(None));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let mut buf = BytesMut::from(&[0x00, 0x10, 0x00, 0x00][..]);
+        assert_eq!(
+            Request::decode(&mut buf, 1024),
+            Err(WireError::FrameTooLarge {
+                len: 0x0010_0000,
+                max: 1024
+            })
+        );
+    }
+}
