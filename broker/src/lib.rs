@@ -7,3 +7,6 @@
 //! it to operators.
 
 pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod shell;

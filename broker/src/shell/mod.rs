@@ -1,0 +1,3 @@
+//! The I/O shell: sockets, the engine driver task, and what moves work between them.
+
+pub mod transport;
