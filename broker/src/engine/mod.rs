@@ -65,6 +65,9 @@ pub struct Publish {
     pub context: CausalContext,
     pub payload: Bytes,
     pub confirm: Option<ConfirmToken>,
+    /// Wall-clock publish time at the origin (µs since the Unix epoch), set by
+    /// the shell; carried opaque to every delivery for latency metrics.
+    pub published_at_us: u64,
 }
 
 /// A message the engine delivers, in the order its topic's layer requires.
@@ -80,6 +83,8 @@ pub struct Delivered {
     /// On total topics, the message's position in the topic's order.
     pub gseq: Option<GlobalSeq>,
     pub payload: Bytes,
+    /// Copied from [`Publish::published_at_us`] at the origin.
+    pub published_at_us: u64,
 }
 
 /// The agreed membership view.
@@ -197,6 +202,7 @@ impl Engine {
             context,
             gseq: msg.ordering.is_total().then_some(GlobalSeq(seq.0)),
             payload: msg.payload,
+            published_at_us: msg.published_at_us,
         })));
         Ok(())
     }
