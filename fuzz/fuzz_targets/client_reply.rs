@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         let mut out = BytesMut::new();
         reply.encode(&mut out);
         let again = Reply::decode(&mut out, usize::MAX);
-        assert_eq!(again, Ok(Some(reply)), "re-encoded reply did not round-trip");
+        assert_eq!(
+            again,
+            Ok(Some(reply)),
+            "re-encoded reply did not round-trip"
+        );
         assert!(out.is_empty());
     }
 });

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         let mut out = BytesMut::new();
         req.encode(&mut out);
         let again = Request::decode(&mut out, usize::MAX);
-        assert_eq!(again, Ok(Some(req)), "re-encoded request did not round-trip");
+        assert_eq!(
+            again,
+            Ok(Some(req)),
+            "re-encoded request did not round-trip"
+        );
         assert!(out.is_empty());
     }
 });
