@@ -476,11 +476,10 @@ fn handshake(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("read: {e}"))?;
     match Reply::decode(&mut frame, 1 << 20) {
         Ok(Some(Reply::Welcome { .. })) => Ok(()),
-        Ok(Some(Reply::Error { code, .. }))
-            if code == ordo_wire::client::ErrorCode::NotAuthorized =>
-        {
-            Ok(())
-        }
+        Ok(Some(Reply::Error {
+            code: ordo_wire::client::ErrorCode::NotAuthorized,
+            ..
+        })) => Ok(()),
         other => Err(format!("unexpected handshake answer {other:?}")),
     }
 }
