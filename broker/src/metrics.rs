@@ -35,17 +35,6 @@ const ORDERINGS: [Ordering; 4] = [
     Ordering::TotalSeq,
 ];
 
-/// Reasons an inter-broker datagram is dropped (`ordo_datagrams_dropped_total{reason}`),
-/// pre-created so a dashboard shows zeros rather than gaps.
-pub const DROP_REASONS: [&str; 6] = [
-    "checksum",
-    "foreign_cluster",
-    "bad_version",
-    "malformed",
-    "unknown_kind",
-    "stale_incarnation",
-];
-
 /// Delivery-latency buckets in seconds: 100 µs (loopback) to 10 s (repair
 /// under heavy loss or a view change).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -57,68 +46,121 @@ const LATENCY_BUCKETS: [f64; 16] = [
 type StatField = fn(&Stats) -> u64;
 
 /// Counters whose value comes from the engine's cumulative [`Stats`]
-/// (name, help). All are exported from the start (at zero until wired).
+/// (name, help). All are exported from the start (at zero until they move).
 const ENGINE_CATALOG: &[(&str, &str)] = &[
-    (
-        "ordo_datagrams_sent_total",
-        "Datagrams multicast to the group (retransmissions included).",
-    ),
-    (
-        "ordo_datagrams_received_total",
-        "Datagrams received from the group, before validation.",
-    ),
-    (
-        "ordo_bytes_sent_total",
-        "Bytes of datagram payload multicast to the group.",
-    ),
-    (
-        "ordo_bytes_received_total",
-        "Bytes of datagram payload received from the group.",
-    ),
-    (
-        "ordo_naks_sent_total",
-        "NAKs (repair requests) this broker sent.",
-    ),
-    (
-        "ordo_naks_received_total",
-        "NAKs received from other members.",
-    ),
-    (
-        "ordo_naks_suppressed_total",
-        "NAKs not sent because another member already asked for the same range.",
-    ),
-    (
-        "ordo_retransmissions_sent_total",
-        "Messages retransmitted in answer to NAKs.",
-    ),
-    (
-        "ordo_gaps_detected_total",
-        "Sequence gaps detected (from data frames or heartbeat digests).",
-    ),
-    (
-        "ordo_gaps_repaired_total",
-        "Sequence gaps closed by a retransmission.",
-    ),
-    (
-        "ordo_unrecoverable_messages_total",
-        "Messages no member could retransmit any more (each forces a rejoin).",
-    ),
-    (
-        "ordo_flow_control_stalls_total",
-        "Times publishing paused because the send window or retransmit buffer was full.",
-    ),
+    ("ordo_datagrams_sent_total", "Datagrams multicast to the group (retransmissions included)."),
+    ("ordo_datagrams_received_total", "Datagrams received from the group, before validation."),
+    ("ordo_bytes_sent_total", "Bytes of datagrams multicast to the group."),
+    ("ordo_bytes_received_total", "Bytes of datagrams received from the group."),
+    ("ordo_duplicate_messages_total", "Messages received that this broker already had."),
+    ("ordo_naks_sent_total", "NAK frames (repair requests) this broker sent."),
+    ("ordo_naks_received_total", "NAK frames received from other members."),
+    ("ordo_naks_suppressed_total", "NAKs not sent because another member already asked for the same range."),
+    ("ordo_naks_rate_limited_total", "NAKs delayed by the NAK rate cap."),
+    ("ordo_retransmissions_sent_total", "Messages retransmitted in answer to NAKs (as origin or as another holder)."),
+    ("ordo_retransmissions_suppressed_total", "Retransmissions cancelled because another holder repaired first."),
+    ("ordo_gaps_detected_total", "Missing sequence numbers detected (from data frames or heartbeat digests)."),
+    ("ordo_gaps_repaired_total", "Missing sequence numbers later received."),
+    ("ordo_unrecoverable_messages_total", "Messages no member could retransmit any more (each forces a rejoin)."),
+    ("ordo_rejoins_total", "Rejoins as a new incarnation after an unrecoverable loss."),
+    ("ordo_flow_control_stalls_total", "Publishes refused for now because the send window or retransmit buffer was full (or a view change was in progress)."),
+    ("ordo_view_changes_total", "Membership views installed."),
+    ("ordo_fragmented_messages_total", "Messages split into fragments on send."),
+    ("ordo_fragments_sent_total", "Fragments sent for fragmented messages."),
+    ("ordo_heartbeats_sent_total", "Heartbeat (digest) frames sent."),
 ];
 
 /// Which `Stats` field feeds which counter: (metric, `reason` label for
-/// `ordo_datagrams_dropped_total` else "", field). One line per field; the
-/// engine's new fields are wired by adding lines here, e.g.
-/// `("ordo_naks_sent_total", "", |s| s.naks_sent)` or
-/// `("ordo_datagrams_dropped_total", "checksum", |s| s.dropped_checksum)`.
+/// `ordo_datagrams_dropped_total` else "", field). One line per field.
+/// `Stats::published`/`delivered`/`messages_*` are not here: the
+/// per-ordering message counters come from the shell (see `observe_publish`).
 const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_datagrams_sent_total", "", |s| s.datagrams_sent),
     ("ordo_datagrams_received_total", "", |s| {
         s.datagrams_received
     }),
+    ("ordo_bytes_sent_total", "", |s| s.bytes_sent),
+    ("ordo_bytes_received_total", "", |s| s.bytes_received),
+    ("ordo_datagrams_dropped_total", "checksum", |s| {
+        s.dropped_checksum
+    }),
+    ("ordo_datagrams_dropped_total", "foreign_cluster", |s| {
+        s.dropped_foreign_cluster
+    }),
+    ("ordo_datagrams_dropped_total", "bad_version", |s| {
+        s.dropped_bad_version
+    }),
+    ("ordo_datagrams_dropped_total", "malformed", |s| {
+        s.dropped_malformed
+    }),
+    ("ordo_datagrams_dropped_total", "unknown_kind", |s| {
+        s.dropped_unknown_kind
+    }),
+    ("ordo_datagrams_dropped_total", "stale_incarnation", |s| {
+        s.dropped_stale_incarnation
+    }),
+    ("ordo_datagrams_dropped_total", "not_member", |s| {
+        s.dropped_not_member
+    }),
+    ("ordo_datagrams_dropped_total", "wrong_view", |s| {
+        s.dropped_wrong_view
+    }),
+    ("ordo_datagrams_dropped_total", "buffer_full", |s| {
+        s.dropped_buffer_full
+    }),
+    ("ordo_duplicate_messages_total", "", |s| s.duplicates),
+    ("ordo_naks_sent_total", "", |s| s.naks_sent),
+    ("ordo_naks_received_total", "", |s| s.naks_received),
+    ("ordo_naks_suppressed_total", "", |s| s.naks_suppressed),
+    ("ordo_naks_rate_limited_total", "", |s| s.naks_rate_limited),
+    ("ordo_retransmissions_sent_total", "", |s| {
+        s.retransmissions_sent
+    }),
+    ("ordo_retransmissions_suppressed_total", "", |s| {
+        s.retransmissions_suppressed
+    }),
+    ("ordo_gaps_detected_total", "", |s| s.gaps_detected),
+    ("ordo_gaps_repaired_total", "", |s| s.gaps_repaired),
+    ("ordo_unrecoverable_messages_total", "", |s| s.unrecoverable),
+    ("ordo_rejoins_total", "", |s| s.rejoins),
+    ("ordo_flow_control_stalls_total", "", |s| {
+        s.flow_control_stalls
+    }),
+    ("ordo_view_changes_total", "", |s| s.view_changes),
+    ("ordo_fragmented_messages_total", "", |s| {
+        s.fragmented_messages
+    }),
+    ("ordo_fragments_sent_total", "", |s| s.fragments),
+    ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
+];
+
+/// Gauges copied from each snapshot: (name, help, field).
+const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
+    (
+        "ordo_retransmit_buffer_bytes",
+        "Bytes held in the retransmit buffer (own and others' messages).",
+        |s| s.retransmit_buffer_bytes,
+    ),
+    (
+        "ordo_retransmit_buffer_limit_bytes",
+        "Configured bound of the retransmit buffer in bytes.",
+        |s| s.retransmit_buffer_limit,
+    ),
+    (
+        "ordo_unstable_own_bytes",
+        "Bytes of this broker's own messages not yet stable (flow-controlled).",
+        |s| s.unstable_own_bytes,
+    ),
+    (
+        "ordo_out_of_order_messages",
+        "Received messages waiting for an earlier one.",
+        |s| s.out_of_order_messages,
+    ),
+    (
+        "ordo_reassembly_bytes",
+        "Bytes of fragments waiting for the rest of their message.",
+        |s| s.reassembly_bytes,
+    ),
 ];
 
 /// Every metric the broker exports, registered in its own registry.
@@ -127,12 +169,8 @@ pub struct Metrics {
     registry: Registry,
 
     datagrams_dropped: IntCounterVec,
-    retransmit_buffer_bytes: IntGauge,
-    retransmit_buffer_limit_bytes: IntGauge,
-
     view_id: IntGauge,
     view_members: IntGauge,
-    view_changes: IntCounter,
 
     published: IntCounterVec,
     delivered: IntCounterVec,
@@ -145,6 +183,8 @@ pub struct Metrics {
 
     /// Engine counters fed from [`Stats`], resolved from [`ENGINE_COUNTERS`].
     engine_counters: Vec<(StatField, IntCounter)>,
+    /// Engine gauges, from [`ENGINE_GAUGES`].
+    engine_gauges: Vec<(StatField, IntGauge)>,
     /// The previous snapshot, so each call adds only what is new.
     last: Mutex<Stats>,
 }
@@ -166,19 +206,16 @@ impl Metrics {
             "Received datagrams dropped without being acted on, by reason.",
             "reason",
         );
-        for reason in DROP_REASONS {
-            datagrams_dropped.with_label_values(&[reason]);
+        // Every reason the engine counts (and so every series) exists from the start.
+        for &(name, reason, _) in ENGINE_COUNTERS {
+            if name == "ordo_datagrams_dropped_total" {
+                datagrams_dropped.with_label_values(&[reason]);
+            }
         }
-        let retransmit_buffer_bytes = gauge(
-            r,
-            "ordo_retransmit_buffer_bytes",
-            "Bytes held in the retransmit buffer.",
-        );
-        let retransmit_buffer_limit_bytes = gauge(
-            r,
-            "ordo_retransmit_buffer_limit_bytes",
-            "Configured bound of the retransmit buffer in bytes.",
-        );
+        let engine_gauges = ENGINE_GAUGES
+            .iter()
+            .map(|&(name, help, field)| (field, gauge(r, name, help)))
+            .collect();
 
         let view_id = gauge(
             r,
@@ -186,11 +223,6 @@ impl Metrics {
             "Id of the installed membership view (0 before the first).",
         );
         let view_members = gauge(r, "ordo_view_members", "Members of the installed view.");
-        let view_changes = counter(
-            r,
-            "ordo_view_changes_total",
-            "Membership views installed here.",
-        );
 
         let published = counter_vec(
             r,
@@ -279,11 +311,8 @@ impl Metrics {
         Metrics {
             registry,
             datagrams_dropped,
-            retransmit_buffer_bytes,
-            retransmit_buffer_limit_bytes,
             view_id,
             view_members,
-            view_changes,
             published,
             delivered,
             delivery_latency,
@@ -292,6 +321,7 @@ impl Metrics {
             slow_consumer_disconnects,
             protocol_errors,
             engine_counters,
+            engine_gauges,
             last: Mutex::new(Stats::default()),
         }
     }
@@ -302,8 +332,8 @@ impl Metrics {
     /// that went *down* means the engine was replaced (a rejoin as a new
     /// incarnation starts from zero), so its whole value counts as new.
     ///
-    /// `Stats::published` and `Stats::delivered` are not read here: the
-    /// per-ordering counters come from [`Metrics::observe_publish`] and
+    /// `Stats::published`/`delivered` (and `messages_*`) are not read here:
+    /// the per-ordering counters come from [`Metrics::observe_publish`] and
     /// [`Metrics::observe_delivery`], which see each message's layer.
     pub fn observe_engine(&self, stats: &Stats) {
         // A poisoned lock only means another thread panicked mid-update; the
@@ -313,22 +343,18 @@ impl Metrics {
             let (now, before) = (field(stats), field(&last));
             counter.inc_by(if now >= before { now - before } else { now });
         }
-        self.retransmit_buffer_bytes
-            .set(clamp_i64(stats.retransmit_buffer_bytes));
+        for (field, gauge) in &self.engine_gauges {
+            gauge.set(clamp_i64(field(stats)));
+        }
         *last = stats.clone();
     }
 
-    /// Sets the configured retransmit-buffer bound (shown beside its occupancy).
-    pub fn set_retransmit_buffer_limit(&self, bytes: u64) {
-        self.retransmit_buffer_limit_bytes.set(clamp_i64(bytes));
-    }
-
-    /// Records a newly installed view (call on every `Event::ViewInstalled`).
+    /// Records the installed view (call on every `Event::ViewInstalled`;
+    /// the count of view changes comes from `Stats::view_changes`).
     pub fn set_view(&self, view_id: ViewId, members: usize) {
         self.view_id.set(clamp_i64(view_id.0));
         self.view_members
             .set(i64::try_from(members).unwrap_or(i64::MAX));
-        self.view_changes.inc();
     }
 
     /// Counts a message accepted from a local publisher.
@@ -484,7 +510,11 @@ mod tests {
         let mut s = Stats {
             datagrams_sent: 10,
             datagrams_received: 7,
+            naks_sent: 2,
+            dropped_checksum: 5,
+            view_changes: 1,
             retransmit_buffer_bytes: 4096,
+            retransmit_buffer_limit: 1 << 20,
             ..Stats::default()
         };
         m.observe_engine(&s);
@@ -493,7 +523,21 @@ mod tests {
         let text = m.render();
         assert_eq!(sample(&text, "ordo_datagrams_sent_total"), 10.0);
         assert_eq!(sample(&text, "ordo_datagrams_received_total"), 7.0);
+        assert_eq!(sample(&text, "ordo_naks_sent_total"), 2.0);
+        assert_eq!(
+            sample(&text, r#"ordo_datagrams_dropped_total{reason="checksum"}"#),
+            5.0
+        );
+        assert_eq!(
+            sample(&text, r#"ordo_datagrams_dropped_total{reason="malformed"}"#),
+            0.0
+        );
+        assert_eq!(sample(&text, "ordo_view_changes_total"), 1.0);
         assert_eq!(sample(&text, "ordo_retransmit_buffer_bytes"), 4096.0);
+        assert_eq!(
+            sample(&text, "ordo_retransmit_buffer_limit_bytes"),
+            1048576.0
+        );
 
         s.datagrams_sent = 25;
         s.retransmit_buffer_bytes = 0;
@@ -519,6 +563,25 @@ mod tests {
                 assert!(reason.is_empty());
             }
         }
+        // Every Stats field is wired (the Debug output names them all): a
+        // field the engine adds later fails here until it gets its line.
+        let debug = format!("{:?}", Stats::default());
+        let fields = debug.matches(": ").count();
+        let shell_side = [
+            "published",
+            "delivered",
+            "messages_published",
+            "messages_delivered",
+        ];
+        for f in shell_side {
+            assert!(debug.contains(&format!(" {f}: ")), "Stats lost {f}");
+        }
+        assert_eq!(
+            fields,
+            ENGINE_COUNTERS.len() + ENGINE_GAUGES.len() + shell_side.len(),
+            "a Stats field is not wired into ENGINE_COUNTERS/ENGINE_GAUGES: {debug}"
+        );
+
         // Every catalog counter is exported (at zero) before anything happens.
         let text = Metrics::new().render();
         for (name, _) in ENGINE_CATALOG {
@@ -544,7 +607,6 @@ mod tests {
         m.observe_delivery(Ordering::TotalSeq, Duration::from_millis(3));
         m.observe_delivery(Ordering::TotalSeq, Duration::from_secs(20));
         m.set_view(ViewId(4), 3);
-        m.set_retransmit_buffer_limit(1 << 20);
 
         let t = m.render();
         assert_eq!(sample(&t, "ordo_client_connections"), 1.0);
@@ -612,8 +674,6 @@ mod tests {
         );
         assert_eq!(sample(&t, "ordo_view_id"), 4.0);
         assert_eq!(sample(&t, "ordo_view_members"), 3.0);
-        assert_eq!(sample(&t, "ordo_view_changes_total"), 1.0);
-        assert_eq!(sample(&t, "ordo_retransmit_buffer_limit_bytes"), 1048576.0);
         assert_eq!(
             sample(
                 &t,
