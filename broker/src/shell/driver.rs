@@ -5,9 +5,10 @@
 //! All local delivery goes through the engine (`publish` → `Event::Deliver`),
 //! exactly as a message from another broker does, so the multicast engine
 //! slots in without reshaping the shell. Connections talk to the driver over
-//! one bounded channel that is only read while the engine can take a
-//! publish: when its send window is full, the channel fills, connection
-//! readers wait, and TCP backpressure slows the publishers.
+//! one bounded channel. A publish the engine cannot take (flow control)
+//! stalls, with every command after it, in a queue of at most one batch;
+//! while anything is stalled the channel is not read, so it fills,
+//! connection readers wait, and TCP backpressure slows the publishers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
 const COMMAND_BATCH: usize = 256;
 /// Datagrams taken from the socket per wake-up.
 const RECV_SLOTS: usize = 32;
+/// How long a graceful leave may take at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often engine counters are copied into the metrics.
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 
@@ -141,6 +144,10 @@ pub struct Driver {
     /// Commands taken off the channel that wait for the engine's window to
     /// reopen (a batch can overshoot it); at most one batch.
     stalled: VecDeque<Command>,
+    /// The engine refused a publish although `can_publish()` allowed it (a
+    /// large message can exceed what is left of the window): retry only
+    /// after the next input, which is what can free room, so as not to spin.
+    await_input: bool,
     last_metrics: Instant,
 }
 
@@ -183,6 +190,7 @@ impl Driver {
             transmit: Vec::new(),
             slow: Vec::new(),
             stalled: VecDeque::new(),
+            await_input: false,
             last_metrics: Instant::now(),
         };
         let handle = DriverHandle {
@@ -200,17 +208,20 @@ impl Driver {
         let mut cmds: Vec<Command> = Vec::with_capacity(COMMAND_BATCH);
         self.flush().await;
         loop {
-            let can_publish = self.engine.can_publish();
-            if can_publish && !self.stalled.is_empty() {
+            if !self.stalled.is_empty() && self.publish_open() {
                 let now = Instant::now();
-                while let Some(cmd) = self.stalled.pop_front() {
+                // Taken whole: a command that stalls again must stay ahead
+                // of the ones after it.
+                for cmd in std::mem::take(&mut self.stalled) {
                     self.command(cmd, now);
                 }
                 self.flush().await;
                 continue;
             }
-            // Read clients only while the engine can take their publishes.
-            let take_commands = can_publish && self.stalled.is_empty();
+            // Read clients while nothing waits for the engine's window: a
+            // publish it cannot take stalls (with everything after it), and
+            // then the channel fills and TCP backpressure reaches publishers.
+            let take_commands = self.stalled.is_empty();
             let deadline = self.engine.poll_timeout();
             tokio::select! {
                 biased;
@@ -232,6 +243,7 @@ impl Driver {
                         for datagram in recv.iter() {
                             self.engine.handle_datagram(datagram, now);
                         }
+                        self.await_input = false;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "multicast receive failed");
@@ -239,31 +251,61 @@ impl Driver {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                _ = sleep_until_opt(deadline) => self.engine.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(deadline) => {
+                    self.engine.handle_timeout(Instant::now());
+                    self.await_input = false;
+                }
             }
             self.flush().await;
         }
-        self.stop().await;
+        self.stop(&mut recv).await;
     }
 
-    /// Graceful stop: publish what clients already handed over, leave, flush.
-    async fn stop(&mut self) {
+    /// Graceful stop: publish what clients already handed over, leave the
+    /// group (driving the engine until it has left, bounded by
+    /// [`LEAVE_TIMEOUT`]), flush.
+    async fn stop(&mut self, recv: &mut RecvBatch) {
         let now = Instant::now();
-        let stalled: Vec<Command> = self.stalled.drain(..).collect();
-        for cmd in stalled {
+        for cmd in std::mem::take(&mut self.stalled) {
             self.command(cmd, now);
         }
         let mut taken = 0;
-        while self.engine.can_publish() && taken < self.config.command_queue {
+        while self.stalled.is_empty() && taken < self.config.command_queue {
             match self.commands.try_recv() {
                 Ok(cmd) => self.command(cmd, now),
                 Err(_) => break,
             }
             taken += 1;
         }
+        if !self.stalled.is_empty() {
+            tracing::warn!(
+                commands = self.stalled.len(),
+                "shutting down with publishes the engine could not take"
+            );
+        }
         self.flush().await;
         self.engine.leave(Instant::now());
         self.flush().await;
+        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+        while !self.engine.has_left() {
+            let timeout = self.engine.poll_timeout();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("leaving the group timed out; the others will notice our absence");
+                    break;
+                }
+                r = self.transport.recv_batch(recv) => {
+                    if r.is_ok() {
+                        let now = Instant::now();
+                        for datagram in recv.iter() {
+                            self.engine.handle_datagram(datagram, now);
+                        }
+                    }
+                }
+                _ = sleep_until_opt(timeout) => self.engine.handle_timeout(Instant::now()),
+            }
+            self.flush().await;
+        }
         let _ = self.health.send(Health::NotReady {
             node_id: self.engine.origin().node,
             reason: "shutting down".into(),
@@ -305,7 +347,7 @@ impl Driver {
     /// each client's order) while the engine cannot take a publish.
     fn command(&mut self, cmd: Command, now: Instant) {
         let blocked = !self.stalled.is_empty()
-            || (matches!(cmd, Command::Publish { .. }) && !self.engine.can_publish());
+            || (matches!(cmd, Command::Publish { .. }) && !self.publish_open());
         if blocked {
             self.stalled.push_back(cmd);
             return;
@@ -381,6 +423,11 @@ impl Driver {
         }
     }
 
+    /// Whether a publish may be offered to the engine now.
+    fn publish_open(&self) -> bool {
+        !self.await_input && self.engine.can_publish()
+    }
+
     fn subscribe(&mut self, conn: u64, req: u64, sid: u64, pattern: &str) -> Reply {
         let Some(state) = self.conns.get_mut(&conn) else {
             return Reply::Ok { req }; // gone; the answer is dropped anyway
@@ -435,8 +482,11 @@ impl Driver {
                 return;
             }
         };
+        // Kept (cheap: reference counts, and the context is usually empty)
+        // because a refused publish is handed back to us by value only.
+        let retry = (context.clone(), payload.clone());
         let msg = Publish {
-            topic: topic.name,
+            topic: Arc::clone(&topic.name),
             ordering: topic.spec.ordering,
             safe: topic.spec.safe,
             publisher: conn,
@@ -448,18 +498,16 @@ impl Driver {
         match self.engine.publish(msg, now) {
             Ok(()) => {}
             Err(PublishError::WouldBlock) => {
-                // command() checked can_publish(), which the engine promises
-                // is exact; should it ever disagree, say so instead of
-                // dropping the message silently.
-                tracing::error!("engine refused a publish after can_publish() allowed it");
-                self.reply(
+                // Flow control: hold it (and, through `stalled`, everything
+                // after it) until the engine has room again.
+                self.await_input = true;
+                self.stalled.push_back(Command::Publish {
                     conn,
-                    Reply::Error {
-                        req: confirm.unwrap_or(0),
-                        code: ErrorCode::Internal,
-                        message: "the broker's send window was full; the message was not published, retry it".into(),
-                    },
-                );
+                    confirm,
+                    topic: topic.name.to_string(),
+                    context: retry.0,
+                    payload: retry.1,
+                });
             }
             Err(PublishError::Unavailable(reason)) => self.reply(
                 conn,
@@ -511,12 +559,22 @@ impl Driver {
                 }
             }
             Event::ViewInstalled(view) => {
-                tracing::info!(view = %view.id, members = view.members.len(), "view installed");
-                let _ = self.health.send(Health::InView {
-                    node_id: self.engine.origin().node,
-                    view_id: view.id,
-                    members: view.members.iter().map(|m| m.node).collect(),
-                });
+                let node_id = self.engine.origin().node;
+                let health = if view.members.iter().any(|m| m.node == node_id) {
+                    tracing::info!(view = %view.id, members = view.members.len(), "view installed");
+                    Health::InView {
+                        node_id,
+                        view_id: view.id,
+                        members: view.members.iter().map(|m| m.node).collect(),
+                    }
+                } else {
+                    // The view of a group we left (or were excluded from).
+                    Health::NotReady {
+                        node_id,
+                        reason: format!("not a member of view {}", view.id),
+                    }
+                };
+                let _ = self.health.send(health);
             }
         }
     }
