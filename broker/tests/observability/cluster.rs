@@ -2,115 +2,71 @@
 //! and a small blocking client speaking the wire protocol to drive traffic.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use ordo_broker::testkit::{free_tcp_addr, BrokerProcess, ClusterSpec};
 use ordo_wire::client::{Reply, Request, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use ordo_wire::{CausalContext, Ordering};
 
-use super::http;
-use super::prometheus::free_port;
-
-/// One broker process; killed by PID when dropped.
-#[derive(Debug)]
-pub struct Broker {
-    pub node: u32,
-    pub client_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Broker {
-    /// Its stderr so far, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `n` brokers of one cluster with a name and group port of their own, so
-/// concurrent tests on the same host never hear each other.
+/// Up to `n` brokers of one fresh cluster (its own name and multicast
+/// group, so concurrent tests never hear each other), node ids 1..=n,
+/// started one by one so a test can watch members join. Their metrics
+/// addresses are chosen up front, so Prometheus can be told all of them
+/// before the last broker exists. Each [`BrokerProcess`] is killed by PID
+/// when dropped.
 #[derive(Debug)]
 pub struct Cluster {
-    pub brokers: Vec<Broker>,
-    _dir: tempfile::TempDir,
+    pub brokers: Vec<BrokerProcess>,
+    spec: ClusterSpec,
+    metrics: Vec<SocketAddr>,
+    loss_percent: u32,
 }
 
 impl Cluster {
-    /// Starts `n` brokers dropping `loss_percent`% of received datagrams and
-    /// waits until each one's `/healthz` shows a view of all `n`.
-    pub fn start(n: u32, loss_percent: u32, patience: Duration) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("ordo-obs-cluster")
-            .tempdir()
-            .expect("temp dir for broker logs");
-        let group_port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .expect("a free UDP port for the group");
-        let group = format!("239.255.77.1:{group_port}");
-        let cluster = format!("obs-{}-{group_port}", std::process::id());
-        let brokers = (1..=n)
-            .map(|node| {
-                let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                let metrics_addr: SocketAddr =
-                    format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                let log = dir.path().join(format!("broker-{node}.log"));
-                let child = Command::new(env!("CARGO_BIN_EXE_ordo-broker"))
-                    .args(["--node-id", &node.to_string()])
-                    .args(["--cluster", &cluster])
-                    .args(["--group", &group])
-                    .args(["--iface", "127.0.0.1"])
-                    .args(["--listen", &client_addr.to_string()])
-                    .args(["--metrics", &metrics_addr.to_string()])
-                    .args(["--inject-loss-percent", &loss_percent.to_string()])
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log).expect("broker log file"))
-                    .spawn()
-                    .expect("spawn ordo-broker");
-                Broker {
-                    node,
-                    client_addr,
-                    metrics_addr,
-                    child,
-                    log,
-                }
-            })
-            .collect();
-        let mut cluster = Cluster { brokers, _dir: dir };
-        cluster.wait_for_view(n as usize, patience);
-        cluster
+    /// Plans `n` brokers, each dropping `loss_percent`% of the datagrams it
+    /// receives; none is started yet.
+    pub fn plan(n: u32, loss_percent: u32) -> Cluster {
+        Cluster {
+            brokers: Vec::new(),
+            spec: ClusterSpec::new(),
+            metrics: (0..n).map(|_| free_tcp_addr()).collect(),
+            loss_percent,
+        }
     }
 
-    fn wait_for_view(&mut self, members: usize, patience: Duration) {
+    /// Starts the next planned broker and waits until it serves clients.
+    pub fn start_next(&mut self) {
+        let i = self.brokers.len();
+        let mut b = BrokerProcess::builder()
+            .binary(env!("CARGO_BIN_EXE_ordo-broker"))
+            .cluster(&self.spec)
+            .args([
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--metrics".to_string(),
+                self.metrics[i].to_string(),
+            ]);
+        if self.loss_percent > 0 {
+            b = b.args([
+                "--inject-loss-percent".to_string(),
+                self.loss_percent.to_string(),
+            ]);
+        }
+        self.brokers.push(b.start());
+    }
+
+    /// Waits until every started broker's `/healthz` shows a view of all of them.
+    pub fn wait_for_view(&self, patience: Duration) {
+        let members = self.brokers.len();
         let deadline = Instant::now() + patience;
-        for i in 0..self.brokers.len() {
+        for (i, b) in self.brokers.iter().enumerate() {
             loop {
-                // A broker that exited will never answer: say so at once.
-                if let Ok(Some(status)) = self.brokers[i].child.try_wait() {
-                    panic!(
-                        "broker {} exited ({status}) before joining; logs:\n{}",
-                        self.brokers[i].node,
-                        self.logs()
-                    );
-                }
-                let b = &self.brokers[i];
-                let health = http::get(b.metrics_addr, "/healthz");
+                let health = b.http_get("/healthz");
                 if let Ok((200, body)) = &health {
                     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| {
-                        panic!("/healthz of broker {} not JSON ({e}): {body}", b.node)
+                        panic!("/healthz of broker {} not JSON ({e}): {body}", i + 1)
                     });
                     if v["members"].as_array().map(Vec::len) == Some(members) {
                         break;
@@ -118,21 +74,17 @@ impl Cluster {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "broker {} never reached a view of {members} (last /healthz: {health:?}); logs:\n{}",
-                    b.node,
-                    self.logs()
+                    "broker {} never reached a view of {members} (last /healthz: {health:?})",
+                    i + 1
                 );
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
 
-    /// Every broker's log, for failure messages.
-    pub fn logs(&self) -> String {
-        self.brokers
-            .iter()
-            .map(|b| format!("--- broker {} ---\n{}", b.node, b.log()))
-            .collect()
+    /// Every planned broker's `/metrics` address, started or not.
+    pub fn metrics_addrs(&self) -> &[SocketAddr] {
+        &self.metrics
     }
 }
 
