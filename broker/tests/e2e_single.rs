@@ -417,3 +417,71 @@ ordering = "causal"
     assert_eq!(c.node, NodeId(33));
     assert_eq!(c.limits.max_payload, 2048);
 }
+
+#[tokio::test]
+async fn connection_limit_refuses_with_a_reason() {
+    let b = start(&["--max-connections", "1"]);
+    // The start-up probe may still hold the only slot for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _first = loop {
+        match Client::connect_with_token(b.addr(), None).await {
+            Ok(c) => break c,
+            Err(r) => {
+                assert_error(&r, ErrorCode::Limit, &["--max-connections"]);
+                assert!(Instant::now() < deadline, "the slot never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut second = Client::raw(b.addr()).await;
+    let frames = second.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Limit, &["--max-connections"]);
+}
+
+#[tokio::test]
+async fn flow_control_slows_publishers_without_losing_anything() {
+    // A small retransmit buffer closes the engine's send window often.
+    let b = start(&["--retransmit-buffer-bytes", "64KiB"]);
+    let mut sub = Client::connect(b.addr()).await;
+    sub.subscribe(1, "flow").await;
+    let mut p = Client::connect(b.addr()).await;
+    const N: usize = 600;
+    let body = vec![b'f'; 1024];
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = (i as u32).to_be_bytes().to_vec();
+            payload.extend_from_slice(&body);
+            p.publish("flow", payload).await;
+        }
+        let r = p.publish_confirmed("flow", "end").await;
+        assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    });
+    for i in 0..N {
+        let m = sub.message().await;
+        assert_eq!(&m.payload[..4], &(i as u32).to_be_bytes(), "message {i}");
+    }
+    assert_eq!(sub.message().await.payload, Bytes::from("end"));
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_unsubscribe_stops_delivery() {
+    let b = start(&[]);
+    let mut c = Client::connect(b.addr()).await;
+    c.send(&Request::Ping { nonce: 42 }).await;
+    assert_eq!(c.recv().await, Some(Reply::Pong { nonce: 42 }));
+    c.subscribe(5, "u.*").await;
+    c.publish("u.a", "one").await;
+    assert_eq!(c.message().await.payload, Bytes::from("one"));
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert_error(&r, ErrorCode::InvalidName, &["no subscription"]);
+    c.publish("u.a", "two").await;
+    c.subscribe(6, "u.b").await;
+    c.publish("u.b", "three").await;
+    // "two" went to nobody: the next message is "three" on the new sid.
+    let m = c.message().await;
+    assert_eq!((m.sid, m.payload), (6, Bytes::from("three")));
+}

@@ -163,14 +163,24 @@ impl Driver {
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
         let mut registry = TopicRegistry::new(config.default_ordering);
+        if let Some(missing) = unbuilt(TopicSpec {
+            ordering: config.default_ordering,
+            safe: false,
+        }) {
+            tracing::warn!(
+                "--default-ordering {} is inactive: {missing}",
+                config.default_ordering
+            );
+        }
         for t in &config.topics {
-            registry.declare(
-                &t.name,
-                TopicSpec {
-                    ordering: t.ordering,
-                    safe: t.safe,
-                },
-            )?;
+            let spec = TopicSpec {
+                ordering: t.ordering,
+                safe: t.safe,
+            };
+            registry.declare(&t.name, spec)?;
+            if let Some(missing) = unbuilt(spec) {
+                tracing::warn!(topic = %t.name, "configured topic is {spec}, partly inactive: {missing}");
+            }
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
@@ -382,6 +392,9 @@ impl Driver {
                 let reply = match self.registry.declare(&topic, spec) {
                     Ok(Declared::New) => {
                         tracing::info!(topic = %topic, ordering = %spec.ordering, safe = spec.safe, "topic declared");
+                        if let Some(missing) = unbuilt(spec) {
+                            tracing::warn!(topic = %topic, "topic declared {spec}, partly inactive: {missing}");
+                        }
                         Reply::Ok { req }
                     }
                     Ok(Declared::Existing) => Reply::Ok { req },
@@ -618,6 +631,30 @@ impl Driver {
     /// How many connections the driver serves (for tests and logs).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+/// What of a topic's guarantee the engine does not provide yet, if anything.
+///
+/// Mirrors the engine's delivery layers (`engine/delivery/mod.rs`,
+/// `layer_for`): today every ordering is served FIFO and safe topics only
+/// delay confirmations. Update this as the causal, total and safe layers land.
+fn unbuilt(spec: TopicSpec) -> Option<String> {
+    let ordering = match spec.ordering {
+        ordo_wire::Ordering::Fifo => None,
+        o => Some(format!(
+            "the {o} delivery layer is not built yet, so its messages are delivered FIFO per publisher{}",
+            if o.is_total() { " without a gseq" } else { "" }
+        )),
+    };
+    let safe = spec.safe.then_some(
+        "safe delivery (held until every member has the message) is not built yet; only confirmations wait for every member",
+    );
+    match (ordering, safe) {
+        (None, None) => None,
+        (Some(o), None) => Some(o),
+        (None, Some(s)) => Some(s.to_string()),
+        (Some(o), Some(s)) => Some(format!("{o}; {s}")),
     }
 }
 
