@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+use ordo_wire::client::{frame_len, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
 use ordo_wire::WireError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -116,19 +116,32 @@ impl Reader<'_> {
         let handshake_deadline = Instant::now() + self.ctx.config.handshake_timeout;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            // Handle every complete frame already buffered.
-            loop {
+            // Handle every complete frame already buffered. The length
+            // prefix is checked first so an announced frame is refused
+            // before buffering, and memory grows only with bytes that
+            // actually arrived (decode would reserve the whole announced
+            // frame at once, letting a client pin max_frame for free).
+            let missing = loop {
+                match frame_len(&buf, max_frame) {
+                    Err(e) => return self.bad_frame(e),
+                    Ok(None) => break LEN_PREFIX - buf.len(),
+                    Ok(Some(n)) if buf.len() < LEN_PREFIX + n => break LEN_PREFIX + n - buf.len(),
+                    Ok(Some(_)) => {}
+                }
                 match Request::decode(&mut buf, max_frame) {
                     Ok(Some(req)) => match self.handle(req).await {
                         Flow::Continue => {}
                         Flow::Stop(fatal) => return fatal,
                     },
-                    Ok(None) => break,
+                    Ok(None) => break READ_CHUNK,
                     Err(e) => return self.bad_frame(e),
                 }
-            }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(READ_CHUNK);
+            };
+            // Room for what the current frame still needs, within one chunk,
+            // and never so little that a busy stream is read in dribbles.
+            let want = missing.clamp(4096, READ_CHUNK);
+            if buf.capacity() - buf.len() < want {
+                buf.reserve(want);
             }
             let read = tokio::select! {
                 biased;
@@ -432,9 +445,10 @@ async fn write_loop(
             return;
         }
         let mut close = false;
+        let mut released = 0;
         'fill: loop {
             for item in batch.drain(..) {
-                rx.release(item.charge());
+                released += item.charge();
                 if !item.encode(&mut out) {
                     close = true;
                     break 'fill;
@@ -455,6 +469,8 @@ async fn write_loop(
             }
         }
         batch.clear();
+        // One atomic update per batch, not per frame.
+        rx.release(released);
         while !out.is_empty() {
             tokio::select! {
                 biased;
