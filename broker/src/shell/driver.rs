@@ -233,19 +233,16 @@ impl Driver {
             // then the channel fills and TCP backpressure reaches publishers.
             let take_commands = self.stalled.is_empty();
             let deadline = self.engine.poll_timeout();
+            // Order matters under load: timers and the group's datagrams
+            // (acks, NAKs, digests that reopen the window) come before more
+            // client work, so a busy publisher cannot starve the protocol.
             tokio::select! {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => break,
                 Some(conn) = self.gone.recv() => self.drop_conn(conn),
-                n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
-                    if n == 0 {
-                        // Every handle is gone: nothing can reach us any more.
-                        break;
-                    }
-                    let now = Instant::now();
-                    for cmd in cmds.drain(..) {
-                        self.command(cmd, now);
-                    }
+                _ = sleep_until_opt(deadline) => {
+                    self.engine.handle_timeout(Instant::now());
+                    self.await_input = false;
                 }
                 r = self.transport.recv_batch(&mut recv) => match r {
                     Ok(_) => {
@@ -261,9 +258,15 @@ impl Driver {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                _ = sleep_until_opt(deadline) => {
-                    self.engine.handle_timeout(Instant::now());
-                    self.await_input = false;
+                n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
+                    if n == 0 {
+                        // Every handle is gone: nothing can reach us any more.
+                        break;
+                    }
+                    let now = Instant::now();
+                    for cmd in cmds.drain(..) {
+                        self.command(cmd, now);
+                    }
                 }
             }
             self.flush().await;
