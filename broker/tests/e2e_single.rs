@@ -485,3 +485,32 @@ async fn ping_is_answered_and_unsubscribe_stops_delivery() {
     let m = c.message().await;
     assert_eq!((m.sid, m.payload), (6, Bytes::from("three")));
 }
+
+#[tokio::test]
+async fn subscription_limit_and_duplicate_ids_are_refused() {
+    let b = start(&["--max-subscriptions", "2"]);
+    let mut c = Client::connect(b.addr()).await;
+    c.subscribe(1, "a").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 1,
+            pattern: "b".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Protocol, &["already in use"]);
+    c.subscribe(2, "b").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 3,
+            pattern: "c".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Limit, &["--max-subscriptions"]);
+    // The limit is per connection.
+    let mut other = Client::connect(b.addr()).await;
+    other.subscribe(3, "c").await;
+    other.publish("c", "ok").await;
+    assert_eq!(other.message().await.payload, Bytes::from("ok"));
+}
