@@ -86,7 +86,7 @@ pub struct BrokerBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     rust_log: Option<String>,
-    wait_health: bool,
+    skip_health: bool,
 }
 
 impl BrokerBuilder {
@@ -126,15 +126,17 @@ impl BrokerBuilder {
         self
     }
 
-    /// Also waits until `GET /healthz` answers 200 (the broker is in a view).
-    /// Off by default so a broker whose metrics endpoint is not up still starts.
+    /// Whether start-up also waits until `GET /healthz` answers 200 (the
+    /// broker is in a view). On by default; turn it off to observe a broker
+    /// that is not (yet) in a view.
     pub fn wait_healthy(mut self, yes: bool) -> Self {
-        self.wait_health = yes;
+        self.skip_health = !yes;
         self
     }
 
-    /// Starts the broker and waits until it accepts a handshake; panics with
-    /// the broker's stderr if it does not within [`START_TIMEOUT`].
+    /// Starts the broker and waits until it accepts a handshake and its
+    /// `/healthz` answers 200; panics with the broker's stderr if it does not
+    /// within [`START_TIMEOUT`].
     pub fn start(self) -> BrokerProcess {
         match self.try_start() {
             Ok(b) => b,
@@ -227,7 +229,7 @@ impl BrokerBuilder {
             args,
             token,
         };
-        broker.wait_ready(self.wait_health)?;
+        broker.wait_ready(!self.skip_health)?;
         Ok(broker)
     }
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{assert_error, broker, start, Client};
+use common::{assert_error, broker, metric, start, Client};
 use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
 use ordo_wire::{CausalContext, NodeId, Ordering, Seq};
 use tokio::io::AsyncWriteExt;
@@ -197,9 +197,15 @@ async fn slow_consumer_is_disconnected_while_fast_one_gets_everything() {
         );
     }
 
-    // The broker still serves the others.
+    // The broker still serves the others, and counted the disconnect.
     p.publish("load", Bytes::from_static(b"after")).await;
     assert_eq!(fast.message().await.payload, Bytes::from_static(b"after"));
+    assert_eq!(metric(&b, "ordo_slow_consumer_disconnects_total"), 1.0);
+    assert_eq!(
+        metric(&b, "ordo_subscriptions"),
+        1.0,
+        "the slow one's subscription is gone"
+    );
 }
 
 #[tokio::test]
@@ -280,6 +286,21 @@ async fn bad_clients_are_dropped_alone() {
     let r = publisher.publish_confirmed("steady", "last").await;
     assert!(matches!(r, Reply::Ok { .. }));
     assert_eq!(sub.message().await.payload, Bytes::from("last"));
+
+    // Each drop was counted under its reason.
+    for (reason, n) in [
+        ("undecodable_frame", 2.0),
+        ("truncated_frame", 1.0),
+        ("frame_too_large", 1.0),
+        ("not_hello", 1.0),
+    ] {
+        let series = format!("ordo_protocol_errors_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&b, &series), n, "{series}");
+    }
+    assert_eq!(
+        metric(&b, "ordo_messages_published_total{ordering=\"fifo\"}"),
+        (N + 1) as f64
+    );
 }
 
 #[tokio::test]
@@ -322,6 +343,9 @@ async fn sigterm_exits_zero_promptly_and_tells_clients() {
     let mut b = start(&[]);
     let mut c = Client::connect(b.addr()).await;
     c.subscribe(1, "x").await;
+    let (code, body) = b.http_get("/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("{}", c.node.0)), "{body}");
     let t0 = Instant::now();
     b.terminate();
     let status = b
@@ -437,6 +461,7 @@ async fn connection_limit_refuses_with_a_reason() {
     let frames = second.drain_to_eof().await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_error(&frames[0], ErrorCode::Limit, &["--max-connections"]);
+    assert!(metric(&b, "ordo_client_connections_refused_total") >= 1.0);
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::outbox::{outbox, Out, Outbox, OutboxReceiver, PushError};
-use super::{ServerCtx, ServerStats};
+use super::ServerCtx;
 use crate::shell::driver::Command;
 use crate::topics::TopicSpec;
 
@@ -147,7 +147,7 @@ impl Reader<'_> {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => return false,
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("handshake_timeout");
                     return self.fatal(
                         ErrorCode::Protocol,
                         format!(
@@ -161,7 +161,7 @@ impl Reader<'_> {
             match read {
                 Ok(0) if buf.is_empty() => return false,
                 Ok(0) => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("truncated_frame");
                     tracing::info!(conn = self.conn, peer = %self.peer, pending = buf.len(),
                         "client closed in the middle of a frame");
                     // The client may still read (half-close), so say why.
@@ -184,10 +184,10 @@ impl Reader<'_> {
 
     /// Answers an undecodable frame and stops.
     fn bad_frame(&self, e: WireError) -> bool {
-        let stats = &self.ctx.stats;
+        let metrics = &self.ctx.metrics;
         let (code, message) = match &e {
             WireError::FrameTooLarge { len, max } => {
-                ServerStats::bump(&stats.frames_too_large);
+                metrics.protocol_error("frame_too_large");
                 (
                     ErrorCode::FrameTooLarge,
                     format!(
@@ -197,7 +197,7 @@ impl Reader<'_> {
                 )
             }
             other => {
-                ServerStats::bump(&stats.protocol_errors);
+                metrics.protocol_error("undecodable_frame");
                 (
                     ErrorCode::Protocol,
                     format!(
@@ -234,7 +234,7 @@ impl Reader<'_> {
             Ok(()) => Flow::Continue,
             Err(PushError::Full) => {
                 // Our own answers overflowing the queue is slow consumption too.
-                ServerStats::bump(&self.ctx.stats.slow_consumers);
+                self.ctx.metrics.slow_consumer();
                 self.outbox.kill();
                 Flow::Stop(false)
             }
@@ -261,7 +261,7 @@ impl Reader<'_> {
                     name,
                 } => self.hello(version, token, name).await,
                 other => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("not_hello");
                     Flow::Stop(self.fatal(
                         ErrorCode::Protocol,
                         format!("the first frame must be Hello, got {}", kind(&other)),
@@ -271,7 +271,7 @@ impl Reader<'_> {
         }
         match req {
             Request::Hello { .. } => {
-                ServerStats::bump(&self.ctx.stats.protocol_errors);
+                self.ctx.metrics.protocol_error("repeated_hello");
                 Flow::Stop(self.fatal(
                     ErrorCode::Protocol,
                     "Hello was already sent on this connection; send it once".into(),
@@ -285,7 +285,7 @@ impl Reader<'_> {
             } => {
                 let max = self.ctx.config.limits.max_payload as usize;
                 if payload.len() > max {
-                    ServerStats::bump(&self.ctx.stats.payloads_too_large);
+                    self.ctx.metrics.protocol_error("payload_too_large");
                     return self.refuse(
                         confirm.unwrap_or(0),
                         ErrorCode::PayloadTooLarge,
@@ -345,7 +345,7 @@ impl Reader<'_> {
     async fn hello(&mut self, version: u16, token: Option<String>, name: String) -> Flow {
         let ctx = self.ctx;
         if version != PROTOCOL_VERSION {
-            ServerStats::bump(&ctx.stats.protocol_errors);
+            ctx.metrics.protocol_error("version");
             return Flow::Stop(self.fatal(
                 ErrorCode::Protocol,
                 format!(
@@ -363,7 +363,7 @@ impl Reader<'_> {
                 Some(_) => None,
             };
             if let Some(problem) = problem {
-                ServerStats::bump(&ctx.stats.auth_failures);
+                ctx.metrics.protocol_error("not_authorized");
                 tracing::warn!(conn = self.conn, peer = %self.peer, "handshake refused: bad or missing token");
                 return Flow::Stop(self.fatal(ErrorCode::NotAuthorized, problem.into()));
             }

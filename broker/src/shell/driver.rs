@@ -22,9 +22,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::TopicDecl;
 use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
 use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{latency_since, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
-use crate::server::ServerStats;
 use crate::shell::transport::{RecvBatch, Transport};
 use crate::subs::{SubKey, SubTrie};
 use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
@@ -133,7 +132,6 @@ pub struct Driver {
     commands: mpsc::Receiver<Command>,
     gone: mpsc::UnboundedReceiver<u64>,
     metrics: Arc<Metrics>,
-    stats: Arc<ServerStats>,
     health: watch::Sender<Health>,
     /// Reused per delivery: the (conn, sid) pairs a topic matched.
     matched: Vec<(u64, u64)>,
@@ -159,7 +157,6 @@ impl Driver {
         engine: Engine,
         transport: Transport,
         metrics: Arc<Metrics>,
-        stats: Arc<ServerStats>,
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
         let mut registry = TopicRegistry::new(config.default_ordering);
@@ -194,7 +191,6 @@ impl Driver {
             commands: cmd_rx,
             gone: gone_rx,
             metrics,
-            stats,
             health,
             matched: Vec::new(),
             transmit: Vec::new(),
@@ -418,6 +414,7 @@ impl Driver {
                 let reply = match self.conns.get_mut(&conn).and_then(|c| c.sids.remove(&sid)) {
                     Some(key) => {
                         self.subs.remove(key);
+                        self.metrics.subscription_removed();
                         Reply::Ok { req }
                     }
                     None => Reply::Error {
@@ -471,6 +468,7 @@ impl Driver {
         match self.subs.insert(pattern, (conn, sid)) {
             Ok(key) => {
                 state.sids.insert(sid, key);
+                self.metrics.subscription_added();
                 Reply::Ok { req }
             }
             Err(e) => Reply::Error {
@@ -511,8 +509,9 @@ impl Driver {
             confirm: confirm.map(|req| ConfirmToken { conn, req }),
             published_at_us: unix_micros(),
         };
+        let ordering = msg.ordering;
         match self.engine.publish(msg, now) {
-            Ok(()) => {}
+            Ok(()) => self.metrics.observe_publish(ordering),
             Err(PublishError::WouldBlock) => {
                 // Flow control: hold it (and, through `stalled`, everything
                 // after it) until the engine has room again.
@@ -539,6 +538,8 @@ impl Driver {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Deliver(msg) => {
+                self.metrics
+                    .observe_delivery(msg.ordering, latency_since(msg.published_at_us));
                 let matched = &mut self.matched;
                 matched.clear();
                 self.subs
@@ -575,6 +576,7 @@ impl Driver {
                 }
             }
             Event::ViewInstalled(view) => {
+                self.metrics.set_view(view.id, view.members.len());
                 let node_id = self.engine.origin().node;
                 let health = if view.members.iter().any(|m| m.node == node_id) {
                     tracing::info!(view = %view.id, members = view.members.len(), "view installed");
@@ -610,7 +612,7 @@ impl Driver {
             let Some(state) = self.conns.remove(&conn) else {
                 continue; // already handled (several overflows in one batch)
             };
-            ServerStats::bump(&self.stats.slow_consumers);
+            self.metrics.slow_consumer();
             tracing::warn!(
                 conn,
                 queued_bytes = state.outbox.queued_bytes(),
@@ -619,6 +621,7 @@ impl Driver {
             state.outbox.kill();
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
@@ -627,6 +630,7 @@ impl Driver {
         if let Some(state) = self.conns.remove(&conn) {
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
