@@ -10,3 +10,5 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod shell;
+#[cfg(feature = "sim")]
+pub mod sim;

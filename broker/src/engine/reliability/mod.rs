@@ -632,6 +632,7 @@ impl Reliability {
     }
 
     /// Our contiguous prefix of each origin.
+    #[cfg(feature = "sim")]
     pub(crate) fn contiguous(&self) -> BTreeMap<Origin, Seq> {
         self.logs.iter().map(|(o, l)| (*o, l.contiguous)).collect()
     }
@@ -665,6 +666,7 @@ impl Reliability {
     }
 
     /// Whether any stream has a gap.
+    #[cfg(feature = "sim")]
     pub(crate) fn has_gaps(&self) -> bool {
         self.logs.values().any(OriginLog::has_gap)
     }
