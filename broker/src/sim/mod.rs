@@ -90,8 +90,8 @@ impl SimConfig {
         let nodes = rng.gen_range(3..=5);
         let mut cfg = SimConfig::basic(seed, nodes);
         cfg.messages_per_publisher = rng.gen_range(30..=60);
-        cfg.retransmit_buffer_bytes = [48 * 1024, 128 * 1024, 4 << 20][rng.gen_range(0..3)];
-        let loss = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3][(seed % 6) as usize];
+        cfg.retransmit_buffer_bytes = [16 * 1024, 48 * 1024, 4 << 20][rng.gen_range(0..3)];
+        let loss = [0.0, 0.03, 0.05, 0.1, 0.2, 0.3][(seed % 6) as usize];
         let f = &mut cfg.faults;
         f.loss = loss;
         if rng.gen_bool(0.3) {
@@ -100,13 +100,13 @@ impl SimConfig {
             f.lossy_links.push((from, to, rng.gen_range(0.1..0.3)));
         }
         if rng.gen_bool(0.3) {
-            f.duplicate = rng.gen_range(0.01..0.05);
+            f.duplicate = rng.gen_range(0.03..0.06);
         }
         if rng.gen_bool(0.5) {
             f.jitter = Duration::from_micros(rng.gen_range(100..3000));
         }
         if rng.gen_bool(0.2) {
-            f.corrupt = 0.01;
+            f.corrupt = 0.03;
         }
         if rng.gen_bool(0.25) {
             let side = BTreeSet::from([rng.gen_range(0..nodes)]);
