@@ -99,16 +99,16 @@ pub fn deliveries(lives: &[Life], published: &[Published]) -> Vec<String> {
             ));
         }
     }
-    // Agreement on a crashed engine's messages among the final survivors.
-    let crashed_pubs: BTreeSet<u64> = published
-        .iter()
-        .filter(|p| crashed.contains(&p.life))
-        .map(|p| p.publisher)
-        .collect();
-    for publisher in crashed_pubs {
+    // Agreement on a crashed engine's messages among the survivors of the
+    // views it published in (later joiners rightly deliver none of them).
+    let mut crashed_views: BTreeMap<u64, BTreeSet<ViewKey>> = BTreeMap::new();
+    for p in published.iter().filter(|p| crashed.contains(&p.life)) {
+        crashed_views.entry(p.publisher).or_default().insert(p.view);
+    }
+    for (publisher, views) in crashed_views {
         let counts: BTreeSet<usize> = lives
             .iter()
-            .filter(|l| !l.crashed && !l.views.is_empty())
+            .filter(|l| !l.crashed && l.views.iter().any(|v| views.contains(v)))
             .map(|l| l.deliveries.get(&publisher).map_or(0, Vec::len))
             .collect();
         if counts.len() > 1 {

@@ -150,6 +150,8 @@ pub struct SimReport {
     pub totals: Stats,
     /// Virtual time the run took.
     pub elapsed: Duration,
+    /// How to replay it, for the randomized runs.
+    pub replay: Option<String>,
 }
 
 impl SimReport {
@@ -184,8 +186,8 @@ impl SimReport {
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION: {v}");
         }
-        if !self.ok() {
-            let _ = writeln!(s, "  replay: {}", replay_command(self.seed));
+        if let (false, Some(cmd)) = (self.ok(), &self.replay) {
+            let _ = writeln!(s, "  replay: {cmd}");
         }
         s
     }
@@ -332,8 +334,13 @@ impl Sim {
     }
 
     /// Plans traffic: `publishers_per_node` publishers on each of `slots`,
-    /// starting `after` from now.
+    /// starting `after` from now and spread over the configured span.
     pub fn plan_traffic(&mut self, after: Duration, slots: &[usize]) {
+        self.plan_traffic_over(after, self.cfg.traffic_span, slots);
+    }
+
+    /// Like [`Sim::plan_traffic`], spread over `span`.
+    pub fn plan_traffic_over(&mut self, after: Duration, span: Duration, slots: &[usize]) {
         let mut publishers = Vec::new();
         for &slot in slots {
             for _ in 0..self.cfg.publishers_per_node {
@@ -344,7 +351,7 @@ impl Sim {
         let plan = workload::plan(
             &mut self.rng,
             self.now + after,
-            self.cfg.traffic_span,
+            span,
             &publishers,
             self.cfg.messages_per_publisher,
             self.cfg.max_datagram,
@@ -352,6 +359,19 @@ impl Sim {
         let mut all: Vec<PlannedPublish> = self.plan.drain(..).chain(plan).collect();
         all.sort_by_key(|p| (p.at, p.publisher, p.index));
         self.plan = all.into();
+    }
+
+    /// Lets the planned faults act from now on, even before a group formed.
+    pub fn faults_from_now(&mut self) {
+        self.net.faults_from(self.now);
+    }
+
+    /// The origins of the running engines, by slot.
+    pub fn origins(&self) -> Vec<Option<Origin>> {
+        self.slots
+            .iter()
+            .map(|s| s.engine.as_ref().map(Engine::origin))
+            .collect()
     }
 
     /// Runs for `d` of virtual time.
@@ -771,6 +791,7 @@ impl Sim {
             faults,
             totals,
             elapsed: self.now - self.start,
+            replay: None,
         }
     }
 }
@@ -800,7 +821,9 @@ fn add_stats(t: &mut Stats, s: &Stats) {
 
 /// The randomized run of one seed: form a group, publish, check.
 pub fn run_seed(seed: u64) -> SimReport {
-    run_config(SimConfig::from_seed(seed))
+    let mut r = run_config(SimConfig::from_seed(seed));
+    r.replay = Some(replay_command(seed));
+    r
 }
 
 /// A randomized run of an explicit configuration.
