@@ -52,5 +52,9 @@ fn replay() {
     let seed = env_u64("ORDO_SIM_SEED").unwrap_or(0);
     let r = run_seed(seed);
     println!("{}", r.render());
-    assert!(r.ok(), "seed {seed} failed; replay with {}", replay_command(seed));
+    assert!(
+        r.ok(),
+        "seed {seed} failed; replay with {}",
+        replay_command(seed)
+    );
 }

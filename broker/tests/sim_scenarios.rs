@@ -65,7 +65,10 @@ fn the_coordinator_leaves_and_the_next_member_takes_over() {
         sim.plan_traffic(ms(5), &[1, 2]);
         sim.schedule(ms(250), Action::Leave(0));
         sim.run_for(ms(2000));
-        assert!(sim.engine(0).is_none(), "seed {seed}: the coordinator never left");
+        assert!(
+            sim.engine(0).is_none(),
+            "seed {seed}: the coordinator never left"
+        );
         let view = sim.engine(1).unwrap().view().clone();
         assert_eq!(view.members.len(), 2);
         assert_eq!(Some(view.members[0]), sim.origins()[1]);

@@ -63,7 +63,10 @@ pub fn deliveries(lives: &[Life], published: &[Published]) -> Vec<String> {
             .copied()
             .collect();
         for publisher in publishers {
-            let got = life.deliveries.get(&publisher).map_or(&[][..], Vec::as_slice);
+            let got = life
+                .deliveries
+                .get(&publisher)
+                .map_or(&[][..], Vec::as_slice);
             if crashed_pubs.contains(&publisher) {
                 // Only order and uniqueness here; agreement is checked below.
                 if got.windows(2).any(|w| w[1] != w[0] + 1) {
@@ -149,7 +152,10 @@ mod tests {
 
     fn life(views: &[u64], del: &[u32]) -> Life {
         Life {
-            views: views.iter().map(|v| (ViewId(*v), Origin::default())).collect(),
+            views: views
+                .iter()
+                .map(|v| (ViewId(*v), Origin::default()))
+                .collect(),
             deliveries: BTreeMap::from([(1, del.to_vec())]),
             origin: Origin {
                 node: NodeId(1),

@@ -86,7 +86,7 @@ impl SimConfig {
     /// each, loss from 0 to 30% with some asymmetric links, and per seed a
     /// chance of duplication, jitter, corruption and partitions.
     pub fn from_seed(seed: u64) -> Self {
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f_0bd0);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_0bd0);
         let nodes = rng.gen_range(3..=5);
         let mut cfg = SimConfig::basic(seed, nodes);
         cfg.messages_per_publisher = rng.gen_range(30..=60);
@@ -247,7 +247,10 @@ impl Sim {
             net.add_fault(Box::new(loss));
         }
         if f.duplicate > 0.0 {
-            net.add_fault(Box::new(Duplicate::new(f.duplicate, Duration::from_millis(2))));
+            net.add_fault(Box::new(Duplicate::new(
+                f.duplicate,
+                Duration::from_millis(2),
+            )));
         }
         if f.jitter > Duration::ZERO {
             net.add_fault(Box::new(Jitter::new(f.jitter)));
@@ -469,7 +472,12 @@ impl Sim {
         let now = self.now;
         let publishers: Vec<u64> = self.blocked.keys().copied().collect();
         for publisher in publishers {
-            while let Some(p) = self.blocked.get(&publisher).and_then(|q| q.front()).cloned() {
+            while let Some(p) = self
+                .blocked
+                .get(&publisher)
+                .and_then(|q| q.front())
+                .cloned()
+            {
                 let Some(slot) = self.slots.get_mut(p.node) else {
                     break;
                 };
@@ -533,7 +541,8 @@ impl Sim {
             return;
         };
         while let Some(d) = e.poll_transmit() {
-            self.net.send(i, live.iter().copied(), &d, now, &mut self.rng);
+            self.net
+                .send(i, live.iter().copied(), &d, now, &mut self.rng);
         }
         while let Some(ev) = e.poll_event() {
             let Some(rec) = self.lives.get_mut(life) else {
@@ -542,7 +551,10 @@ impl Sim {
             match ev {
                 Event::Deliver(d) => match workload::verify(&d.payload) {
                     Some(tag) if tag.publisher == d.publisher => {
-                        rec.deliveries.entry(tag.publisher).or_default().push(tag.index);
+                        rec.deliveries
+                            .entry(tag.publisher)
+                            .or_default()
+                            .push(tag.index);
                     }
                     _ => self.violations.push(format!(
                         "slot {i} delivered a corrupted payload ({} bytes) from {}",
@@ -608,11 +620,7 @@ impl Sim {
             return;
         }
         slot.incarnation += 1;
-        let mut c = EngineConfig::new(
-            NodeId(s as u32 + 1),
-            Incarnation(slot.incarnation),
-            "sim",
-        );
+        let mut c = EngineConfig::new(NodeId(s as u32 + 1), Incarnation(slot.incarnation), "sim");
         c.seed = seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add((s as u64) << 32 | slot.incarnation);
@@ -681,8 +689,14 @@ impl Sim {
         }
         // The first breach of each bound per slot is enough to report.
         for f in found {
-            let key = f.split(" B").next().map(|k| k.split(' ').take(3).collect::<String>());
-            if key.as_ref().is_some_and(|k| self.bound_breaches.insert(k.clone())) {
+            let key = f
+                .split(" B")
+                .next()
+                .map(|k| k.split(' ').take(3).collect::<String>());
+            if key
+                .as_ref()
+                .is_some_and(|k| self.bound_breaches.insert(k.clone()))
+            {
                 self.violations.push(f);
             }
         }
@@ -756,7 +770,10 @@ impl Sim {
                 ));
             }
             if st.unrecoverable > 0 {
-                v.push(format!("slot {i}: {} unrecoverable message(s)", st.unrecoverable));
+                v.push(format!(
+                    "slot {i}: {} unrecoverable message(s)",
+                    st.unrecoverable
+                ));
             }
             if s.leaving {
                 v.push(format!("slot {i}: leave never completed"));

@@ -64,11 +64,19 @@ impl Loss {
 
 impl Fault for Loss {
     fn name(&self) -> String {
-        format!("loss({:.0}%, {} asymmetric links)", self.default * 100.0, self.links.len())
+        format!(
+            "loss({:.0}%, {} asymmetric links)",
+            self.default * 100.0,
+            self.links.len()
+        )
     }
 
     fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
-        let rate = self.links.get(&(t.from, t.to)).copied().unwrap_or(self.default);
+        let rate = self
+            .links
+            .get(&(t.from, t.to))
+            .copied()
+            .unwrap_or(self.default);
         if !t.dropped && rate > 0.0 && rng.gen_bool(rate.min(1.0)) {
             t.dropped = true;
             self.fired += 1;
@@ -206,7 +214,10 @@ impl Partition {
 impl Fault for Partition {
     fn name(&self) -> String {
         let one_way = self.windows.iter().filter(|w| w.one_way).count();
-        format!("partition({} windows, {one_way} one-way)", self.windows.len())
+        format!(
+            "partition({} windows, {one_way} one-way)",
+            self.windows.len()
+        )
     }
 
     fn apply(&mut self, t: &mut Transit, _rng: &mut SmallRng) {

@@ -133,7 +133,13 @@ mod tests {
     #[test]
     fn payloads_verify_and_alterations_do_not() {
         let p = payload(7, 3, 100);
-        assert_eq!(verify(&p), Some(Tag { publisher: 7, index: 3 }));
+        assert_eq!(
+            verify(&p),
+            Some(Tag {
+                publisher: 7,
+                index: 3
+            })
+        );
         let mut v = p.to_vec();
         v[50] ^= 1;
         assert_eq!(verify(&v), None);
@@ -144,7 +150,14 @@ mod tests {
     fn plans_keep_each_publisher_in_order() {
         let mut rng = SmallRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let plan = plan(&mut rng, t0, Duration::from_secs(1), &[(0, 1), (1, 2)], 50, 1400);
+        let plan = plan(
+            &mut rng,
+            t0,
+            Duration::from_secs(1),
+            &[(0, 1), (1, 2)],
+            50,
+            1400,
+        );
         assert_eq!(plan.len(), 100);
         for w in plan.windows(2) {
             assert!(w[0].at <= w[1].at);
