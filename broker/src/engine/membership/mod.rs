@@ -245,7 +245,12 @@ impl Engine {
                     self.send_join(Some(coordinator));
                     self.timers
                         .set(Timer::Membership, now + self.config.view_retry);
-                } else if !self.membership.merge_logged && coordinator != self.me {
+                } else if !self.membership.merge_logged
+                    && self
+                        .membership
+                        .coordinator(&self.view)
+                        .is_some_and(|ours| coordinator < ours)
+                {
                     // Merges of two non-trivial views: see issue 5.
                     self.membership.merge_logged = true;
                     tracing::warn!(%coordinator, "another view of this cluster exists; merging views is not supported yet");

@@ -628,13 +628,22 @@ impl Reliability {
     // ----- digests and gauges -----
 
     /// Our digest: per view member, contiguous and highest known.
+    /// Our own entry names what we sent, not what is still queued, so
+    /// nobody asks for messages already on their way.
     pub(crate) fn digest(&self) -> Vec<DigestEntry> {
         self.logs
             .iter()
-            .map(|(o, l)| DigestEntry {
-                origin: *o,
-                contiguous: l.contiguous,
-                highest: l.highest.max(l.contiguous),
+            .map(|(o, l)| {
+                let (contiguous, highest) = if *o == self.me {
+                    (self.sent, self.sent)
+                } else {
+                    (l.contiguous, l.highest.max(l.contiguous))
+                };
+                DigestEntry {
+                    origin: *o,
+                    contiguous,
+                    highest,
+                }
             })
             .collect()
     }
