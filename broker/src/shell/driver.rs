@@ -381,7 +381,14 @@ impl Driver {
                 topic,
                 context,
                 payload,
-            } => self.publish(conn, confirm, &topic, context, payload, now),
+            } => {
+                self.publish(conn, confirm, &topic, context, payload, now);
+                // Dispatch what the publish delivered before the next command,
+                // so an answer to a later request never overtakes it.
+                while let Some(ev) = self.engine.poll_event() {
+                    self.event(ev);
+                }
+            }
             Command::Declare {
                 conn,
                 req,
@@ -700,5 +707,216 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::server::outbox::{outbox, OutboxReceiver};
+    use crate::shell::transport::TransportConfig;
+    use crate::testkit::ClusterSpec;
+    use ordo_wire::{Incarnation, NodeId, Ordering};
+
+    /// A driver alone in its own cluster on loopback, with a small
+    /// retransmit buffer so flow control engages.
+    async fn driver(
+        retransmit: usize,
+    ) -> (
+        DriverHandle,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let spec = ClusterSpec::new();
+        let transport = Transport::open(&TransportConfig {
+            group: spec.group,
+            iface: std::net::Ipv4Addr::LOCALHOST,
+            ttl: 0,
+            recv_buffer: 1 << 20,
+            send_buffer: 1 << 20,
+        })
+        .unwrap();
+        let mut ec = EngineConfig::new(NodeId(1), Incarnation(1), spec.name);
+        ec.retransmit_buffer_bytes = retransmit;
+        ec.discovery_timeout = Duration::from_millis(20);
+        let engine = Engine::new(ec, Instant::now());
+        let (health, _) = watch::channel(Health::NotReady {
+            node_id: NodeId(1),
+            reason: "test".into(),
+        });
+        let (d, handle) = Driver::new(
+            DriverConfig {
+                default_ordering: Ordering::Fifo,
+                max_subscriptions: 10,
+                topics: Vec::new(),
+                command_queue: 64,
+                max_datagram: 8192,
+            },
+            engine,
+            transport,
+            Arc::new(Metrics::new()),
+            health,
+        )
+        .unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(d.run(stop_rx));
+        (handle, stop, task)
+    }
+
+    async fn next(rx: &mut OutboxReceiver) -> Out {
+        let mut v = Vec::with_capacity(1);
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv_many(&mut v, 1))
+            .await
+            .expect("driver answered nothing within 10 s");
+        assert_eq!(n, 1, "outbox closed");
+        let item = v.pop().unwrap();
+        rx.release(item.charge());
+        item
+    }
+
+    fn publish(conn: u64, confirm: Option<u64>, payload: Bytes) -> Command {
+        Command::Publish {
+            conn,
+            confirm,
+            topic: "t".into(),
+            context: CausalContext::new(),
+            payload,
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_keep_their_order_through_flow_control() {
+        let (h, stop, task) = driver(64 * 1024).await;
+        let (tx, mut rx) = outbox(10_000, 64 << 20);
+        h.send(Command::Register {
+            conn: 1,
+            outbox: tx,
+        })
+        .await
+        .unwrap();
+        h.send(Command::Subscribe {
+            conn: 1,
+            req: 1,
+            sid: 1,
+            pattern: "t".into(),
+        })
+        .await
+        .unwrap();
+        // 300 KiB through a window of a few dozen KiB: publishes stall, and
+        // the subscription sent after them must not overtake them.
+        const N: u32 = 300;
+        for i in 0..N {
+            let mut p = i.to_be_bytes().to_vec();
+            p.resize(1024, 0);
+            h.send(publish(1, None, p.into())).await.unwrap();
+        }
+        h.send(Command::Subscribe {
+            conn: 1,
+            req: 2,
+            sid: 2,
+            pattern: "t".into(),
+        })
+        .await
+        .unwrap();
+        h.send(publish(1, Some(3), Bytes::from_static(b"last")))
+            .await
+            .unwrap();
+
+        assert!(matches!(
+            next(&mut rx).await,
+            Out::Reply(Reply::Ok { req: 1 })
+        ));
+        for i in 0..N {
+            match next(&mut rx).await {
+                Out::Deliver { sid: 1, msg } => assert_eq!(&msg.payload[..4], &i.to_be_bytes()),
+                other => panic!("message {i}: got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            next(&mut rx).await,
+            Out::Reply(Reply::Ok { req: 2 })
+        ));
+        // The last publish reaches both subscriptions; its confirmation may
+        // come before or after the deliveries.
+        let mut sids = Vec::new();
+        let mut confirmed = false;
+        while sids.len() < 2 || !confirmed {
+            match next(&mut rx).await {
+                Out::Deliver { sid, msg } => {
+                    assert_eq!(msg.payload, Bytes::from_static(b"last"));
+                    sids.push(sid);
+                }
+                Out::Reply(Reply::Ok { req: 3 }) => confirmed = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        sids.sort_unstable();
+        assert_eq!(sids, vec![1, 2]);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn overflowing_outbox_is_killed_and_unsubscribed() {
+        let (h, stop, task) = driver(64 << 20).await;
+        let (slow_tx, slow_rx) = outbox(4, 1 << 20);
+        let (fast_tx, mut fast_rx) = outbox(10_000, 64 << 20);
+        let watch = slow_rx.kill_watch();
+        h.send(Command::Register {
+            conn: 1,
+            outbox: slow_tx,
+        })
+        .await
+        .unwrap();
+        h.send(Command::Register {
+            conn: 2,
+            outbox: fast_tx,
+        })
+        .await
+        .unwrap();
+        for conn in [1, 2] {
+            h.send(Command::Subscribe {
+                conn,
+                req: 1,
+                sid: 1,
+                pattern: "t".into(),
+            })
+            .await
+            .unwrap();
+        }
+        for i in 0..10u32 {
+            h.send(publish(2, None, Bytes::from(i.to_be_bytes().to_vec())))
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), watch.killed())
+            .await
+            .expect("the slow consumer was not killed");
+        assert!(matches!(
+            next(&mut fast_rx).await,
+            Out::Reply(Reply::Ok { req: 1 })
+        ));
+        for i in 0..10u32 {
+            match next(&mut fast_rx).await {
+                Out::Deliver { msg, .. } => assert_eq!(&msg.payload[..], &i.to_be_bytes()),
+                other => panic!("{other:?}"),
+            }
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        drop(slow_rx);
+    }
+
+    #[test]
+    fn unbuilt_guarantees_are_named() {
+        let spec = |ordering, safe| TopicSpec { ordering, safe };
+        assert_eq!(unbuilt(spec(Ordering::Fifo, false)), None);
+        let total = unbuilt(spec(Ordering::TotalSeq, true)).unwrap();
+        assert!(total.contains("total-seq") && total.contains("gseq") && total.contains("safe"));
+        assert!(!unbuilt(spec(Ordering::Causal, false))
+            .unwrap()
+            .contains("gseq"));
     }
 }
