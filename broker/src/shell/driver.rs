@@ -146,6 +146,7 @@ pub struct Driver {
     /// large message can exceed what is left of the window): retry only
     /// after the next input, which is what can free room, so as not to spin.
     await_input: bool,
+    io_errors: IoErrorLog,
     last_metrics: Instant,
 }
 
@@ -197,6 +198,7 @@ impl Driver {
             slow: Vec::new(),
             stalled: VecDeque::new(),
             await_input: false,
+            io_errors: IoErrorLog::default(),
             last_metrics: Instant::now(),
         };
         let handle = DriverHandle {
@@ -249,7 +251,7 @@ impl Driver {
                         self.await_input = false;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "multicast receive failed");
+                        self.io_errors.report("receive", &e);
                         // Do not spin on a persistent socket error.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -332,7 +334,7 @@ impl Driver {
             if !self.transmit.is_empty() {
                 if let Err(e) = self.transport.send_batch(&self.transmit).await {
                     // The engine's NAK repair covers datagrams lost here.
-                    tracing::warn!(error = %e, "multicast send failed");
+                    self.io_errors.report("send", &e);
                 }
                 self.transmit.clear();
             }
@@ -691,6 +693,30 @@ fn cluster_view(view: &View, this: ordo_wire::Origin) -> ClusterView {
         members: view.members.clone(),
         coordinator: view.coordinator,
         sequencer: view.sequencer,
+    }
+}
+
+/// Logs multicast socket errors at most once a second, with how many were
+/// suppressed, so a persistent failure cannot flood the log.
+#[derive(Debug, Default)]
+struct IoErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl IoErrorLog {
+    fn report(&mut self, op: &'static str, e: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %e, suppressed = self.suppressed, "multicast {op} failed");
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }
 
