@@ -42,8 +42,13 @@ const GIB: u64 = 1024 * MIB;
         and as a key in the --config TOML file (e.g. node-id = 3). Precedence: flag > env > file > default."
 )]
 pub struct Args {
-    /// TOML configuration file (keys are the flag names; may declare [[topics]]).
-    #[arg(long, env = "ORDO_CONFIG", value_name = "FILE")]
+    /// TOML configuration file; see the module documentation.
+    #[arg(
+        long,
+        env = "ORDO_CONFIG",
+        value_name = "FILE",
+        help = "TOML configuration file (keys are the flag names; may declare [[topics]])"
+    )]
     pub config: Option<PathBuf>,
     /// This broker's node id, unique in the cluster (nonzero) [default: random, logged].
     #[arg(long, env = "ORDO_NODE_ID", value_name = "ID")]
