@@ -153,7 +153,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             client_queue_bytes: config.client_queue_bytes,
             client_queue_frames: config.client_queue_frames,
             auth_token: config.auth_token.clone(),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: config.handshake_timeout,
             final_flush_timeout: Duration::from_secs(10),
         },
         handle,

@@ -539,3 +539,24 @@ async fn subscription_limit_and_duplicate_ids_are_refused() {
     other.publish("c", "ok").await;
     assert_eq!(other.message().await.payload, Bytes::from("ok"));
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let b = start(&["--handshake-timeout", "1"]);
+    let mut silent = Client::raw(b.addr()).await;
+    let t0 = Instant::now();
+    let frames = silent.drain_to_eof().await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "dropped too early"
+    );
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Protocol, &["no Hello within 1 s"]);
+    assert_eq!(
+        metric(
+            &b,
+            "ordo_protocol_errors_total{reason=\"handshake_timeout\"}"
+        ),
+        1.0
+    );
+}
