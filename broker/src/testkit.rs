@@ -147,11 +147,33 @@ impl BrokerBuilder {
     /// Like [`BrokerBuilder::start`], returning the failure (with the
     /// broker's stderr) instead of panicking.
     pub fn try_start(self) -> Result<BrokerProcess, String> {
-        let binary = match self.binary {
-            Some(b) => b,
+        // A port found free can be taken by someone else before the broker
+        // binds it; such a start is retried with fresh ports.
+        let chosen_by_caller = ["--listen", "--metrics"]
+            .iter()
+            .any(|f| flag_value(&self.args, f).is_some())
+            || ["ORDO_LISTEN", "ORDO_METRICS"]
+                .iter()
+                .any(|k| env_value(&self.envs, k).is_some());
+        let mut attempt = 0;
+        loop {
+            match self.try_start_once() {
+                Err(e)
+                    if !chosen_by_caller && e.contains("Address already in use") && attempt < 3 =>
+                {
+                    attempt += 1
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start_once(&self) -> Result<BrokerProcess, String> {
+        let binary = match &self.binary {
+            Some(b) => b.clone(),
             None => find_binary()?,
         };
-        let cluster = self.cluster.unwrap_or_default();
+        let cluster = self.cluster.clone().unwrap_or_default();
         let has = |flag: &str| {
             self.args
                 .iter()
@@ -197,6 +219,7 @@ impl BrokerBuilder {
             .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
         let rust_log = self
             .rust_log
+            .clone()
             .or_else(|| std::env::var("RUST_LOG").ok())
             .unwrap_or_else(|| "info".into());
         let mut cmd = Command::new(&binary);

@@ -560,3 +560,15 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
         1.0
     );
 }
+
+#[test]
+fn a_taken_listen_address_fails_start_up_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = broker()
+        .args(["--listen", addr.as_str()])
+        .try_start()
+        .expect_err("the broker must not start on a taken address");
+    assert!(err.contains("cannot listen for clients"), "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
+}
