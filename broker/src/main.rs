@@ -24,8 +24,11 @@ use tokio::sync::watch;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure while starting or running.
 const EXIT_RUNTIME: u8 = 1;
-/// Publishes the driver may hold queued across all clients.
+/// Commands the driver may hold queued across all clients.
 const COMMAND_QUEUE: usize = 4096;
+/// Publish bytes the driver may hold queued across all clients; beyond it
+/// publishers wait (TCP backpressure).
+const COMMAND_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
     init_tracing();
@@ -122,6 +125,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             max_subscriptions: config.max_subscriptions,
             topics: config.topics.clone(),
             command_queue: COMMAND_QUEUE,
+            command_queue_bytes: COMMAND_QUEUE_BYTES,
             max_datagram: config.max_datagram,
         },
         engine,

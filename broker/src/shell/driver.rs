@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ordo_wire::client::{ClusterView, ErrorCode, Reply};
 use ordo_wire::CausalContext;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::TopicDecl;
 use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
@@ -83,11 +83,26 @@ pub struct DriverGone;
 pub struct DriverHandle {
     commands: mpsc::Sender<Command>,
     gone: mpsc::UnboundedSender<u64>,
+    /// Bytes of publishes queued for the driver, bounded by
+    /// [`DriverConfig::command_queue_bytes`]; the driver gives them back
+    /// once the engine took (or refused) the message.
+    budget: Arc<Semaphore>,
+    budget_max: u32,
 }
 
 impl DriverHandle {
-    /// Sends a command, waiting while the driver's queue is full (backpressure).
+    /// Sends a command, waiting while the driver's queue is full, in
+    /// commands or (for publishes) in bytes: this is the backpressure that
+    /// reaches publishers' sockets.
     pub async fn send(&self, cmd: Command) -> Result<(), DriverGone> {
+        if let Command::Publish { topic, payload, .. } = &cmd {
+            let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
+            self.budget
+                .acquire_many(charge)
+                .await
+                .map_err(|_| DriverGone)?
+                .forget();
+        }
         self.commands.send(cmd).await.map_err(|_| DriverGone)
     }
 
@@ -107,8 +122,10 @@ pub struct DriverConfig {
     pub max_subscriptions: usize,
     /// Topics declared by configuration, applied at start.
     pub topics: Vec<TopicDecl>,
-    /// Capacity of the command channel (the publish backlog across clients).
+    /// Capacity of the command channel, in commands (the backlog across clients).
     pub command_queue: usize,
+    /// Bound on the payload bytes of publishes queued for the driver.
+    pub command_queue_bytes: usize,
     /// Largest datagram accepted from the group.
     pub max_datagram: usize,
 }
@@ -133,6 +150,9 @@ pub struct Driver {
     gone: mpsc::UnboundedReceiver<u64>,
     metrics: Arc<Metrics>,
     health: watch::Sender<Health>,
+    /// Byte budget of queued publishes, shared with every [`DriverHandle`].
+    budget: Arc<Semaphore>,
+    budget_max: u32,
     /// Reused per delivery: the (conn, sid) pairs a topic matched.
     matched: Vec<(u64, u64)>,
     /// Reused per flush: datagrams to multicast.
@@ -182,6 +202,8 @@ impl Driver {
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        let budget_max = u32::try_from(config.command_queue_bytes.max(1)).unwrap_or(u32::MAX);
+        let budget = Arc::new(Semaphore::new(budget_max as usize));
         let driver = Driver {
             config,
             engine,
@@ -193,6 +215,8 @@ impl Driver {
             gone: gone_rx,
             metrics,
             health,
+            budget: Arc::clone(&budget),
+            budget_max,
             matched: Vec::new(),
             transmit: Vec::new(),
             slow: Vec::new(),
@@ -204,6 +228,8 @@ impl Driver {
         let handle = DriverHandle {
             commands: cmd_tx,
             gone: gone_tx,
+            budget,
+            budget_max,
         };
         Ok((driver, handle))
     }
@@ -497,9 +523,13 @@ impl Driver {
         payload: Bytes,
         now: Instant,
     ) {
+        // The budget goes back unless the publish stalls again (then it
+        // stays charged until it is finally taken).
+        let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
         let topic = match self.registry.resolve(topic) {
             Ok(t) => t,
             Err(e) => {
+                self.budget.add_permits(charge as usize);
                 let reply = topic_error(confirm.unwrap_or(0), e);
                 self.reply(conn, reply);
                 return;
@@ -519,7 +549,11 @@ impl Driver {
             published_at_us: unix_micros(),
         };
         let ordering = msg.ordering;
-        match self.engine.publish(msg, now) {
+        let result = self.engine.publish(msg, now);
+        if !matches!(result, Err(PublishError::WouldBlock)) {
+            self.budget.add_permits(charge as usize);
+        }
+        match result {
             Ok(()) => self.metrics.observe_publish(ordering),
             Err(PublishError::WouldBlock) => {
                 // Flow control: hold it (and, through `stalled`, everything
@@ -696,6 +730,14 @@ fn cluster_view(view: &View, this: ordo_wire::Origin) -> ClusterView {
     }
 }
 
+/// The budget bytes a publish holds while queued for the driver (at most
+/// the whole budget, so one large message can always pass alone).
+fn publish_charge(topic_len: usize, payload_len: usize, max: u32) -> u32 {
+    u32::try_from(topic_len + payload_len)
+        .unwrap_or(u32::MAX)
+        .clamp(1, max)
+}
+
 /// Logs multicast socket errors at most once a second, with how many were
 /// suppressed, so a persistent failure cannot flood the log.
 #[derive(Debug, Default)]
@@ -778,6 +820,7 @@ mod tests {
                 max_subscriptions: 10,
                 topics: Vec::new(),
                 command_queue: 64,
+                command_queue_bytes: 256 * 1024,
                 max_datagram: 8192,
             },
             engine,
