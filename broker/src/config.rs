@@ -42,8 +42,13 @@ const GIB: u64 = 1024 * MIB;
         and as a key in the --config TOML file (e.g. node-id = 3). Precedence: flag > env > file > default."
 )]
 pub struct Args {
-    /// TOML configuration file (keys are the flag names; may declare [[topics]]).
-    #[arg(long, env = "ORDO_CONFIG", value_name = "FILE")]
+    /// TOML configuration file; see the module documentation.
+    #[arg(
+        long,
+        env = "ORDO_CONFIG",
+        value_name = "FILE",
+        help = "TOML configuration file (keys are the flag names; may declare [[topics]])"
+    )]
     pub config: Option<PathBuf>,
     /// This broker's node id, unique in the cluster (nonzero) [default: random, logged].
     #[arg(long, env = "ORDO_NODE_ID", value_name = "ID")]
@@ -113,6 +118,9 @@ pub struct Args {
     /// How long a graceful shutdown may take before connections are dropped, in seconds [default: 5].
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    /// How long a new client may take to send its Hello before it is dropped, in seconds [default: 10].
+    #[arg(long, env = "ORDO_HANDSHAKE_TIMEOUT", value_name = "SECS")]
+    pub handshake_timeout: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, plus topic declarations.
@@ -140,6 +148,7 @@ pub struct FileConfig {
     pub recv_buffer: Option<ByteSize>,
     pub send_buffer: Option<ByteSize>,
     pub shutdown_timeout: Option<u64>,
+    pub handshake_timeout: Option<u64>,
     #[serde(default)]
     pub topics: Vec<FileTopic>,
 }
@@ -188,6 +197,7 @@ pub struct Config {
     pub recv_buffer: usize,
     pub send_buffer: usize,
     pub shutdown_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub topics: Vec<TopicDecl>,
 }
 
@@ -430,6 +440,13 @@ impl Config {
             .or(file.send_buffer)
             .unwrap_or(ByteSize(4 * MIB));
         let shutdown_timeout = args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(5);
+        let handshake_timeout = positive(
+            "--handshake-timeout",
+            args.handshake_timeout
+                .or(file.handshake_timeout)
+                .map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
+            10,
+        )?;
 
         let mut topics: Vec<TopicDecl> = Vec::with_capacity(file.topics.len());
         for t in file.topics {
@@ -479,6 +496,7 @@ impl Config {
             recv_buffer: usize::try_from(recv_buffer.0).unwrap_or(usize::MAX),
             send_buffer: usize::try_from(send_buffer.0).unwrap_or(usize::MAX),
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
+            handshake_timeout: Duration::from_secs(handshake_timeout as u64),
             topics,
         })
     }

@@ -12,7 +12,7 @@ use ordo_broker::config::Config;
 use ordo_broker::engine::{Engine, EngineConfig};
 use ordo_broker::http::{self, Health};
 use ordo_broker::metrics::Metrics;
-use ordo_broker::server::{self, ServerConfig, ServerCtx, ServerStats};
+use ordo_broker::server::{self, ServerConfig, ServerCtx};
 use ordo_broker::shell::driver::{Driver, DriverConfig};
 use ordo_broker::shell::transport::{Transport, TransportConfig};
 use ordo_wire::client::Limits;
@@ -24,8 +24,11 @@ use tokio::sync::watch;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure while starting or running.
 const EXIT_RUNTIME: u8 = 1;
-/// Publishes the driver may hold queued across all clients.
+/// Commands the driver may hold queued across all clients.
 const COMMAND_QUEUE: usize = 4096;
+/// Publish bytes the driver may hold queued across all clients; beyond it
+/// publishers wait (TCP backpressure).
+const COMMAND_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
     init_tracing();
@@ -110,7 +113,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let metrics = Arc::new(Metrics::new());
-    let stats = Arc::new(ServerStats::default());
     let (health_tx, health_rx) = watch::channel(Health::NotReady {
         node_id: config.node_id,
         reason: "starting: not in a view yet".into(),
@@ -123,12 +125,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             max_subscriptions: config.max_subscriptions,
             topics: config.topics.clone(),
             command_queue: COMMAND_QUEUE,
+            command_queue_bytes: COMMAND_QUEUE_BYTES,
             max_datagram: config.max_datagram,
         },
         engine,
         transport,
         Arc::clone(&metrics),
-        Arc::clone(&stats),
         health_tx,
     )
     .context("applying the configured topics")?;
@@ -155,11 +157,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             client_queue_bytes: config.client_queue_bytes,
             client_queue_frames: config.client_queue_frames,
             auth_token: config.auth_token.clone(),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: config.handshake_timeout,
             final_flush_timeout: Duration::from_secs(10),
         },
         handle,
-        stats,
+        Arc::clone(&metrics),
     ));
     let server_task = tokio::spawn(server::run(listener, ctx, shutdown_rx.clone()));
 

@@ -49,10 +49,14 @@ async fn wait_for_view(c: &mut Client, members: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_reach_subscribers_on_every_broker_in_fifo_order() {
     let brokers = start_cluster(3);
+    tokio::task::block_in_place(|| {
+        for b in &brokers {
+            b.wait_for_members(3, Duration::from_secs(20)).unwrap();
+        }
+    });
     let mut subs = Vec::new();
     for b in &brokers {
         let mut c = Client::connect(b.addr()).await;
-        wait_for_view(&mut c, 3).await;
         c.subscribe(1, "news.>").await;
         subs.push(c);
     }

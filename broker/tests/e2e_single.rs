@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{assert_error, broker, start, Client};
+use common::{assert_error, broker, metric, start, Client};
 use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
 use ordo_wire::{CausalContext, NodeId, Ordering, Seq};
 use tokio::io::AsyncWriteExt;
@@ -197,9 +197,15 @@ async fn slow_consumer_is_disconnected_while_fast_one_gets_everything() {
         );
     }
 
-    // The broker still serves the others.
+    // The broker still serves the others, and counted the disconnect.
     p.publish("load", Bytes::from_static(b"after")).await;
     assert_eq!(fast.message().await.payload, Bytes::from_static(b"after"));
+    assert_eq!(metric(&b, "ordo_slow_consumer_disconnects_total"), 1.0);
+    assert_eq!(
+        metric(&b, "ordo_subscriptions"),
+        1.0,
+        "the slow one's subscription is gone"
+    );
 }
 
 #[tokio::test]
@@ -280,6 +286,21 @@ async fn bad_clients_are_dropped_alone() {
     let r = publisher.publish_confirmed("steady", "last").await;
     assert!(matches!(r, Reply::Ok { .. }));
     assert_eq!(sub.message().await.payload, Bytes::from("last"));
+
+    // Each drop was counted under its reason.
+    for (reason, n) in [
+        ("undecodable_frame", 2.0),
+        ("truncated_frame", 1.0),
+        ("frame_too_large", 1.0),
+        ("not_hello", 1.0),
+    ] {
+        let series = format!("ordo_protocol_errors_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&b, &series), n, "{series}");
+    }
+    assert_eq!(
+        metric(&b, "ordo_messages_published_total{ordering=\"fifo\"}"),
+        (N + 1) as f64
+    );
 }
 
 #[tokio::test]
@@ -322,6 +343,9 @@ async fn sigterm_exits_zero_promptly_and_tells_clients() {
     let mut b = start(&[]);
     let mut c = Client::connect(b.addr()).await;
     c.subscribe(1, "x").await;
+    let (code, body) = b.http_get("/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("{}", c.node.0)), "{body}");
     let t0 = Instant::now();
     b.terminate();
     let status = b
@@ -416,4 +440,135 @@ ordering = "causal"
     let c = Client::connect(b.addr()).await;
     assert_eq!(c.node, NodeId(33));
     assert_eq!(c.limits.max_payload, 2048);
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_a_reason() {
+    let b = start(&["--max-connections", "1"]);
+    // The start-up probe may still hold the only slot for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _first = loop {
+        match Client::connect_with_token(b.addr(), None).await {
+            Ok(c) => break c,
+            Err(r) => {
+                assert_error(&r, ErrorCode::Limit, &["--max-connections"]);
+                assert!(Instant::now() < deadline, "the slot never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut second = Client::raw(b.addr()).await;
+    let frames = second.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Limit, &["--max-connections"]);
+    assert!(metric(&b, "ordo_client_connections_refused_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn flow_control_slows_publishers_without_losing_anything() {
+    // A small retransmit buffer closes the engine's send window often.
+    let b = start(&["--retransmit-buffer-bytes", "64KiB"]);
+    let mut sub = Client::connect(b.addr()).await;
+    sub.subscribe(1, "flow").await;
+    let mut p = Client::connect(b.addr()).await;
+    const N: usize = 600;
+    let body = vec![b'f'; 1024];
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = (i as u32).to_be_bytes().to_vec();
+            payload.extend_from_slice(&body);
+            p.publish("flow", payload).await;
+        }
+        let r = p.publish_confirmed("flow", "end").await;
+        assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    });
+    for i in 0..N {
+        let m = sub.message().await;
+        assert_eq!(&m.payload[..4], &(i as u32).to_be_bytes(), "message {i}");
+    }
+    assert_eq!(sub.message().await.payload, Bytes::from("end"));
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_unsubscribe_stops_delivery() {
+    let b = start(&[]);
+    let mut c = Client::connect(b.addr()).await;
+    c.send(&Request::Ping { nonce: 42 }).await;
+    assert_eq!(c.recv().await, Some(Reply::Pong { nonce: 42 }));
+    c.subscribe(5, "u.*").await;
+    c.publish("u.a", "one").await;
+    assert_eq!(c.message().await.payload, Bytes::from("one"));
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert_error(&r, ErrorCode::InvalidName, &["no subscription"]);
+    c.publish("u.a", "two").await;
+    c.subscribe(6, "u.b").await;
+    c.publish("u.b", "three").await;
+    // "two" went to nobody: the next message is "three" on the new sid.
+    let m = c.message().await;
+    assert_eq!((m.sid, m.payload), (6, Bytes::from("three")));
+}
+
+#[tokio::test]
+async fn subscription_limit_and_duplicate_ids_are_refused() {
+    let b = start(&["--max-subscriptions", "2"]);
+    let mut c = Client::connect(b.addr()).await;
+    c.subscribe(1, "a").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 1,
+            pattern: "b".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Protocol, &["already in use"]);
+    c.subscribe(2, "b").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 3,
+            pattern: "c".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Limit, &["--max-subscriptions"]);
+    // The limit is per connection.
+    let mut other = Client::connect(b.addr()).await;
+    other.subscribe(3, "c").await;
+    other.publish("c", "ok").await;
+    assert_eq!(other.message().await.payload, Bytes::from("ok"));
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let b = start(&["--handshake-timeout", "1"]);
+    let mut silent = Client::raw(b.addr()).await;
+    let t0 = Instant::now();
+    let frames = silent.drain_to_eof().await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "dropped too early"
+    );
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Protocol, &["no Hello within 1 s"]);
+    assert_eq!(
+        metric(
+            &b,
+            "ordo_protocol_errors_total{reason=\"handshake_timeout\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_taken_listen_address_fails_start_up_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = broker()
+        .args(["--listen", addr.as_str()])
+        .try_start()
+        .expect_err("the broker must not start on a taken address");
+    assert!(err.contains("cannot listen for clients"), "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
 }

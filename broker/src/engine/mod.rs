@@ -35,7 +35,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use membership::Membership;
-use reliability::{RelConfig, Received, Reliability};
+use reliability::{Received, RelConfig, Reliability};
 pub use stats::Stats;
 use timer::{Timer, TimerTable};
 use topics::TopicCache;
@@ -248,6 +248,9 @@ pub struct Engine {
     transmit: VecDeque<Bytes>,
     timers: TimerTable,
     last_ack: Option<Instant>,
+    /// Bytes the last refused publish needed: `can_publish` stays false
+    /// until they fit, so a driver never spins on a message that does not.
+    wanted: usize,
     stats: Stats,
 }
 
@@ -284,6 +287,7 @@ impl Engine {
             transmit: VecDeque::new(),
             timers: TimerTable::default(),
             last_ack: None,
+            wanted: 0,
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ..Stats::default()
@@ -300,7 +304,9 @@ impl Engine {
     pub fn publish(&mut self, msg: Publish, now: Instant) -> Result<(), PublishError> {
         let _ = now;
         if self.membership.has_left() {
-            return Err(PublishError::Unavailable("this broker left the group".into()));
+            return Err(PublishError::Unavailable(
+                "this broker left the group".into(),
+            ));
         }
         if !self.sending_allowed() {
             self.stats.flow_control_stalls += 1;
@@ -331,8 +337,10 @@ impl Engine {
         }
         if !self.rel.reserve_own(charge, units, &mut self.stats) {
             self.stats.flow_control_stalls += 1;
+            self.wanted = charge;
             return Err(PublishError::WouldBlock);
         }
+        self.wanted = 0;
         let first = self.rel.last_seq().next();
         let chunk = len.div_ceil(units).max(1);
         for i in 0..units {
@@ -340,7 +348,8 @@ impl Engine {
             let payload = if units == 1 {
                 msg.payload.clone()
             } else {
-                msg.payload.slice((i * chunk).min(len)..((i + 1) * chunk).min(len))
+                msg.payload
+                    .slice((i * chunk).min(len)..((i + 1) * chunk).min(len))
             };
             self.rel.push_own(DataMsg {
                 seq,
@@ -392,9 +401,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether [`Engine::publish`] would accept a (small) message now.
+    /// Whether [`Engine::publish`] would accept a message now: a small one,
+    /// or after a refusal, one as large as the message refused.
     pub fn can_publish(&self) -> bool {
-        self.sending_allowed() && self.rel.window_open()
+        self.sending_allowed() && self.rel.window_open(self.wanted.max(1))
     }
 
     /// A datagram arrived from the group (copied once; see
@@ -573,7 +583,11 @@ impl Engine {
             if repair {
                 self.rel.on_seen(origin, m.seq, now, &mut self.stats);
             }
-            if self.rel.receive(origin, m, now, &mut self.rng, &mut self.stats) == Received::New {
+            if self
+                .rel
+                .receive(origin, m, now, &mut self.rng, &mut self.stats)
+                == Received::New
+            {
                 progressed = true;
             }
         }
@@ -631,7 +645,10 @@ impl Engine {
                     %origin, upto = %upto, lost,
                     "messages needed are held by no member any more; rejoining as a new incarnation"
                 );
-                self.rejoin(now, format!("{lost} message(s) of {origin} could not be repaired"));
+                self.rejoin(
+                    now,
+                    format!("{lost} message(s) of {origin} could not be repaired"),
+                );
                 return;
             }
         }
@@ -702,7 +719,11 @@ impl Engine {
             flags,
             cluster: self.cluster,
             sender: self.me,
-            view: if self.in_view { self.view.id } else { ViewId(0) },
+            view: if self.in_view {
+                self.view.id
+            } else {
+                ViewId(0)
+            },
         }
     }
 

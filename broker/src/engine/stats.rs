@@ -65,7 +65,7 @@ pub struct Stats {
     pub view_changes: u64,
     /// Rejoins as a new incarnation after an unrecoverable loss.
     pub rejoins: u64,
-    /// Messages split into fragments (on send) .
+    /// Messages we split into fragments.
     pub fragmented_messages: u64,
     /// Fragments sent for those messages.
     pub fragments: u64,

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ordo_wire::client::{ClusterView, ErrorCode, Reply};
 use ordo_wire::CausalContext;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::TopicDecl;
 use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
 use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{latency_since, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
-use crate::server::ServerStats;
 use crate::shell::transport::{RecvBatch, Transport};
 use crate::subs::{SubKey, SubTrie};
 use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
@@ -84,11 +83,26 @@ pub struct DriverGone;
 pub struct DriverHandle {
     commands: mpsc::Sender<Command>,
     gone: mpsc::UnboundedSender<u64>,
+    /// Bytes of publishes queued for the driver, bounded by
+    /// [`DriverConfig::command_queue_bytes`]; the driver gives them back
+    /// once the engine took (or refused) the message.
+    budget: Arc<Semaphore>,
+    budget_max: u32,
 }
 
 impl DriverHandle {
-    /// Sends a command, waiting while the driver's queue is full (backpressure).
+    /// Sends a command, waiting while the driver's queue is full, in
+    /// commands or (for publishes) in bytes: this is the backpressure that
+    /// reaches publishers' sockets.
     pub async fn send(&self, cmd: Command) -> Result<(), DriverGone> {
+        if let Command::Publish { topic, payload, .. } = &cmd {
+            let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
+            self.budget
+                .acquire_many(charge)
+                .await
+                .map_err(|_| DriverGone)?
+                .forget();
+        }
         self.commands.send(cmd).await.map_err(|_| DriverGone)
     }
 
@@ -108,8 +122,10 @@ pub struct DriverConfig {
     pub max_subscriptions: usize,
     /// Topics declared by configuration, applied at start.
     pub topics: Vec<TopicDecl>,
-    /// Capacity of the command channel (the publish backlog across clients).
+    /// Capacity of the command channel, in commands (the backlog across clients).
     pub command_queue: usize,
+    /// Bound on the payload bytes of publishes queued for the driver.
+    pub command_queue_bytes: usize,
     /// Largest datagram accepted from the group.
     pub max_datagram: usize,
 }
@@ -133,8 +149,10 @@ pub struct Driver {
     commands: mpsc::Receiver<Command>,
     gone: mpsc::UnboundedReceiver<u64>,
     metrics: Arc<Metrics>,
-    stats: Arc<ServerStats>,
     health: watch::Sender<Health>,
+    /// Byte budget of queued publishes, shared with every [`DriverHandle`].
+    budget: Arc<Semaphore>,
+    budget_max: u32,
     /// Reused per delivery: the (conn, sid) pairs a topic matched.
     matched: Vec<(u64, u64)>,
     /// Reused per flush: datagrams to multicast.
@@ -148,6 +166,7 @@ pub struct Driver {
     /// large message can exceed what is left of the window): retry only
     /// after the next input, which is what can free room, so as not to spin.
     await_input: bool,
+    io_errors: IoErrorLog,
     last_metrics: Instant,
 }
 
@@ -159,21 +178,32 @@ impl Driver {
         engine: Engine,
         transport: Transport,
         metrics: Arc<Metrics>,
-        stats: Arc<ServerStats>,
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
         let mut registry = TopicRegistry::new(config.default_ordering);
+        if let Some(missing) = unbuilt(TopicSpec {
+            ordering: config.default_ordering,
+            safe: false,
+        }) {
+            tracing::warn!(
+                "--default-ordering {} is inactive: {missing}",
+                config.default_ordering
+            );
+        }
         for t in &config.topics {
-            registry.declare(
-                &t.name,
-                TopicSpec {
-                    ordering: t.ordering,
-                    safe: t.safe,
-                },
-            )?;
+            let spec = TopicSpec {
+                ordering: t.ordering,
+                safe: t.safe,
+            };
+            registry.declare(&t.name, spec)?;
+            if let Some(missing) = unbuilt(spec) {
+                tracing::warn!(topic = %t.name, "configured topic is {spec}, partly inactive: {missing}");
+            }
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        let budget_max = u32::try_from(config.command_queue_bytes.max(1)).unwrap_or(u32::MAX);
+        let budget = Arc::new(Semaphore::new(budget_max as usize));
         let driver = Driver {
             config,
             engine,
@@ -184,18 +214,22 @@ impl Driver {
             commands: cmd_rx,
             gone: gone_rx,
             metrics,
-            stats,
             health,
+            budget: Arc::clone(&budget),
+            budget_max,
             matched: Vec::new(),
             transmit: Vec::new(),
             slow: Vec::new(),
             stalled: VecDeque::new(),
             await_input: false,
+            io_errors: IoErrorLog::default(),
             last_metrics: Instant::now(),
         };
         let handle = DriverHandle {
             commands: cmd_tx,
             gone: gone_tx,
+            budget,
+            budget_max,
         };
         Ok((driver, handle))
     }
@@ -223,19 +257,16 @@ impl Driver {
             // then the channel fills and TCP backpressure reaches publishers.
             let take_commands = self.stalled.is_empty();
             let deadline = self.engine.poll_timeout();
+            // Order matters under load: timers and the group's datagrams
+            // (acks, NAKs, digests that reopen the window) come before more
+            // client work, so a busy publisher cannot starve the protocol.
             tokio::select! {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => break,
                 Some(conn) = self.gone.recv() => self.drop_conn(conn),
-                n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
-                    if n == 0 {
-                        // Every handle is gone: nothing can reach us any more.
-                        break;
-                    }
-                    let now = Instant::now();
-                    for cmd in cmds.drain(..) {
-                        self.command(cmd, now);
-                    }
+                _ = sleep_until_opt(deadline) => {
+                    self.engine.handle_timeout(Instant::now());
+                    self.await_input = false;
                 }
                 r = self.transport.recv_batch(&mut recv) => match r {
                     Ok(_) => {
@@ -246,14 +277,20 @@ impl Driver {
                         self.await_input = false;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "multicast receive failed");
+                        self.io_errors.report("receive", &e);
                         // Do not spin on a persistent socket error.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                _ = sleep_until_opt(deadline) => {
-                    self.engine.handle_timeout(Instant::now());
-                    self.await_input = false;
+                n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
+                    if n == 0 {
+                        // Every handle is gone: nothing can reach us any more.
+                        break;
+                    }
+                    let now = Instant::now();
+                    for cmd in cmds.drain(..) {
+                        self.command(cmd, now);
+                    }
                 }
             }
             self.flush().await;
@@ -323,7 +360,7 @@ impl Driver {
             if !self.transmit.is_empty() {
                 if let Err(e) = self.transport.send_batch(&self.transmit).await {
                     // The engine's NAK repair covers datagrams lost here.
-                    tracing::warn!(error = %e, "multicast send failed");
+                    self.io_errors.report("send", &e);
                 }
                 self.transmit.clear();
             }
@@ -372,7 +409,14 @@ impl Driver {
                 topic,
                 context,
                 payload,
-            } => self.publish(conn, confirm, &topic, context, payload, now),
+            } => {
+                self.publish(conn, confirm, &topic, context, payload, now);
+                // Dispatch what the publish delivered before the next command,
+                // so an answer to a later request never overtakes it.
+                while let Some(ev) = self.engine.poll_event() {
+                    self.event(ev);
+                }
+            }
             Command::Declare {
                 conn,
                 req,
@@ -382,6 +426,9 @@ impl Driver {
                 let reply = match self.registry.declare(&topic, spec) {
                     Ok(Declared::New) => {
                         tracing::info!(topic = %topic, ordering = %spec.ordering, safe = spec.safe, "topic declared");
+                        if let Some(missing) = unbuilt(spec) {
+                            tracing::warn!(topic = %topic, "topic declared {spec}, partly inactive: {missing}");
+                        }
                         Reply::Ok { req }
                     }
                     Ok(Declared::Existing) => Reply::Ok { req },
@@ -402,6 +449,7 @@ impl Driver {
                 let reply = match self.conns.get_mut(&conn).and_then(|c| c.sids.remove(&sid)) {
                     Some(key) => {
                         self.subs.remove(key);
+                        self.metrics.subscription_removed();
                         Reply::Ok { req }
                     }
                     None => Reply::Error {
@@ -455,6 +503,7 @@ impl Driver {
         match self.subs.insert(pattern, (conn, sid)) {
             Ok(key) => {
                 state.sids.insert(sid, key);
+                self.metrics.subscription_added();
                 Reply::Ok { req }
             }
             Err(e) => Reply::Error {
@@ -474,9 +523,13 @@ impl Driver {
         payload: Bytes,
         now: Instant,
     ) {
+        // The budget goes back unless the publish stalls again (then it
+        // stays charged until it is finally taken).
+        let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
         let topic = match self.registry.resolve(topic) {
             Ok(t) => t,
             Err(e) => {
+                self.budget.add_permits(charge as usize);
                 let reply = topic_error(confirm.unwrap_or(0), e);
                 self.reply(conn, reply);
                 return;
@@ -495,8 +548,13 @@ impl Driver {
             confirm: confirm.map(|req| ConfirmToken { conn, req }),
             published_at_us: unix_micros(),
         };
-        match self.engine.publish(msg, now) {
-            Ok(()) => {}
+        let ordering = msg.ordering;
+        let result = self.engine.publish(msg, now);
+        if !matches!(result, Err(PublishError::WouldBlock)) {
+            self.budget.add_permits(charge as usize);
+        }
+        match result {
+            Ok(()) => self.metrics.observe_publish(ordering),
             Err(PublishError::WouldBlock) => {
                 // Flow control: hold it (and, through `stalled`, everything
                 // after it) until the engine has room again.
@@ -523,6 +581,8 @@ impl Driver {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Deliver(msg) => {
+                self.metrics
+                    .observe_delivery(msg.ordering, latency_since(msg.published_at_us));
                 let matched = &mut self.matched;
                 matched.clear();
                 self.subs
@@ -559,6 +619,7 @@ impl Driver {
                 }
             }
             Event::ViewInstalled(view) => {
+                self.metrics.set_view(view.id, view.members.len());
                 let node_id = self.engine.origin().node;
                 let health = if view.members.iter().any(|m| m.node == node_id) {
                     tracing::info!(view = %view.id, members = view.members.len(), "view installed");
@@ -594,7 +655,7 @@ impl Driver {
             let Some(state) = self.conns.remove(&conn) else {
                 continue; // already handled (several overflows in one batch)
             };
-            ServerStats::bump(&self.stats.slow_consumers);
+            self.metrics.slow_consumer();
             tracing::warn!(
                 conn,
                 queued_bytes = state.outbox.queued_bytes(),
@@ -603,6 +664,7 @@ impl Driver {
             state.outbox.kill();
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
@@ -611,6 +673,7 @@ impl Driver {
         if let Some(state) = self.conns.remove(&conn) {
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
@@ -618,6 +681,30 @@ impl Driver {
     /// How many connections the driver serves (for tests and logs).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+/// What of a topic's guarantee the engine does not provide yet, if anything.
+///
+/// Mirrors the engine's delivery layers (`engine/delivery/mod.rs`,
+/// `layer_for`): today every ordering is served FIFO and safe topics only
+/// delay confirmations. Update this as the causal, total and safe layers land.
+fn unbuilt(spec: TopicSpec) -> Option<String> {
+    let ordering = match spec.ordering {
+        ordo_wire::Ordering::Fifo => None,
+        o => Some(format!(
+            "the {o} delivery layer is not built yet, so its messages are delivered FIFO per publisher{}",
+            if o.is_total() { " without a gseq" } else { "" }
+        )),
+    };
+    let safe = spec.safe.then_some(
+        "safe delivery (held until every member has the message) is not built yet; only confirmations wait for every member",
+    );
+    match (ordering, safe) {
+        (None, None) => None,
+        (Some(o), None) => Some(o),
+        (None, Some(s)) => Some(s.to_string()),
+        (Some(o), Some(s)) => Some(format!("{o}; {s}")),
     }
 }
 
@@ -643,6 +730,38 @@ fn cluster_view(view: &View, this: ordo_wire::Origin) -> ClusterView {
     }
 }
 
+/// The budget bytes a publish holds while queued for the driver (at most
+/// the whole budget, so one large message can always pass alone).
+fn publish_charge(topic_len: usize, payload_len: usize, max: u32) -> u32 {
+    u32::try_from(topic_len + payload_len)
+        .unwrap_or(u32::MAX)
+        .clamp(1, max)
+}
+
+/// Logs multicast socket errors at most once a second, with how many were
+/// suppressed, so a persistent failure cannot flood the log.
+#[derive(Debug, Default)]
+struct IoErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl IoErrorLog {
+    fn report(&mut self, op: &'static str, e: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %e, suppressed = self.suppressed, "multicast {op} failed");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 /// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
 fn unix_micros() -> u64 {
     SystemTime::now()
@@ -656,5 +775,217 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::server::outbox::{outbox, OutboxReceiver};
+    use crate::shell::transport::TransportConfig;
+    use crate::testkit::ClusterSpec;
+    use ordo_wire::{Incarnation, NodeId, Ordering};
+
+    /// A driver alone in its own cluster on loopback, with a small
+    /// retransmit buffer so flow control engages.
+    async fn driver(
+        retransmit: usize,
+    ) -> (
+        DriverHandle,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let spec = ClusterSpec::new();
+        let transport = Transport::open(&TransportConfig {
+            group: spec.group,
+            iface: std::net::Ipv4Addr::LOCALHOST,
+            ttl: 0,
+            recv_buffer: 1 << 20,
+            send_buffer: 1 << 20,
+        })
+        .unwrap();
+        let mut ec = EngineConfig::new(NodeId(1), Incarnation(1), spec.name);
+        ec.retransmit_buffer_bytes = retransmit;
+        ec.discovery_timeout = Duration::from_millis(20);
+        let engine = Engine::new(ec, Instant::now());
+        let (health, _) = watch::channel(Health::NotReady {
+            node_id: NodeId(1),
+            reason: "test".into(),
+        });
+        let (d, handle) = Driver::new(
+            DriverConfig {
+                default_ordering: Ordering::Fifo,
+                max_subscriptions: 10,
+                topics: Vec::new(),
+                command_queue: 64,
+                command_queue_bytes: 256 * 1024,
+                max_datagram: 8192,
+            },
+            engine,
+            transport,
+            Arc::new(Metrics::new()),
+            health,
+        )
+        .unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(d.run(stop_rx));
+        (handle, stop, task)
+    }
+
+    async fn next(rx: &mut OutboxReceiver) -> Out {
+        let mut v = Vec::with_capacity(1);
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv_many(&mut v, 1))
+            .await
+            .expect("driver answered nothing within 10 s");
+        assert_eq!(n, 1, "outbox closed");
+        let item = v.pop().unwrap();
+        rx.release(item.charge());
+        item
+    }
+
+    fn publish(conn: u64, confirm: Option<u64>, payload: Bytes) -> Command {
+        Command::Publish {
+            conn,
+            confirm,
+            topic: "t".into(),
+            context: CausalContext::new(),
+            payload,
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_keep_their_order_through_flow_control() {
+        let (h, stop, task) = driver(64 * 1024).await;
+        let (tx, mut rx) = outbox(10_000, 64 << 20);
+        h.send(Command::Register {
+            conn: 1,
+            outbox: tx,
+        })
+        .await
+        .unwrap();
+        h.send(Command::Subscribe {
+            conn: 1,
+            req: 1,
+            sid: 1,
+            pattern: "t".into(),
+        })
+        .await
+        .unwrap();
+        // 300 KiB through a window of a few dozen KiB: publishes stall, and
+        // the subscription sent after them must not overtake them.
+        const N: u32 = 300;
+        for i in 0..N {
+            let mut p = i.to_be_bytes().to_vec();
+            p.resize(1024, 0);
+            h.send(publish(1, None, p.into())).await.unwrap();
+        }
+        h.send(Command::Subscribe {
+            conn: 1,
+            req: 2,
+            sid: 2,
+            pattern: "t".into(),
+        })
+        .await
+        .unwrap();
+        h.send(publish(1, Some(3), Bytes::from_static(b"last")))
+            .await
+            .unwrap();
+
+        assert!(matches!(
+            next(&mut rx).await,
+            Out::Reply(Reply::Ok { req: 1 })
+        ));
+        for i in 0..N {
+            match next(&mut rx).await {
+                Out::Deliver { sid: 1, msg } => assert_eq!(&msg.payload[..4], &i.to_be_bytes()),
+                other => panic!("message {i}: got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            next(&mut rx).await,
+            Out::Reply(Reply::Ok { req: 2 })
+        ));
+        // The last publish reaches both subscriptions; its confirmation may
+        // come before or after the deliveries.
+        let mut sids = Vec::new();
+        let mut confirmed = false;
+        while sids.len() < 2 || !confirmed {
+            match next(&mut rx).await {
+                Out::Deliver { sid, msg } => {
+                    assert_eq!(msg.payload, Bytes::from_static(b"last"));
+                    sids.push(sid);
+                }
+                Out::Reply(Reply::Ok { req: 3 }) => confirmed = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        sids.sort_unstable();
+        assert_eq!(sids, vec![1, 2]);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn overflowing_outbox_is_killed_and_unsubscribed() {
+        let (h, stop, task) = driver(64 << 20).await;
+        let (slow_tx, slow_rx) = outbox(4, 1 << 20);
+        let (fast_tx, mut fast_rx) = outbox(10_000, 64 << 20);
+        let watch = slow_rx.kill_watch();
+        h.send(Command::Register {
+            conn: 1,
+            outbox: slow_tx,
+        })
+        .await
+        .unwrap();
+        h.send(Command::Register {
+            conn: 2,
+            outbox: fast_tx,
+        })
+        .await
+        .unwrap();
+        for conn in [1, 2] {
+            h.send(Command::Subscribe {
+                conn,
+                req: 1,
+                sid: 1,
+                pattern: "t".into(),
+            })
+            .await
+            .unwrap();
+        }
+        for i in 0..10u32 {
+            h.send(publish(2, None, Bytes::from(i.to_be_bytes().to_vec())))
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), watch.killed())
+            .await
+            .expect("the slow consumer was not killed");
+        assert!(matches!(
+            next(&mut fast_rx).await,
+            Out::Reply(Reply::Ok { req: 1 })
+        ));
+        for i in 0..10u32 {
+            match next(&mut fast_rx).await {
+                Out::Deliver { msg, .. } => assert_eq!(&msg.payload[..], &i.to_be_bytes()),
+                other => panic!("{other:?}"),
+            }
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        drop(slow_rx);
+    }
+
+    #[test]
+    fn unbuilt_guarantees_are_named() {
+        let spec = |ordering, safe| TopicSpec { ordering, safe };
+        assert_eq!(unbuilt(spec(Ordering::Fifo, false)), None);
+        let total = unbuilt(spec(Ordering::TotalSeq, true)).unwrap();
+        assert!(total.contains("total-seq") && total.contains("gseq") && total.contains("safe"));
+        assert!(!unbuilt(spec(Ordering::Causal, false))
+            .unwrap()
+            .contains("gseq"));
     }
 }

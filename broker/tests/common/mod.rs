@@ -242,3 +242,17 @@ pub fn assert_error(r: &Reply, code: ErrorCode, needles: &[&str]) {
         other => panic!("expected {code:?} error, got {other:?}"),
     }
 }
+
+/// The value of one series in the broker's `/metrics` (e.g.
+/// `ordo_protocol_errors_total{reason="not_hello"}`), 0 when absent.
+pub fn metric(b: &BrokerProcess, series: &str) -> f64 {
+    let (code, body) = b.http_get("/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

@@ -9,8 +9,11 @@
 //! automatically before each setup). Everything this harness creates is
 //! removed on `Drop`, panics included.
 //!
-//! Traffic never leaves the namespaces: the bridge has no address and the
-//! only addresses used are the namespaces' own (10.77.<k>.0/24).
+//! Traffic never leaves the machine: the only addresses used are the
+//! namespaces' own (10.77.<k>.1..) and the bridge's (10.77.<k>.254), which
+//! lets the test process itself (in the root namespace) reach the brokers'
+//! client and metrics ports. `<k>` is picked among /24s no interface of the
+//! root namespace uses yet.
 //!
 //! Without root, `ip` or `nft`, [`Netns::create`] prints a line starting
 //! `SKIPPED` and returns `None`; set `ORDO_NETNS_REQUIRED=1` (CI) to make that
@@ -46,6 +49,8 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Netns {
     bridge: Option<String>,
+    /// The bridge's address in the root namespace (the test process's side).
+    bridge_addr: Ipv4Addr,
     nodes: Vec<Node>,
     /// Processes started inside the namespaces, killed (by pid) on drop.
     children: Vec<Child>,
@@ -73,6 +78,7 @@ impl Netns {
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut net = Netns {
             bridge: None,
+            bridge_addr: Ipv4Addr::UNSPECIFIED,
             nodes: Vec::new(),
             children: Vec::new(),
         };
@@ -89,9 +95,12 @@ impl Netns {
             "0",
         ]);
         net.bridge = Some(bridge.clone());
+        let subnet = free_subnet(pid, k);
+        let bridge_addr = Ipv4Addr::new(10, 77, subnet, 254);
+        ip(&["addr", "add", &format!("{bridge_addr}/24"), "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
+        net.bridge_addr = bridge_addr;
 
-        let subnet = (k % 250) as u8;
         for i in 0..n {
             let ns = format!("{NS_PREFIX}{pid}-{k}-{i}");
             let host = format!("ov{pid}x{k}n{i}");
@@ -133,6 +142,11 @@ impl Netns {
     /// The bridge's interface name.
     pub fn bridge(&self) -> &str {
         self.bridge.as_deref().unwrap_or("")
+    }
+
+    /// The root namespace's address on the bridge.
+    pub fn bridge_addr(&self) -> Ipv4Addr {
+        self.bridge_addr
     }
 
     /// Node `i`'s address (its `--iface`).
@@ -268,6 +282,18 @@ pub fn cleanup_leftovers() {
             }
         }
     }
+}
+
+/// A third octet for 10.77.<k>.0/24 that no root-namespace address uses,
+/// starting from one derived from pid and counter so parallel runs spread out.
+fn free_subnet(pid: u32, k: u32) -> u8 {
+    let out = checked(Command::new("ip").args(["-4", "-o", "addr", "show"]));
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = pid.wrapping_mul(31).wrapping_add(k.wrapping_mul(7)) % 250;
+    (0..250)
+        .map(|i| ((start + i) % 250) as u8)
+        .find(|c| !used.contains(&format!(" 10.77.{c}.")))
+        .expect("all 250 test subnets 10.77.x.0/24 are in use; run scripts/netns-cleanup.sh")
 }
 
 /// Why namespace tests cannot run here, if they cannot.

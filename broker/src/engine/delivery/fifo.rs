@@ -182,10 +182,19 @@ mod tests {
     fn fragments_are_joined_in_order() {
         let o = Origin::default();
         let mut f = Fifo::default();
-        assert!(f.reassemble(o, unit(4, Some((0, 3)), b"ab")).unwrap().is_none());
-        assert!(f.reassemble(o, unit(5, Some((1, 3)), b"cd")).unwrap().is_none());
+        assert!(f
+            .reassemble(o, unit(4, Some((0, 3)), b"ab"))
+            .unwrap()
+            .is_none());
+        assert!(f
+            .reassemble(o, unit(5, Some((1, 3)), b"cd"))
+            .unwrap()
+            .is_none());
         assert_eq!(f.partial_bytes(), 4);
-        let r = f.reassemble(o, unit(6, Some((2, 3)), b"e")).unwrap().unwrap();
+        let r = f
+            .reassemble(o, unit(6, Some((2, 3)), b"e"))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.seq, Seq(4));
         assert_eq!(&r.msg.payload[..], b"abcde");
         assert_eq!(f.partial_bytes(), 0);
@@ -197,7 +206,10 @@ mod tests {
         let o = Origin::default();
         let mut f = Fifo::default();
         assert!(f.reassemble(o, unit(1, Some((1, 3)), b"x")).is_err());
-        assert!(f.reassemble(o, unit(2, Some((0, 3)), b"x")).unwrap().is_none());
+        assert!(f
+            .reassemble(o, unit(2, Some((0, 3)), b"x"))
+            .unwrap()
+            .is_none());
         assert!(f.reassemble(o, unit(3, None, b"y")).is_err());
         assert_eq!(f.partial_bytes(), 0);
     }

@@ -97,7 +97,10 @@ impl Membership {
 
     /// The view's coordinator: its first member not known to be dead.
     pub(crate) fn coordinator(&self, view: &View) -> Option<Origin> {
-        view.members.iter().find(|m| !self.dead.contains(m)).copied()
+        view.members
+            .iter()
+            .find(|m| !self.dead.contains(m))
+            .copied()
     }
 
     /// Notes a frame's sender. A newer incarnation of a member's node means
@@ -132,7 +135,8 @@ impl Engine {
             extended: 0,
         };
         self.send_join(None);
-        self.timers.set(Timer::Membership, now + self.config.view_retry);
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
     }
 
     fn form_singleton(&mut self, now: Instant) {
@@ -239,8 +243,14 @@ impl Engine {
                         target: Some(coordinator),
                     };
                     self.send_join(Some(coordinator));
-                    self.timers.set(Timer::Membership, now + self.config.view_retry);
-                } else if !self.membership.merge_logged && coordinator != self.me {
+                    self.timers
+                        .set(Timer::Membership, now + self.config.view_retry);
+                } else if !self.membership.merge_logged
+                    && self
+                        .membership
+                        .coordinator(&self.view)
+                        .is_some_and(|ours| coordinator < ours)
+                {
                     // Merges of two non-trivial views: see issue 5.
                     self.membership.merge_logged = true;
                     tracing::warn!(%coordinator, "another view of this cluster exists; merging views is not supported yet");
@@ -350,7 +360,8 @@ impl Engine {
             installed: BTreeSet::new(),
         });
         self.send(Flags::default(), Body::Propose(Propose { view, members }));
-        self.timers.set(Timer::Membership, now + self.config.view_retry);
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
         self.coordinator_progress(now);
     }
 
@@ -363,7 +374,10 @@ impl Engine {
         let Some(pos) = self.view.members.iter().position(|m| *m == sender) else {
             return;
         };
-        if self.view.members[..pos].iter().any(|m| p.members.contains(m)) {
+        if self.view.members[..pos]
+            .iter()
+            .any(|m| p.members.contains(m))
+        {
             return;
         }
         let last_seq = self.rel.last_seq();
@@ -478,7 +492,11 @@ impl Engine {
         let next = self.in_view
             && i.view == ViewId(self.view.id.0 + 1)
             && self.view.members.contains(&sender)
-            && self.membership.flush.as_ref().is_some_and(|f| f.view == i.view);
+            && self
+                .membership
+                .flush
+                .as_ref()
+                .is_some_and(|f| f.view == i.view);
         if next || (joining && for_us) {
             self.send(Flags::default(), Body::InstallAck(i.view));
             self.apply_install(i, now);
@@ -540,7 +558,8 @@ impl Engine {
         self.membership.leaves.retain(|l| members.contains(l));
         self.stats.view_changes += 1;
         tracing::info!(view = %id, members = ?self.view.members, "view installed");
-        self.events.push_back(Event::ViewInstalled(self.view.clone()));
+        self.events
+            .push_back(Event::ViewInstalled(self.view.clone()));
         if let Some((from, reason)) = self.membership.discontinuity.take() {
             self.events.push_back(Event::Discontinuity {
                 from,
@@ -549,7 +568,8 @@ impl Engine {
             });
         }
         self.send_heartbeat(now);
-        self.timers.set(Timer::Membership, now + self.config.view_retry);
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
         if self.membership.leaving {
             self.start_leave(now);
         }
@@ -581,7 +601,8 @@ impl Engine {
             self.maybe_start_change(now);
         } else {
             self.send(Flags::default(), Body::Leave);
-            self.timers.set(Timer::Membership, now + self.config.view_retry);
+            self.timers
+                .set(Timer::Membership, now + self.config.view_retry);
         }
     }
 
@@ -612,6 +633,7 @@ impl Engine {
         self.membership.leaves.clear();
         self.membership.phase = Phase::Joining { target };
         self.send_join(target);
-        self.timers.set(Timer::Membership, now + self.config.view_retry);
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
     }
 }

@@ -75,7 +75,10 @@ pub(crate) struct Reliability {
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
-    repairs: BTreeMap<(Origin, Seq), Instant>,
+    /// Pending repairs: when each is due, and whether it is forced (a
+    /// repair was already seen and the NAK persists, so seeing another one
+    /// does not cancel it: the receiver may hear us but not the origin).
+    repairs: BTreeMap<(Origin, Seq), (Instant, bool)>,
     repair_queue: BTreeSet<(Instant, Origin, Seq)>,
     pacer: NakPacer,
 }
@@ -165,7 +168,10 @@ impl Reliability {
 
     /// Our last sequence number.
     pub(crate) fn last_seq(&self) -> Seq {
-        self.logs.get(&self.me).map(|l| l.contiguous).unwrap_or_default()
+        self.logs
+            .get(&self.me)
+            .map(|l| l.contiguous)
+            .unwrap_or_default()
     }
 
     /// Bytes of our messages not yet stable.
@@ -192,10 +198,10 @@ impl Reliability {
         self.held_bytes + bytes <= self.cfg.limit || self.make_room(bytes, false, me, stats)
     }
 
-    /// Whether a small message would be admitted (for `can_publish`).
-    pub(crate) fn window_open(&self) -> bool {
+    /// Whether a message of `bytes` would be admitted (for `can_publish`).
+    pub(crate) fn window_open(&self, bytes: usize) -> bool {
         let held = self.logs.get(&self.me).map_or(0, |l| l.msgs.len());
-        self.own_unstable_bytes() < self.own_limit()
+        self.own_unstable_bytes() + bytes <= self.own_limit()
             && held < self.cfg.send_window
             && self.held_bytes < self.cfg.limit
     }
@@ -238,14 +244,11 @@ impl Reliability {
         };
         while self.sent < last {
             let next = self.sent.next();
-            match log.msgs.get(&next) {
-                Some(h) => {
-                    if !w.push(&h.msg) {
-                        return true;
-                    }
+            // A message already stable (a one-member view) is skipped: nobody needs it.
+            if let Some(h) = log.msgs.get(&next) {
+                if !w.push(&h.msg) {
+                    return true;
                 }
-                // Already stable (a one-member view): nobody needs it.
-                None => {}
             }
             self.sent = next;
         }
@@ -493,11 +496,7 @@ impl Reliability {
             let backoff = log.nak.backoff;
             log.nak.due = Some(now + backoff + random_upto(rng, backoff / 2));
             log.nak.backoff = (backoff * 2).min(max_backoff);
-            log.nak.head = if forget {
-                log.highest
-            } else {
-                log.contiguous
-            };
+            log.nak.head = if forget { log.highest } else { log.contiguous };
             out.push(Nak {
                 origin: *origin,
                 ranges,
@@ -519,9 +518,7 @@ impl Reliability {
         let mut gone = None;
         let repair_delay = self.cfg.repair_delay;
         let holdoff = self.cfg.nak_backoff_initial / 2;
-        let Some(log) = self.logs.get_mut(&nak.origin) else {
-            return None;
-        };
+        let log = self.logs.get_mut(&nak.origin)?;
         // Suppression: someone asked for everything we miss.
         if nak.origin != self.me && log.nak.due.is_some() {
             let mine = log.missing(MAX_NAK_RANGES);
@@ -537,7 +534,7 @@ impl Reliability {
             }
         }
         let mut budget = MAX_REPAIR_PER_NAK;
-        let mut wanted = Vec::new();
+        let mut wanted: Vec<(Seq, bool)> = Vec::new();
         for &(a, b) in &nak.ranges {
             if a <= log.stable && nak.origin == self.me {
                 gone = Some(log.stable);
@@ -548,15 +545,17 @@ impl Reliability {
             while s <= to && budget > 0 {
                 budget -= 1;
                 if let Some(h) = log.msgs.get(&s) {
-                    if h.last_repair.is_none_or(|t| now.saturating_duration_since(t) >= holdoff) {
-                        wanted.push(s);
+                    if h.last_repair
+                        .is_none_or(|t| now.saturating_duration_since(t) >= holdoff)
+                    {
+                        wanted.push((s, h.last_repair.is_some()));
                     }
                 }
                 s = s.next();
             }
         }
         let origin = nak.origin;
-        for s in wanted {
+        for (s, force) in wanted {
             if self.repairs.contains_key(&(origin, s)) || self.repairs.len() >= MAX_PENDING_REPAIRS
             {
                 continue;
@@ -567,7 +566,7 @@ impl Reliability {
             } else {
                 now + repair_delay + random_upto(rng, repair_delay)
             };
-            self.repairs.insert((origin, s), due);
+            self.repairs.insert((origin, s), (due, force));
             self.repair_queue.insert((due, origin, s));
         }
         gone
@@ -575,11 +574,16 @@ impl Reliability {
 
     /// Someone sent `origin`'s message `seq`: ours to repair need not go out.
     pub(crate) fn on_seen(&mut self, origin: Origin, seq: Seq, now: Instant, stats: &mut Stats) {
-        if let Some(due) = self.repairs.remove(&(origin, seq)) {
+        if let Some(&(due, false)) = self.repairs.get(&(origin, seq)) {
+            self.repairs.remove(&(origin, seq));
             self.repair_queue.remove(&(due, origin, seq));
             stats.retransmissions_suppressed += 1;
         }
-        if let Some(h) = self.logs.get_mut(&origin).and_then(|l| l.msgs.get_mut(&seq)) {
+        if let Some(h) = self
+            .logs
+            .get_mut(&origin)
+            .and_then(|l| l.msgs.get_mut(&seq))
+        {
             h.last_repair = Some(now);
         }
     }
@@ -593,7 +597,11 @@ impl Reliability {
             }
             self.repair_queue.pop_first();
             self.repairs.remove(&(origin, seq));
-            if let Some(h) = self.logs.get_mut(&origin).and_then(|l| l.msgs.get_mut(&seq)) {
+            if let Some(h) = self
+                .logs
+                .get_mut(&origin)
+                .and_then(|l| l.msgs.get_mut(&seq))
+            {
                 h.last_repair = Some(now);
                 out.entry(origin).or_default().push(h.msg.clone());
             }
@@ -620,18 +628,28 @@ impl Reliability {
     // ----- digests and gauges -----
 
     /// Our digest: per view member, contiguous and highest known.
+    /// Our own entry names what we sent, not what is still queued, so
+    /// nobody asks for messages already on their way.
     pub(crate) fn digest(&self) -> Vec<DigestEntry> {
         self.logs
             .iter()
-            .map(|(o, l)| DigestEntry {
-                origin: *o,
-                contiguous: l.contiguous,
-                highest: l.highest.max(l.contiguous),
+            .map(|(o, l)| {
+                let (contiguous, highest) = if *o == self.me {
+                    (self.sent, self.sent)
+                } else {
+                    (l.contiguous, l.highest.max(l.contiguous))
+                };
+                DigestEntry {
+                    origin: *o,
+                    contiguous,
+                    highest,
+                }
             })
             .collect()
     }
 
     /// Our contiguous prefix of each origin.
+    #[cfg(feature = "sim")]
     pub(crate) fn contiguous(&self) -> BTreeMap<Origin, Seq> {
         self.logs.iter().map(|(o, l)| (*o, l.contiguous)).collect()
     }
@@ -641,7 +659,10 @@ impl Reliability {
         if member == self.me {
             return self.logs.get(&origin).map(|l| l.contiguous);
         }
-        self.peers.get(&member).and_then(|p| p.get(&origin)).copied()
+        self.peers
+            .get(&member)
+            .and_then(|p| p.get(&origin))
+            .copied()
     }
 
     /// The next NAK or repair deadline.
@@ -665,6 +686,7 @@ impl Reliability {
     }
 
     /// Whether any stream has a gap.
+    #[cfg(feature = "sim")]
     pub(crate) fn has_gaps(&self) -> bool {
         self.logs.values().any(OriginLog::has_gap)
     }
