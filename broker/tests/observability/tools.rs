@@ -13,10 +13,15 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Both tools, or a loud explanation why the caller skips.
+/// Both tools, or a loud explanation why the caller skips. With
+/// `ORDO_PROMETHEUS_REQUIRED` set (CI, which installs them), missing tools
+/// fail the test instead.
 pub fn prometheus_and_promtool(test: &str) -> Option<(PathBuf, PathBuf)> {
     match (find("prometheus"), find("promtool")) {
         (Some(p), Some(t)) => Some((p, t)),
+        _ if std::env::var_os("ORDO_PROMETHEUS_REQUIRED").is_some() => panic!(
+            "{test}: `prometheus`/`promtool` not installed but ORDO_PROMETHEUS_REQUIRED is set"
+        ),
         _ => {
             eprintln!(
                 "\n*** SKIPPED {test}: `prometheus`/`promtool` not installed \
