@@ -1,0 +1,538 @@
+//! The client handle: connect and handshake, then requests, publishes and
+//! subscriptions over one connection task.
+
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ordo_wire::client::{
+    ClusterView, ErrorCode, Limits, Reply, Request, TopicInfo, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use ordo_wire::{CausalContext, Incarnation, NodeId, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::connection::{self, Command, ReplyResult, Shared};
+use crate::error::Error;
+use crate::subscription::Subscription;
+
+/// How to connect and how much to buffer.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The token the broker may require.
+    pub token: Option<String>,
+    /// A name for this client in the broker's logs.
+    pub name: String,
+    /// How long opening the TCP connection may take.
+    pub connect_timeout: Duration,
+    /// How long the broker may take to answer a request (declare, subscribe,
+    /// list, cluster, flush) or to confirm a publish.
+    pub request_timeout: Duration,
+    /// Events a subscription buffers before the connection stops reading.
+    pub subscription_capacity: usize,
+    /// Commands (publishes, requests) queued for the writer before
+    /// `publish` waits.
+    pub command_capacity: usize,
+    /// Requests and confirmed publishes awaiting an answer at once; more wait.
+    pub max_in_flight: usize,
+    /// Largest frame accepted from the broker (at least the broker's own limit is used).
+    pub max_frame: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            name: format!("ordo-client-{}", std::process::id()),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            subscription_capacity: 1024,
+            command_capacity: 1024,
+            max_in_flight: 16 * 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// What the broker said about itself in its welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The broker's node id.
+    pub node: NodeId,
+    /// The broker's current incarnation.
+    pub incarnation: Incarnation,
+    /// This connection's id at the broker: the `publisher` of its messages.
+    pub client_id: u64,
+    /// The broker's frame and payload limits.
+    pub limits: Limits,
+}
+
+/// A snapshot of the connection's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientStats {
+    /// Publish frames written.
+    pub published: u64,
+    /// Messages received for any subscription.
+    pub delivered: u64,
+    /// Events dropped because their subscription had already ended.
+    pub dropped_unsubscribed: u64,
+    /// Times the reader waited for a full subscription channel.
+    pub backpressure_waits: u64,
+    /// Pongs not sent because too many were already owed.
+    pub pongs_dropped: u64,
+    /// Socket writes (each carries a batch of frames).
+    pub writes: u64,
+    /// Socket reads (each may carry many frames).
+    pub reads: u64,
+}
+
+/// A connection to one broker. Cloning is cheap and shares the connection;
+/// it stays open while a clone or a [`Subscription`] lives, or until
+/// [`Client::close`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cmds: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    in_flight: Arc<Semaphore>,
+    options: ClientOptions,
+    server: ServerInfo,
+}
+
+/// A publish the broker has yet to confirm; [`Confirmation::wait`] for it.
+#[derive(Debug)]
+pub struct Confirmation {
+    waiter: Waiter,
+    topic: String,
+}
+
+impl Confirmation {
+    /// Waits until the broker confirms the message is safe (DESIGN.md
+    /// "Confirmed publishes"), refuses it, or the request timeout passes.
+    pub async fn wait(self) -> Result<(), Error> {
+        let what = format!(
+            "waiting for the broker to confirm a publish on {}",
+            self.topic
+        );
+        match self.waiter.wait(&what).await? {
+            Reply::Ok { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A registered request: its answer, its in-flight permit, and cleanup if
+/// the caller gives up.
+#[derive(Debug)]
+struct Waiter {
+    req: u64,
+    rx: Option<oneshot::Receiver<ReplyResult>>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Waiter {
+    async fn wait(mut self, what: &str) -> Result<Reply, Error> {
+        let Some(rx) = self.rx.take() else {
+            return Err(self.shared.gone());
+        };
+        let reply = match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: format!("after {:?} {what}", self.timeout),
+                })
+            }
+            Ok(Err(_)) => return Err(self.shared.gone()),
+            Ok(Ok(r)) => r?,
+        };
+        match reply {
+            Reply::Error { code, message, .. } => Err(Error::Refused { code, message }),
+            r => Ok(r),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Abandoned (timed out or cancelled): stop holding a slot for it.
+        if self.rx.is_some() {
+            self.shared.forget(self.req);
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Protocol(format!("unexpected answer from the broker: {reply:?}"))
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`), says hello and waits for the welcome.
+    pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, Error> {
+        let stream =
+            match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => {
+                    return Err(Error::Connect {
+                        addr: addr.to_string(),
+                        reason: format!("no answer within {:?}", options.connect_timeout),
+                        source: None,
+                    })
+                }
+                Ok(Err(e)) => return Err(Error::connect(addr, e)),
+                Ok(Ok(s)) => s,
+            };
+        // Latency matters more than packet count: the writer batches itself.
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+
+        let mut out = BytesMut::new();
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            token: options.token.clone(),
+            name: options.name.clone(),
+        }
+        .encode(&mut out);
+        let max_frame = options.max_frame as usize;
+        let handshake = async {
+            wr.write_all(&out).await.map_err(|e| Error::io(&e))?;
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            loop {
+                match Reply::decode(&mut buf, max_frame) {
+                    Err(e) => return Err(Error::Protocol(format!("bad welcome: {e}"))),
+                    Ok(Some(reply)) => return Ok((reply, buf)),
+                    Ok(None) => {}
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        return Err(Error::Disconnected {
+                            code: None,
+                            reason: "the broker closed the connection during the handshake".into(),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::io(&e)),
+                }
+            }
+        };
+        let (reply, buf) = tokio::time::timeout(options.request_timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("waiting for the welcome of the broker at {addr}"),
+            })??;
+        let server = match reply {
+            Reply::Welcome {
+                version,
+                node,
+                incarnation,
+                client_id,
+                limits,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(Error::Protocol(format!(
+                        "the broker speaks protocol version {version}, this client {PROTOCOL_VERSION}"
+                    )));
+                }
+                ServerInfo {
+                    node,
+                    incarnation,
+                    client_id,
+                    limits,
+                }
+            }
+            Reply::Error { code, message, .. } => return Err(Error::Refused { code, message }),
+            other => return Err(unexpected(other)),
+        };
+
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(options.command_capacity.max(1));
+        let max_frame = max_frame.max(server.limits.max_frame as usize);
+        tokio::spawn(connection::run(rd, wr, buf, max_frame, rx, shared.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cmds: tx,
+                shared,
+                next_id: AtomicU64::new(1),
+                in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+                options,
+                server,
+            }),
+        })
+    }
+
+    /// What the broker said about itself when the connection opened.
+    pub fn server_info(&self) -> ServerInfo {
+        self.inner.server
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.shared.stats;
+        let get = |a: &AtomicU64| a.load(AtomicOrdering::Relaxed);
+        ClientStats {
+            published: get(&c.published),
+            delivered: get(&c.delivered),
+            dropped_unsubscribed: get(&c.dropped_unsubscribed),
+            backpressure_waits: get(&c.backpressure_waits),
+            pongs_dropped: get(&c.pongs_dropped),
+            writes: get(&c.writes),
+            reads: get(&c.reads),
+        }
+    }
+
+    /// The causal context the next publish will carry: the merge of every
+    /// delivery this connection has received.
+    pub fn causal_context(&self) -> CausalContext {
+        self.inner.shared.context()
+    }
+
+    /// A fresh request id (never 0, which names the connection).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, AtomicOrdering::Relaxed)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.inner
+            .cmds
+            .send(cmd)
+            .await
+            .map_err(|_| self.inner.shared.gone())
+    }
+
+    /// Registers a waiter and sends the request `make(req)`.
+    async fn request(&self, make: impl FnOnce(u64) -> Request) -> Result<Waiter, Error> {
+        let permit = self
+            .inner
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.inner.shared.gone())?;
+        let req = self.next_id();
+        let rx = self.inner.shared.register(req)?;
+        let waiter = Waiter {
+            req,
+            rx: Some(rx),
+            shared: self.inner.shared.clone(),
+            timeout: self.inner.options.request_timeout,
+            _permit: permit,
+        };
+        self.send(Command::Request(make(req))).await?;
+        Ok(waiter)
+    }
+
+    /// Declares `topic` with its ordering (and `safe` delivery). Declaring it
+    /// again the same way succeeds; differently, the broker refuses naming both.
+    pub async fn declare(&self, topic: &str, ordering: Ordering, safe: bool) -> Result<(), Error> {
+        let waiter = self
+            .request(|req| Request::Declare {
+                req,
+                topic: topic.to_string(),
+                ordering,
+                safe,
+            })
+            .await?;
+        match waiter
+            .wait(&format!("waiting for the broker to declare {topic}"))
+            .await?
+        {
+            Reply::Ok { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn check_payload(&self, payload: &Bytes) -> Result<(), Error> {
+        let max = self.inner.server.limits.max_payload as usize;
+        if payload.len() > max {
+            return Err(Error::Refused {
+                code: ErrorCode::PayloadTooLarge,
+                message: format!(
+                    "payload of {} bytes exceeds the broker's limit of {max} bytes",
+                    payload.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a message for the broker and returns once the connection took
+    /// it (waiting while the queue is full). It is written out with whatever
+    /// else is queued; [`Client::flush`] waits until the broker has read it.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        self.send(Command::Publish {
+            confirm: None,
+            topic: topic.to_string(),
+            payload,
+        })
+        .await
+    }
+
+    /// Queues a message asking for confirmation, and returns the
+    /// [`Confirmation`] to wait on, so many can be in flight at once.
+    pub async fn publish_with_confirmation(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Confirmation, Error> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let permit = self
+            .inner
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.inner.shared.gone())?;
+        let req = self.next_id();
+        let rx = self.inner.shared.register(req)?;
+        let waiter = Waiter {
+            req,
+            rx: Some(rx),
+            shared: self.inner.shared.clone(),
+            timeout: self.inner.options.request_timeout,
+            _permit: permit,
+        };
+        self.send(Command::Publish {
+            confirm: Some(req),
+            topic: topic.to_string(),
+            payload,
+        })
+        .await?;
+        Ok(Confirmation {
+            waiter,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Publishes and waits until the broker confirms the message is safe.
+    pub async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.publish_with_confirmation(topic, payload)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Waits until the broker has read everything sent before this call
+    /// (a ping round trip behind it). Fails if the broker reported an error
+    /// for the connection meanwhile.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let waiter = self.request(|nonce| Request::Ping { nonce }).await?;
+        match waiter
+            .wait("waiting for the broker to answer a ping")
+            .await?
+        {
+            Reply::Pong { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to `pattern` (`.`-separated tokens, `*` one token, `>` the
+    /// rest) and returns once the broker confirmed: every message published
+    /// after that is delivered to the returned stream.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        let sid = self.next_id();
+        let (tx, rx) = mpsc::channel(self.inner.options.subscription_capacity.max(1));
+        self.inner.shared.add_subscription(sid, tx)?;
+        let mut sub = Subscription {
+            sid,
+            pattern: pattern.to_string(),
+            rx,
+            shared: self.inner.shared.clone(),
+            client: self.clone(),
+            unsubscribed: false,
+            done: false,
+        };
+        let waiter = self
+            .request(|req| Request::Subscribe {
+                req,
+                sid,
+                pattern: pattern.to_string(),
+            })
+            .await;
+        let answer = match waiter {
+            Ok(w) => {
+                w.wait(&format!(
+                    "waiting for the broker to confirm subscription {pattern}"
+                ))
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Reply::Ok { .. }) => Ok(sub),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => {
+                // Refused or lost: nothing to undo at the broker.
+                sub.unsubscribed = true;
+                self.inner.shared.remove_subscription(sid, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a subscription and waits for the broker to acknowledge it.
+    pub async fn unsubscribe(&self, mut sub: Subscription) -> Result<(), Error> {
+        sub.unsubscribed = true;
+        self.inner.shared.remove_subscription(sub.sid, None);
+        let sid = sub.sid;
+        let waiter = self
+            .request(|req| Request::Unsubscribe { req, sid })
+            .await?;
+        match waiter
+            .wait(&format!(
+                "waiting for the broker to end subscription {}",
+                sub.pattern
+            ))
+            .await?
+        {
+            Reply::Ok { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The broker's topic table.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, Error> {
+        let waiter = self.request(|req| Request::ListTopics { req }).await?;
+        match waiter.wait("waiting for the topic list").await? {
+            Reply::Topics { topics, .. } => Ok(topics),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The current membership view as this broker sees it.
+    pub async fn cluster(&self) -> Result<ClusterView, Error> {
+        let waiter = self.request(|req| Request::Cluster { req }).await?;
+        match waiter.wait("waiting for the cluster view").await? {
+            Reply::Cluster { view, .. } => Ok(view),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes out everything queued, closes the connection, and waits until
+    /// it is closed. Subscriptions end (their streams yield `None`); any
+    /// request still waiting fails with [`Error::Closed`]. Call
+    /// [`Client::flush`] first to know the broker read everything.
+    pub async fn close(self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.cmds.send(Command::Close(tx)).await.is_err() {
+            return match self.inner.shared.closed() {
+                None | Some(Error::Closed) => Ok(()),
+                Some(e) => Err(e),
+            };
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+}
