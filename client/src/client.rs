@@ -536,3 +536,386 @@ impl Client {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! The client against a scripted peer speaking the wire protocol, so
+    //! each behaviour is checked without a real broker.
+
+    use super::*;
+    use crate::subscription::Event;
+    use futures_util::StreamExt;
+    use ordo_wire::client::Delivery;
+    use ordo_wire::{Origin, Seq};
+    use tokio::net::TcpListener;
+
+    /// The broker's end of one connection.
+    struct Peer {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        async fn recv(&mut self) -> Request {
+            loop {
+                if let Some(r) = Request::decode(&mut self.buf, 1 << 24).unwrap() {
+                    return r;
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "client closed the connection");
+            }
+        }
+
+        async fn send(&mut self, reply: Reply) {
+            let mut out = BytesMut::new();
+            reply.encode(&mut out);
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        /// Reads the hello and welcomes the client.
+        async fn welcome(&mut self) {
+            assert!(matches!(self.recv().await, Request::Hello { .. }));
+            self.send(Reply::Welcome {
+                version: PROTOCOL_VERSION,
+                node: NodeId(1),
+                incarnation: Incarnation(5),
+                client_id: 42,
+                limits: Limits::default(),
+            })
+            .await;
+        }
+    }
+
+    /// A client connected to a fresh peer that has welcomed it.
+    async fn pair(options: ClientOptions) -> (Client, Peer) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accept = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut peer = Peer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            peer.welcome().await;
+            peer
+        });
+        let client = Client::connect(&addr, options).await.unwrap();
+        (client, accept.await.unwrap())
+    }
+
+    fn origin(node: u32) -> Origin {
+        Origin {
+            node: NodeId(node),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    fn delivery(sid: u64, seq: u64, context: CausalContext, payload: Vec<u8>) -> Reply {
+        Reply::Message(Box::new(Delivery {
+            sid,
+            topic: "t".into(),
+            ordering: Ordering::Causal,
+            publisher: 3,
+            origin: origin(2),
+            seq: Seq(seq),
+            context,
+            gseq: None,
+            payload: payload.into(),
+        }))
+    }
+
+    /// Subscribes through the peer and returns the subscription and its sid.
+    async fn subscribed(client: &Client, peer: &mut Peer, pattern: &str) -> (Subscription, u64) {
+        let c = client.clone();
+        let pattern = pattern.to_string();
+        let sub = tokio::spawn(async move { c.subscribe(&pattern).await });
+        let Request::Subscribe { req, sid, .. } = peer.recv().await else {
+            panic!("expected a subscribe")
+        };
+        peer.send(Reply::Ok { req }).await;
+        (sub.await.unwrap().unwrap(), sid)
+    }
+
+    #[tokio::test]
+    async fn cannot_connect_is_exit_code_3() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = Client::connect(&addr, ClientOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.to_string().contains("connection refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refused_hello_is_a_refusal() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut peer = Peer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            let Request::Hello { token, .. } = peer.recv().await else {
+                panic!("expected hello")
+            };
+            assert_eq!(token.as_deref(), Some("wrong"));
+            peer.send(Reply::Error {
+                req: 0,
+                code: ErrorCode::NotAuthorized,
+                message: "bad token".into(),
+            })
+            .await;
+        });
+        let options = ClientOptions {
+            token: Some("wrong".into()),
+            ..ClientOptions::default()
+        };
+        let err = Client::connect(&addr, options).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Refused {
+                    code: ErrorCode::NotAuthorized,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn declare_conflict_carries_the_brokers_words() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.declare("t", Ordering::Causal, true).await });
+        let Request::Declare {
+            req,
+            topic,
+            ordering,
+            safe,
+        } = peer.recv().await
+        else {
+            panic!("expected a declare")
+        };
+        assert_eq!(
+            (topic.as_str(), ordering, safe),
+            ("t", Ordering::Causal, true)
+        );
+        peer.send(Reply::Error {
+            req,
+            code: ErrorCode::Conflict,
+            message: "topic t is fifo, not causal".into(),
+        })
+        .await;
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.exit_code(), 4);
+        assert!(err.to_string().contains("fifo, not causal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn many_publishes_share_few_writes_and_keep_their_order() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let c = client.clone();
+        let publisher = tokio::spawn(async move {
+            for i in 0..2000u32 {
+                c.publish("t", i.to_be_bytes().to_vec()).await.unwrap();
+            }
+            c.flush().await.unwrap();
+        });
+        for i in 0..2000u32 {
+            let Request::Publish {
+                confirm, payload, ..
+            } = peer.recv().await
+            else {
+                panic!("expected a publish")
+            };
+            assert_eq!(confirm, None);
+            assert_eq!(&payload[..], &i.to_be_bytes());
+        }
+        let Request::Ping { nonce } = peer.recv().await else {
+            panic!("flush should ping")
+        };
+        peer.send(Reply::Pong { nonce }).await;
+        publisher.await.unwrap();
+        let stats = client.stats();
+        assert_eq!(stats.published, 2000);
+        assert!(
+            stats.writes < 200,
+            "one write per batch, not per message: {stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn confirmations_resolve_by_id_and_refusals_map_to_refused() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let first = client.publish_with_confirmation("t", "a").await.unwrap();
+        let second = client.publish_with_confirmation("t", "b").await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let Request::Publish { confirm, .. } = peer.recv().await else {
+                panic!("expected a publish")
+            };
+            ids.push(confirm.unwrap());
+        }
+        // Answer out of order: each confirmation finds its own answer.
+        peer.send(Reply::Error {
+            req: ids[1],
+            code: ErrorCode::Unavailable,
+            message: "no quorum".into(),
+        })
+        .await;
+        peer.send(Reply::Ok { req: ids[0] }).await;
+        first.wait().await.unwrap();
+        let err = second.wait().await.unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Refused {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn unanswered_request_times_out() {
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(100),
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let err = client.list_topics().await.unwrap_err();
+        assert!(matches!(peer.recv().await, Request::ListTopics { .. }));
+        assert_eq!(err.exit_code(), 6, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn deliveries_reach_their_subscription_and_feed_the_causal_context() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let (mut a, sid_a) = subscribed(&client, &mut peer, "t").await;
+        let (mut b, sid_b) = subscribed(&client, &mut peer, "u.>").await;
+        let ctx = CausalContext::from_entries([(origin(2), Seq(7)), (origin(4), Seq(1))]);
+        peer.send(delivery(sid_b, 1, CausalContext::new(), b"for b".to_vec()))
+            .await;
+        peer.send(delivery(sid_a, 7, ctx.clone(), b"for a".to_vec()))
+            .await;
+        let Some(Ok(Event::Message(m))) = a.next().await else {
+            panic!("a gets its message")
+        };
+        assert_eq!(&m.payload[..], b"for a");
+        let Some(Ok(Event::Message(m))) = b.next().await else {
+            panic!("b gets its message")
+        };
+        assert_eq!(&m.payload[..], b"for b");
+
+        // The next publish carries what this client has received.
+        client.publish("t", "reply").await.unwrap();
+        let Request::Publish { context, .. } = peer.recv().await else {
+            panic!("expected a publish")
+        };
+        assert_eq!(context, ctx);
+        assert_eq!(client.causal_context(), ctx);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unsubscribes() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let (sub, sid) = subscribed(&client, &mut peer, "t").await;
+        drop(sub);
+        let Request::Unsubscribe { sid: gone, .. } = peer.recv().await else {
+            panic!("expected an unsubscribe")
+        };
+        assert_eq!(gone, sid);
+        // A message already on its way for it is dropped and counted.
+        peer.send(delivery(sid, 1, CausalContext::new(), b"late".to_vec()))
+            .await;
+        client.flush_ping_via(&mut peer).await;
+        assert_eq!(client.stats().dropped_unsubscribed, 1);
+    }
+
+    #[tokio::test]
+    async fn broker_pings_are_answered() {
+        let (_client, mut peer) = pair(ClientOptions::default()).await;
+        peer.send(Reply::Ping { nonce: 99 }).await;
+        assert_eq!(peer.recv().await, Request::Pong { nonce: 99 });
+    }
+
+    #[tokio::test]
+    async fn broker_reason_reaches_the_subscription() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let (mut sub, _) = subscribed(&client, &mut peer, "t").await;
+        peer.send(Reply::Error {
+            req: 0,
+            code: ErrorCode::SlowConsumer,
+            message: "outbound queue full (1024 messages)".into(),
+        })
+        .await;
+        drop(peer);
+        let err = sub.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Disconnected {
+                    code: Some(ErrorCode::SlowConsumer),
+                    reason,
+                } if reason.contains("queue full")
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 5);
+        assert!(sub.next().await.is_none());
+        // Later calls report the same reason.
+        assert_eq!(client.publish("t", "x").await.unwrap_err().exit_code(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_does_not_read_stops_the_socket() {
+        let options = ClientOptions {
+            subscription_capacity: 4,
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let (mut sub, sid) = subscribed(&client, &mut peer, "t").await;
+        // Write until the socket stops taking bytes: the client is not
+        // reading because the subscription's channel is full.
+        let mut sent = 0u64;
+        let blocked = loop {
+            let frame = delivery(sid, sent + 1, CausalContext::new(), vec![0u8; 64 * 1024]);
+            let write = peer.send(frame);
+            if tokio::time::timeout(Duration::from_millis(300), write)
+                .await
+                .is_err()
+            {
+                break true;
+            }
+            sent += 1;
+            if sent > 2000 {
+                break false;
+            }
+        };
+        assert!(blocked, "the client buffered {sent} messages without bound");
+        assert!(client.stats().backpressure_waits >= 1);
+        // Reading again lets the connection move on.
+        let Some(Ok(Event::Message(m))) = sub.next().await else {
+            panic!("expected a message")
+        };
+        assert_eq!(m.seq, Seq(1));
+    }
+
+    impl Client {
+        /// Round-trips a ping through `peer`, so everything sent before was read.
+        async fn flush_ping_via(&self, peer: &mut Peer) {
+            let c = self.clone();
+            let flush = tokio::spawn(async move { c.flush().await });
+            let Request::Ping { nonce } = peer.recv().await else {
+                panic!("expected a ping")
+            };
+            peer.send(Reply::Pong { nonce }).await;
+            flush.await.unwrap().unwrap();
+        }
+    }
+}
