@@ -32,6 +32,24 @@ async fn main() -> anyhow::Result<()> {
     subscriber.declare(TOPIC, Ordering::Fifo, false).await?;
     let mut ticks_in = subscriber.subscribe(TOPIC).await?;
 
+    // The checker reads while the publisher writes, so neither waits on the other.
+    let checker = tokio::spawn(async move {
+        // Each tick must be the one after the last: nothing lost, nothing reordered.
+        for expected in 1..=ticks {
+            let message = match ticks_in.next().await {
+                Some(Ok(Event::Message(m))) => m,
+                Some(Ok(Event::Discontinuity(d))) => bail!("discontinuity: {}", d.reason),
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("the subscription ended after {} ticks", expected - 1),
+            };
+            let text = String::from_utf8_lossy(&message.payload);
+            if text != format!("tick {expected}") {
+                bail!("expected tick {expected}, got {text:?}");
+            }
+        }
+        Ok(())
+    });
+
     // The publisher sends tick 1..=N and waits until the broker has them all.
     let publisher = Client::connect(&server, ClientOptions::default()).await?;
     for n in 1..=ticks {
@@ -40,21 +58,7 @@ async fn main() -> anyhow::Result<()> {
     publisher.flush().await?;
     println!("published {ticks} ticks on {TOPIC}");
 
-    // Each tick must be the one after the last: nothing lost, nothing reordered.
-    let mut expected = 1;
-    while expected <= ticks {
-        let message = match ticks_in.next().await {
-            Some(Ok(Event::Message(m))) => m,
-            Some(Ok(Event::Discontinuity(d))) => bail!("discontinuity: {}", d.reason),
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("the subscription ended after {} ticks", expected - 1),
-        };
-        let text = String::from_utf8_lossy(&message.payload);
-        if text != format!("tick {expected}") {
-            bail!("expected tick {expected}, got {text:?}");
-        }
-        expected += 1;
-    }
+    checker.await??;
     println!("received all {ticks} ticks in order");
     publisher.close().await?;
     subscriber.close().await?;
