@@ -182,7 +182,7 @@ impl Client {
                     return Err(Error::Connect {
                         addr: addr.to_string(),
                         reason: format!("no answer within {:?}", options.connect_timeout),
-                        source: None,
+                        cause: None,
                     })
                 }
                 Ok(Err(e)) => return Err(Error::connect(addr, e)),

@@ -19,9 +19,9 @@ pub enum Error {
         addr: String,
         /// What the operating system said, in words ("connection refused").
         reason: String,
-        /// The underlying error, if there was one.
-        #[source]
-        source: Option<Arc<io::Error>>,
+        /// The underlying error, if there was one (not chained as a
+        /// `source`: `reason` already says it in words).
+        cause: Option<Arc<io::Error>>,
     },
     /// The broker answered a request (or the session) with an error.
     #[error("refused by the broker ({}): {message}", code.as_str())]
@@ -71,7 +71,7 @@ impl Error {
         Error::Connect {
             addr: addr.to_string(),
             reason: describe_io(&err),
-            source: Some(Arc::new(err)),
+            cause: Some(Arc::new(err)),
         }
     }
 

@@ -1,6 +1,6 @@
 //! `ordo pub`: publish MESSAGE N times, or one message per stdin line as it arrives.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use anyhow::Context;
 use clap::Args;
@@ -103,7 +103,8 @@ pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
             }
         }
         None => {
-            let mut lines = stdin_lines();
+            let max = publisher.client.server_info().limits.max_payload;
+            let mut lines = stdin_lines(u64::from(max));
             loop {
                 if args.count.is_some_and(|c| publisher.sent >= c) {
                     break;
@@ -140,16 +141,26 @@ pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
 
 /// Reads stdin on a thread, one line at a time as it arrives (without the
 /// line ending), into a small bounded queue. A last line without a newline
-/// counts; an empty input yields nothing.
-fn stdin_lines() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+/// counts; an empty input yields nothing. A line longer than `max` bytes is
+/// passed on cut at `max + 1` bytes (so publishing it fails with the payload
+/// limit) and ends the input: memory stays bounded whatever stdin holds.
+fn stdin_lines(max: u64) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
     let (tx, rx) = mpsc::channel(STDIN_QUEUE);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut input = stdin.lock();
         loop {
             let mut line = Vec::new();
-            match input.read_until(b'\n', &mut line) {
+            match (&mut input).take(max + 2).read_until(b'\n', &mut line) {
                 Ok(0) => return,
+                Ok(_)
+                    if line.len() as u64 > max + 1
+                        || (line.len() as u64 > max && line.last() != Some(&b'\n')) =>
+                {
+                    line.truncate(max as usize + 1);
+                    let _ = tx.blocking_send(Ok(line));
+                    return;
+                }
                 Ok(_) => {
                     if line.last() == Some(&b'\n') {
                         line.pop();

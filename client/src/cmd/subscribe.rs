@@ -99,7 +99,7 @@ pub async fn run(conn: &Connection, args: SubArgs) -> anyhow::Result<()> {
                 };
                 Err(Error::Timeout {
                     what: format!(
-                        "after {limit:?} on {}: {} message(s){wanted} received",
+                        "after {limit:?} waiting for messages on {} ({}{wanted} received)",
                         args.pattern,
                         received.get()
                     ),
