@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{self, Command, ReplyResult, Shared};
+use crate::connection::{self, Command, ReplyResult, Shared, SubSender};
 use crate::error::Error;
 use crate::subscription::Subscription;
 
@@ -32,6 +32,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Events a subscription buffers before the connection stops reading.
     pub subscription_capacity: usize,
+    /// Payload bytes a subscription buffers before the connection stops
+    /// reading (one larger message still fits, alone).
+    pub subscription_bytes: usize,
     /// Commands (publishes, requests) queued for the writer before
     /// `publish` waits.
     pub command_capacity: usize,
@@ -49,6 +52,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             subscription_capacity: 1024,
+            subscription_bytes: 16 * 1024 * 1024,
             command_capacity: 1024,
             max_in_flight: 16 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
@@ -132,6 +136,8 @@ impl Confirmation {
 /// the caller gives up.
 #[derive(Debug)]
 struct Waiter {
+    /// Keeps the connection open until the answer came.
+    _client: Client,
     req: u64,
     rx: Option<oneshot::Receiver<ReplyResult>>,
     shared: Arc<Shared>,
@@ -317,6 +323,7 @@ impl Client {
         let req = self.next_id();
         let rx = self.inner.shared.register(req)?;
         let waiter = Waiter {
+            _client: self.clone(),
             req,
             rx: Some(rx),
             shared: self.inner.shared.clone(),
@@ -394,6 +401,7 @@ impl Client {
         let req = self.next_id();
         let rx = self.inner.shared.register(req)?;
         let waiter = Waiter {
+            _client: self.clone(),
             req,
             rx: Some(rx),
             shared: self.inner.shared.clone(),
@@ -444,7 +452,18 @@ impl Client {
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let sid = self.next_id();
         let (tx, rx) = mpsc::channel(self.inner.options.subscription_capacity.max(1));
-        self.inner.shared.add_subscription(sid, tx)?;
+        // Semaphore permits are counted in u32 when taken many at once.
+        let budget = self
+            .inner
+            .options
+            .subscription_bytes
+            .clamp(1, u32::MAX as usize >> 4);
+        let sender = SubSender {
+            tx,
+            bytes: Arc::new(Semaphore::new(budget)),
+            budget,
+        };
+        self.inner.shared.add_subscription(sid, sender)?;
         let mut sub = Subscription {
             sid,
             pattern: pattern.to_string(),
@@ -872,6 +891,21 @@ mod tests {
         assert_eq!(client.publish("t", "x").await.unwrap_err().exit_code(), 5);
     }
 
+    /// Writes 64 KiB messages to `sid` until the socket stops taking them
+    /// (true) or `limit` messages went through (false).
+    async fn write_until_blocked(peer: &mut Peer, sid: u64, limit: u64) -> bool {
+        for seq in 1..=limit {
+            let frame = delivery(sid, seq, CausalContext::new(), vec![0u8; 64 * 1024]);
+            if tokio::time::timeout(Duration::from_millis(300), peer.send(frame))
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     #[tokio::test]
     async fn a_subscriber_that_does_not_read_stops_the_socket() {
         let options = ClientOptions {
@@ -880,26 +914,29 @@ mod tests {
         };
         let (client, mut peer) = pair(options).await;
         let (mut sub, sid) = subscribed(&client, &mut peer, "t").await;
-        // Write until the socket stops taking bytes: the client is not
-        // reading because the subscription's channel is full.
-        let mut sent = 0u64;
-        let blocked = loop {
-            let frame = delivery(sid, sent + 1, CausalContext::new(), vec![0u8; 64 * 1024]);
-            let write = peer.send(frame);
-            if tokio::time::timeout(Duration::from_millis(300), write)
-                .await
-                .is_err()
-            {
-                break true;
-            }
-            sent += 1;
-            if sent > 2000 {
-                break false;
-            }
-        };
-        assert!(blocked, "the client buffered {sent} messages without bound");
+        // The client is not reading because the subscription's channel is full.
+        assert!(write_until_blocked(&mut peer, sid, 2000).await);
         assert!(client.stats().backpressure_waits >= 1);
         // Reading again lets the connection move on.
+        let Some(Ok(Event::Message(m))) = sub.next().await else {
+            panic!("expected a message")
+        };
+        assert_eq!(m.seq, Seq(1));
+    }
+
+    #[tokio::test]
+    async fn buffered_payload_bytes_are_bounded_too() {
+        // Room for many events but few bytes: 2000 x 64 KiB would fit the
+        // event bound, so only the byte budget can stop the socket.
+        let options = ClientOptions {
+            subscription_capacity: 100_000,
+            subscription_bytes: 256 * 1024,
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let (mut sub, sid) = subscribed(&client, &mut peer, "t").await;
+        assert!(write_until_blocked(&mut peer, sid, 2000).await);
+        assert!(client.stats().backpressure_waits >= 1);
         let Some(Ok(Event::Message(m))) = sub.next().await else {
             panic!("expected a message")
         };

@@ -17,7 +17,7 @@ use ordo_wire::client::{Reply, Request};
 use ordo_wire::CausalContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
 use crate::subscription::{Discontinuity, Event, Message};
@@ -49,6 +49,24 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// The connection's end of one subscription: a channel bounded in events
+/// and a budget bounding the payload bytes waiting in it.
+#[derive(Debug, Clone)]
+pub(crate) struct SubSender {
+    pub(crate) tx: mpsc::Sender<Queued>,
+    pub(crate) bytes: Arc<Semaphore>,
+    /// The budget's size; a larger payload takes all of it.
+    pub(crate) budget: usize,
+}
+
+/// An event in a subscription's channel, holding its share of the byte
+/// budget until the subscription takes it out.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) event: Event,
+    pub(crate) _bytes: Option<OwnedSemaphorePermit>,
+}
+
 /// The answer to one request.
 pub(crate) type ReplyResult = Result<Reply, Error>;
 
@@ -66,7 +84,7 @@ struct State {
     /// Requests waiting for their answer, by `req` id (or ping nonce).
     pending: HashMap<u64, oneshot::Sender<ReplyResult>>,
     /// Live subscriptions, by `sid`.
-    subs: HashMap<u64, mpsc::Sender<Event>>,
+    subs: HashMap<u64, SubSender>,
     /// Everything this client has seen delivered (DESIGN.md "Causal").
     context: CausalContext,
     /// Frames the writer must send that no command carries: pongs owed to
@@ -119,7 +137,7 @@ impl Shared {
 
     /// Registers subscription `sid`'s channel before its subscribe is sent,
     /// so deliveries that follow the broker's Ok find it.
-    pub(crate) fn add_subscription(&self, sid: u64, tx: mpsc::Sender<Event>) -> Result<(), Error> {
+    pub(crate) fn add_subscription(&self, sid: u64, tx: SubSender) -> Result<(), Error> {
         let mut st = self.state();
         if let Some(e) = &st.closed {
             return Err(e.clone());
@@ -294,6 +312,10 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
         }
     };
 
+    let size = match &event {
+        Event::Message(m) => m.payload.len(),
+        Event::Discontinuity(_) => 0,
+    };
     // Fast path under the lock; clone the sender only when we must wait.
     let blocked = {
         let mut st = shared.state();
@@ -305,21 +327,48 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
         match st.subs.get(&sid) {
             None => {
                 bump(&shared.stats.dropped_unsubscribed);
-                None
+                return Ok(());
             }
-            Some(tx) => match tx.try_send(event) {
-                Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(ev)) => Some((tx.clone(), ev)),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    bump(&shared.stats.dropped_unsubscribed);
-                    None
+            Some(sub) => {
+                let need = size.min(sub.budget) as u32;
+                let permit = match need {
+                    0 => Some(None),
+                    n => sub.bytes.clone().try_acquire_many_owned(n).ok().map(Some),
+                };
+                match permit {
+                    Some(permit) => {
+                        let queued = Queued {
+                            event,
+                            _bytes: permit,
+                        };
+                        match sub.tx.try_send(queued) {
+                            Ok(()) => None,
+                            Err(mpsc::error::TrySendError::Full(q)) => {
+                                Some((sub.clone(), q.event, need, q._bytes))
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                bump(&shared.stats.dropped_unsubscribed);
+                                None
+                            }
+                        }
+                    }
+                    None => Some((sub.clone(), event, need, None)),
                 }
-            },
+            }
         }
     };
-    if let Some((tx, ev)) = blocked {
+    // Slow path: wait for room, which stops this reader and so the socket.
+    if let Some((sub, event, need, mut permit)) = blocked {
         bump(&shared.stats.backpressure_waits);
-        if tx.send(ev).await.is_err() {
+        if need > 0 && permit.is_none() {
+            // The semaphore is never closed, so this only waits.
+            permit = sub.bytes.clone().acquire_many_owned(need).await.ok();
+        }
+        let queued = Queued {
+            event,
+            _bytes: permit,
+        };
+        if sub.tx.send(queued).await.is_err() {
             bump(&shared.stats.dropped_unsubscribed);
         }
     }

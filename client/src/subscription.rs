@@ -10,7 +10,7 @@ use ordo_wire::client::Delivery;
 use ordo_wire::{CausalContext, GlobalSeq, Ordering, Origin, Seq, ViewId};
 use tokio::sync::mpsc;
 
-use crate::connection::Shared;
+use crate::connection::{Queued, Shared};
 use crate::error::Error;
 use crate::Client;
 
@@ -75,14 +75,16 @@ pub struct Discontinuity {
 ///
 /// The stream ends after yielding one `Err` when the connection fails, or
 /// with `None` after [`Client::close`]. Dropping it unsubscribes. Events wait
-/// in a bounded channel; when it is full the connection stops reading the
-/// socket, so a subscriber that does not keep up is eventually disconnected
+/// in a channel bounded in events and in payload bytes
+/// ([`crate::ClientOptions::subscription_capacity`] and
+/// [`crate::ClientOptions::subscription_bytes`]); when it is full the
+/// connection stops reading the socket, so a subscriber that does not keep up is eventually disconnected
 /// by the broker as a slow consumer rather than growing this process.
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) sid: u64,
     pub(crate) pattern: String,
-    pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) rx: mpsc::Receiver<Queued>,
     pub(crate) shared: Arc<Shared>,
     /// Keeps the connection open while the subscription lives.
     pub(crate) client: Client,
@@ -113,7 +115,8 @@ impl Stream for Subscription {
             return Poll::Ready(None);
         }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(ev)) => Poll::Ready(Some(Ok(ev))),
+            // Dropping `Queued` returns its bytes to the budget.
+            Poll::Ready(Some(q)) => Poll::Ready(Some(Ok(q.event))),
             Poll::Ready(None) => {
                 // The connection dropped our sender: it has ended. Say why once.
                 this.done = true;
