@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine as _;
 use clap::Args;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use ordo_client::{Error, Event, Message};
 use serde::Serialize;
 
@@ -74,15 +74,14 @@ impl<'a> JsonMessage<'a> {
     }
 }
 
-/// Writes one message as one line and flushes it, so `sub` works in a pipeline.
+/// Writes one message as one line (the caller flushes).
 fn print(out: &mut impl Write, m: &Message, json: bool) -> io::Result<()> {
     if json {
         serde_json::to_writer(&mut *out, &JsonMessage::new(m))?;
     } else {
         out.write_all(&m.payload)?;
     }
-    out.write_all(b"\n")?;
-    out.flush()
+    out.write_all(b"\n")
 }
 
 pub async fn run(conn: &Connection, args: SubArgs) -> anyhow::Result<()> {
@@ -110,6 +109,14 @@ pub async fn run(conn: &Connection, args: SubArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A closed pipe (`ordo sub x | head -1`) means the reader is done: success.
+fn stdout_failed(e: io::Error) -> anyhow::Result<()> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(e).context("cannot write to standard output")
+}
+
 async fn receive(conn: &Connection, args: &SubArgs, received: &Cell<u64>) -> anyhow::Result<()> {
     let client = conn.connect().await?;
     let mut sub = client
@@ -117,28 +124,50 @@ async fn receive(conn: &Connection, args: &SubArgs, received: &Cell<u64>) -> any
         .await
         .with_context(|| format!("cannot subscribe to {}", args.pattern))?;
     eprintln!("subscribed {}", args.pattern);
-    let stdout = io::stdout();
-    while !matches!(args.count, Some(c) if received.get() >= c) {
-        match sub.next().await {
-            Some(Ok(Event::Message(m))) => match print(&mut stdout.lock(), &m, args.json) {
-                Ok(()) => received.set(received.get() + 1),
-                // The reader went away (`ordo sub x | head -1`): we are done.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(e).context("cannot write to standard output"),
-            },
+    // Messages are flushed before every wait for the next one, so each is
+    // out as soon as it arrived, and a burst costs one write, not one per line.
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let mut next = sub.next().await;
+    loop {
+        match next {
+            Some(Ok(Event::Message(m))) => {
+                if let Err(e) = print(&mut out, &m, args.json) {
+                    return stdout_failed(e);
+                }
+                received.set(received.get() + 1);
+            }
             Some(Ok(Event::Discontinuity(d))) => eprintln!(
                 "discontinuity on {}: view {} -> {}: {}",
                 args.pattern, d.from_view, d.to_view, d.reason
             ),
-            Some(Err(e)) => return Err(e).context(format!("subscription {} ended", args.pattern)),
+            Some(Err(e)) => {
+                let _ = out.flush();
+                return Err(e).context(format!("subscription {} ended", args.pattern));
+            }
             None => {
+                let _ = out.flush();
                 return Err(Error::Disconnected {
                     code: None,
                     reason: "the subscription ended".into(),
                 }
-                .into())
+                .into());
             }
         }
+        if matches!(args.count, Some(c) if received.get() >= c) {
+            break;
+        }
+        next = match sub.next().now_or_never() {
+            Some(ready) => ready,
+            None => {
+                if let Err(e) = out.flush() {
+                    return stdout_failed(e);
+                }
+                sub.next().await
+            }
+        };
+    }
+    if let Err(e) = out.flush() {
+        return stdout_failed(e);
     }
     drop(sub);
     client.close().await?;
