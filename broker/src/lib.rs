@@ -6,7 +6,12 @@
 //! `shell/` owns sockets and drives the engine; `metrics` and `http` expose
 //! it to operators.
 
+pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod server;
 pub mod shell;
+pub mod subs;
+pub mod testkit;
+pub mod topics;

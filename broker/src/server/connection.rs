@@ -1,0 +1,509 @@
+//! One client connection: a reader that decodes requests from a `BytesMut`
+//! and hands them to the driver, and a writer that drains the connection's
+//! [`Outbox`] in batches (one `write` for everything queued).
+//!
+//! A connection that breaks the protocol gets one `Error` frame naming what
+//! was wrong, then a clean close; nothing it sends can affect another client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+use ordo_wire::WireError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::outbox::{outbox, Out, Outbox, OutboxReceiver, PushError};
+use super::{ServerCtx, ServerStats};
+use crate::shell::driver::Command;
+use crate::topics::TopicSpec;
+
+/// Bytes the reader asks the socket for at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Items the writer takes off the queue per wake-up.
+const WRITE_BATCH: usize = 512;
+/// The writer stops adding frames to one write beyond this many bytes.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// After a fatal error, how long incoming bytes are drained (so closing does
+/// not reset the connection and destroy the error frame in flight).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Serves one accepted client until it leaves, breaks the protocol, is
+/// dropped as a slow consumer, or the broker shuts down.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+    ctx: &ServerCtx,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = outbox(
+        ctx.config.client_queue_frames,
+        ctx.config.client_queue_bytes,
+    );
+    let closer = tx.close_handle();
+    let reader = Reader {
+        ctx,
+        conn,
+        peer,
+        outbox: tx,
+        greeted: false,
+    };
+    let fatal = {
+        let read = reader.run(&mut rd, shutdown.clone());
+        let write = write_loop(&mut wr, &mut rx, ctx, shutdown);
+        tokio::pin!(read, write);
+        tokio::select! {
+            fatal = &mut read => {
+                closer.mark_closed();
+                ctx.driver.gone(conn);
+                // Let the writer flush; it ends once the driver drops its
+                // sender or after the error frame (Out::Close).
+                let _ = tokio::time::timeout(ctx.config.final_flush_timeout, &mut write).await;
+                fatal
+            }
+            _ = &mut write => {
+                closer.mark_closed();
+                ctx.driver.gone(conn);
+                false
+            }
+        }
+    };
+    if fatal {
+        linger(&mut rd).await;
+    }
+    tracing::debug!(conn, %peer, "connection closed");
+}
+
+/// Reads and discards until the peer closes (or [`LINGER`] passes).
+async fn linger(rd: &mut OwnedReadHalf) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+struct Reader<'a> {
+    ctx: &'a ServerCtx,
+    conn: u64,
+    peer: SocketAddr,
+    outbox: Outbox,
+    greeted: bool,
+}
+
+/// Whether the reader goes on after a request.
+enum Flow {
+    Continue,
+    /// Stop reading; `true` when the close is for a protocol error.
+    Stop(bool),
+}
+
+impl Reader<'_> {
+    /// Reads until the client leaves or must be dropped; returns true when
+    /// it ended on a fatal error (the error frame is queued).
+    async fn run(mut self, rd: &mut OwnedReadHalf, mut shutdown: watch::Receiver<bool>) -> bool {
+        let max_frame = self.ctx.config.limits.max_frame as usize;
+        let handshake_deadline = Instant::now() + self.ctx.config.handshake_timeout;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            // Handle every complete frame already buffered.
+            loop {
+                match Request::decode(&mut buf, max_frame) {
+                    Ok(Some(req)) => match self.handle(req).await {
+                        Flow::Continue => {}
+                        Flow::Stop(fatal) => return fatal,
+                    },
+                    Ok(None) => break,
+                    Err(e) => return self.bad_frame(e),
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_CHUNK);
+            }
+            let read = tokio::select! {
+                biased;
+                _ = crate::server::stopped(&mut shutdown) => return false,
+                _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
+                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    return self.fatal(
+                        ErrorCode::Protocol,
+                        format!(
+                            "no Hello within {} s of connecting; a client must open with Hello",
+                            self.ctx.config.handshake_timeout.as_secs()
+                        ),
+                    );
+                }
+                r = rd.read_buf(&mut buf) => r,
+            };
+            match read {
+                Ok(0) if buf.is_empty() => return false,
+                Ok(0) => {
+                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    tracing::info!(conn = self.conn, peer = %self.peer, pending = buf.len(),
+                        "client closed in the middle of a frame");
+                    // The client may still read (half-close), so say why.
+                    return self.fatal(
+                        ErrorCode::Protocol,
+                        format!(
+                            "connection closed in the middle of a frame ({} bytes of an incomplete frame); send whole frames",
+                            buf.len()
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(conn = self.conn, error = %e, "read failed");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Answers an undecodable frame and stops.
+    fn bad_frame(&self, e: WireError) -> bool {
+        let stats = &self.ctx.stats;
+        let (code, message) = match &e {
+            WireError::FrameTooLarge { len, max } => {
+                ServerStats::bump(&stats.frames_too_large);
+                (
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame of {len} bytes exceeds this broker's limit of {max} bytes (announced in Welcome); \
+                         send smaller frames or raise --max-frame on the broker"
+                    ),
+                )
+            }
+            other => {
+                ServerStats::bump(&stats.protocol_errors);
+                (
+                    ErrorCode::Protocol,
+                    format!(
+                        "undecodable frame ({other}); the stream cannot be trusted any more, so the connection is closed. \
+                         Is this an Ordo client speaking protocol version {PROTOCOL_VERSION}?"
+                    ),
+                )
+            }
+        };
+        tracing::info!(conn = self.conn, peer = %self.peer, error = %e, "dropping client after a bad frame");
+        self.fatal(code, message)
+    }
+
+    /// Queues a connection-level error and a close; returns `true` (fatal).
+    fn fatal(&self, code: ErrorCode, message: String) -> bool {
+        let err = Out::Reply(Reply::Error {
+            req: 0,
+            code,
+            message,
+        });
+        if self.outbox.push(err).is_err() || self.outbox.push(Out::Close).is_err() {
+            // The queue is full or gone: nothing more can be said, just close.
+            self.outbox.kill();
+        }
+        true
+    }
+
+    /// A request-level error; the connection stays open.
+    fn refuse(&self, req: u64, code: ErrorCode, message: String) -> Flow {
+        match self
+            .outbox
+            .push(Out::Reply(Reply::Error { req, code, message }))
+        {
+            Ok(()) => Flow::Continue,
+            Err(PushError::Full) => {
+                // Our own answers overflowing the queue is slow consumption too.
+                ServerStats::bump(&self.ctx.stats.slow_consumers);
+                self.outbox.kill();
+                Flow::Stop(false)
+            }
+            Err(PushError::Closed) => Flow::Stop(false),
+        }
+    }
+
+    async fn to_driver(&self, cmd: Command) -> Flow {
+        // Blocks while the driver's queue is full: the engine's flow control
+        // reaches this client as TCP backpressure.
+        match self.ctx.driver.send(cmd).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop(false),
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Flow {
+        let conn = self.conn;
+        if !self.greeted {
+            return match req {
+                Request::Hello {
+                    version,
+                    token,
+                    name,
+                } => self.hello(version, token, name).await,
+                other => {
+                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    Flow::Stop(self.fatal(
+                        ErrorCode::Protocol,
+                        format!("the first frame must be Hello, got {}", kind(&other)),
+                    ))
+                }
+            };
+        }
+        match req {
+            Request::Hello { .. } => {
+                ServerStats::bump(&self.ctx.stats.protocol_errors);
+                Flow::Stop(self.fatal(
+                    ErrorCode::Protocol,
+                    "Hello was already sent on this connection; send it once".into(),
+                ))
+            }
+            Request::Publish {
+                confirm,
+                topic,
+                context,
+                payload,
+            } => {
+                let max = self.ctx.config.limits.max_payload as usize;
+                if payload.len() > max {
+                    ServerStats::bump(&self.ctx.stats.payloads_too_large);
+                    return self.refuse(
+                        confirm.unwrap_or(0),
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "payload of {} bytes on topic {topic:?} exceeds this broker's limit of {max} bytes \
+                             (announced in Welcome); split the message or raise --max-payload on the broker",
+                            payload.len()
+                        ),
+                    );
+                }
+                self.to_driver(Command::Publish {
+                    conn,
+                    confirm,
+                    topic,
+                    context,
+                    payload,
+                })
+                .await
+            }
+            Request::Declare {
+                req,
+                topic,
+                ordering,
+                safe,
+            } => {
+                self.to_driver(Command::Declare {
+                    conn,
+                    req,
+                    topic,
+                    spec: TopicSpec { ordering, safe },
+                })
+                .await
+            }
+            Request::Subscribe { req, sid, pattern } => {
+                self.to_driver(Command::Subscribe {
+                    conn,
+                    req,
+                    sid,
+                    pattern,
+                })
+                .await
+            }
+            Request::Unsubscribe { req, sid } => {
+                self.to_driver(Command::Unsubscribe { conn, req, sid })
+                    .await
+            }
+            Request::ListTopics { req } => self.to_driver(Command::ListTopics { conn, req }).await,
+            Request::Cluster { req } => self.to_driver(Command::Cluster { conn, req }).await,
+            Request::Ping { nonce } => match self.outbox.push(Out::Reply(Reply::Pong { nonce })) {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop(false),
+            },
+            Request::Pong { .. } => Flow::Continue,
+        }
+    }
+
+    async fn hello(&mut self, version: u16, token: Option<String>, name: String) -> Flow {
+        let ctx = self.ctx;
+        if version != PROTOCOL_VERSION {
+            ServerStats::bump(&ctx.stats.protocol_errors);
+            return Flow::Stop(self.fatal(
+                ErrorCode::Protocol,
+                format!(
+                    "client speaks protocol version {version}, this broker speaks {PROTOCOL_VERSION}; \
+                     use a client and broker of matching versions"
+                ),
+            ));
+        }
+        if let Some(expected) = &ctx.config.auth_token {
+            let problem = match &token {
+                None => Some("this broker requires a token; pass --token or set ORDO_TOKEN"),
+                Some(t) if !constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
+                    Some("the token is not valid for this broker; check --token / ORDO_TOKEN")
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                ServerStats::bump(&ctx.stats.auth_failures);
+                tracing::warn!(conn = self.conn, peer = %self.peer, "handshake refused: bad or missing token");
+                return Flow::Stop(self.fatal(ErrorCode::NotAuthorized, problem.into()));
+            }
+        }
+        self.greeted = true;
+        tracing::debug!(conn = self.conn, peer = %self.peer, client = %name, "client connected");
+        let welcome = Reply::Welcome {
+            version: PROTOCOL_VERSION,
+            node: ctx.config.node,
+            incarnation: ctx.config.incarnation,
+            client_id: self.conn,
+            limits: ctx.config.limits,
+        };
+        if self.outbox.push(Out::Reply(welcome)).is_err() {
+            return Flow::Stop(false);
+        }
+        self.to_driver(Command::Register {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+        })
+        .await
+    }
+}
+
+/// The request's name for error messages.
+fn kind(req: &Request) -> &'static str {
+    match req {
+        Request::Hello { .. } => "Hello",
+        Request::Declare { .. } => "Declare",
+        Request::Subscribe { .. } => "Subscribe",
+        Request::Unsubscribe { .. } => "Unsubscribe",
+        Request::Publish { .. } => "Publish",
+        Request::ListTopics { .. } => "ListTopics",
+        Request::Cluster { .. } => "Cluster",
+        Request::Ping { .. } => "Ping",
+        Request::Pong { .. } => "Pong",
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Drains the outbox into the socket, batching every queued frame into one
+/// write, until the queue closes, a `Close` item is reached, the outbox is
+/// killed (slow consumer) or the socket fails.
+async fn write_loop(
+    wr: &mut OwnedWriteHalf,
+    rx: &mut OutboxReceiver,
+    ctx: &ServerCtx,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
+    let kill = rx.kill_watch();
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+        };
+        if n == 0 {
+            // Every sender is gone: the client left, or the broker is stopping.
+            if *shutdown.borrow() {
+                Reply::Error {
+                    req: 0,
+                    code: ErrorCode::ShuttingDown,
+                    message: "the broker is shutting down; reconnect to another broker".into(),
+                }
+                .encode(&mut out);
+            }
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        let mut close = false;
+        'fill: loop {
+            for item in batch.drain(..) {
+                rx.release(item.charge());
+                if !item.encode(&mut out) {
+                    close = true;
+                    break 'fill;
+                }
+            }
+            if out.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            // Take whatever else is already queued, without waiting.
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Some(item) => batch.push(item),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+        }
+        batch.clear();
+        while !out.is_empty() {
+            tokio::select! {
+                biased;
+                _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
+                r = wr.write_buf(&mut out) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+            }
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        if out.capacity() > 4 * WRITE_BATCH_BYTES {
+            // One huge message must not pin its buffer for the connection's life.
+            out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+        }
+    }
+}
+
+/// The driver gave up on this client: drop what is queued, finish the frame
+/// in flight, say why, and close.
+async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: BytesMut, ctx: &ServerCtx) {
+    // `out` holds the unwritten tail of whole frames, so appending keeps the
+    // stream well-formed.
+    Reply::Error {
+        req: 0,
+        code: ErrorCode::SlowConsumer,
+        message: format!(
+            "disconnected as a slow consumer: more than {} bytes or {} frames were queued for this connection \
+             (--client-queue-bytes / --client-queue-frames); read faster, subscribe to less, or raise the limits",
+            ctx.config.client_queue_bytes, ctx.config.client_queue_frames
+        ),
+    }
+    .encode(&mut out);
+    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, wr.write_all(&out)).await;
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

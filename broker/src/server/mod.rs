@@ -1,0 +1,161 @@
+//! The client server: a tokio TCP accept loop with a connection limit, one
+//! task per connection (see [`connection`]), and graceful shutdown by
+//! broadcast plus completion, as in mini-redis.
+
+pub mod connection;
+pub mod outbox;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ordo_wire::client::{ErrorCode, Limits, Reply};
+use ordo_wire::{Incarnation, NodeId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::shell::driver::DriverHandle;
+
+/// Counters of the client server; the metrics endpoint exports them.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted (handshake not yet checked).
+    pub connections_accepted: AtomicU64,
+    /// Gauge: connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections refused at `--max-connections`.
+    pub connections_refused: AtomicU64,
+    /// Clients disconnected because their outbound queue overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Clients disconnected for breaking the protocol (garbage, truncated
+    /// frame, wrong first frame, handshake timeout).
+    pub protocol_errors: AtomicU64,
+    /// Clients disconnected for announcing a frame above `--max-frame`.
+    pub frames_too_large: AtomicU64,
+    /// Publishes refused for a payload above `--max-payload`.
+    pub payloads_too_large: AtomicU64,
+    /// Handshakes refused for a missing or wrong token.
+    pub auth_failures: AtomicU64,
+}
+
+impl ServerStats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, AtomicOrdering::Relaxed);
+    }
+}
+
+/// What every connection needs to know.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub node: NodeId,
+    pub incarnation: Incarnation,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub client_queue_bytes: usize,
+    pub client_queue_frames: usize,
+    /// The token clients must present, if any.
+    pub auth_token: Option<String>,
+    /// How long a client may take to send its Hello.
+    pub handshake_timeout: Duration,
+    /// How long the writer keeps trying to hand a slow consumer (or a
+    /// client at shutdown) its final error before closing anyway.
+    pub final_flush_timeout: Duration,
+}
+
+/// State shared by the accept loop and every connection.
+#[derive(Debug)]
+pub struct ServerCtx {
+    pub config: ServerConfig,
+    pub driver: DriverHandle,
+    pub stats: Arc<ServerStats>,
+    next_conn: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl ServerCtx {
+    /// Shared context; connection ids start at 1.
+    pub fn new(config: ServerConfig, driver: DriverHandle, stats: Arc<ServerStats>) -> Self {
+        ServerCtx {
+            config,
+            driver,
+            stats,
+            next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Accepts clients until `shutdown` turns true, then waits for every
+/// connection task to finish (the caller bounds that with a timeout).
+pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch::Receiver<bool>) {
+    // Each connection task holds a clone; recv() returns None once all ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::server::stopped(&mut shutdown) => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        ServerStats::bump(&ctx.stats.connections_accepted);
+        if ctx.open.load(AtomicOrdering::Relaxed) >= ctx.config.max_connections {
+            ServerStats::bump(&ctx.stats.connections_refused);
+            tracing::warn!(%peer, max = ctx.config.max_connections, "connection refused: at --max-connections");
+            tokio::spawn(refuse(stream, ctx.config.max_connections));
+            continue;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "set_nodelay failed");
+        }
+        let conn = ctx.next_conn.fetch_add(1, AtomicOrdering::Relaxed);
+        ctx.open.fetch_add(1, AtomicOrdering::Relaxed);
+        ctx.stats
+            .connections_open
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        let ctx2 = Arc::clone(&ctx);
+        let shutdown2 = shutdown.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            connection::serve(stream, peer, conn, &ctx2, shutdown2).await;
+            ctx2.open.fetch_sub(1, AtomicOrdering::Relaxed);
+            ctx2.stats
+                .connections_open
+                .fetch_sub(1, AtomicOrdering::Relaxed);
+            drop(done);
+        });
+    }
+    tracing::info!("stopped accepting clients");
+    drop(listener);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is not Send; drop it here, inside.
+    let _ = shutdown.wait_for(|s| *s).await.is_ok();
+}
+
+/// Tells a client over the connection limit why, then closes.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let mut buf = BytesMut::new();
+    Reply::Error {
+        req: 0,
+        code: ErrorCode::Limit,
+        message: format!(
+            "the broker is at its connection limit ({max}, --max-connections); retry later or connect to another broker"
+        ),
+    }
+    .encode(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    let _ = stream.shutdown().await;
+}

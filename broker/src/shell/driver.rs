@@ -1,0 +1,602 @@
+//! The engine driver: one task that owns the [`Engine`], the topic registry
+//! and the subscription trie, and moves work between client connections,
+//! the multicast transport and the engine's timers.
+//!
+//! All local delivery goes through the engine (`publish` → `Event::Deliver`),
+//! exactly as a message from another broker does, so the multicast engine
+//! slots in without reshaping the shell. Connections talk to the driver over
+//! one bounded channel that is only read while the engine can take a
+//! publish: when its send window is full, the channel fills, connection
+//! readers wait, and TCP backpressure slows the publishers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ordo_wire::client::{ClusterView, ErrorCode, Reply};
+use ordo_wire::CausalContext;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::TopicDecl;
+use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::server::outbox::{Out, Outbox, PushError};
+use crate::server::ServerStats;
+use crate::shell::transport::{RecvBatch, Transport};
+use crate::subs::{SubKey, SubTrie};
+use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
+
+/// Commands handled per wake-up before outputs are flushed.
+const COMMAND_BATCH: usize = 256;
+/// Datagrams taken from the socket per wake-up.
+const RECV_SLOTS: usize = 32;
+/// How often engine counters are copied into the metrics.
+const METRICS_EVERY: Duration = Duration::from_millis(100);
+
+/// What a connection asks of the driver. Every command but `Register`
+/// names its connection; the driver answers through that connection's outbox.
+#[derive(Debug)]
+pub enum Command {
+    /// A client finished its handshake; answers go to `outbox`.
+    Register { conn: u64, outbox: Outbox },
+    /// Publish a message (already checked against `--max-payload`).
+    Publish {
+        conn: u64,
+        confirm: Option<u64>,
+        topic: String,
+        context: CausalContext,
+        payload: Bytes,
+    },
+    /// Declare a topic.
+    Declare {
+        conn: u64,
+        req: u64,
+        topic: String,
+        spec: TopicSpec,
+    },
+    /// Subscribe `sid` to `pattern`; `Ok` is answered once it is in effect.
+    Subscribe {
+        conn: u64,
+        req: u64,
+        sid: u64,
+        pattern: String,
+    },
+    /// End subscription `sid`.
+    Unsubscribe { conn: u64, req: u64, sid: u64 },
+    /// Answer the topic table.
+    ListTopics { conn: u64, req: u64 },
+    /// Answer the current view.
+    Cluster { conn: u64, req: u64 },
+}
+
+/// The driver has stopped (the broker is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the broker is shutting down")]
+pub struct DriverGone;
+
+/// How connections reach the driver; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+    gone: mpsc::UnboundedSender<u64>,
+}
+
+impl DriverHandle {
+    /// Sends a command, waiting while the driver's queue is full (backpressure).
+    pub async fn send(&self, cmd: Command) -> Result<(), DriverGone> {
+        self.commands.send(cmd).await.map_err(|_| DriverGone)
+    }
+
+    /// Tells the driver a connection ended; its subscriptions are removed.
+    /// Never blocks (one message per connection, so the channel stays small).
+    pub fn gone(&self, conn: u64) {
+        let _ = self.gone.send(conn);
+    }
+}
+
+/// Driver settings beyond the engine's own.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Ordering of topics used before they are declared.
+    pub default_ordering: ordo_wire::Ordering,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Topics declared by configuration, applied at start.
+    pub topics: Vec<TopicDecl>,
+    /// Capacity of the command channel (the publish backlog across clients).
+    pub command_queue: usize,
+    /// Largest datagram accepted from the group.
+    pub max_datagram: usize,
+}
+
+/// Per-connection state held by the driver.
+#[derive(Debug)]
+struct ConnState {
+    outbox: Outbox,
+    sids: HashMap<u64, SubKey>,
+}
+
+/// The driver task's state; run it with [`Driver::run`].
+#[derive(Debug)]
+pub struct Driver {
+    config: DriverConfig,
+    engine: Engine,
+    transport: Transport,
+    registry: TopicRegistry,
+    subs: SubTrie<(u64, u64)>,
+    conns: HashMap<u64, ConnState>,
+    commands: mpsc::Receiver<Command>,
+    gone: mpsc::UnboundedReceiver<u64>,
+    metrics: Arc<Metrics>,
+    stats: Arc<ServerStats>,
+    health: watch::Sender<Health>,
+    /// Reused per delivery: the (conn, sid) pairs a topic matched.
+    matched: Vec<(u64, u64)>,
+    /// Reused per flush: datagrams to multicast.
+    transmit: Vec<Bytes>,
+    /// Connections that overflowed during the current dispatch.
+    slow: Vec<u64>,
+    /// Commands taken off the channel that wait for the engine's window to
+    /// reopen (a batch can overshoot it); at most one batch.
+    stalled: VecDeque<Command>,
+    last_metrics: Instant,
+}
+
+impl Driver {
+    /// Builds the driver around an engine and an open transport, applying the
+    /// configured topic declarations. The handle goes to the client server.
+    pub fn new(
+        config: DriverConfig,
+        engine: Engine,
+        transport: Transport,
+        metrics: Arc<Metrics>,
+        stats: Arc<ServerStats>,
+        health: watch::Sender<Health>,
+    ) -> Result<(Driver, DriverHandle), TopicError> {
+        let mut registry = TopicRegistry::new(config.default_ordering);
+        for t in &config.topics {
+            registry.declare(
+                &t.name,
+                TopicSpec {
+                    ordering: t.ordering,
+                    safe: t.safe,
+                },
+            )?;
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            config,
+            engine,
+            transport,
+            registry,
+            subs: SubTrie::new(),
+            conns: HashMap::new(),
+            commands: cmd_rx,
+            gone: gone_rx,
+            metrics,
+            stats,
+            health,
+            matched: Vec::new(),
+            transmit: Vec::new(),
+            slow: Vec::new(),
+            stalled: VecDeque::new(),
+            last_metrics: Instant::now(),
+        };
+        let handle = DriverHandle {
+            commands: cmd_tx,
+            gone: gone_tx,
+        };
+        Ok((driver, handle))
+    }
+
+    /// Runs until `shutdown` turns true: then takes the commands already
+    /// queued, leaves the group, flushes, and returns (dropping every outbox,
+    /// which lets the connection writers finish and close).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut recv = RecvBatch::new(RECV_SLOTS, self.config.max_datagram);
+        let mut cmds: Vec<Command> = Vec::with_capacity(COMMAND_BATCH);
+        self.flush().await;
+        loop {
+            let can_publish = self.engine.can_publish();
+            if can_publish && !self.stalled.is_empty() {
+                let now = Instant::now();
+                while let Some(cmd) = self.stalled.pop_front() {
+                    self.command(cmd, now);
+                }
+                self.flush().await;
+                continue;
+            }
+            // Read clients only while the engine can take their publishes.
+            let take_commands = can_publish && self.stalled.is_empty();
+            let deadline = self.engine.poll_timeout();
+            tokio::select! {
+                biased;
+                _ = crate::server::stopped(&mut shutdown) => break,
+                Some(conn) = self.gone.recv() => self.drop_conn(conn),
+                n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
+                    if n == 0 {
+                        // Every handle is gone: nothing can reach us any more.
+                        break;
+                    }
+                    let now = Instant::now();
+                    for cmd in cmds.drain(..) {
+                        self.command(cmd, now);
+                    }
+                }
+                r = self.transport.recv_batch(&mut recv) => match r {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for datagram in recv.iter() {
+                            self.engine.handle_datagram(datagram, now);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "multicast receive failed");
+                        // Do not spin on a persistent socket error.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = sleep_until_opt(deadline) => self.engine.handle_timeout(Instant::now()),
+            }
+            self.flush().await;
+        }
+        self.stop().await;
+    }
+
+    /// Graceful stop: publish what clients already handed over, leave, flush.
+    async fn stop(&mut self) {
+        let now = Instant::now();
+        let stalled: Vec<Command> = self.stalled.drain(..).collect();
+        for cmd in stalled {
+            self.command(cmd, now);
+        }
+        let mut taken = 0;
+        while self.engine.can_publish() && taken < self.config.command_queue {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.command(cmd, now),
+                Err(_) => break,
+            }
+            taken += 1;
+        }
+        self.flush().await;
+        self.engine.leave(Instant::now());
+        self.flush().await;
+        let _ = self.health.send(Health::NotReady {
+            node_id: self.engine.origin().node,
+            reason: "shutting down".into(),
+        });
+        self.metrics.observe_engine(self.engine.stats());
+        tracing::info!(connections = self.conns.len(), "engine driver stopped");
+    }
+
+    /// Sends every datagram the engine has queued and dispatches every event.
+    async fn flush(&mut self) {
+        loop {
+            while let Some(d) = self.engine.poll_transmit() {
+                self.transmit.push(d);
+            }
+            if !self.transmit.is_empty() {
+                if let Err(e) = self.transport.send_batch(&self.transmit).await {
+                    // The engine's NAK repair covers datagrams lost here.
+                    tracing::warn!(error = %e, "multicast send failed");
+                }
+                self.transmit.clear();
+            }
+            let mut any = false;
+            while let Some(ev) = self.engine.poll_event() {
+                any = true;
+                self.event(ev);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.kill_slow();
+        if self.last_metrics.elapsed() >= METRICS_EVERY {
+            self.metrics.observe_engine(self.engine.stats());
+            self.last_metrics = Instant::now();
+        }
+    }
+
+    /// Handles one command, or stalls it (and everything after it, to keep
+    /// each client's order) while the engine cannot take a publish.
+    fn command(&mut self, cmd: Command, now: Instant) {
+        let blocked = !self.stalled.is_empty()
+            || (matches!(cmd, Command::Publish { .. }) && !self.engine.can_publish());
+        if blocked {
+            self.stalled.push_back(cmd);
+            return;
+        }
+        match cmd {
+            Command::Register { conn, outbox } => {
+                // A connection that ended before its registration was read
+                // already sent `gone`; do not resurrect it.
+                if !outbox.is_closed() {
+                    self.conns.insert(
+                        conn,
+                        ConnState {
+                            outbox,
+                            sids: HashMap::new(),
+                        },
+                    );
+                }
+            }
+            Command::Publish {
+                conn,
+                confirm,
+                topic,
+                context,
+                payload,
+            } => self.publish(conn, confirm, &topic, context, payload, now),
+            Command::Declare {
+                conn,
+                req,
+                topic,
+                spec,
+            } => {
+                let reply = match self.registry.declare(&topic, spec) {
+                    Ok(Declared::New) => {
+                        tracing::info!(topic = %topic, ordering = %spec.ordering, safe = spec.safe, "topic declared");
+                        Reply::Ok { req }
+                    }
+                    Ok(Declared::Existing) => Reply::Ok { req },
+                    Err(e) => topic_error(req, e),
+                };
+                self.reply(conn, reply);
+            }
+            Command::Subscribe {
+                conn,
+                req,
+                sid,
+                pattern,
+            } => {
+                let reply = self.subscribe(conn, req, sid, &pattern);
+                self.reply(conn, reply);
+            }
+            Command::Unsubscribe { conn, req, sid } => {
+                let reply = match self.conns.get_mut(&conn).and_then(|c| c.sids.remove(&sid)) {
+                    Some(key) => {
+                        self.subs.remove(key);
+                        Reply::Ok { req }
+                    }
+                    None => Reply::Error {
+                        req,
+                        code: ErrorCode::InvalidName,
+                        message: format!("no subscription with id {sid} on this connection"),
+                    },
+                };
+                self.reply(conn, reply);
+            }
+            Command::ListTopics { conn, req } => {
+                let topics = self.registry.list();
+                self.reply(conn, Reply::Topics { req, topics });
+            }
+            Command::Cluster { conn, req } => {
+                let view = cluster_view(self.engine.view(), self.engine.origin());
+                self.reply(conn, Reply::Cluster { req, view });
+            }
+        }
+    }
+
+    fn subscribe(&mut self, conn: u64, req: u64, sid: u64, pattern: &str) -> Reply {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return Reply::Ok { req }; // gone; the answer is dropped anyway
+        };
+        if state.sids.contains_key(&sid) {
+            return Reply::Error {
+                req,
+                code: ErrorCode::Protocol,
+                message: format!(
+                    "subscription id {sid} is already in use on this connection; unsubscribe it or pick another id"
+                ),
+            };
+        }
+        if state.sids.len() >= self.config.max_subscriptions {
+            return Reply::Error {
+                req,
+                code: ErrorCode::Limit,
+                message: format!(
+                    "this connection holds {} subscriptions, the broker's limit (--max-subscriptions); \
+                     unsubscribe some or use wildcards",
+                    state.sids.len()
+                ),
+            };
+        }
+        match self.subs.insert(pattern, (conn, sid)) {
+            Ok(key) => {
+                state.sids.insert(sid, key);
+                Reply::Ok { req }
+            }
+            Err(e) => Reply::Error {
+                req,
+                code: ErrorCode::InvalidName,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn publish(
+        &mut self,
+        conn: u64,
+        confirm: Option<u64>,
+        topic: &str,
+        context: CausalContext,
+        payload: Bytes,
+        now: Instant,
+    ) {
+        let topic = match self.registry.resolve(topic) {
+            Ok(t) => t,
+            Err(e) => {
+                let reply = topic_error(confirm.unwrap_or(0), e);
+                self.reply(conn, reply);
+                return;
+            }
+        };
+        let msg = Publish {
+            topic: topic.name,
+            ordering: topic.spec.ordering,
+            safe: topic.spec.safe,
+            publisher: conn,
+            context,
+            payload,
+            confirm: confirm.map(|req| ConfirmToken { conn, req }),
+            published_at_us: unix_micros(),
+        };
+        match self.engine.publish(msg, now) {
+            Ok(()) => {}
+            Err(PublishError::WouldBlock) => {
+                // command() checked can_publish(), which the engine promises
+                // is exact; should it ever disagree, say so instead of
+                // dropping the message silently.
+                tracing::error!("engine refused a publish after can_publish() allowed it");
+                self.reply(
+                    conn,
+                    Reply::Error {
+                        req: confirm.unwrap_or(0),
+                        code: ErrorCode::Internal,
+                        message: "the broker's send window was full; the message was not published, retry it".into(),
+                    },
+                );
+            }
+            Err(PublishError::Unavailable(reason)) => self.reply(
+                conn,
+                Reply::Error {
+                    req: confirm.unwrap_or(0),
+                    code: ErrorCode::Unavailable,
+                    message: format!("cannot publish now: {reason}; retry later"),
+                },
+            ),
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Deliver(msg) => {
+                let matched = &mut self.matched;
+                matched.clear();
+                self.subs
+                    .for_each_match(&msg.topic, |&(conn, sid)| matched.push((conn, sid)));
+                for &(conn, sid) in matched.iter() {
+                    let Some(state) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    let item = Out::Deliver {
+                        sid,
+                        msg: Arc::clone(&msg),
+                    };
+                    if state.outbox.push(item) == Err(PushError::Full) {
+                        self.slow.push(conn);
+                    }
+                }
+            }
+            Event::Confirmed(ConfirmToken { conn, req }) => self.reply(conn, Reply::Ok { req }),
+            Event::Discontinuity { from, to, reason } => {
+                tracing::warn!(%from, %to, %reason, "discontinuity");
+                for (&conn, state) in &self.conns {
+                    for &sid in state.sids.keys() {
+                        let item = Out::Reply(Reply::Discontinuity {
+                            sid,
+                            from_view: from,
+                            to_view: to,
+                            reason: reason.clone(),
+                        });
+                        if state.outbox.push(item) == Err(PushError::Full) {
+                            self.slow.push(conn);
+                            break;
+                        }
+                    }
+                }
+            }
+            Event::ViewInstalled(view) => {
+                tracing::info!(view = %view.id, members = view.members.len(), "view installed");
+                let _ = self.health.send(Health::InView {
+                    node_id: self.engine.origin().node,
+                    view_id: view.id,
+                    members: view.members.iter().map(|m| m.node).collect(),
+                });
+            }
+        }
+    }
+
+    /// Queues an answer; an overflowing queue marks a slow consumer.
+    fn reply(&mut self, conn: u64, reply: Reply) {
+        if let Some(state) = self.conns.get(&conn) {
+            if state.outbox.push(Out::Reply(reply)) == Err(PushError::Full) {
+                self.slow.push(conn);
+            }
+        }
+    }
+
+    /// Disconnects every connection whose queue overflowed.
+    fn kill_slow(&mut self) {
+        while let Some(conn) = self.slow.pop() {
+            let Some(state) = self.conns.remove(&conn) else {
+                continue; // already handled (several overflows in one batch)
+            };
+            ServerStats::bump(&self.stats.slow_consumers);
+            tracing::warn!(
+                conn,
+                queued_bytes = state.outbox.queued_bytes(),
+                "disconnecting slow consumer"
+            );
+            state.outbox.kill();
+            for key in state.sids.into_values() {
+                self.subs.remove(key);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, conn: u64) {
+        if let Some(state) = self.conns.remove(&conn) {
+            for key in state.sids.into_values() {
+                self.subs.remove(key);
+            }
+        }
+    }
+
+    /// How many connections the driver serves (for tests and logs).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+fn topic_error(req: u64, e: TopicError) -> Reply {
+    let code = match e {
+        TopicError::InvalidName { .. } => ErrorCode::InvalidName,
+        TopicError::Conflict { .. } => ErrorCode::Conflict,
+    };
+    Reply::Error {
+        req,
+        code,
+        message: e.to_string(),
+    }
+}
+
+fn cluster_view(view: &View, this: ordo_wire::Origin) -> ClusterView {
+    ClusterView {
+        view_id: view.id,
+        this,
+        members: view.members.clone(),
+        coordinator: view.coordinator,
+        sequencer: view.sequencer,
+    }
+}
+
+/// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

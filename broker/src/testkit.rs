@@ -1,0 +1,508 @@
+//! Test support: start real `ordo-broker` processes on unique ports and a
+//! unique multicast group, wait until they serve, and stop them.
+//!
+//! Used by this crate's end-to-end tests, the client crate's CLI tests and
+//! multi-broker tests. Blocking std code only, so it works from plain and
+//! `#[tokio::test]` tests alike.
+//!
+//! ```no_run
+//! use ordo_broker::testkit::{BrokerProcess, ClusterSpec};
+//! // One broker in its own cluster:
+//! let b = BrokerProcess::start(&["--max-payload", "64KiB"]);
+//! println!("clients connect to {}", b.addr());
+//! // Three brokers that hear each other (and nobody else):
+//! let cluster = ClusterSpec::new();
+//! let brokers: Vec<_> = (1..=3)
+//!     .map(|i| BrokerProcess::builder().cluster(&cluster).arg("--node-id").arg(i.to_string()).start())
+//!     .collect();
+//! ```
+//!
+//! The binary is found through `ORDO_BROKER_BIN` or `CARGO_BIN_EXE_ordo-broker`
+//! at run time, else next to the test executable (`target/<profile>/`); a test
+//! of this crate can pass `env!("CARGO_BIN_EXE_ordo-broker")` to
+//! [`BrokerBuilder::binary`]. Tests of other crates must build it first
+//! (`cargo build -p ordo-broker`).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ordo_wire::client::{Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
+
+/// How long [`BrokerBuilder::start`] waits for the broker to serve.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A cluster identity no concurrent test shares: its own cluster name and
+/// multicast group address and port.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// `--cluster` value.
+    pub name: String,
+    /// `--group` value (239.255.x.y:port).
+    pub group: SocketAddrV4,
+}
+
+impl ClusterSpec {
+    /// A fresh cluster: the name and group derive from this process id and a
+    /// counter, and the port is one the kernel reports free right now.
+    pub fn new() -> ClusterSpec {
+        let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
+        let pid = std::process::id();
+        // Spread (pid, n) over 239.255.1.0 – 239.255.254.255, avoiding the
+        // contract's default 239.255.77.1.
+        let h = pid
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(n.wrapping_mul(40_503));
+        let mut a = (1 + (h >> 8) % 254) as u8;
+        let b = (h & 0xff) as u8;
+        if a == 77 {
+            a = 78;
+        }
+        let port = free_udp_port();
+        ClusterSpec {
+            name: format!("test-{pid}-{n}"),
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, a, b), port),
+        }
+    }
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec::new()
+    }
+}
+
+/// Configures a broker process before starting it.
+#[derive(Debug, Default)]
+pub struct BrokerBuilder {
+    binary: Option<PathBuf>,
+    cluster: Option<ClusterSpec>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    rust_log: Option<String>,
+    wait_health: bool,
+}
+
+impl BrokerBuilder {
+    /// Uses this `ordo-broker` binary.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// Joins this cluster (default: a fresh [`ClusterSpec`] of its own).
+    pub fn cluster(mut self, cluster: &ClusterSpec) -> Self {
+        self.cluster = Some(cluster.clone());
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the broker (e.g. `ORDO_NODE_ID`).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// RUST_LOG for the broker (default: the test's RUST_LOG, else `info`).
+    pub fn rust_log(mut self, filter: impl Into<String>) -> Self {
+        self.rust_log = Some(filter.into());
+        self
+    }
+
+    /// Also waits until `GET /healthz` answers 200 (the broker is in a view).
+    /// Off by default so a broker whose metrics endpoint is not up still starts.
+    pub fn wait_healthy(mut self, yes: bool) -> Self {
+        self.wait_health = yes;
+        self
+    }
+
+    /// Starts the broker and waits until it accepts a handshake; panics with
+    /// the broker's stderr if it does not within [`START_TIMEOUT`].
+    pub fn start(self) -> BrokerProcess {
+        match self.try_start() {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`BrokerBuilder::start`], returning the failure (with the
+    /// broker's stderr) instead of panicking.
+    pub fn try_start(self) -> Result<BrokerProcess, String> {
+        let binary = match self.binary {
+            Some(b) => b,
+            None => find_binary()?,
+        };
+        let cluster = self.cluster.unwrap_or_default();
+        let has = |flag: &str| {
+            self.args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let has_env = |key: &str| self.envs.iter().any(|(k, _)| k == key);
+        let mut args: Vec<String> = Vec::new();
+        let addr = if has("--listen") || has_env("ORDO_LISTEN") {
+            None
+        } else {
+            let a = free_tcp_addr();
+            args.extend(["--listen".into(), a.to_string()]);
+            Some(a)
+        };
+        let metrics = if has("--metrics") || has_env("ORDO_METRICS") {
+            None
+        } else {
+            let a = free_tcp_addr();
+            args.extend(["--metrics".into(), a.to_string()]);
+            Some(a)
+        };
+        if !has("--cluster") && !has_env("ORDO_CLUSTER") {
+            args.extend(["--cluster".into(), cluster.name.clone()]);
+        }
+        if !has("--group") && !has_env("ORDO_GROUP") {
+            args.extend(["--group".into(), cluster.group.to_string()]);
+        }
+        args.extend(self.args.iter().cloned());
+        // The address the test connects to: ours, or the one the caller set.
+        let addr = addr
+            .or_else(|| flag_value(&self.args, "--listen").and_then(|s| s.parse().ok()))
+            .or_else(|| env_value(&self.envs, "ORDO_LISTEN").and_then(|s| s.parse().ok()))
+            .ok_or("set --listen to a literal address when overriding it")?;
+        let metrics = metrics
+            .or_else(|| flag_value(&self.args, "--metrics").and_then(|s| s.parse().ok()))
+            .or_else(|| env_value(&self.envs, "ORDO_METRICS").and_then(|s| s.parse().ok()))
+            .ok_or("set --metrics to a literal address when overriding it")?;
+
+        let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
+        let stderr_path =
+            std::env::temp_dir().join(format!("ordo-broker-{}-{n}.stderr", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
+        let rust_log = self
+            .rust_log
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".into());
+        let mut cmd = Command::new(&binary);
+        cmd.args(&args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // Only what the test asks for: a developer's ORDO_* must not leak in.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORDO_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let mut broker = BrokerProcess {
+            child,
+            addr,
+            metrics,
+            cluster,
+            stderr_path,
+            args,
+        };
+        broker.wait_ready(self.wait_health)?;
+        Ok(broker)
+    }
+}
+
+/// A running `ordo-broker` process; killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    cluster: ClusterSpec,
+    stderr_path: PathBuf,
+    args: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// A builder for a broker with more settings than [`BrokerProcess::start`].
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// Starts a broker in a cluster of its own with extra arguments; see
+    /// [`BrokerBuilder::start`].
+    pub fn start(extra_args: &[&str]) -> BrokerProcess {
+        BrokerBuilder::default()
+            .args(extra_args.iter().copied())
+            .start()
+    }
+
+    /// The client address (`--listen`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The operator endpoint address (`--metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// The cluster the broker runs in.
+    pub fn cluster(&self) -> &ClusterSpec {
+        &self.cluster
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the broker with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (graceful shutdown); see [`BrokerProcess::wait_exit`].
+    pub fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Everything the broker logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Where the broker's stderr is written.
+    pub fn stderr_path(&self) -> &Path {
+        &self.stderr_path
+    }
+
+    /// `GET path` on the metrics address: (status code, body).
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.metrics, path)
+    }
+
+    fn wait_ready(&mut self, health: bool) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "ordo-broker exited during start-up ({status}); stderr:\n{}",
+                    self.stderr()
+                ));
+            }
+            let ready = match handshake(self.addr) {
+                Ok(()) if health => match self.http_get("/healthz") {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("/healthz answered {code}: {body}")),
+                    Err(e) => Err(format!("/healthz: {e}")),
+                },
+                other => other,
+            };
+            let last_err = match ready {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return Err(format!(
+                    "ordo-broker on {} not ready after {START_TIMEOUT:?} ({last_err}); stderr:\n{}",
+                    self.addr,
+                    self.stderr()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The test failed: show what the broker said.
+            eprintln!(
+                "--- ordo-broker {} stderr ({}) ---\n{}",
+                self.addr,
+                self.stderr_path.display(),
+                tail(&self.stderr(), 64 * 1024)
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.stderr_path);
+        }
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn env_value<'a>(envs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    envs.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `ordo-broker` binary for tests.
+fn find_binary() -> Result<PathBuf, String> {
+    for var in ["ORDO_BROKER_BIN", "CARGO_BIN_EXE_ordo-broker"] {
+        if let Some(p) = std::env::var_os(var) {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // Test executables live in target/<profile>/deps/.
+    let mut candidates = Vec::new();
+    if let Some(deps) = exe.parent() {
+        candidates.push(deps.join("ordo-broker"));
+        if let Some(profile) = deps.parent() {
+            candidates.push(profile.join("ordo-broker"));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "ordo-broker binary not found next to {}; run `cargo build -p ordo-broker` or set ORDO_BROKER_BIN",
+                exe.display()
+            )
+        })
+}
+
+/// A loopback address with a port that is free right now.
+pub fn free_tcp_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("cannot find a free TCP port: {e}"))
+}
+
+/// A UDP port that is free on loopback right now.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free UDP port: {e}"))
+}
+
+/// Opens a client session and reads the answer: Ok for a Welcome (or a
+/// token refusal, which also proves the broker serves).
+fn handshake(addr: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    Request::Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+        name: "testkit-probe".into(),
+    }
+    .encode(&mut buf);
+    s.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    let mut prefix = [0u8; LEN_PREFIX];
+    s.read_exact(&mut prefix)
+        .map_err(|e| format!("read: {e}"))?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > 1 << 20 {
+        return Err(format!("absurd reply length {len}"));
+    }
+    let mut frame = BytesMut::from(&prefix[..]);
+    frame.resize(LEN_PREFIX + len, 0);
+    s.read_exact(&mut frame[LEN_PREFIX..])
+        .map_err(|e| format!("read: {e}"))?;
+    match Reply::decode(&mut frame, 1 << 20) {
+        Ok(Some(Reply::Welcome { .. })) => Ok(()),
+        Ok(Some(Reply::Error { code, .. }))
+            if code == ordo_wire::client::ErrorCode::NotAuthorized =>
+        {
+            Ok(())
+        }
+        other => Err(format!("unexpected handshake answer {other:?}")),
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
