@@ -14,13 +14,13 @@ use ordo_broker::testkit::BrokerProcess;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn broker() -> BrokerProcess {
-    BrokerProcess::start().expect("start ordo-broker")
+    BrokerProcess::start(&[])
 }
 
 /// `ordo` aimed at `broker` through ORDO_SERVER, with no token from the environment.
 fn ordo(broker: &BrokerProcess) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ordo"));
-    cmd.env("ORDO_SERVER", broker.client_addr().to_string())
+    cmd.env("ORDO_SERVER", broker.addr().to_string())
         .env_remove("ORDO_TOKEN");
     cmd
 }
@@ -276,7 +276,7 @@ fn sub_piped_into_head_exits_zero() {
         .arg("-c")
         .arg(&script)
         .arg(env!("CARGO_BIN_EXE_ordo"))
-        .env("ORDO_SERVER", b.client_addr().to_string())
+        .env("ORDO_SERVER", b.addr().to_string())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
