@@ -5,7 +5,7 @@ pub mod publish;
 pub mod subscribe;
 pub mod topic;
 
-use ordo_client::{Client, ClientOptions, Error, ErrorCode};
+use ordo_client::{Client, ClientOptions, Error};
 
 /// Where and how to connect, from the global flags.
 #[derive(Debug)]
@@ -28,26 +28,16 @@ impl Connection {
 
 /// The exit code and message for an error that ends the command: the
 /// client error's code (3..6) if there is one in the chain, else 1, and a
-/// hint saying what to do.
+/// hint saying what to do where the error itself does not.
 pub fn describe(err: &anyhow::Error) -> (u8, String) {
     let text = format!("{err:#}");
     let Some(e) = err.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return (1, text);
     };
+    // The broker's own messages already say what to do; a failed connect
+    // has nobody to say it but us.
     let hint = match e {
         Error::Connect { .. } => " (is ordo-broker running? set --server or ORDO_SERVER)",
-        Error::Refused {
-            code: ErrorCode::NotAuthorized,
-            ..
-        } => " (set --token or ORDO_TOKEN)",
-        Error::Disconnected {
-            code: Some(ErrorCode::SlowConsumer),
-            ..
-        } => " (this client read too slowly; the broker's per-client queue filled)",
-        Error::Disconnected {
-            code: Some(ErrorCode::ShuttingDown),
-            ..
-        } => " (the broker is shutting down; retry against another broker)",
         _ => "",
     };
     (e.exit_code(), format!("{text}{hint}"))
