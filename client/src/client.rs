@@ -433,8 +433,9 @@ impl Client {
     }
 
     /// Waits until the broker has read everything sent before this call
-    /// (a ping round trip behind it). Fails if the broker reported an error
-    /// for the connection meanwhile.
+    /// (a ping round trip behind it). Fails with the broker's words if it
+    /// refused something that had no request id to answer (a publish without
+    /// confirmation, say) since the previous flush.
     pub async fn flush(&self) -> Result<(), Error> {
         let waiter = self.request(|nonce| Request::Ping { nonce }).await?;
         match waiter
@@ -854,6 +855,44 @@ mod tests {
             .await;
         client.flush_ping_via(&mut peer).await;
         assert_eq!(client.stats().dropped_unsubscribed, 1);
+    }
+
+    #[tokio::test]
+    async fn flush_reports_a_refused_unconfirmed_publish() {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let c = client.clone();
+        let flush = tokio::spawn(async move {
+            c.publish("a.*", "x").await.unwrap();
+            c.flush().await
+        });
+        assert!(matches!(peer.recv().await, Request::Publish { .. }));
+        peer.send(Reply::Error {
+            req: 0,
+            code: ErrorCode::InvalidName,
+            message: "invalid topic name \"a.*\"".into(),
+        })
+        .await;
+        let Request::Ping { nonce } = peer.recv().await else {
+            panic!("expected a ping")
+        };
+        peer.send(Reply::Pong { nonce }).await;
+        let err = flush.await.unwrap().unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Refused {
+                code: ErrorCode::InvalidName,
+                ..
+            }
+        ));
+        // Reported once; the connection carries on, and closing later is
+        // not blamed on the old refusal.
+        client.flush_ping_via(&mut peer).await;
+        drop(peer);
+        let err = client.list_topics().await.unwrap_err();
+        assert!(
+            matches!(err, Error::Disconnected { code: None, .. }),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use ordo_wire::client::{Reply, Request};
+use ordo_wire::client::{ErrorCode, Reply, Request};
 use ordo_wire::CausalContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -90,8 +90,6 @@ struct State {
     /// Frames the writer must send that no command carries: pongs owed to
     /// the broker and unsubscriptions of dropped subscriptions.
     control: Vec<Request>,
-    /// The last connection-level error the broker sent (`Error { req: 0 }`).
-    broker_error: Option<(ordo_wire::client::ErrorCode, String)>,
     /// Set once the connection has ended, with the reason.
     closed: Option<Error>,
 }
@@ -219,32 +217,60 @@ async fn read_loop(
     max_frame: usize,
     shared: &Shared,
 ) -> Error {
+    // A connection-level error (`Error { req: 0 }`) is either the broker's
+    // last word before it closes (then it is the reason we report) or a
+    // refusal of something that had no req id, such as a publish without
+    // confirmation (then the next flush reports it).
+    let mut last_word: Option<(ErrorCode, String)> = None;
+    let mut unreported: Option<(ErrorCode, String)> = None;
     loop {
         // Every whole frame already buffered first: one read often brings many.
         loop {
-            match Reply::decode(&mut buf, max_frame) {
-                Ok(Some(reply)) => {
+            let reply = match Reply::decode(&mut buf, max_frame) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => break,
+                Err(e) => return Error::Protocol(format!("bad frame from the broker: {e}")),
+            };
+            match reply {
+                Reply::Error {
+                    req: 0,
+                    code,
+                    message,
+                } => {
+                    tracing::warn!(code = code.as_str(), %message, "broker reported an error");
+                    last_word = Some((code, message.clone()));
+                    unreported = Some((code, message));
+                    continue;
+                }
+                Reply::Pong { nonce } if unreported.is_some() => {
+                    if let Some((code, message)) = unreported.take() {
+                        complete(
+                            shared,
+                            nonce,
+                            Err(Error::from_connection_error(code, message)),
+                        );
+                    }
+                }
+                reply => {
                     if let Err(e) = dispatch(reply, shared).await {
                         return e;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => return Error::Protocol(format!("bad frame from the broker: {e}")),
             }
+            last_word = None;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                let st = shared.state();
-                return match &st.broker_error {
-                    Some((code, message)) => Error::from_connection_error(*code, message.clone()),
+                return match last_word {
+                    Some((code, message)) => Error::from_connection_error(code, message),
                     None => Error::Disconnected {
                         code: None,
                         reason: "the broker closed the connection".into(),
                     },
-                };
+                }
             }
             Ok(_) => bump(&shared.stats.reads),
             Err(e) => return Error::io(&e),
@@ -275,22 +301,26 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
                 reason,
             }),
         ),
-        Reply::Ok { req } => return complete(shared, req, Ok(Reply::Ok { req })),
-        Reply::Error {
-            req: 0,
-            code,
-            message,
-        } => {
-            // A connection-level error; the broker usually closes next, and
-            // then this becomes the reason reported.
-            tracing::warn!(code = code.as_str(), %message, "broker reported an error");
-            shared.state().broker_error = Some((code, message));
+        Reply::Ok { req } => {
+            complete(shared, req, Ok(Reply::Ok { req }));
             return Ok(());
         }
-        r @ Reply::Error { req, .. } => return complete(shared, req, Ok(r)),
-        r @ Reply::Topics { req, .. } => return complete(shared, req, Ok(r)),
-        r @ Reply::Cluster { req, .. } => return complete(shared, req, Ok(r)),
-        r @ Reply::Pong { nonce } => return complete(shared, nonce, Ok(r)),
+        r @ Reply::Error { req, .. } => {
+            complete(shared, req, Ok(r));
+            return Ok(());
+        }
+        r @ Reply::Topics { req, .. } => {
+            complete(shared, req, Ok(r));
+            return Ok(());
+        }
+        r @ Reply::Cluster { req, .. } => {
+            complete(shared, req, Ok(r));
+            return Ok(());
+        }
+        r @ Reply::Pong { nonce } => {
+            complete(shared, nonce, Ok(r));
+            return Ok(());
+        }
         Reply::Ping { nonce } => {
             let mut st = shared.state();
             let owed = st
@@ -376,7 +406,7 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
 }
 
 /// Hands an answer to whoever waits for `req`; nobody may (it timed out).
-fn complete(shared: &Shared, req: u64, reply: ReplyResult) -> Result<(), Error> {
+fn complete(shared: &Shared, req: u64, reply: ReplyResult) {
     let waiter = shared.state().pending.remove(&req);
     match waiter {
         Some(tx) => {
@@ -384,7 +414,6 @@ fn complete(shared: &Shared, req: u64, reply: ReplyResult) -> Result<(), Error> 
         }
         None => tracing::debug!(req, "answer for a request nobody waits for"),
     }
-    Ok(())
 }
 
 /// Writes commands in batches until the handles are gone (`Ok`), the client

@@ -377,6 +377,22 @@ fn exit_4_on_declaration_conflict_naming_both_orderings() {
 }
 
 #[test]
+fn exit_4_when_the_broker_refuses_a_publish() {
+    let b = broker();
+    // Without --confirm too: pub exits 0 only once the broker took everything.
+    for confirm in [false, true] {
+        let mut cmd = ordo(&b);
+        cmd.args(["pub", "bad.*", "x"]);
+        if confirm {
+            cmd.arg("--confirm");
+        }
+        let out = run(&mut cmd);
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("bad.*"), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn exit_5_when_the_broker_shuts_down_under_a_subscriber() {
     let mut b = broker();
     let sub = Sub::start(&b, &["doomed"]);
