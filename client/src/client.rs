@@ -313,6 +313,15 @@ impl Client {
 
     /// Registers a waiter and sends the request `make(req)`.
     async fn request(&self, make: impl FnOnce(u64) -> Request) -> Result<Waiter, Error> {
+        self.request_with(make, false).await
+    }
+
+    /// [`Client::request`], optionally as a flush barrier.
+    async fn request_with(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        barrier: bool,
+    ) -> Result<Waiter, Error> {
         let permit = self
             .inner
             .in_flight
@@ -321,7 +330,7 @@ impl Client {
             .await
             .map_err(|_| self.inner.shared.gone())?;
         let req = self.next_id();
-        let rx = self.inner.shared.register(req)?;
+        let rx = self.inner.shared.register(req, barrier)?;
         let waiter = Waiter {
             _client: self.clone(),
             req,
@@ -399,7 +408,7 @@ impl Client {
             .await
             .map_err(|_| self.inner.shared.gone())?;
         let req = self.next_id();
-        let rx = self.inner.shared.register(req)?;
+        let rx = self.inner.shared.register(req, false)?;
         let waiter = Waiter {
             _client: self.clone(),
             req,
@@ -432,17 +441,21 @@ impl Client {
             .await
     }
 
-    /// Waits until the broker has read everything sent before this call
-    /// (a ping round trip behind it). Fails with the broker's words if it
-    /// refused something that had no request id to answer (a publish without
-    /// confirmation, say) since the previous flush.
+    /// Waits until the broker has taken everything sent before this call:
+    /// a round trip behind it through the broker's engine (a cluster-view
+    /// request, which the broker answers in order after this connection's
+    /// earlier publishes; its ping is answered before those). Fails with the
+    /// broker's words if it refused something that had no request id to
+    /// answer (a publish without confirmation, say) since the previous flush.
     pub async fn flush(&self) -> Result<(), Error> {
-        let waiter = self.request(|nonce| Request::Ping { nonce }).await?;
+        let waiter = self
+            .request_with(|req| Request::Cluster { req }, true)
+            .await?;
         match waiter
-            .wait("waiting for the broker to answer a ping")
+            .wait("waiting for the broker to take everything sent before")
             .await?
         {
-            Reply::Pong { .. } => Ok(()),
+            Reply::Cluster { .. } => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -757,10 +770,10 @@ mod tests {
             assert_eq!(confirm, None);
             assert_eq!(&payload[..], &i.to_be_bytes());
         }
-        let Request::Ping { nonce } = peer.recv().await else {
-            panic!("flush should ping")
+        let Request::Cluster { req } = peer.recv().await else {
+            panic!("flush should ask for the view")
         };
-        peer.send(Reply::Pong { nonce }).await;
+        peer.send(view_reply(req)).await;
         publisher.await.unwrap();
         let stats = client.stats();
         assert_eq!(stats.published, 2000);
@@ -853,7 +866,7 @@ mod tests {
         // A message already on its way for it is dropped and counted.
         peer.send(delivery(sid, 1, CausalContext::new(), b"late".to_vec()))
             .await;
-        client.flush_ping_via(&mut peer).await;
+        client.flush_via(&mut peer).await;
         assert_eq!(client.stats().dropped_unsubscribed, 1);
     }
 
@@ -872,10 +885,10 @@ mod tests {
             message: "invalid topic name \"a.*\"".into(),
         })
         .await;
-        let Request::Ping { nonce } = peer.recv().await else {
-            panic!("expected a ping")
+        let Request::Cluster { req } = peer.recv().await else {
+            panic!("expected the flush's view request")
         };
-        peer.send(Reply::Pong { nonce }).await;
+        peer.send(view_reply(req)).await;
         let err = flush.await.unwrap().unwrap_err();
         assert!(matches!(
             err,
@@ -886,7 +899,7 @@ mod tests {
         ));
         // Reported once; the connection carries on, and closing later is
         // not blamed on the old refusal.
-        client.flush_ping_via(&mut peer).await;
+        client.flush_via(&mut peer).await;
         drop(peer);
         let err = client.list_topics().await.unwrap_err();
         assert!(
@@ -982,15 +995,22 @@ mod tests {
         assert_eq!(m.seq, Seq(1));
     }
 
+    fn view_reply(req: u64) -> Reply {
+        Reply::Cluster {
+            req,
+            view: ClusterView::default(),
+        }
+    }
+
     impl Client {
-        /// Round-trips a ping through `peer`, so everything sent before was read.
-        async fn flush_ping_via(&self, peer: &mut Peer) {
+        /// Flushes through `peer`, so everything sent before was read.
+        async fn flush_via(&self, peer: &mut Peer) {
             let c = self.clone();
             let flush = tokio::spawn(async move { c.flush().await });
-            let Request::Ping { nonce } = peer.recv().await else {
-                panic!("expected a ping")
+            let Request::Cluster { req } = peer.recv().await else {
+                panic!("expected the flush's view request")
             };
-            peer.send(Reply::Pong { nonce }).await;
+            peer.send(view_reply(req)).await;
             flush.await.unwrap().unwrap();
         }
     }

@@ -70,6 +70,14 @@ pub(crate) struct Queued {
 /// The answer to one request.
 pub(crate) type ReplyResult = Result<Reply, Error>;
 
+/// A request waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    tx: oneshot::Sender<ReplyResult>,
+    /// A flush: it also reports a refusal that had no request to answer.
+    barrier: bool,
+}
+
 /// State shared by the client handles and the connection task.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -81,8 +89,8 @@ pub(crate) struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Requests waiting for their answer, by `req` id (or ping nonce).
-    pending: HashMap<u64, oneshot::Sender<ReplyResult>>,
+    /// Requests waiting for their answer, by `req` id.
+    pending: HashMap<u64, Pending>,
     /// Live subscriptions, by `sid`.
     subs: HashMap<u64, SubSender>,
     /// Everything this client has seen delivered (DESIGN.md "Causal").
@@ -117,15 +125,24 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a waiter for the answer to `req`, unless the connection is over.
-    pub(crate) fn register(&self, req: u64) -> Result<oneshot::Receiver<ReplyResult>, Error> {
+    /// Registers a waiter for the answer to `req`, unless the connection is
+    /// over; a `barrier` (flush) also fails on a refusal that came before it.
+    pub(crate) fn register(
+        &self,
+        req: u64,
+        barrier: bool,
+    ) -> Result<oneshot::Receiver<ReplyResult>, Error> {
         let mut st = self.state();
         if let Some(e) = &st.closed {
             return Err(e.clone());
         }
         let (tx, rx) = oneshot::channel();
-        st.pending.insert(req, tx);
+        st.pending.insert(req, Pending { tx, barrier });
         Ok(rx)
+    }
+
+    fn is_barrier(&self, req: u64) -> bool {
+        self.state().pending.get(&req).is_some_and(|p| p.barrier)
     }
 
     /// Forgets the waiter for `req` (it gave up or was cancelled).
@@ -181,8 +198,8 @@ impl Shared {
         if st.closed.is_none() {
             st.closed = Some(err.clone());
         }
-        for (_, tx) in st.pending.drain() {
-            let _ = tx.send(Err(err.clone()));
+        for (_, p) in st.pending.drain() {
+            let _ = p.tx.send(Err(err.clone()));
         }
         st.subs.clear();
         st.control.clear();
@@ -220,7 +237,8 @@ async fn read_loop(
     // A connection-level error (`Error { req: 0 }`) is either the broker's
     // last word before it closes (then it is the reason we report) or a
     // refusal of something that had no req id, such as a publish without
-    // confirmation (then the next flush reports it).
+    // confirmation (then the next flush reports it: the broker answers a
+    // connection's requests in order, after what it sent before).
     let mut last_word: Option<(ErrorCode, String)> = None;
     let mut unreported: Option<(ErrorCode, String)> = None;
     loop {
@@ -242,11 +260,11 @@ async fn read_loop(
                     unreported = Some((code, message));
                     continue;
                 }
-                Reply::Pong { nonce } if unreported.is_some() => {
+                Reply::Cluster { req, .. } if unreported.is_some() && shared.is_barrier(req) => {
                     if let Some((code, message)) = unreported.take() {
                         complete(
                             shared,
-                            nonce,
+                            req,
                             Err(Error::from_connection_error(code, message)),
                         );
                     }
@@ -409,8 +427,8 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
 fn complete(shared: &Shared, req: u64, reply: ReplyResult) {
     let waiter = shared.state().pending.remove(&req);
     match waiter {
-        Some(tx) => {
-            let _ = tx.send(reply);
+        Some(p) => {
+            let _ = p.tx.send(reply);
         }
         None => tracing::debug!(req, "answer for a request nobody waits for"),
     }
