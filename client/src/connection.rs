@@ -29,6 +29,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Initial and minimum free room of the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long the reader may look for the broker's reason after a write failed.
+const LAST_WORD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Pongs owed to the broker that may wait for the writer; more are dropped
 /// (and counted): a broker that pings faster than we can answer learns
 /// nothing new from every answer.
@@ -216,11 +219,18 @@ pub(crate) async fn run(
     cmds: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
+    let reader = read_loop(rd, buf, max_frame, &shared);
+    tokio::pin!(reader);
     let end = tokio::select! {
-        err = read_loop(rd, buf, max_frame, &shared) => err,
+        err = &mut reader => err,
         res = write_loop(wr, cmds, &shared) => match res {
             Ok(()) => Error::Closed,
-            Err(e) => e,
+            // A broker that closes says why first; a write can fail before
+            // that reached us, so let the reader catch up before blaming the
+            // socket.
+            Err(write_err) => tokio::time::timeout(LAST_WORD_GRACE, &mut reader)
+                .await
+                .unwrap_or(write_err),
         },
     };
     tracing::debug!(reason = %end, "client connection ended");

@@ -136,3 +136,43 @@ async fn received_causal_context_is_carried_forward() {
         "the writer received nothing"
     );
 }
+
+#[tokio::test]
+async fn a_slow_consumer_learns_why_it_was_disconnected() {
+    let b = BrokerProcess::start(&["--client-queue-bytes", "256KiB"]);
+    let options = ClientOptions {
+        subscription_capacity: 4,
+        ..ClientOptions::default()
+    };
+    let slow = Client::connect(&b.addr().to_string(), options)
+        .await
+        .unwrap();
+    let mut sub = slow.subscribe("flood").await.unwrap();
+    let publisher = connect(&b).await;
+    // Far more than the broker queues for one client plus what sockets hold.
+    for _ in 0..1000 {
+        publisher
+            .publish("flood", vec![7u8; 64 * 1024])
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => break e,
+            other => panic!("expected the stream to fail, got {other:?}"),
+        }
+    };
+    assert!(
+        matches!(
+            &end,
+            Error::Disconnected {
+                code: Some(ErrorCode::SlowConsumer),
+                reason,
+            } if reason.contains("slow consumer")
+        ),
+        "{end:?}"
+    );
+    assert!(sub.next().await.is_none());
+}
