@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 /// Publish, subscribe and inspect an Ordo cluster.
 #[derive(Debug, Parser)]
-#[command(name = "ordo", version, about, propagate_version = true)]
+#[command(name = "ordo", version, propagate_version = true)]
 struct Cli {
     /// The broker to talk to (host:port).
     #[arg(
@@ -35,7 +35,8 @@ enum Command {
     /// Declare and list topics.
     #[command(subcommand)]
     Topic(cmd::topic::TopicCommand),
-    /// Publish messages: MESSAGE (with `{n}` replaced by 1..N), or one per stdin line.
+    // Help text avoids the literal placeholder: clap renders it as a line break.
+    /// Publish messages: MESSAGE --count N times (n in curly braces becomes 1..N), or one per stdin line.
     Pub(cmd::publish::PubArgs),
     /// Subscribe to a pattern and print messages as they arrive.
     Sub(cmd::subscribe::SubArgs),

@@ -5,6 +5,7 @@ use ordo_client::Origin;
 
 use super::Connection;
 
+/// `ordo cluster` flags.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// One JSON object: view_id, this, members, coordinator, sequencer.
@@ -16,6 +17,7 @@ fn origin_json(o: Origin) -> serde_json::Value {
     serde_json::json!({ "node": o.node.0, "incarnation": o.incarnation.0 })
 }
 
+/// Prints the view of the broker `conn` names.
 pub async fn run(conn: &Connection, args: ClusterArgs) -> anyhow::Result<()> {
     let client = conn.connect().await?;
     let view = client.cluster().await?;

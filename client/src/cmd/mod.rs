@@ -10,7 +10,9 @@ use ordo_client::{Client, ClientOptions, Error};
 /// Where and how to connect, from the global flags.
 #[derive(Debug)]
 pub struct Connection {
+    /// `--server` / `ORDO_SERVER`.
     pub server: String,
+    /// `--token` / `ORDO_TOKEN`.
     pub token: Option<String>,
 }
 

@@ -17,11 +17,12 @@ const CONFIRM_WINDOW: usize = 1024;
 /// Stdin lines read ahead of the publisher.
 const STDIN_QUEUE: usize = 64;
 
+/// `ordo pub` arguments.
 #[derive(Debug, Args)]
 pub struct PubArgs {
     /// The topic to publish on.
     topic: String,
-    /// The message; `{n}` is replaced by 1..N. Without it, each stdin line is one message.
+    /// The message; n in curly braces is replaced by 1..N. Without it, each stdin line is one message.
     message: Option<String>,
     /// With MESSAGE: how many to send (default 1). Without: stop after N lines.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -80,6 +81,7 @@ impl Publisher {
     }
 }
 
+/// Publishes, and returns once everything was handed over (and confirmed).
 pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
     let client = conn.connect().await?;
     let mut publisher = Publisher {

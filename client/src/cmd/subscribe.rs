@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::Connection;
 
+/// `ordo sub` arguments.
 #[derive(Debug, Args)]
 pub struct SubArgs {
     /// `.`-separated tokens; `*` matches one token, `>` the rest (`orders.>`).
@@ -84,6 +85,7 @@ fn print(out: &mut impl Write, m: &Message, json: bool) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
+/// Subscribes and prints until --count, --timeout, a closed pipe or a failure.
 pub async fn run(conn: &Connection, args: SubArgs) -> anyhow::Result<()> {
     let received = Cell::new(0u64);
     let work = receive(conn, &args, &received);

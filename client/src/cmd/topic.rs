@@ -6,6 +6,7 @@ use ordo_client::Ordering;
 
 use super::Connection;
 
+/// `ordo topic` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// Declare a topic with its ordering; declaring it again the same way succeeds.
@@ -27,6 +28,7 @@ pub enum TopicCommand {
     },
 }
 
+/// Runs one `ordo topic` subcommand.
 pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
     let client = conn.connect().await?;
     match cmd {
