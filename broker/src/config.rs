@@ -576,11 +576,11 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n >= GIB && n % GIB == 0 {
+        if n >= GIB && (n / GIB) * GIB == n {
             write!(f, "{}GiB", n / GIB)
-        } else if n >= MIB && n % MIB == 0 {
+        } else if n >= MIB && (n / MIB) * MIB == n {
             write!(f, "{}MiB", n / MIB)
-        } else if n >= KIB && n % KIB == 0 {
+        } else if n >= KIB && (n / KIB) * KIB == n {
             write!(f, "{}KiB", n / KIB)
         } else {
             write!(f, "{n}")

@@ -12,6 +12,8 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod shell;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod subs;
 pub mod testkit;
 pub mod topics;

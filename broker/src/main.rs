@@ -12,7 +12,7 @@ use ordo_broker::config::Config;
 use ordo_broker::engine::{Engine, EngineConfig};
 use ordo_broker::http::{self, Health};
 use ordo_broker::metrics::Metrics;
-use ordo_broker::server::{self, ServerConfig, ServerCtx, ServerStats};
+use ordo_broker::server::{self, ServerConfig, ServerCtx};
 use ordo_broker::shell::driver::{Driver, DriverConfig};
 use ordo_broker::shell::transport::{Transport, TransportConfig};
 use ordo_wire::client::Limits;
@@ -110,7 +110,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let metrics = Arc::new(Metrics::new());
-    let stats = Arc::new(ServerStats::default());
     let (health_tx, health_rx) = watch::channel(Health::NotReady {
         node_id: config.node_id,
         reason: "starting: not in a view yet".into(),
@@ -128,7 +127,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         engine,
         transport,
         Arc::clone(&metrics),
-        Arc::clone(&stats),
         health_tx,
     )
     .context("applying the configured topics")?;
@@ -159,7 +157,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             final_flush_timeout: Duration::from_secs(10),
         },
         handle,
-        stats,
+        Arc::clone(&metrics),
     ));
     let server_task = tokio::spawn(server::run(listener, ctx, shutdown_rx.clone()));
 

@@ -165,8 +165,7 @@ impl<T> SubTrie<T> {
         let key = SubKey(self.next_key);
         self.next_key += 1;
         let mut node = &mut self.root;
-        let mut tokens = pattern.split('.').peekable();
-        while let Some(token) = tokens.next() {
+        for token in pattern.split('.') {
             match token {
                 ">" => {
                     // validate_pattern guarantees '>' is last.

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ordo_wire::client::{Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
+use ordo_wire::client::{ClusterView, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
 
 /// How long [`BrokerBuilder::start`] waits for the broker to serve.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -86,7 +86,7 @@ pub struct BrokerBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     rust_log: Option<String>,
-    wait_health: bool,
+    skip_health: bool,
 }
 
 impl BrokerBuilder {
@@ -126,15 +126,17 @@ impl BrokerBuilder {
         self
     }
 
-    /// Also waits until `GET /healthz` answers 200 (the broker is in a view).
-    /// Off by default so a broker whose metrics endpoint is not up still starts.
+    /// Whether start-up also waits until `GET /healthz` answers 200 (the
+    /// broker is in a view). On by default; turn it off to observe a broker
+    /// that is not (yet) in a view.
     pub fn wait_healthy(mut self, yes: bool) -> Self {
-        self.wait_health = yes;
+        self.skip_health = !yes;
         self
     }
 
-    /// Starts the broker and waits until it accepts a handshake; panics with
-    /// the broker's stderr if it does not within [`START_TIMEOUT`].
+    /// Starts the broker and waits until it accepts a handshake and its
+    /// `/healthz` answers 200; panics with the broker's stderr if it does not
+    /// within [`START_TIMEOUT`].
     pub fn start(self) -> BrokerProcess {
         match self.try_start() {
             Ok(b) => b,
@@ -215,6 +217,9 @@ impl BrokerBuilder {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let token = flag_value(&args, "--auth-token")
+            .or_else(|| env_value(&self.envs, "ORDO_AUTH_TOKEN"))
+            .map(String::from);
         let mut broker = BrokerProcess {
             child,
             addr,
@@ -222,8 +227,9 @@ impl BrokerBuilder {
             cluster,
             stderr_path,
             args,
+            token,
         };
-        broker.wait_ready(self.wait_health)?;
+        broker.wait_ready(!self.skip_health)?;
         Ok(broker)
     }
 }
@@ -237,6 +243,8 @@ pub struct BrokerProcess {
     cluster: ClusterSpec,
     stderr_path: PathBuf,
     args: Vec<String>,
+    /// The client token the broker requires, if it was configured by flag or env.
+    token: Option<String>,
 }
 
 impl BrokerProcess {
@@ -316,6 +324,36 @@ impl BrokerProcess {
     /// Where the broker's stderr is written.
     pub fn stderr_path(&self) -> &Path {
         &self.stderr_path
+    }
+
+    /// The broker's current view, asked over a short client session.
+    pub fn cluster_view(&self) -> Result<ClusterView, String> {
+        cluster_view(self.addr, self.token.as_deref())
+    }
+
+    /// Waits until the broker is in a view of exactly `members` members
+    /// (e.g. all brokers of a cluster found each other); returns that view.
+    pub fn wait_for_members(
+        &self,
+        members: usize,
+        timeout: Duration,
+    ) -> Result<ClusterView, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.cluster_view();
+            if let Ok(v) = &last {
+                if v.members.len() == members {
+                    return Ok(v.clone());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "broker {} not in a {members}-member view after {timeout:?}; last answer {last:?}",
+                    self.addr
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// `GET path` on the metrics address: (status code, body).
@@ -448,21 +486,31 @@ pub fn free_udp_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free UDP port: {e}"))
 }
 
-/// Opens a client session and reads the answer: Ok for a Welcome (or a
-/// token refusal, which also proves the broker serves).
-fn handshake(addr: SocketAddr) -> Result<(), String> {
+/// A blocking client session for probes: connect and say Hello.
+fn session(addr: SocketAddr, token: Option<&str>) -> Result<(TcpStream, Reply), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
+    send(
+        &mut s,
+        &Request::Hello {
+            version: PROTOCOL_VERSION,
+            token: token.map(String::from),
+            name: "testkit-probe".into(),
+        },
+    )?;
+    let answer = read_reply(&mut s)?;
+    Ok((s, answer))
+}
+
+fn send(s: &mut TcpStream, req: &Request) -> Result<(), String> {
     let mut buf = BytesMut::new();
-    Request::Hello {
-        version: PROTOCOL_VERSION,
-        token: None,
-        name: "testkit-probe".into(),
-    }
-    .encode(&mut buf);
-    s.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    req.encode(&mut buf);
+    s.write_all(&buf).map_err(|e| format!("write: {e}"))
+}
+
+fn read_reply(s: &mut TcpStream) -> Result<Reply, String> {
     let mut prefix = [0u8; LEN_PREFIX];
     s.read_exact(&mut prefix)
         .map_err(|e| format!("read: {e}"))?;
@@ -475,13 +523,37 @@ fn handshake(addr: SocketAddr) -> Result<(), String> {
     s.read_exact(&mut frame[LEN_PREFIX..])
         .map_err(|e| format!("read: {e}"))?;
     match Reply::decode(&mut frame, 1 << 20) {
-        Ok(Some(Reply::Welcome { .. })) => Ok(()),
-        Ok(Some(Reply::Error { code, .. }))
-            if code == ordo_wire::client::ErrorCode::NotAuthorized =>
-        {
-            Ok(())
-        }
+        Ok(Some(r)) => Ok(r),
+        other => Err(format!("undecodable reply {other:?}")),
+    }
+}
+
+/// Opens a client session: Ok for a Welcome (or a token refusal, which
+/// also proves the broker serves).
+fn handshake(addr: SocketAddr) -> Result<(), String> {
+    match session(addr, None)?.1 {
+        Reply::Welcome { .. }
+        | Reply::Error {
+            code: ErrorCode::NotAuthorized,
+            ..
+        } => Ok(()),
         other => Err(format!("unexpected handshake answer {other:?}")),
+    }
+}
+
+/// Asks the broker at `addr` for its current view.
+pub fn cluster_view(addr: SocketAddr, token: Option<&str>) -> Result<ClusterView, String> {
+    let (mut s, welcome) = session(addr, token)?;
+    if !matches!(welcome, Reply::Welcome { .. }) {
+        return Err(format!("handshake refused: {welcome:?}"));
+    }
+    send(&mut s, &Request::Cluster { req: 1 })?;
+    loop {
+        match read_reply(&mut s)? {
+            Reply::Cluster { req: 1, view } => return Ok(view),
+            Reply::Error { message, .. } => return Err(message),
+            _ => {}
+        }
     }
 }
 

@@ -68,9 +68,16 @@ pub enum Request {
         safe: bool,
     },
     /// Subscribes `sid` to a pattern (`.`-separated, `*` one token, `>` the rest).
-    Subscribe { req: u64, sid: u64, pattern: String },
+    Subscribe {
+        req: u64,
+        sid: u64,
+        pattern: String,
+    },
     /// Ends subscription `sid`.
-    Unsubscribe { req: u64, sid: u64 },
+    Unsubscribe {
+        req: u64,
+        sid: u64,
+    },
     /// Publishes a message; with `confirm` the broker answers `Ok { req: confirm }`
     /// once the message is safe (DESIGN.md "Confirmed publishes").
     Publish {
@@ -81,11 +88,19 @@ pub enum Request {
         payload: Bytes,
     },
     /// Asks for the topic table.
-    ListTopics { req: u64 },
+    ListTopics {
+        req: u64,
+    },
     /// Asks for the current view.
-    Cluster { req: u64 },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Cluster {
+        req: u64,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// Frames a broker sends to a client.
@@ -101,7 +116,9 @@ pub enum Reply {
         limits: Limits,
     },
     /// Request `req` succeeded.
-    Ok { req: u64 },
+    Ok {
+        req: u64,
+    },
     /// Request `req` failed (`req` 0: the connection as a whole).
     Error {
         req: u64,
@@ -118,11 +135,21 @@ pub enum Reply {
         reason: String,
     },
     /// The topic table.
-    Topics { req: u64, topics: Vec<TopicInfo> },
+    Topics {
+        req: u64,
+        topics: Vec<TopicInfo>,
+    },
     /// The current view.
-    Cluster { req: u64, view: ClusterView },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Cluster {
+        req: u64,
+        view: ClusterView,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// A delivered message with its metadata.

@@ -7,6 +7,7 @@
 pub mod buf;
 pub mod client;
 mod error;
+pub mod group;
 pub mod types;
 
 pub use error::WireError;

@@ -6,13 +6,39 @@
 //! [`Engine::poll_event`] (deliveries, confirmations, view changes) and
 //! [`Engine::poll_timeout`] (the next deadline). The I/O shell and the
 //! simulator drive the same engine.
+//!
+//! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
+//! [`membership`] (agreed views: discovery, join, flush, install, leave),
+//! [`reliability`] (per-origin streams, NAKs, repairs, stability, flow
+//! control) and [`delivery`] (one layer per ordering; FIFO today).
+
+mod delivery;
+mod membership;
+mod reliability;
+mod stats;
+mod timer;
+mod topics;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ordo_wire::{CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
+use ordo_wire::group::{
+    Body, ClusterId, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header, Stable,
+    DATA_FRAME_OVERHEAD,
+};
+use ordo_wire::{
+    CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId, WireError,
+};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use membership::Membership;
+use reliability::{Received, RelConfig, Reliability};
+pub use stats::Stats;
+use timer::{Timer, TimerTable};
+use topics::TopicCache;
 
 /// Everything the engine needs to start; no field is read from the environment.
 #[derive(Debug, Clone)]
@@ -25,10 +51,52 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Largest datagram the engine emits, headers included.
     pub max_datagram: usize,
-    /// Bound on the retransmit buffer, in payload bytes.
+    /// Bound on the retransmit buffer, in payload bytes. Our own unstable
+    /// messages may take at most half of it (flow control).
     pub retransmit_buffer_bytes: usize,
     /// Interval between heartbeats (which carry the digest).
     pub heartbeat_interval: Duration,
+    /// How long a starting engine listens for an existing group before
+    /// forming a view of its own. Zero: form one at once.
+    pub discovery_timeout: Duration,
+    /// Retry interval of membership messages (join, leave, propose, install).
+    pub view_retry: Duration,
+    /// Upper bound of the random delay before the first NAK of a gap.
+    pub nak_delay_max: Duration,
+    /// Wait before asking again for an unanswered gap; doubles each time.
+    pub nak_backoff_initial: Duration,
+    /// Ceiling of the NAK backoff.
+    pub nak_backoff_max: Duration,
+    /// NAKs per second at most (token bucket), and the burst allowed.
+    pub nak_rate_per_sec: u32,
+    pub nak_burst: u32,
+    /// A member that holds another origin's message repairs it after a
+    /// random delay in `[repair_delay, 2 * repair_delay]`, unless someone
+    /// repaired it first; the origin repairs at once.
+    pub repair_delay: Duration,
+    /// Delay that coalesces prompt acknowledgements (digests answering data).
+    pub ack_delay: Duration,
+    /// Most own messages (fragments count one each) not yet stable.
+    pub send_window: usize,
+    /// Messages further than this beyond the contiguous prefix are dropped.
+    pub max_receive_ahead: u64,
+    /// Planted bugs for the simulator's self-tests; all off by default.
+    #[cfg(feature = "bug-injection")]
+    pub bugs: Bugs,
+}
+
+/// Bugs the tests plant to prove the simulator catches them. Only settable
+/// with the `bug-injection` feature; always off otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Build repairs but never send them.
+    pub drop_retransmissions: bool,
+    /// Swap each pair of consecutive deliveries of an origin.
+    pub reorder_delivery: bool,
+    /// Ask for a gap once and never again.
+    pub forget_nak: bool,
+    /// Free our own messages as soon as they are sent, before every member has them.
+    pub premature_free: bool,
 }
 
 impl EngineConfig {
@@ -42,6 +110,41 @@ impl EngineConfig {
             max_datagram: 8192,
             retransmit_buffer_bytes: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_millis(100),
+            discovery_timeout: Duration::from_millis(300),
+            view_retry: Duration::from_millis(50),
+            nak_delay_max: Duration::from_millis(5),
+            nak_backoff_initial: Duration::from_millis(20),
+            nak_backoff_max: Duration::from_secs(1),
+            nak_rate_per_sec: 2000,
+            nak_burst: 64,
+            repair_delay: Duration::from_millis(10),
+            ack_delay: Duration::from_millis(1),
+            send_window: 64 * 1024,
+            max_receive_ahead: 1 << 20,
+            #[cfg(feature = "bug-injection")]
+            bugs: Bugs::default(),
+        }
+    }
+
+    fn bugs(&self) -> Bugs {
+        #[cfg(feature = "bug-injection")]
+        return self.bugs;
+        #[cfg(not(feature = "bug-injection"))]
+        Bugs::default()
+    }
+
+    fn reliability(&self) -> RelConfig {
+        RelConfig {
+            limit: self.retransmit_buffer_bytes,
+            send_window: self.send_window,
+            nak_delay_max: self.nak_delay_max,
+            nak_backoff_initial: self.nak_backoff_initial,
+            nak_backoff_max: self.nak_backoff_max,
+            repair_delay: self.repair_delay,
+            nak_rate_per_sec: self.nak_rate_per_sec,
+            nak_burst: self.nak_burst,
+            max_ahead: self.max_receive_ahead,
+            bugs: self.bugs(),
         }
     }
 }
@@ -118,8 +221,9 @@ pub enum Event {
 /// Why a publish was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
-    /// Flow control: the send window or retransmit buffer is full; retry once
-    /// [`Engine::can_publish`] is true again. The message was not taken.
+    /// Flow control: the send window or retransmit buffer is full, or a view
+    /// change is in progress; retry once [`Engine::can_publish`] is true
+    /// again. The message was not taken.
     #[error("send window full")]
     WouldBlock,
     /// The message cannot be published now (no view, no quorum for a total topic).
@@ -127,107 +231,285 @@ pub enum PublishError {
     Unavailable(String),
 }
 
-/// Counters the metrics endpoint exports; all monotonically increasing
-/// unless named as a gauge.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub published: u64,
-    pub delivered: u64,
-    pub datagrams_sent: u64,
-    pub datagrams_received: u64,
-    /// Gauge: bytes held in the retransmit buffer.
-    pub retransmit_buffer_bytes: u64,
-}
-
 /// The group engine.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     me: Origin,
+    cluster: ClusterId,
+    rng: SmallRng,
     view: View,
-    next_seq: Seq,
+    in_view: bool,
+    membership: Membership,
+    rel: Reliability,
+    delivery: delivery::Delivery,
+    topics: TopicCache,
     events: VecDeque<Event>,
     transmit: VecDeque<Bytes>,
+    timers: TimerTable,
+    last_ack: Option<Instant>,
+    /// Bytes the last refused publish needed: `can_publish` stays false
+    /// until they fit, so a driver never spins on a message that does not.
+    wanted: usize,
     stats: Stats,
 }
 
 impl Engine {
-    /// A fresh engine, alone in its first view.
-    pub fn new(config: EngineConfig, _now: Instant) -> Self {
+    /// A fresh engine. It listens for an existing group for
+    /// [`EngineConfig::discovery_timeout`] and joins it, or forms a view of
+    /// its own; [`Event::ViewInstalled`] tells when it is in one.
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
         let me = Origin {
             node: config.node,
             incarnation: config.incarnation,
         };
-        let view = View {
-            id: ViewId(1),
-            members: vec![me],
-            coordinator: me.node,
-            sequencer: Some(me.node),
-        };
-        Engine {
-            config,
-            me,
-            events: VecDeque::from([Event::ViewInstalled(view.clone())]),
-            view,
-            next_seq: Seq(1),
-            transmit: VecDeque::new(),
-            stats: Stats::default(),
+        #[allow(unused_mut)]
+        let mut delivery = delivery::Delivery::default();
+        #[cfg(feature = "bug-injection")]
+        if config.bugs.reorder_delivery {
+            delivery.plant_reorder_bug();
         }
+        let mut engine = Engine {
+            cluster: ClusterId::from_name(&config.cluster),
+            rng: SmallRng::seed_from_u64(config.seed),
+            view: View {
+                id: ViewId(0),
+                members: Vec::new(),
+                coordinator: me.node,
+                sequencer: None,
+            },
+            in_view: false,
+            membership: Membership::default(),
+            rel: Reliability::new(me, Seq(0), config.reliability()),
+            delivery,
+            topics: TopicCache::default(),
+            events: VecDeque::new(),
+            transmit: VecDeque::new(),
+            timers: TimerTable::default(),
+            last_ack: None,
+            wanted: 0,
+            stats: Stats {
+                retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
+                ..Stats::default()
+            },
+            me,
+            config,
+        };
+        engine.start(now);
+        engine
     }
 
-    /// Accepts a message from a local client.
-    pub fn publish(&mut self, msg: Publish, _now: Instant) -> Result<(), PublishError> {
-        if !self.can_publish() {
+    /// Accepts a message from a local client. It is delivered locally at
+    /// once and multicast with the next [`Engine::poll_transmit`].
+    pub fn publish(&mut self, msg: Publish, now: Instant) -> Result<(), PublishError> {
+        let _ = now;
+        if self.membership.has_left() {
+            return Err(PublishError::Unavailable(
+                "this broker left the group".into(),
+            ));
+        }
+        if !self.sending_allowed() {
+            self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
         }
-        let seq = self.next_seq;
-        self.next_seq = seq.next();
-        self.stats.published += 1;
-        // Alone in the view: the message is stable the moment it is accepted.
+        let topic = self.topics.bytes(&msg.topic);
+        let len = msg.payload.len();
+        let whole = DataMsg::overhead(topic.len(), &msg.context, false) + len;
+        let units = if DATA_FRAME_OVERHEAD + whole <= self.config.max_datagram {
+            1
+        } else {
+            let per = DataMsg::overhead(topic.len(), &msg.context, true) + DATA_FRAME_OVERHEAD;
+            let chunk = self.config.max_datagram.saturating_sub(per);
+            if chunk == 0 {
+                return Err(PublishError::Unavailable(format!(
+                    "topic and causal context do not fit a {}-byte datagram",
+                    self.config.max_datagram
+                )));
+            }
+            len.div_ceil(chunk)
+        };
+        let charge = len + units * topic.len();
+        if charge > self.rel.own_limit() || u32::try_from(units).is_err() {
+            return Err(PublishError::Unavailable(format!(
+                "a message of {len} bytes exceeds the send window of {} bytes",
+                self.rel.own_limit()
+            )));
+        }
+        if !self.rel.reserve_own(charge, units, &mut self.stats) {
+            self.stats.flow_control_stalls += 1;
+            self.wanted = charge;
+            return Err(PublishError::WouldBlock);
+        }
+        self.wanted = 0;
+        let first = self.rel.last_seq().next();
+        let chunk = len.div_ceil(units).max(1);
+        for i in 0..units {
+            let seq = Seq(first.0 + i as u64);
+            let payload = if units == 1 {
+                msg.payload.clone()
+            } else {
+                msg.payload
+                    .slice((i * chunk).min(len)..((i + 1) * chunk).min(len))
+            };
+            self.rel.push_own(DataMsg {
+                seq,
+                topic: topic.clone(),
+                ordering: msg.ordering,
+                safe: msg.safe,
+                publisher: msg.publisher,
+                context: msg.context.clone(),
+                published_at_us: msg.published_at_us,
+                fragment: (units > 1).then_some(Fragment {
+                    index: i as u32,
+                    count: units as u32,
+                }),
+                payload,
+            });
+        }
+        if units > 1 {
+            self.stats.fragmented_messages += 1;
+            self.stats.fragments += units as u64;
+        }
         if let Some(token) = msg.confirm {
-            self.events.push_back(Event::Confirmed(token));
+            if self.view.members.len() <= 1 {
+                self.events.push_back(Event::Confirmed(token));
+            } else {
+                self.rel.await_confirm(self.rel.last_seq(), token, msg.safe);
+            }
         }
-        let mut context = CausalContext::new();
-        if msg.ordering == Ordering::Causal {
-            context = msg.context;
-            context.observe(self.me, seq);
-        }
-        self.stats.delivered += 1;
-        self.events.push_back(Event::Deliver(Arc::new(Delivered {
+        self.stats.published += 1;
+        self.stats.messages_published += 1;
+        let context = if msg.ordering == Ordering::Causal {
+            let mut c = msg.context;
+            c.observe(self.me, first);
+            c
+        } else {
+            CausalContext::new()
+        };
+        self.push_delivery(Delivered {
             topic: msg.topic,
             ordering: msg.ordering,
             publisher: msg.publisher,
             origin: self.me,
-            seq,
+            seq: first,
             context,
-            gseq: msg.ordering.is_total().then_some(GlobalSeq(seq.0)),
+            gseq: None,
             payload: msg.payload,
             published_at_us: msg.published_at_us,
-        })));
+        });
+        self.refresh_gauges();
         Ok(())
     }
 
-    /// Whether [`Engine::publish`] would accept a message now (flow control).
+    /// Whether [`Engine::publish`] would accept a message now: a small one,
+    /// or after a refusal, one as large as the message refused.
     pub fn can_publish(&self) -> bool {
-        true
+        self.sending_allowed() && self.rel.window_open(self.wanted.max(1))
     }
 
-    /// A datagram arrived from the group.
-    pub fn handle_datagram(&mut self, _datagram: &[u8], _now: Instant) {
+    /// A datagram arrived from the group (copied once; see
+    /// [`Engine::handle_datagram_bytes`] to avoid the copy).
+    pub fn handle_datagram(&mut self, datagram: &[u8], now: Instant) {
+        self.handle_datagram_bytes(Bytes::copy_from_slice(datagram), now);
+    }
+
+    /// A datagram arrived from the group; payloads delivered from it share its memory.
+    pub fn handle_datagram_bytes(&mut self, datagram: Bytes, now: Instant) {
         self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let frame = match Frame::decode(&datagram) {
+            Ok(f) => f,
+            Err(e) => {
+                self.count_decode_error(&e);
+                tracing::debug!(error = %e, "dropped an undecodable datagram");
+                return;
+            }
+        };
+        let h = frame.header;
+        if h.cluster != self.cluster {
+            self.stats.dropped_foreign_cluster += 1;
+            return;
+        }
+        if h.sender == self.me {
+            // Our own datagram, looped back by the multicast socket.
+            return;
+        }
+        if h.sender.node == self.me.node {
+            if h.sender.incarnation > self.me.incarnation {
+                tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
+            }
+            self.stats.dropped_stale_incarnation += 1;
+            return;
+        }
+        if self.membership.note_sender(&self.view, h.sender) {
+            self.stats.dropped_stale_incarnation += 1;
+            return;
+        }
+        match frame.body {
+            Body::Data(d) => self.on_data(&h, d, now),
+            Body::Heartbeat(d) => self.on_heartbeat(&h, d, now),
+            Body::Nak(n) => self.on_nak(&h, n, now),
+            Body::Stable(s) => self.on_stable(&h, s, now),
+            Body::Join(j) => self.on_join(h.sender, j, now),
+            Body::Propose(p) => self.on_propose(h.sender, p, now),
+            Body::FlushAck(f) => self.on_flush_ack(h.sender, f, now),
+            Body::Install(i) => self.on_install(h.sender, i, now),
+            Body::InstallAck(v) => self.on_install_ack(h.sender, v, now),
+            Body::Leave => self.on_leave(h.sender, now),
+        }
+        self.after_input(now);
     }
 
     /// The deadline returned by [`Engine::poll_timeout`] has passed.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.is_due(Timer::Membership, now) {
+            self.timers.clear(Timer::Membership);
+            self.membership_tick(now);
+        }
+        if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {
+            self.timers.clear(Timer::Ack);
+            self.send_heartbeat(now);
+        }
+        for nak in self.rel.due_naks(now, &mut self.rng, &mut self.stats) {
+            self.stats.naks_sent += 1;
+            self.send(Flags::default(), Body::Nak(nak));
+        }
+        let repairs = self.rel.due_repairs(now);
+        for (origin, msgs) in repairs {
+            self.send_repairs(origin, msgs);
+        }
+        self.after_input(now);
+    }
 
     /// The next instant at which [`Engine::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        match (self.timers.next(), self.rel.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// The next datagram to multicast to the group.
+    /// The next datagram to multicast to the group. Control frames and
+    /// repairs go first; then as many pending messages as fit one datagram.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
+        let datagram = match self.transmit.pop_front() {
+            Some(d) => d,
+            None => {
+                if !self.data_allowed() || !self.rel.has_unsent() {
+                    return None;
+                }
+                let header = self.header(Flags::default());
+                let mut w = DataFrameWriter::new(&header, self.me, self.config.max_datagram);
+                self.rel.fill(&mut w);
+                if w.is_empty() {
+                    return None;
+                }
+                w.finish()
+            }
+        };
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += datagram.len() as u64;
+        Some(datagram)
     }
 
     /// The next event for the driver.
@@ -235,15 +517,29 @@ impl Engine {
         self.events.pop_front()
     }
 
-    /// Leaves the group gracefully (on shutdown).
-    pub fn leave(&mut self, _now: Instant) {}
+    /// Leaves the group gracefully (on shutdown): the view is flushed and a
+    /// new one without us installed. Drive the engine until
+    /// [`Engine::has_left`] before dropping it.
+    pub fn leave(&mut self, now: Instant) {
+        self.start_leave(now);
+    }
 
-    /// The installed view.
+    /// Whether a [`Engine::leave`] completed (or there was no group to leave).
+    pub fn has_left(&self) -> bool {
+        self.membership.has_left()
+    }
+
+    /// The installed view (id 0 and no members before the first).
     pub fn view(&self) -> &View {
         &self.view
     }
 
-    /// This engine's identity in the group.
+    /// Whether this engine is a member of an installed view.
+    pub fn in_view(&self) -> bool {
+        self.in_view
+    }
+
+    /// This engine's identity in the group (a new incarnation after a rejoin).
     pub fn origin(&self) -> Origin {
         self.me
     }
@@ -257,4 +553,262 @@ impl Engine {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    // ----- inputs by frame kind -----
+
+    fn on_data(&mut self, h: &Header, d: ordo_wire::group::DataFrame, now: Instant) {
+        if !self.in_view || !self.view.members.contains(&h.sender) {
+            self.stats.dropped_not_member += 1;
+            return;
+        }
+        if h.view != self.view.id {
+            self.stats.dropped_wrong_view += 1;
+            return;
+        }
+        let origin = d.origin;
+        if !self.view.members.contains(&origin) {
+            self.stats.dropped_not_member += 1;
+            return;
+        }
+        let repair = h.flags.contains(Flags::RETRANSMIT);
+        if origin == self.me {
+            // Another holder repaired one of ours: no need for us to.
+            for m in &d.msgs {
+                self.rel.on_seen(origin, m.seq, now, &mut self.stats);
+            }
+            return;
+        }
+        let mut progressed = false;
+        for m in d.msgs {
+            if repair {
+                self.rel.on_seen(origin, m.seq, now, &mut self.stats);
+            }
+            if self
+                .rel
+                .receive(origin, m, now, &mut self.rng, &mut self.stats)
+                == Received::New
+            {
+                progressed = true;
+            }
+        }
+        if progressed {
+            self.release(origin, now);
+        }
+        if h.flags.contains(Flags::ACK_REQUESTED) || (progressed && self.membership.flushing()) {
+            self.schedule_ack(now);
+        }
+    }
+
+    fn on_heartbeat(&mut self, h: &Header, d: Digest, now: Instant) {
+        let member = self.view.members.contains(&h.sender);
+        if self.in_view && member && h.view == self.view.id {
+            self.rel
+                .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
+        } else if !member || !self.in_view {
+            self.on_foreign_view(h.sender, h.view, d.coordinator, now);
+        }
+    }
+
+    fn on_nak(&mut self, h: &Header, nak: ordo_wire::group::Nak, now: Instant) {
+        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+            self.stats.dropped_not_member += 1;
+            return;
+        }
+        self.stats.naks_received += 1;
+        if let Some(stable) = self.rel.on_nak(&nak, now, &mut self.rng, &mut self.stats) {
+            // They ask for messages we freed: tell them they are gone.
+            self.send(
+                Flags::default(),
+                Body::Stable(Stable {
+                    entries: vec![(self.me, stable)],
+                }),
+            );
+        }
+        if nak.origin == self.me {
+            // Our own repairs go out at once (due now).
+            for (origin, msgs) in self.rel.due_repairs(now) {
+                self.send_repairs(origin, msgs);
+            }
+        }
+    }
+
+    fn on_stable(&mut self, h: &Header, s: Stable, now: Instant) {
+        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+            self.stats.dropped_not_member += 1;
+            return;
+        }
+        for (origin, upto) in s.entries {
+            let lost = self.rel.on_stable(origin, upto);
+            if lost > 0 {
+                self.stats.unrecoverable += lost;
+                tracing::error!(
+                    %origin, upto = %upto, lost,
+                    "messages needed are held by no member any more; rejoining as a new incarnation"
+                );
+                self.rejoin(
+                    now,
+                    format!("{lost} message(s) of {origin} could not be repaired"),
+                );
+                return;
+            }
+        }
+    }
+
+    // ----- shared helpers -----
+
+    /// Delivers `origin`'s newly contiguous messages.
+    fn release(&mut self, origin: Origin, now: Instant) {
+        let delivery = &mut self.delivery;
+        let topics = &mut self.topics;
+        let events = &mut self.events;
+        let stats = &mut self.stats;
+        self.rel.release(origin, now, &mut self.rng, |m| {
+            match delivery.accept(origin, m, topics, events) {
+                Ok(n) => {
+                    stats.delivered += n as u64;
+                    stats.messages_delivered += n as u64;
+                }
+                Err(e) => {
+                    stats.dropped_malformed += 1;
+                    tracing::warn!(%origin, error = %e, "origin broke fragmentation");
+                }
+            }
+        });
+    }
+
+    fn push_delivery(&mut self, d: Delivered) {
+        self.stats.delivered += 1;
+        self.stats.messages_delivered += 1;
+        self.events.push_back(Event::Deliver(Arc::new(d)));
+    }
+
+    /// Stability, confirmations, view-change progress and gauges after any input.
+    fn after_input(&mut self, now: Instant) {
+        if self.in_view {
+            let done = if self.view.members.len() == 1 {
+                self.rel.advance_stability(&mut self.stats);
+                self.rel.confirm_all()
+            } else {
+                self.rel.advance_stability(&mut self.stats)
+            };
+            self.events.extend(done.into_iter().map(Event::Confirmed));
+        }
+        self.coordinator_progress(now);
+        self.refresh_gauges();
+    }
+
+    fn refresh_gauges(&mut self) {
+        self.stats.retransmit_buffer_bytes = self.rel.held_bytes() as u64;
+        self.stats.unstable_own_bytes = self.rel.own_unstable_bytes() as u64;
+        self.stats.out_of_order_messages = self.rel.out_of_order() as u64;
+        self.stats.reassembly_bytes = self.delivery.reassembly_bytes() as u64;
+    }
+
+    /// Whether new publishes are admitted (in a view, not flushing, not leaving).
+    fn sending_allowed(&self) -> bool {
+        self.in_view && !self.membership.flushing() && !self.membership.leaving()
+    }
+
+    /// Whether our pending data may go out (it belongs to the current view).
+    fn data_allowed(&self) -> bool {
+        self.in_view
+    }
+
+    fn header(&self, flags: Flags) -> Header {
+        Header {
+            flags,
+            cluster: self.cluster,
+            sender: self.me,
+            view: if self.in_view {
+                self.view.id
+            } else {
+                ViewId(0)
+            },
+        }
+    }
+
+    fn send(&mut self, flags: Flags, body: Body) {
+        let frame = Frame {
+            header: self.header(flags),
+            body,
+        };
+        self.transmit.push_back(frame.encode());
+    }
+
+    fn send_repairs(&mut self, origin: Origin, msgs: Vec<DataMsg>) {
+        if self.config.bugs().drop_retransmissions {
+            return;
+        }
+        let header = self.header(Flags::RETRANSMIT);
+        let mut w = DataFrameWriter::new(&header, origin, self.config.max_datagram);
+        for m in &msgs {
+            if !w.push(m) {
+                let full = std::mem::replace(
+                    &mut w,
+                    DataFrameWriter::new(&header, origin, self.config.max_datagram),
+                );
+                self.transmit.push_back(full.finish());
+                w.push(m);
+            }
+            self.stats.retransmissions_sent += 1;
+        }
+        if !w.is_empty() {
+            self.transmit.push_back(w.finish());
+        }
+    }
+
+    fn send_heartbeat(&mut self, now: Instant) {
+        let interval = if self.membership.flushing() {
+            self.config.heartbeat_interval.min(self.config.view_retry)
+        } else {
+            self.config.heartbeat_interval
+        };
+        self.timers.set(Timer::Heartbeat, now + interval);
+        if !self.in_view {
+            return;
+        }
+        self.last_ack = Some(now);
+        self.stats.heartbeats_sent += 1;
+        let coordinator = self.membership.coordinator(&self.view).unwrap_or(self.me);
+        self.send(
+            Flags::default(),
+            Body::Heartbeat(Digest {
+                coordinator,
+                entries: self.rel.digest(),
+            }),
+        );
+    }
+
+    /// A prompt digest, coalesced and at most one per `ack_delay`.
+    fn schedule_ack(&mut self, now: Instant) {
+        let mut at = now + self.config.ack_delay;
+        if let Some(last) = self.last_ack {
+            at = at.max(last + self.config.ack_delay);
+        }
+        self.timers.set_earliest(Timer::Ack, at);
+    }
+
+    fn count_decode_error(&mut self, e: &WireError) {
+        match e {
+            WireError::Checksum => self.stats.dropped_checksum += 1,
+            WireError::Version { .. } => self.stats.dropped_bad_version += 1,
+            WireError::UnknownKind(_) => self.stats.dropped_unknown_kind += 1,
+            _ => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    /// Our contiguous prefix of every origin (for the simulator's checks).
+    #[cfg(feature = "sim")]
+    pub fn digest_for_tests(&self) -> std::collections::BTreeMap<Origin, Seq> {
+        self.rel.contiguous()
+    }
+
+    /// Whether any stream of ours has a gap (for the simulator's checks).
+    #[cfg(feature = "sim")]
+    pub fn has_gaps(&self) -> bool {
+        self.rel.has_gaps()
+    }
 }
+
+#[cfg(test)]
+mod tests;

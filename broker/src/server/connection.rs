@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+use ordo_wire::client::{frame_len, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
 use ordo_wire::WireError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::outbox::{outbox, Out, Outbox, OutboxReceiver, PushError};
-use super::{ServerCtx, ServerStats};
+use super::ServerCtx;
 use crate::shell::driver::Command;
 use crate::topics::TopicSpec;
 
@@ -116,25 +116,38 @@ impl Reader<'_> {
         let handshake_deadline = Instant::now() + self.ctx.config.handshake_timeout;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            // Handle every complete frame already buffered.
-            loop {
+            // Handle every complete frame already buffered. The length
+            // prefix is checked first so an announced frame is refused
+            // before buffering, and memory grows only with bytes that
+            // actually arrived (decode would reserve the whole announced
+            // frame at once, letting a client pin max_frame for free).
+            let missing = loop {
+                match frame_len(&buf, max_frame) {
+                    Err(e) => return self.bad_frame(e),
+                    Ok(None) => break LEN_PREFIX - buf.len(),
+                    Ok(Some(n)) if buf.len() < LEN_PREFIX + n => break LEN_PREFIX + n - buf.len(),
+                    Ok(Some(_)) => {}
+                }
                 match Request::decode(&mut buf, max_frame) {
                     Ok(Some(req)) => match self.handle(req).await {
                         Flow::Continue => {}
                         Flow::Stop(fatal) => return fatal,
                     },
-                    Ok(None) => break,
+                    Ok(None) => break READ_CHUNK,
                     Err(e) => return self.bad_frame(e),
                 }
-            }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(READ_CHUNK);
+            };
+            // Room for what the current frame still needs, within one chunk,
+            // and never so little that a busy stream is read in dribbles.
+            let want = missing.clamp(4096, READ_CHUNK);
+            if buf.capacity() - buf.len() < want {
+                buf.reserve(want);
             }
             let read = tokio::select! {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => return false,
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("handshake_timeout");
                     return self.fatal(
                         ErrorCode::Protocol,
                         format!(
@@ -148,7 +161,7 @@ impl Reader<'_> {
             match read {
                 Ok(0) if buf.is_empty() => return false,
                 Ok(0) => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("truncated_frame");
                     tracing::info!(conn = self.conn, peer = %self.peer, pending = buf.len(),
                         "client closed in the middle of a frame");
                     // The client may still read (half-close), so say why.
@@ -171,10 +184,10 @@ impl Reader<'_> {
 
     /// Answers an undecodable frame and stops.
     fn bad_frame(&self, e: WireError) -> bool {
-        let stats = &self.ctx.stats;
+        let metrics = &self.ctx.metrics;
         let (code, message) = match &e {
             WireError::FrameTooLarge { len, max } => {
-                ServerStats::bump(&stats.frames_too_large);
+                metrics.protocol_error("frame_too_large");
                 (
                     ErrorCode::FrameTooLarge,
                     format!(
@@ -184,7 +197,7 @@ impl Reader<'_> {
                 )
             }
             other => {
-                ServerStats::bump(&stats.protocol_errors);
+                metrics.protocol_error("undecodable_frame");
                 (
                     ErrorCode::Protocol,
                     format!(
@@ -221,7 +234,7 @@ impl Reader<'_> {
             Ok(()) => Flow::Continue,
             Err(PushError::Full) => {
                 // Our own answers overflowing the queue is slow consumption too.
-                ServerStats::bump(&self.ctx.stats.slow_consumers);
+                self.ctx.metrics.slow_consumer();
                 self.outbox.kill();
                 Flow::Stop(false)
             }
@@ -248,7 +261,7 @@ impl Reader<'_> {
                     name,
                 } => self.hello(version, token, name).await,
                 other => {
-                    ServerStats::bump(&self.ctx.stats.protocol_errors);
+                    self.ctx.metrics.protocol_error("not_hello");
                     Flow::Stop(self.fatal(
                         ErrorCode::Protocol,
                         format!("the first frame must be Hello, got {}", kind(&other)),
@@ -258,7 +271,7 @@ impl Reader<'_> {
         }
         match req {
             Request::Hello { .. } => {
-                ServerStats::bump(&self.ctx.stats.protocol_errors);
+                self.ctx.metrics.protocol_error("repeated_hello");
                 Flow::Stop(self.fatal(
                     ErrorCode::Protocol,
                     "Hello was already sent on this connection; send it once".into(),
@@ -272,7 +285,7 @@ impl Reader<'_> {
             } => {
                 let max = self.ctx.config.limits.max_payload as usize;
                 if payload.len() > max {
-                    ServerStats::bump(&self.ctx.stats.payloads_too_large);
+                    self.ctx.metrics.protocol_error("payload_too_large");
                     return self.refuse(
                         confirm.unwrap_or(0),
                         ErrorCode::PayloadTooLarge,
@@ -332,7 +345,7 @@ impl Reader<'_> {
     async fn hello(&mut self, version: u16, token: Option<String>, name: String) -> Flow {
         let ctx = self.ctx;
         if version != PROTOCOL_VERSION {
-            ServerStats::bump(&ctx.stats.protocol_errors);
+            ctx.metrics.protocol_error("version");
             return Flow::Stop(self.fatal(
                 ErrorCode::Protocol,
                 format!(
@@ -350,7 +363,7 @@ impl Reader<'_> {
                 Some(_) => None,
             };
             if let Some(problem) = problem {
-                ServerStats::bump(&ctx.stats.auth_failures);
+                ctx.metrics.protocol_error("not_authorized");
                 tracing::warn!(conn = self.conn, peer = %self.peer, "handshake refused: bad or missing token");
                 return Flow::Stop(self.fatal(ErrorCode::NotAuthorized, problem.into()));
             }
@@ -432,9 +445,10 @@ async fn write_loop(
             return;
         }
         let mut close = false;
+        let mut released = 0;
         'fill: loop {
             for item in batch.drain(..) {
-                rx.release(item.charge());
+                released += item.charge();
                 if !item.encode(&mut out) {
                     close = true;
                     break 'fill;
@@ -455,6 +469,8 @@ async fn write_loop(
             }
         }
         batch.clear();
+        // One atomic update per batch, not per frame.
+        rx.release(released);
         while !out.is_empty() {
             tokio::select! {
                 biased;

@@ -12,39 +12,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ordo_wire::client::{ErrorCode, Limits, Reply};
 use ordo_wire::{Incarnation, NodeId};
+use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::Metrics;
 use crate::shell::driver::DriverHandle;
-
-/// Counters of the client server; the metrics endpoint exports them.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Connections accepted (handshake not yet checked).
-    pub connections_accepted: AtomicU64,
-    /// Gauge: connections open now.
-    pub connections_open: AtomicU64,
-    /// Connections refused at `--max-connections`.
-    pub connections_refused: AtomicU64,
-    /// Clients disconnected because their outbound queue overflowed.
-    pub slow_consumers: AtomicU64,
-    /// Clients disconnected for breaking the protocol (garbage, truncated
-    /// frame, wrong first frame, handshake timeout).
-    pub protocol_errors: AtomicU64,
-    /// Clients disconnected for announcing a frame above `--max-frame`.
-    pub frames_too_large: AtomicU64,
-    /// Publishes refused for a payload above `--max-payload`.
-    pub payloads_too_large: AtomicU64,
-    /// Handshakes refused for a missing or wrong token.
-    pub auth_failures: AtomicU64,
-}
-
-impl ServerStats {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, AtomicOrdering::Relaxed);
-    }
-}
 
 /// What every connection needs to know.
 #[derive(Debug)]
@@ -69,18 +43,34 @@ pub struct ServerConfig {
 pub struct ServerCtx {
     pub config: ServerConfig,
     pub driver: DriverHandle,
-    pub stats: Arc<ServerStats>,
+    pub metrics: Arc<Metrics>,
+    /// Connections refused at `--max-connections`.
+    refused: Option<IntCounter>,
     next_conn: AtomicU64,
     open: AtomicUsize,
 }
 
 impl ServerCtx {
-    /// Shared context; connection ids start at 1.
-    pub fn new(config: ServerConfig, driver: DriverHandle, stats: Arc<ServerStats>) -> Self {
+    /// Shared context; connection ids start at 1. Registers the server's
+    /// own counters beside the catalog in `metrics`.
+    pub fn new(config: ServerConfig, driver: DriverHandle, metrics: Arc<Metrics>) -> Self {
+        // The name is a valid constant, so creation cannot fail; a failed
+        // registration (a duplicate) is logged and the count stays internal.
+        let refused = IntCounter::new(
+            "ordo_client_connections_refused_total",
+            "Client connections refused at --max-connections.",
+        )
+        .ok();
+        if let Some(c) = &refused {
+            if let Err(e) = metrics.registry().register(Box::new(c.clone())) {
+                tracing::error!("cannot register ordo_client_connections_refused_total: {e}");
+            }
+        }
         ServerCtx {
             config,
             driver,
-            stats,
+            metrics,
+            refused,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         }
@@ -106,9 +96,10 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
                 continue;
             }
         };
-        ServerStats::bump(&ctx.stats.connections_accepted);
         if ctx.open.load(AtomicOrdering::Relaxed) >= ctx.config.max_connections {
-            ServerStats::bump(&ctx.stats.connections_refused);
+            if let Some(c) = &ctx.refused {
+                c.inc();
+            }
             tracing::warn!(%peer, max = ctx.config.max_connections, "connection refused: at --max-connections");
             tokio::spawn(refuse(stream, ctx.config.max_connections));
             continue;
@@ -118,18 +109,14 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
         }
         let conn = ctx.next_conn.fetch_add(1, AtomicOrdering::Relaxed);
         ctx.open.fetch_add(1, AtomicOrdering::Relaxed);
-        ctx.stats
-            .connections_open
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        ctx.metrics.client_connected();
         let ctx2 = Arc::clone(&ctx);
         let shutdown2 = shutdown.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
             connection::serve(stream, peer, conn, &ctx2, shutdown2).await;
             ctx2.open.fetch_sub(1, AtomicOrdering::Relaxed);
-            ctx2.stats
-                .connections_open
-                .fetch_sub(1, AtomicOrdering::Relaxed);
+            ctx2.metrics.client_disconnected();
             drop(done);
         });
     }

@@ -5,9 +5,10 @@
 //! All local delivery goes through the engine (`publish` → `Event::Deliver`),
 //! exactly as a message from another broker does, so the multicast engine
 //! slots in without reshaping the shell. Connections talk to the driver over
-//! one bounded channel that is only read while the engine can take a
-//! publish: when its send window is full, the channel fills, connection
-//! readers wait, and TCP backpressure slows the publishers.
+//! one bounded channel. A publish the engine cannot take (flow control)
+//! stalls, with every command after it, in a queue of at most one batch;
+//! while anything is stalled the channel is not read, so it fills,
+//! connection readers wait, and TCP backpressure slows the publishers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,9 +22,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::TopicDecl;
 use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
 use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{latency_since, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
-use crate::server::ServerStats;
 use crate::shell::transport::{RecvBatch, Transport};
 use crate::subs::{SubKey, SubTrie};
 use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
@@ -32,6 +32,8 @@ use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
 const COMMAND_BATCH: usize = 256;
 /// Datagrams taken from the socket per wake-up.
 const RECV_SLOTS: usize = 32;
+/// How long a graceful leave may take at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often engine counters are copied into the metrics.
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 
@@ -130,7 +132,6 @@ pub struct Driver {
     commands: mpsc::Receiver<Command>,
     gone: mpsc::UnboundedReceiver<u64>,
     metrics: Arc<Metrics>,
-    stats: Arc<ServerStats>,
     health: watch::Sender<Health>,
     /// Reused per delivery: the (conn, sid) pairs a topic matched.
     matched: Vec<(u64, u64)>,
@@ -141,6 +142,10 @@ pub struct Driver {
     /// Commands taken off the channel that wait for the engine's window to
     /// reopen (a batch can overshoot it); at most one batch.
     stalled: VecDeque<Command>,
+    /// The engine refused a publish although `can_publish()` allowed it (a
+    /// large message can exceed what is left of the window): retry only
+    /// after the next input, which is what can free room, so as not to spin.
+    await_input: bool,
     last_metrics: Instant,
 }
 
@@ -152,18 +157,27 @@ impl Driver {
         engine: Engine,
         transport: Transport,
         metrics: Arc<Metrics>,
-        stats: Arc<ServerStats>,
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
         let mut registry = TopicRegistry::new(config.default_ordering);
+        if let Some(missing) = unbuilt(TopicSpec {
+            ordering: config.default_ordering,
+            safe: false,
+        }) {
+            tracing::warn!(
+                "--default-ordering {} is inactive: {missing}",
+                config.default_ordering
+            );
+        }
         for t in &config.topics {
-            registry.declare(
-                &t.name,
-                TopicSpec {
-                    ordering: t.ordering,
-                    safe: t.safe,
-                },
-            )?;
+            let spec = TopicSpec {
+                ordering: t.ordering,
+                safe: t.safe,
+            };
+            registry.declare(&t.name, spec)?;
+            if let Some(missing) = unbuilt(spec) {
+                tracing::warn!(topic = %t.name, "configured topic is {spec}, partly inactive: {missing}");
+            }
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
@@ -177,12 +191,12 @@ impl Driver {
             commands: cmd_rx,
             gone: gone_rx,
             metrics,
-            stats,
             health,
             matched: Vec::new(),
             transmit: Vec::new(),
             slow: Vec::new(),
             stalled: VecDeque::new(),
+            await_input: false,
             last_metrics: Instant::now(),
         };
         let handle = DriverHandle {
@@ -200,22 +214,46 @@ impl Driver {
         let mut cmds: Vec<Command> = Vec::with_capacity(COMMAND_BATCH);
         self.flush().await;
         loop {
-            let can_publish = self.engine.can_publish();
-            if can_publish && !self.stalled.is_empty() {
+            if !self.stalled.is_empty() && self.publish_open() {
                 let now = Instant::now();
-                while let Some(cmd) = self.stalled.pop_front() {
+                // Taken whole: a command that stalls again must stay ahead
+                // of the ones after it.
+                for cmd in std::mem::take(&mut self.stalled) {
                     self.command(cmd, now);
                 }
                 self.flush().await;
                 continue;
             }
-            // Read clients only while the engine can take their publishes.
-            let take_commands = can_publish && self.stalled.is_empty();
+            // Read clients while nothing waits for the engine's window: a
+            // publish it cannot take stalls (with everything after it), and
+            // then the channel fills and TCP backpressure reaches publishers.
+            let take_commands = self.stalled.is_empty();
             let deadline = self.engine.poll_timeout();
+            // Order matters under load: timers and the group's datagrams
+            // (acks, NAKs, digests that reopen the window) come before more
+            // client work, so a busy publisher cannot starve the protocol.
             tokio::select! {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => break,
                 Some(conn) = self.gone.recv() => self.drop_conn(conn),
+                _ = sleep_until_opt(deadline) => {
+                    self.engine.handle_timeout(Instant::now());
+                    self.await_input = false;
+                }
+                r = self.transport.recv_batch(&mut recv) => match r {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for datagram in recv.iter() {
+                            self.engine.handle_datagram(datagram, now);
+                        }
+                        self.await_input = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "multicast receive failed");
+                        // Do not spin on a persistent socket error.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
                 n = self.commands.recv_many(&mut cmds, COMMAND_BATCH), if take_commands => {
                     if n == 0 {
                         // Every handle is gone: nothing can reach us any more.
@@ -226,44 +264,57 @@ impl Driver {
                         self.command(cmd, now);
                     }
                 }
-                r = self.transport.recv_batch(&mut recv) => match r {
-                    Ok(_) => {
-                        let now = Instant::now();
-                        for datagram in recv.iter() {
-                            self.engine.handle_datagram(datagram, now);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "multicast receive failed");
-                        // Do not spin on a persistent socket error.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-                _ = sleep_until_opt(deadline) => self.engine.handle_timeout(Instant::now()),
             }
             self.flush().await;
         }
-        self.stop().await;
+        self.stop(&mut recv).await;
     }
 
-    /// Graceful stop: publish what clients already handed over, leave, flush.
-    async fn stop(&mut self) {
+    /// Graceful stop: publish what clients already handed over, leave the
+    /// group (driving the engine until it has left, bounded by
+    /// [`LEAVE_TIMEOUT`]), flush.
+    async fn stop(&mut self, recv: &mut RecvBatch) {
         let now = Instant::now();
-        let stalled: Vec<Command> = self.stalled.drain(..).collect();
-        for cmd in stalled {
+        for cmd in std::mem::take(&mut self.stalled) {
             self.command(cmd, now);
         }
         let mut taken = 0;
-        while self.engine.can_publish() && taken < self.config.command_queue {
+        while self.stalled.is_empty() && taken < self.config.command_queue {
             match self.commands.try_recv() {
                 Ok(cmd) => self.command(cmd, now),
                 Err(_) => break,
             }
             taken += 1;
         }
+        if !self.stalled.is_empty() {
+            tracing::warn!(
+                commands = self.stalled.len(),
+                "shutting down with publishes the engine could not take"
+            );
+        }
         self.flush().await;
         self.engine.leave(Instant::now());
         self.flush().await;
+        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+        while !self.engine.has_left() {
+            let timeout = self.engine.poll_timeout();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("leaving the group timed out; the others will notice our absence");
+                    break;
+                }
+                r = self.transport.recv_batch(recv) => {
+                    if r.is_ok() {
+                        let now = Instant::now();
+                        for datagram in recv.iter() {
+                            self.engine.handle_datagram(datagram, now);
+                        }
+                    }
+                }
+                _ = sleep_until_opt(timeout) => self.engine.handle_timeout(Instant::now()),
+            }
+            self.flush().await;
+        }
         let _ = self.health.send(Health::NotReady {
             node_id: self.engine.origin().node,
             reason: "shutting down".into(),
@@ -305,7 +356,7 @@ impl Driver {
     /// each client's order) while the engine cannot take a publish.
     fn command(&mut self, cmd: Command, now: Instant) {
         let blocked = !self.stalled.is_empty()
-            || (matches!(cmd, Command::Publish { .. }) && !self.engine.can_publish());
+            || (matches!(cmd, Command::Publish { .. }) && !self.publish_open());
         if blocked {
             self.stalled.push_back(cmd);
             return;
@@ -340,6 +391,9 @@ impl Driver {
                 let reply = match self.registry.declare(&topic, spec) {
                     Ok(Declared::New) => {
                         tracing::info!(topic = %topic, ordering = %spec.ordering, safe = spec.safe, "topic declared");
+                        if let Some(missing) = unbuilt(spec) {
+                            tracing::warn!(topic = %topic, "topic declared {spec}, partly inactive: {missing}");
+                        }
                         Reply::Ok { req }
                     }
                     Ok(Declared::Existing) => Reply::Ok { req },
@@ -360,6 +414,7 @@ impl Driver {
                 let reply = match self.conns.get_mut(&conn).and_then(|c| c.sids.remove(&sid)) {
                     Some(key) => {
                         self.subs.remove(key);
+                        self.metrics.subscription_removed();
                         Reply::Ok { req }
                     }
                     None => Reply::Error {
@@ -379,6 +434,11 @@ impl Driver {
                 self.reply(conn, Reply::Cluster { req, view });
             }
         }
+    }
+
+    /// Whether a publish may be offered to the engine now.
+    fn publish_open(&self) -> bool {
+        !self.await_input && self.engine.can_publish()
     }
 
     fn subscribe(&mut self, conn: u64, req: u64, sid: u64, pattern: &str) -> Reply {
@@ -408,6 +468,7 @@ impl Driver {
         match self.subs.insert(pattern, (conn, sid)) {
             Ok(key) => {
                 state.sids.insert(sid, key);
+                self.metrics.subscription_added();
                 Reply::Ok { req }
             }
             Err(e) => Reply::Error {
@@ -435,8 +496,11 @@ impl Driver {
                 return;
             }
         };
+        // Kept (cheap: reference counts, and the context is usually empty)
+        // because a refused publish is handed back to us by value only.
+        let retry = (context.clone(), payload.clone());
         let msg = Publish {
-            topic: topic.name,
+            topic: Arc::clone(&topic.name),
             ordering: topic.spec.ordering,
             safe: topic.spec.safe,
             publisher: conn,
@@ -445,21 +509,20 @@ impl Driver {
             confirm: confirm.map(|req| ConfirmToken { conn, req }),
             published_at_us: unix_micros(),
         };
+        let ordering = msg.ordering;
         match self.engine.publish(msg, now) {
-            Ok(()) => {}
+            Ok(()) => self.metrics.observe_publish(ordering),
             Err(PublishError::WouldBlock) => {
-                // command() checked can_publish(), which the engine promises
-                // is exact; should it ever disagree, say so instead of
-                // dropping the message silently.
-                tracing::error!("engine refused a publish after can_publish() allowed it");
-                self.reply(
+                // Flow control: hold it (and, through `stalled`, everything
+                // after it) until the engine has room again.
+                self.await_input = true;
+                self.stalled.push_back(Command::Publish {
                     conn,
-                    Reply::Error {
-                        req: confirm.unwrap_or(0),
-                        code: ErrorCode::Internal,
-                        message: "the broker's send window was full; the message was not published, retry it".into(),
-                    },
-                );
+                    confirm,
+                    topic: topic.name.to_string(),
+                    context: retry.0,
+                    payload: retry.1,
+                });
             }
             Err(PublishError::Unavailable(reason)) => self.reply(
                 conn,
@@ -475,6 +538,8 @@ impl Driver {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Deliver(msg) => {
+                self.metrics
+                    .observe_delivery(msg.ordering, latency_since(msg.published_at_us));
                 let matched = &mut self.matched;
                 matched.clear();
                 self.subs
@@ -511,12 +576,23 @@ impl Driver {
                 }
             }
             Event::ViewInstalled(view) => {
-                tracing::info!(view = %view.id, members = view.members.len(), "view installed");
-                let _ = self.health.send(Health::InView {
-                    node_id: self.engine.origin().node,
-                    view_id: view.id,
-                    members: view.members.iter().map(|m| m.node).collect(),
-                });
+                self.metrics.set_view(view.id, view.members.len());
+                let node_id = self.engine.origin().node;
+                let health = if view.members.iter().any(|m| m.node == node_id) {
+                    tracing::info!(view = %view.id, members = view.members.len(), "view installed");
+                    Health::InView {
+                        node_id,
+                        view_id: view.id,
+                        members: view.members.iter().map(|m| m.node).collect(),
+                    }
+                } else {
+                    // The view of a group we left (or were excluded from).
+                    Health::NotReady {
+                        node_id,
+                        reason: format!("not a member of view {}", view.id),
+                    }
+                };
+                let _ = self.health.send(health);
             }
         }
     }
@@ -536,7 +612,7 @@ impl Driver {
             let Some(state) = self.conns.remove(&conn) else {
                 continue; // already handled (several overflows in one batch)
             };
-            ServerStats::bump(&self.stats.slow_consumers);
+            self.metrics.slow_consumer();
             tracing::warn!(
                 conn,
                 queued_bytes = state.outbox.queued_bytes(),
@@ -545,6 +621,7 @@ impl Driver {
             state.outbox.kill();
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
@@ -553,6 +630,7 @@ impl Driver {
         if let Some(state) = self.conns.remove(&conn) {
             for key in state.sids.into_values() {
                 self.subs.remove(key);
+                self.metrics.subscription_removed();
             }
         }
     }
@@ -560,6 +638,30 @@ impl Driver {
     /// How many connections the driver serves (for tests and logs).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+/// What of a topic's guarantee the engine does not provide yet, if anything.
+///
+/// Mirrors the engine's delivery layers (`engine/delivery/mod.rs`,
+/// `layer_for`): today every ordering is served FIFO and safe topics only
+/// delay confirmations. Update this as the causal, total and safe layers land.
+fn unbuilt(spec: TopicSpec) -> Option<String> {
+    let ordering = match spec.ordering {
+        ordo_wire::Ordering::Fifo => None,
+        o => Some(format!(
+            "the {o} delivery layer is not built yet, so its messages are delivered FIFO per publisher{}",
+            if o.is_total() { " without a gseq" } else { "" }
+        )),
+    };
+    let safe = spec.safe.then_some(
+        "safe delivery (held until every member has the message) is not built yet; only confirmations wait for every member",
+    );
+    match (ordering, safe) {
+        (None, None) => None,
+        (Some(o), None) => Some(o),
+        (None, Some(s)) => Some(s.to_string()),
+        (Some(o), Some(s)) => Some(format!("{o}; {s}")),
     }
 }
 

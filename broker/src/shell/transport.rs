@@ -167,7 +167,8 @@ impl Transport {
 
     /// Multicasts every datagram, in order, waiting for socket space as
     /// needed. Returns how many were sent; on an error the ones before it
-    /// were sent and the rest were not.
+    /// were sent and the rest were not. Not cancel-safe: dropping the
+    /// future midway leaves an unknown prefix sent.
     pub async fn send_batch(&self, datagrams: &[Bytes]) -> io::Result<usize> {
         let mut sent = 0;
         while sent < datagrams.len() {
@@ -190,6 +191,10 @@ impl Transport {
     /// Waits for at least one datagram, then takes every datagram already
     /// queued, up to the batch's capacity. Returns the number received;
     /// read them with [`RecvBatch::iter`].
+    ///
+    /// Cancel-safe (usable in `tokio::select!`): the only await is the
+    /// readiness wait, before anything is taken from the socket; a cancelled
+    /// call loses no datagram but clears the batch.
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.lens.clear();
         loop {
@@ -390,6 +395,59 @@ mod tests {
             Transport::open(&cfg).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+    }
+
+    /// Captures what `tracing` logs while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink(Arc::new(Mutex::new(Vec::new())));
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_clamped_buffer_is_reported_with_its_sysctl() {
+        // 1 GiB is above any stock net.core.rmem_max/wmem_max; SO_RCVBUF
+        // (unlike SO_RCVBUFFORCE) is capped even for root.
+        let mut cfg = config(unique_group());
+        cfg.recv_buffer = 1 << 30;
+        cfg.send_buffer = 1 << 30;
+        let mut opened = None;
+        let logs = logs_of(|| opened = Some(Transport::open(&cfg).unwrap()));
+        let t = opened.unwrap();
+        let granted = socket2::SockRef::from(&t.socket)
+            .recv_buffer_size()
+            .unwrap();
+        if granted >= cfg.recv_buffer {
+            eprintln!("SKIPPED clamp check: this kernel granted a 1 GiB SO_RCVBUF");
+            return;
+        }
+        assert!(logs.contains("WARN"), "{logs}");
+        assert!(logs.contains("net.core.rmem_max"), "{logs}");
+        assert!(logs.contains("net.core.wmem_max"), "{logs}");
+
+        // A size the kernel grants logs nothing.
+        let mut cfg = config(unique_group());
+        cfg.recv_buffer = 64 * 1024;
+        let logs = logs_of(|| drop(Transport::open(&cfg).unwrap()));
+        assert!(!logs.contains("clamped"), "{logs}");
     }
 
     #[tokio::test]

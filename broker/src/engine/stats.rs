@@ -1,0 +1,84 @@
+//! Counters and gauges the engine keeps for the metrics endpoint.
+
+/// Counters the metrics endpoint exports; all monotonically increasing
+/// unless named as a gauge.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Messages accepted from local clients (same as `messages_published`;
+    /// kept under its first name for API stability).
+    pub published: u64,
+    /// Messages handed to subscribers (same as `messages_delivered`).
+    pub delivered: u64,
+    /// Messages accepted from local clients.
+    pub messages_published: u64,
+    /// Messages delivered (local and remote), after reassembly.
+    pub messages_delivered: u64,
+    /// Datagrams handed to the driver for sending.
+    pub datagrams_sent: u64,
+    /// Datagrams handed to the engine by the driver.
+    pub datagrams_received: u64,
+    /// Bytes of the datagrams sent.
+    pub bytes_sent: u64,
+    /// Bytes of the datagrams received.
+    pub bytes_received: u64,
+    /// Dropped: the checksum did not match (corruption).
+    pub dropped_checksum: u64,
+    /// Dropped: the frame belongs to another cluster.
+    pub dropped_foreign_cluster: u64,
+    /// Dropped: another protocol version.
+    pub dropped_bad_version: u64,
+    /// Dropped: the frame did not parse (truncated, bad field, bad magic).
+    pub dropped_malformed: u64,
+    /// Dropped: an unknown (or reserved, not yet spoken) frame kind.
+    pub dropped_unknown_kind: u64,
+    /// Dropped: sent by an older incarnation of a node that restarted.
+    pub dropped_stale_incarnation: u64,
+    /// Dropped: data or repair traffic from a sender or origin outside our view.
+    pub dropped_not_member: u64,
+    /// Dropped: data stamped with another view than ours (before or after a view change).
+    pub dropped_wrong_view: u64,
+    /// Messages received that we already had.
+    pub duplicates: u64,
+    /// Out-of-order messages not kept because the buffer was full (asked for again later).
+    pub dropped_buffer_full: u64,
+    /// NAK frames sent.
+    pub naks_sent: u64,
+    /// NAK frames received from other members.
+    pub naks_received: u64,
+    /// NAKs we did not send because another member's NAK already asked for the same.
+    pub naks_suppressed: u64,
+    /// NAKs delayed by the NAK rate cap.
+    pub naks_rate_limited: u64,
+    /// Messages retransmitted (by us, as origin or as another holder).
+    pub retransmissions_sent: u64,
+    /// Retransmissions we cancelled because another holder repaired first.
+    pub retransmissions_suppressed: u64,
+    /// Sequence numbers found missing (from data or from digests).
+    pub gaps_detected: u64,
+    /// Missing sequence numbers later received.
+    pub gaps_repaired: u64,
+    /// Messages needed that no member holds any more (each leads to a rejoin).
+    pub unrecoverable: u64,
+    /// Publishes refused with `WouldBlock` (flow control or a view change in progress).
+    pub flow_control_stalls: u64,
+    /// Views installed.
+    pub view_changes: u64,
+    /// Rejoins as a new incarnation after an unrecoverable loss.
+    pub rejoins: u64,
+    /// Messages we split into fragments.
+    pub fragmented_messages: u64,
+    /// Fragments sent for those messages.
+    pub fragments: u64,
+    /// Heartbeat (digest) frames sent, periodic and prompt.
+    pub heartbeats_sent: u64,
+    /// Gauge: bytes held in the retransmit buffer (own and others' messages).
+    pub retransmit_buffer_bytes: u64,
+    /// Gauge: the bound on `retransmit_buffer_bytes`.
+    pub retransmit_buffer_limit: u64,
+    /// Gauge: bytes of our own messages not yet stable (flow-controlled).
+    pub unstable_own_bytes: u64,
+    /// Gauge: received messages waiting for an earlier one (out of order).
+    pub out_of_order_messages: u64,
+    /// Gauge: bytes of fragments waiting for the rest of their message.
+    pub reassembly_bytes: u64,
+}

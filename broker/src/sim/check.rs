@@ -1,0 +1,189 @@
+//! What every run must satisfy, checked from the records the harness keeps.
+//!
+//! A message published in view V must be delivered, exactly once and in its
+//! publisher's order, by every engine that installed V (virtual synchrony:
+//! the flush makes leavers deliver it too, and joiners never see old-view
+//! messages). Messages of a crashed engine are delivered by all survivors or
+//! by none of them, as a common prefix.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ordo_wire::{Origin, ViewId};
+
+/// A view, named by its number and coordinator: two groups formed apart may
+/// both number their first view 1.
+pub type ViewKey = (ViewId, Origin);
+
+/// One publish accepted by an engine.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub publisher: u64,
+    pub index: u32,
+    pub life: usize,
+    pub view: ViewKey,
+}
+
+/// One engine's life (a node in one incarnation) as the harness saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Life {
+    pub slot: usize,
+    pub origin: Origin,
+    pub views: BTreeSet<ViewKey>,
+    /// Per publisher, indexes in delivery order.
+    pub deliveries: BTreeMap<u64, Vec<u32>>,
+    pub crashed: bool,
+    pub discontinuities: u64,
+}
+
+/// Checks deliveries against publishes; returns one line per violation.
+pub fn deliveries(lives: &[Life], published: &[Published]) -> Vec<String> {
+    let mut out = Vec::new();
+    let crashed: BTreeSet<usize> = lives
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.crashed)
+        .map(|(i, _)| i)
+        .collect();
+    for (i, life) in lives.iter().enumerate() {
+        if life.crashed {
+            continue;
+        }
+        let mut expected: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        let mut crashed_pubs = BTreeSet::new();
+        for p in published {
+            if crashed.contains(&p.life) {
+                crashed_pubs.insert(p.publisher);
+            } else if life.views.contains(&p.view) {
+                expected.entry(p.publisher).or_default().push(p.index);
+            }
+        }
+        let publishers: BTreeSet<u64> = expected
+            .keys()
+            .chain(life.deliveries.keys())
+            .copied()
+            .collect();
+        for publisher in publishers {
+            let got = life
+                .deliveries
+                .get(&publisher)
+                .map_or(&[][..], Vec::as_slice);
+            if crashed_pubs.contains(&publisher) {
+                // Only order and uniqueness here; agreement is checked below.
+                if got.windows(2).any(|w| w[1] != w[0] + 1) {
+                    out.push(format!(
+                        "life {i} ({}) delivered crashed publisher {publisher} out of order or with gaps: {}",
+                        life.origin,
+                        summarize(got)
+                    ));
+                }
+                continue;
+            }
+            let want = expected.get(&publisher).map_or(&[][..], Vec::as_slice);
+            if got == want {
+                continue;
+            }
+            let mut seen = BTreeSet::new();
+            let dup = got.iter().find(|x| !seen.insert(**x));
+            let kind = if let Some(d) = dup {
+                format!("DUPLICATE of index {d}")
+            } else if got.windows(2).any(|w| w[1] < w[0]) {
+                "FIFO VIOLATION".to_string()
+            } else if got.len() < want.len() {
+                format!("LOSS of {} message(s)", want.len() - got.len())
+            } else {
+                "UNEXPECTED deliveries".to_string()
+            };
+            out.push(format!(
+                "life {i} ({} on slot {}): publisher {publisher}: {kind}: expected {} got {}",
+                life.origin,
+                life.slot,
+                summarize(want),
+                summarize(got)
+            ));
+        }
+    }
+    // Agreement on a crashed engine's messages among the survivors of the
+    // views it published in (later joiners rightly deliver none of them).
+    let mut crashed_views: BTreeMap<u64, BTreeSet<ViewKey>> = BTreeMap::new();
+    for p in published.iter().filter(|p| crashed.contains(&p.life)) {
+        crashed_views.entry(p.publisher).or_default().insert(p.view);
+    }
+    for (publisher, views) in crashed_views {
+        let counts: BTreeSet<usize> = lives
+            .iter()
+            .filter(|l| !l.crashed && l.views.iter().any(|v| views.contains(v)))
+            .map(|l| l.deliveries.get(&publisher).map_or(0, Vec::len))
+            .collect();
+        if counts.len() > 1 {
+            out.push(format!(
+                "survivors disagree on crashed publisher {publisher}: delivered counts {counts:?}"
+            ));
+        }
+    }
+    out
+}
+
+/// A short rendering of an index list for reports.
+fn summarize(v: &[u32]) -> String {
+    if v.len() <= 12 {
+        return format!("{v:?}");
+    }
+    let mut first_bad = None;
+    for (i, w) in v.windows(2).enumerate() {
+        if w[1] != w[0] + 1 {
+            first_bad = Some(i + 1);
+            break;
+        }
+    }
+    match first_bad {
+        None => format!("[{}..={}] ({} msgs)", v[0], v[v.len() - 1], v.len()),
+        Some(i) => format!(
+            "{} msgs, first irregularity at position {i}: ...{:?}...",
+            v.len(),
+            &v[i.saturating_sub(3)..(i + 3).min(v.len())]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordo_wire::{Incarnation, NodeId};
+
+    fn life(views: &[u64], del: &[u32]) -> Life {
+        Life {
+            views: views
+                .iter()
+                .map(|v| (ViewId(*v), Origin::default()))
+                .collect(),
+            deliveries: BTreeMap::from([(1, del.to_vec())]),
+            origin: Origin {
+                node: NodeId(1),
+                incarnation: Incarnation(1),
+            },
+            ..Life::default()
+        }
+    }
+
+    fn pubs(n: u32, view: u64) -> Vec<Published> {
+        (0..n)
+            .map(|index| Published {
+                publisher: 1,
+                index,
+                life: 0,
+                view: (ViewId(view), Origin::default()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_violation_is_named() {
+        let p = pubs(4, 1);
+        assert!(deliveries(&[life(&[1], &[0, 1, 2, 3])], &p).is_empty());
+        assert!(deliveries(&[life(&[1], &[0, 1, 3])], &p)[0].contains("LOSS"));
+        assert!(deliveries(&[life(&[1], &[0, 1, 1, 2, 3])], &p)[0].contains("DUPLICATE"));
+        assert!(deliveries(&[life(&[1], &[0, 2, 1, 3])], &p)[0].contains("FIFO"));
+        // A joiner of view 2 must not deliver view-1 messages.
+        assert!(deliveries(&[life(&[2], &[0])], &p)[0].contains("UNEXPECTED"));
+    }
+}

@@ -1,0 +1,363 @@
+//! The simulated multicast network: every datagram is copied to every other
+//! node through a chain of composable faults, each of which counts how often
+//! it fired so a run can prove its planned faults really happened.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+/// One copy of a datagram on its way over one directed link.
+#[derive(Debug, Clone)]
+pub struct Transit {
+    pub from: usize,
+    pub to: usize,
+    /// When it was sent.
+    pub sent: Instant,
+    /// Delay until delivery; faults may add to it.
+    pub delay: Duration,
+    pub dropped: bool,
+    /// Extra copies to deliver (each with its own extra delay).
+    pub duplicates: Vec<Duration>,
+    /// Flip one bit of the delivered copy.
+    pub corrupt: bool,
+}
+
+/// A network fault: looks at each transit and may drop, delay, duplicate or corrupt it.
+pub trait Fault: Debug {
+    /// A short name for reports.
+    fn name(&self) -> String;
+    /// Acts on one transit.
+    fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng);
+    /// How many transits it acted on.
+    fn fired(&self) -> u64;
+}
+
+/// Drops each datagram with a probability per directed link (asymmetric allowed).
+#[derive(Debug, Clone)]
+pub struct Loss {
+    default: f64,
+    links: BTreeMap<(usize, usize), f64>,
+    fired: u64,
+}
+
+impl Loss {
+    /// The same rate on every link.
+    pub fn uniform(rate: f64) -> Self {
+        Loss {
+            default: rate,
+            links: BTreeMap::new(),
+            fired: 0,
+        }
+    }
+
+    /// A different rate on one directed link.
+    pub fn link(mut self, from: usize, to: usize, rate: f64) -> Self {
+        self.links.insert((from, to), rate);
+        self
+    }
+}
+
+impl Fault for Loss {
+    fn name(&self) -> String {
+        format!(
+            "loss({:.0}%, {} asymmetric links)",
+            self.default * 100.0,
+            self.links.len()
+        )
+    }
+
+    fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
+        let rate = self
+            .links
+            .get(&(t.from, t.to))
+            .copied()
+            .unwrap_or(self.default);
+        if !t.dropped && rate > 0.0 && rng.gen_bool(rate.min(1.0)) {
+            t.dropped = true;
+            self.fired += 1;
+        }
+    }
+
+    fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// Delivers an extra copy of a datagram with some probability.
+#[derive(Debug, Clone)]
+pub struct Duplicate {
+    pub rate: f64,
+    pub max_extra_delay: Duration,
+    fired: u64,
+}
+
+impl Duplicate {
+    pub fn new(rate: f64, max_extra_delay: Duration) -> Self {
+        Duplicate {
+            rate,
+            max_extra_delay,
+            fired: 0,
+        }
+    }
+}
+
+impl Fault for Duplicate {
+    fn name(&self) -> String {
+        format!("duplicate({:.0}%)", self.rate * 100.0)
+    }
+
+    fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
+        if !t.dropped && rng.gen_bool(self.rate) {
+            let extra = rng.gen_range(Duration::ZERO..=self.max_extra_delay);
+            t.duplicates.push(extra);
+            self.fired += 1;
+        }
+    }
+
+    fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// Adds a random delay to each datagram, which reorders them.
+#[derive(Debug, Clone)]
+pub struct Jitter {
+    pub max: Duration,
+    fired: u64,
+}
+
+impl Jitter {
+    pub fn new(max: Duration) -> Self {
+        Jitter { max, fired: 0 }
+    }
+}
+
+impl Fault for Jitter {
+    fn name(&self) -> String {
+        format!("jitter({:?})", self.max)
+    }
+
+    fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
+        if !t.dropped {
+            let d = rng.gen_range(Duration::ZERO..=self.max);
+            if d > Duration::ZERO {
+                t.delay += d;
+                self.fired += 1;
+            }
+        }
+    }
+
+    fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// Flips one bit of a datagram with some probability (the checksum must catch it).
+#[derive(Debug, Clone)]
+pub struct Corrupt {
+    pub rate: f64,
+    fired: u64,
+}
+
+impl Corrupt {
+    pub fn new(rate: f64) -> Self {
+        Corrupt { rate, fired: 0 }
+    }
+}
+
+impl Fault for Corrupt {
+    fn name(&self) -> String {
+        format!("corrupt({:.1}%)", self.rate * 100.0)
+    }
+
+    fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
+        if !t.dropped && rng.gen_bool(self.rate) {
+            t.corrupt = true;
+            self.fired += 1;
+        }
+    }
+
+    fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// Temporary partitions: during each window, datagrams from `side` to the
+/// rest (and, unless one-way, back) are dropped.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    windows: Vec<PartitionWindow>,
+    fired: u64,
+}
+
+/// One partition.
+#[derive(Debug, Clone)]
+pub struct PartitionWindow {
+    pub from: Instant,
+    pub until: Instant,
+    pub side: BTreeSet<usize>,
+    /// Only traffic leaving `side` is cut (an asymmetric partition).
+    pub one_way: bool,
+}
+
+impl Partition {
+    pub fn new(windows: Vec<PartitionWindow>) -> Self {
+        Partition { windows, fired: 0 }
+    }
+}
+
+impl Fault for Partition {
+    fn name(&self) -> String {
+        let one_way = self.windows.iter().filter(|w| w.one_way).count();
+        format!(
+            "partition({} windows, {one_way} one-way)",
+            self.windows.len()
+        )
+    }
+
+    fn apply(&mut self, t: &mut Transit, _rng: &mut SmallRng) {
+        if t.dropped {
+            return;
+        }
+        for w in &self.windows {
+            if t.sent < w.from || t.sent >= w.until {
+                continue;
+            }
+            let out = w.side.contains(&t.from) && !w.side.contains(&t.to);
+            let back = !w.side.contains(&t.from) && w.side.contains(&t.to);
+            if out || (back && !w.one_way) {
+                t.dropped = true;
+                self.fired += 1;
+                return;
+            }
+        }
+    }
+
+    fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// Datagrams in flight, delivered in time order (ties in send order).
+#[derive(Debug)]
+pub struct Network {
+    base_latency: Duration,
+    faults: Vec<Box<dyn Fault>>,
+    /// Faults apply only from this instant (membership forms on a quiet network).
+    faults_from: Option<Instant>,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    payloads: BTreeMap<u64, Bytes>,
+    next_id: u64,
+    /// Datagrams sent into the network and copies delivered.
+    pub sent: u64,
+    pub delivered: u64,
+}
+
+impl Network {
+    pub fn new(base_latency: Duration) -> Self {
+        Network {
+            base_latency,
+            faults: Vec::new(),
+            faults_from: None,
+            queue: BinaryHeap::new(),
+            payloads: BTreeMap::new(),
+            next_id: 0,
+            sent: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Adds a fault to the chain.
+    pub fn add_fault(&mut self, f: Box<dyn Fault>) {
+        self.faults.push(f);
+    }
+
+    /// Faults act from `at` on (before it the network is perfect).
+    pub fn faults_from(&mut self, at: Instant) {
+        self.faults_from = Some(at);
+    }
+
+    /// The faults and how often each fired.
+    pub fn fault_report(&self) -> Vec<(String, u64)> {
+        self.faults.iter().map(|f| (f.name(), f.fired())).collect()
+    }
+
+    /// Multicasts `datagram` from `from` to every node in `to`.
+    pub fn send(
+        &mut self,
+        from: usize,
+        to: impl Iterator<Item = usize>,
+        datagram: &Bytes,
+        now: Instant,
+        rng: &mut SmallRng,
+    ) {
+        self.sent += 1;
+        let faulty = self.faults_from.is_some_and(|t| now >= t);
+        for dest in to.filter(|d| *d != from) {
+            let mut t = Transit {
+                from,
+                to: dest,
+                sent: now,
+                delay: self.base_latency,
+                dropped: false,
+                duplicates: Vec::new(),
+                corrupt: false,
+            };
+            if faulty {
+                for f in &mut self.faults {
+                    f.apply(&mut t, rng);
+                }
+            }
+            if t.dropped {
+                continue;
+            }
+            let copy = if t.corrupt {
+                let mut v = datagram.to_vec();
+                let i = rng.gen_range(0..v.len().max(1));
+                if let Some(b) = v.get_mut(i) {
+                    *b ^= 1 << rng.gen_range(0..8);
+                }
+                Bytes::from(v)
+            } else {
+                datagram.clone()
+            };
+            self.enqueue(now + t.delay, dest, copy.clone());
+            for extra in t.duplicates {
+                self.enqueue(now + t.delay + extra, dest, copy.clone());
+            }
+        }
+    }
+
+    fn enqueue(&mut self, at: Instant, to: usize, d: Bytes) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.payloads.insert(id, d);
+        self.queue.push(Reverse((at, id, to)));
+    }
+
+    /// When the next datagram arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// The next datagram due at `now`, with its destination.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, Bytes)> {
+        let Reverse((t, id, to)) = *self.queue.peek()?;
+        if t > now {
+            return None;
+        }
+        self.queue.pop();
+        self.delivered += 1;
+        self.payloads.remove(&id).map(|d| (to, d))
+    }
+
+    /// Datagrams still in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+}

@@ -1,0 +1,541 @@
+//! End-to-end tests of one real `ordo-broker` process and raw protocol
+//! clients: pub/sub through wildcards, fan-out order, declaration
+//! conflicts, the slow-consumer policy, bad input isolation, limits,
+//! graceful shutdown and configuration through the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{assert_error, broker, metric, start, Client};
+use ordo_wire::client::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+use ordo_wire::{CausalContext, NodeId, Ordering, Seq};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn wildcards_route_by_token() {
+    let b = start(&[]);
+    let mut star = Client::connect(b.addr()).await;
+    let mut rest = Client::connect(b.addr()).await;
+    let mut publisher = Client::connect(b.addr()).await;
+    star.subscribe(1, "orders.*").await;
+    rest.subscribe(7, "orders.>").await;
+
+    for topic in ["orders.eu", "orders.eu.paris", "trades.eu", "orders"] {
+        let r = publisher.publish_confirmed(topic, topic.to_string()).await;
+        assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    }
+    // A marker both patterns match ends each subscriber's expected stream.
+    publisher.publish("orders.end", "end").await;
+
+    let m = star.message().await;
+    assert_eq!((m.sid, m.topic.as_str()), (1, "orders.eu"));
+    assert_eq!(m.payload, Bytes::from("orders.eu"));
+    assert_eq!(m.publisher, publisher.client_id);
+    assert_eq!(m.origin.node, star.node);
+    assert_eq!(m.ordering, Ordering::Fifo, "undeclared topics are fifo");
+    assert_eq!(star.message().await.topic, "orders.end");
+
+    let m1 = rest.message().await;
+    let m2 = rest.message().await;
+    assert_eq!((m1.sid, m1.topic.as_str()), (7, "orders.eu"));
+    assert_eq!((m2.sid, m2.topic.as_str()), (7, "orders.eu.paris"));
+    assert!(m2.seq > m1.seq, "the origin's sequence grows");
+    assert_eq!(rest.message().await.topic, "orders.end");
+}
+
+#[tokio::test]
+async fn two_subscribers_receive_everything_in_order() {
+    let b = start(&[]);
+    let mut s1 = Client::connect(b.addr()).await;
+    let mut s2 = Client::connect(b.addr()).await;
+    s1.subscribe(1, "ticks").await;
+    s2.subscribe(2, "ticks").await;
+    // A second matching subscription on one connection gets its own copy.
+    s2.subscribe(3, "ticks.>").await;
+    let mut p = Client::connect(b.addr()).await;
+    const N: u64 = 2000;
+    for i in 0..N {
+        p.publish("ticks", i.to_string()).await;
+    }
+    for s in [&mut s1, &mut s2] {
+        let mut last_seq = Seq(0);
+        for i in 0..N {
+            let m = s.message().await;
+            assert_eq!(
+                m.payload,
+                Bytes::from(i.to_string()),
+                "message {i} out of order"
+            );
+            assert!(m.seq > last_seq);
+            last_seq = m.seq;
+        }
+    }
+    // `ticks.>` needs at least one more token, so sid 3 saw nothing of `ticks`.
+    p.publish("ticks.x", "x").await;
+    let m = s2.message().await;
+    assert_eq!((m.sid, m.topic.as_str()), (3, "ticks.x"));
+}
+
+#[tokio::test]
+async fn declaration_conflicts_name_both_orderings() {
+    let b = start(&[]);
+    let mut c = Client::connect(b.addr()).await;
+    assert!(matches!(
+        c.declare("orders", Ordering::Fifo, false).await,
+        Reply::Ok { .. }
+    ));
+    assert!(matches!(
+        c.declare("orders", Ordering::Fifo, false).await,
+        Reply::Ok { .. }
+    ));
+    let r = c.declare("orders", Ordering::TotalIsis, true).await;
+    assert_error(
+        &r,
+        ErrorCode::Conflict,
+        &["\"orders\"", "fifo", "total-isis --safe"],
+    );
+
+    // A topic used before declaration is created fifo.
+    c.publish("audit", "x").await;
+    let r = c.declare("audit", Ordering::Causal, false).await;
+    assert_error(&r, ErrorCode::Conflict, &["fifo", "causal"]);
+
+    let r = c.declare("bad.*", Ordering::Fifo, false).await;
+    assert_error(&r, ErrorCode::InvalidName, &["wildcards"]);
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 1,
+            pattern: "a.>.b".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::InvalidName, &["last token"]);
+
+    let r = c.request(|req| Request::ListTopics { req }).await;
+    let Reply::Topics { topics, .. } = r else {
+        panic!("{r:?}")
+    };
+    let names: Vec<_> = topics
+        .iter()
+        .map(|t| (t.name.as_str(), t.ordering))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("audit", Ordering::Fifo), ("orders", Ordering::Fifo)]
+    );
+
+    // The connection survived every refusal.
+    let r = c.request(|req| Request::Cluster { req }).await;
+    let Reply::Cluster { view, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(view.members.len(), 1);
+    assert_eq!(view.this.node, c.node);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_disconnected_while_fast_one_gets_everything() {
+    let b = start(&["--client-queue-bytes", "256KiB"]);
+    // The slow client keeps a small receive buffer, so the kernel does not
+    // absorb the whole stream on its behalf.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut slow = Client::from_stream(sock.connect(b.addr()).await.unwrap());
+    slow.send(&Request::Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+        name: "slow".into(),
+    })
+    .await;
+    assert!(matches!(slow.recv().await, Some(Reply::Welcome { .. })));
+    slow.subscribe(1, "load").await;
+
+    let mut fast = Client::connect(b.addr()).await;
+    fast.subscribe(1, "load").await;
+    let mut p = Client::connect(b.addr()).await;
+
+    // 40 MB in lockstep batches the fast subscriber drains as they come.
+    const N: usize = 10_000;
+    const BATCH: usize = 32;
+    let body = vec![b'x'; 4096];
+    let mut next = 0;
+    while next < N {
+        for i in next..next + BATCH {
+            let mut payload = BytesMut::with_capacity(4104);
+            payload.put_u64(i as u64);
+            payload.put_slice(&body);
+            p.publish("load", payload.freeze()).await;
+        }
+        for i in next..next + BATCH {
+            let m = fast.message().await;
+            assert_eq!(
+                &m.payload[..8],
+                &(i as u64).to_be_bytes(),
+                "fast subscriber lost order at {i}"
+            );
+        }
+        next += BATCH;
+    }
+
+    // Now the slow one reads: a gap-free prefix, then the reason, then EOF.
+    let frames = slow.drain_to_eof().await;
+    let (last, messages) = frames.split_last().expect("slow consumer got nothing");
+    assert_error(last, ErrorCode::SlowConsumer, &["--client-queue-bytes"]);
+    assert!(messages.len() < N, "the slow consumer was never cut off");
+    for (i, f) in messages.iter().enumerate() {
+        let Reply::Message(m) = f else {
+            panic!("unexpected frame {f:?}")
+        };
+        assert_eq!(
+            &m.payload[..8],
+            &(i as u64).to_be_bytes(),
+            "slow consumer's prefix has a gap at {i}"
+        );
+    }
+
+    // The broker still serves the others, and counted the disconnect.
+    p.publish("load", Bytes::from_static(b"after")).await;
+    assert_eq!(fast.message().await.payload, Bytes::from_static(b"after"));
+    assert_eq!(metric(&b, "ordo_slow_consumer_disconnects_total"), 1.0);
+    assert_eq!(
+        metric(&b, "ordo_subscriptions"),
+        1.0,
+        "the slow one's subscription is gone"
+    );
+}
+
+#[tokio::test]
+async fn bad_clients_are_dropped_alone() {
+    let b = start(&["--max-frame", "64KiB", "--max-payload", "16KiB"]);
+    let mut sub = Client::connect(b.addr()).await;
+    sub.subscribe(1, "steady").await;
+    let mut publisher = Client::connect(b.addr()).await;
+    const N: u64 = 3000;
+    // A steady stream runs the whole time the bad clients misbehave.
+    let steady = tokio::spawn(async move {
+        for i in 0..N {
+            publisher.publish("steady", i.to_string()).await;
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        publisher
+    });
+
+    // 1. Garbage instead of a Hello: a well-sized frame of an unknown kind.
+    let mut g = Client::raw(b.addr()).await;
+    g.send_bytes(&[0, 0, 0, 5, 0x77, 1, 2, 3, 4]).await;
+    let frames = g.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Protocol, &["undecodable frame"]);
+
+    // 2. Garbage after the handshake: a Declare with its body cut short.
+    let mut g2 = Client::connect(b.addr()).await;
+    g2.send_bytes(&[0, 0, 0, 3, 0x02, 0, 0]).await;
+    let frames = g2.drain_to_eof().await;
+    assert_error(&frames[0], ErrorCode::Protocol, &["truncated"]);
+
+    // 3. A frame cut off by the client closing its side.
+    let mut t = Client::connect(b.addr()).await;
+    let mut frame = BytesMut::new();
+    Request::Publish {
+        confirm: None,
+        topic: "steady".into(),
+        context: CausalContext::new(),
+        payload: Bytes::from_static(b"never finished"),
+    }
+    .encode(&mut frame);
+    t.send_bytes(&frame[..10]).await;
+    t.stream.shutdown().await.unwrap();
+    let frames = t.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Protocol, &["middle of a frame"]);
+
+    // 4. A frame announced above --max-frame: refused from its length prefix.
+    let mut o = Client::connect(b.addr()).await;
+    assert_eq!(o.limits.max_frame, 64 * 1024);
+    o.send_bytes(&(64 * 1024 + 1u32).to_be_bytes()).await;
+    let frames = o.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(
+        &frames[0],
+        ErrorCode::FrameTooLarge,
+        &["65537", "--max-frame"],
+    );
+
+    // 5. A first frame that is not Hello.
+    let mut h = Client::raw(b.addr()).await;
+    h.send(&Request::Ping { nonce: 1 }).await;
+    let frames = h.drain_to_eof().await;
+    assert_error(
+        &frames[0],
+        ErrorCode::Protocol,
+        &["first frame must be Hello"],
+    );
+
+    // The steady subscriber saw every message, in order, and nothing else.
+    let mut publisher = steady.await.unwrap();
+    for i in 0..N {
+        let m = sub.message().await;
+        assert_eq!(m.payload, Bytes::from(i.to_string()));
+    }
+    let r = publisher.publish_confirmed("steady", "last").await;
+    assert!(matches!(r, Reply::Ok { .. }));
+    assert_eq!(sub.message().await.payload, Bytes::from("last"));
+
+    // Each drop was counted under its reason.
+    for (reason, n) in [
+        ("undecodable_frame", 2.0),
+        ("truncated_frame", 1.0),
+        ("frame_too_large", 1.0),
+        ("not_hello", 1.0),
+    ] {
+        let series = format!("ordo_protocol_errors_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&b, &series), n, "{series}");
+    }
+    assert_eq!(
+        metric(&b, "ordo_messages_published_total{ordering=\"fifo\"}"),
+        (N + 1) as f64
+    );
+}
+
+#[tokio::test]
+async fn payload_above_limit_is_refused_and_connection_survives() {
+    let b = start(&["--max-payload", "1KiB"]);
+    let mut c = Client::connect(b.addr()).await;
+    assert_eq!(c.limits.max_payload, 1024);
+    c.subscribe(1, "big").await;
+    let r = c.publish_confirmed("big", vec![0u8; 1025]).await;
+    assert_error(&r, ErrorCode::PayloadTooLarge, &["1025", "--max-payload"]);
+    let r = c.publish_confirmed("big", vec![1u8; 1024]).await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    let m = c.message().await;
+    assert_eq!(
+        m.payload.len(),
+        1024,
+        "only the message within the limit arrives"
+    );
+}
+
+#[tokio::test]
+async fn auth_token_is_checked_in_the_handshake() {
+    let b = broker().env("ORDO_AUTH_TOKEN", "s3cret").start();
+    let r = Client::connect_with_token(b.addr(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_error(&r, ErrorCode::NotAuthorized, &["requires a token"]);
+    let r = Client::connect_with_token(b.addr(), Some("s3creT"))
+        .await
+        .err()
+        .unwrap();
+    assert_error(&r, ErrorCode::NotAuthorized, &["not valid"]);
+    let c = Client::connect_with_token(b.addr(), Some("s3cret")).await;
+    assert!(c.is_ok());
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_promptly_and_tells_clients() {
+    let mut b = start(&[]);
+    let mut c = Client::connect(b.addr()).await;
+    c.subscribe(1, "x").await;
+    let (code, body) = b.http_get("/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("{}", c.node.0)), "{body}");
+    let t0 = Instant::now();
+    b.terminate();
+    let status = b
+        .wait_exit(Duration::from_secs(10))
+        .expect("broker did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    let frames = c.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::ShuttingDown, &["shutting down"]);
+}
+
+#[test]
+fn cluster_key_file_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo-broker"))
+        .args([
+            "--cluster-key-file",
+            "/nonexistent/key",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster authentication is not implemented yet; refusing to run without the protection you asked for"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_hint() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo-broker"))
+        .env("ORDO_TTL", "300")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ttl") && stderr.contains("0..=255"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn configuration_precedence_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ordo.toml");
+    std::fs::write(
+        &path,
+        r#"
+node-id = 11
+max-payload = "64KiB"
+[[topics]]
+name = "orders"
+ordering = "causal"
+"#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_string();
+
+    // File over default.
+    let b = broker().arg("--config").arg(&path).start();
+    let mut c = Client::connect(b.addr()).await;
+    assert_eq!(c.node, NodeId(11));
+    assert_eq!(c.limits.max_payload, 64 * 1024);
+    let r = c.declare("orders", Ordering::Fifo, false).await;
+    assert_error(&r, ErrorCode::Conflict, &["causal", "fifo"]);
+    drop(b);
+
+    // Env over file (the file itself named through the environment).
+    let b = broker()
+        .env("ORDO_CONFIG", &path)
+        .env("ORDO_NODE_ID", "22")
+        .start();
+    let c = Client::connect(b.addr()).await;
+    assert_eq!(c.node, NodeId(22));
+    assert_eq!(c.limits.max_payload, 64 * 1024);
+    drop(b);
+
+    // Flag over env.
+    let b = broker()
+        .env("ORDO_CONFIG", &path)
+        .env("ORDO_NODE_ID", "22")
+        .args(["--node-id", "33", "--max-payload", "2KiB"])
+        .start();
+    let c = Client::connect(b.addr()).await;
+    assert_eq!(c.node, NodeId(33));
+    assert_eq!(c.limits.max_payload, 2048);
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_a_reason() {
+    let b = start(&["--max-connections", "1"]);
+    // The start-up probe may still hold the only slot for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _first = loop {
+        match Client::connect_with_token(b.addr(), None).await {
+            Ok(c) => break c,
+            Err(r) => {
+                assert_error(&r, ErrorCode::Limit, &["--max-connections"]);
+                assert!(Instant::now() < deadline, "the slot never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut second = Client::raw(b.addr()).await;
+    let frames = second.drain_to_eof().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(&frames[0], ErrorCode::Limit, &["--max-connections"]);
+    assert!(metric(&b, "ordo_client_connections_refused_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn flow_control_slows_publishers_without_losing_anything() {
+    // A small retransmit buffer closes the engine's send window often.
+    let b = start(&["--retransmit-buffer-bytes", "64KiB"]);
+    let mut sub = Client::connect(b.addr()).await;
+    sub.subscribe(1, "flow").await;
+    let mut p = Client::connect(b.addr()).await;
+    const N: usize = 600;
+    let body = vec![b'f'; 1024];
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = (i as u32).to_be_bytes().to_vec();
+            payload.extend_from_slice(&body);
+            p.publish("flow", payload).await;
+        }
+        let r = p.publish_confirmed("flow", "end").await;
+        assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    });
+    for i in 0..N {
+        let m = sub.message().await;
+        assert_eq!(&m.payload[..4], &(i as u32).to_be_bytes(), "message {i}");
+    }
+    assert_eq!(sub.message().await.payload, Bytes::from("end"));
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_unsubscribe_stops_delivery() {
+    let b = start(&[]);
+    let mut c = Client::connect(b.addr()).await;
+    c.send(&Request::Ping { nonce: 42 }).await;
+    assert_eq!(c.recv().await, Some(Reply::Pong { nonce: 42 }));
+    c.subscribe(5, "u.*").await;
+    c.publish("u.a", "one").await;
+    assert_eq!(c.message().await.payload, Bytes::from("one"));
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    let r = c.request(|req| Request::Unsubscribe { req, sid: 5 }).await;
+    assert_error(&r, ErrorCode::InvalidName, &["no subscription"]);
+    c.publish("u.a", "two").await;
+    c.subscribe(6, "u.b").await;
+    c.publish("u.b", "three").await;
+    // "two" went to nobody: the next message is "three" on the new sid.
+    let m = c.message().await;
+    assert_eq!((m.sid, m.payload), (6, Bytes::from("three")));
+}
+
+#[tokio::test]
+async fn subscription_limit_and_duplicate_ids_are_refused() {
+    let b = start(&["--max-subscriptions", "2"]);
+    let mut c = Client::connect(b.addr()).await;
+    c.subscribe(1, "a").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 1,
+            pattern: "b".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Protocol, &["already in use"]);
+    c.subscribe(2, "b").await;
+    let r = c
+        .request(|req| Request::Subscribe {
+            req,
+            sid: 3,
+            pattern: "c".into(),
+        })
+        .await;
+    assert_error(&r, ErrorCode::Limit, &["--max-subscriptions"]);
+    // The limit is per connection.
+    let mut other = Client::connect(b.addr()).await;
+    other.subscribe(3, "c").await;
+    other.publish("c", "ok").await;
+    assert_eq!(other.message().await.payload, Bytes::from("ok"));
+}

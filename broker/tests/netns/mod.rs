@@ -1,0 +1,369 @@
+//! Network-namespace harness for real-network tests: a private Linux bridge,
+//! N namespaces wired to it by veth pairs, multicast routed onto the veth,
+//! and nftables rules that drop a chosen share of incoming group datagrams.
+//!
+//! Names carry this process's pid and a per-process counter (`ordo-ns-<pid>-<k>-<i>`,
+//! bridge `ob<pid>x<k>`, veths `ov…`/`op…`), so parallel tests and parallel
+//! test binaries never collide, and leftovers of a crashed run are recognised
+//! by their prefix and dead pid and removed by [`cleanup_leftovers`] (run
+//! automatically before each setup). Everything this harness creates is
+//! removed on `Drop`, panics included.
+//!
+//! Traffic never leaves the machine: the only addresses used are the
+//! namespaces' own (10.77.<k>.1..) and the bridge's (10.77.<k>.254), which
+//! lets the test process itself (in the root namespace) reach the brokers'
+//! client and metrics ports. `<k>` is picked among /24s no interface of the
+//! root namespace uses yet.
+//!
+//! Without root, `ip` or `nft`, [`Netns::create`] prints a line starting
+//! `SKIPPED` and returns `None`; set `ORDO_NETNS_REQUIRED=1` (CI) to make that
+//! a failure instead.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Prefix of every namespace this harness creates.
+const NS_PREFIX: &str = "ordo-ns-";
+/// Prefix of every bridge (interface names are limited to 15 bytes).
+const BR_PREFIX: &str = "ob";
+/// The nftables table holding the loss rules inside each namespace.
+const NFT_TABLE: &str = "ordo_loss";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One namespace on the bridge.
+#[derive(Debug)]
+pub struct Node {
+    /// The namespace's name (for `ip netns exec`).
+    pub ns: String,
+    /// The address of its veth, the one to use as `--iface`.
+    pub addr: Ipv4Addr,
+    /// Its veth's name inside the namespace.
+    pub dev: String,
+}
+
+/// A bridge with N namespaces; removed with everything in it on drop.
+#[derive(Debug)]
+pub struct Netns {
+    bridge: Option<String>,
+    /// The bridge's address in the root namespace (the test process's side).
+    bridge_addr: Ipv4Addr,
+    nodes: Vec<Node>,
+    /// Processes started inside the namespaces, killed (by pid) on drop.
+    children: Vec<Child>,
+}
+
+impl Netns {
+    /// Creates a bridge and `n` (1..=200) namespaces on it, or returns `None`
+    /// after printing why when the host cannot run namespace tests.
+    pub fn create(test: &str, n: usize) -> Option<Netns> {
+        assert!((1..=200).contains(&n));
+        if let Some(why) = unavailable() {
+            let required = std::env::var("ORDO_NETNS_REQUIRED").is_ok_and(|v| v == "1");
+            assert!(!required, "{test}: ORDO_NETNS_REQUIRED=1 but {why}");
+            // Straight to the process's stderr: the test harness captures
+            // eprintln! of passing tests, and a skip must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {why} (namespace tests need root, iproute2 and nftables)"
+            );
+            return None;
+        }
+        cleanup_leftovers();
+
+        let pid = std::process::id();
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut net = Netns {
+            bridge: None,
+            bridge_addr: Ipv4Addr::UNSPECIFIED,
+            nodes: Vec::new(),
+            children: Vec::new(),
+        };
+        // Any failure below panics; Drop removes whatever was created so far.
+        let bridge = format!("{BR_PREFIX}{pid}x{k}");
+        ip(&[
+            "link",
+            "add",
+            "name",
+            &bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        net.bridge = Some(bridge.clone());
+        let subnet = free_subnet(pid, k);
+        let bridge_addr = Ipv4Addr::new(10, 77, subnet, 254);
+        ip(&["addr", "add", &format!("{bridge_addr}/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        net.bridge_addr = bridge_addr;
+
+        for i in 0..n {
+            let ns = format!("{NS_PREFIX}{pid}-{k}-{i}");
+            let host = format!("ov{pid}x{k}n{i}");
+            let peer = format!("op{pid}x{k}n{i}");
+            assert!(host.len() <= 15, "interface name {host} too long");
+            ip(&["netns", "add", &ns]);
+            let addr = Ipv4Addr::new(10, 77, subnet, (i + 1) as u8);
+            net.nodes.push(Node {
+                ns: ns.clone(),
+                addr,
+                dev: peer.clone(),
+            });
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+            ip(&["link", "set", &peer, "netns", &ns]);
+            ip(&["link", "set", &host, "master", &bridge]);
+            ip(&["link", "set", &host, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &peer,
+            ]);
+            ip(&["-n", &ns, "link", "set", &peer, "up"]);
+            // Multicast leaves through the veth (there is no default route).
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", &peer]);
+        }
+        Some(net)
+    }
+
+    /// The namespaces, in creation order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The bridge's interface name.
+    pub fn bridge(&self) -> &str {
+        self.bridge.as_deref().unwrap_or("")
+    }
+
+    /// The root namespace's address on the bridge.
+    pub fn bridge_addr(&self) -> Ipv4Addr {
+        self.bridge_addr
+    }
+
+    /// Node `i`'s address (its `--iface`).
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        self.nodes[i].addr
+    }
+
+    /// A command that runs `program` inside node `i`'s namespace.
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.nodes[i].ns]).arg(program);
+        cmd
+    }
+
+    /// Runs a command in node `i`'s namespace to completion.
+    pub fn run(&self, i: usize, program: &str, args: &[&str]) -> Output {
+        self.command(i, program).args(args).output().unwrap()
+    }
+
+    /// Starts `cmd` (from [`Netns::command`]); it is killed when the harness
+    /// drops. `ip netns exec` execs the program, so the pid is the program's.
+    pub fn spawn(&mut self, mut cmd: Command) -> &mut Child {
+        let child = cmd.spawn().unwrap();
+        self.children.push(child);
+        self.children.last_mut().unwrap()
+    }
+
+    /// Drops `percent`% (chosen at random per datagram) of the UDP datagrams
+    /// to `group` arriving in node `i`'s namespace; 0 removes the rule,
+    /// 100 cuts the node off the group. Replaces any earlier rule.
+    pub fn set_loss(&self, i: usize, group: SocketAddrV4, percent: u8) {
+        assert!(percent <= 100);
+        let ns = &self.nodes[i].ns;
+        let rule = if percent == 0 {
+            String::new()
+        } else {
+            format!(
+                "ip daddr {} udp dport {} numgen random mod 100 < {percent} counter drop",
+                group.ip(),
+                group.port()
+            )
+        };
+        // Recreate the table so the rule (and its counter) is the only one.
+        let script = format!(
+            "table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n\
+             table inet {NFT_TABLE} {{\n  chain input {{\n    \
+             type filter hook input priority filter; policy accept;\n    {rule}\n  }}\n}}\n"
+        );
+        run_stdin("ip", &["netns", "exec", ns, "nft", "-f", "-"], &script);
+    }
+
+    /// [`Netns::set_loss`] on every node.
+    pub fn set_loss_all(&self, group: SocketAddrV4, percent: u8) {
+        for i in 0..self.nodes.len() {
+            self.set_loss(i, group, percent);
+        }
+    }
+
+    /// Datagrams the loss rule dropped in node `i` since it was set.
+    pub fn dropped(&self, i: usize) -> u64 {
+        let out = checked(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.nodes[i].ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            NFT_TABLE,
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes first: a namespace with live processes outlives `ip netns del`.
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Deleting a namespace deletes its veth end, and with it the host end.
+        for node in &self.nodes {
+            let _ = quiet(&["netns", "del", &node.ns]);
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = quiet(&["link", "del", bridge]);
+        }
+    }
+}
+
+/// Removes namespaces and bridges this harness left behind in runs whose
+/// process is gone (a crash or SIGKILL skips `Drop`).
+pub fn cleanup_leftovers() {
+    let alive = |pid: &str| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && !alive(pid) {
+                let _ = quiet(&["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "12: ob1234x0: <...>"
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            let Some(rest) = name.strip_prefix(BR_PREFIX) else {
+                continue;
+            };
+            let Some((pid, k)) = rest.split_once('x') else {
+                continue;
+            };
+            let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+            if digits(pid) && digits(k) && !alive(pid) {
+                let _ = quiet(&["link", "del", name]);
+            }
+        }
+    }
+}
+
+/// A third octet for 10.77.<k>.0/24 that no root-namespace address uses,
+/// starting from one derived from pid and counter so parallel runs spread out.
+fn free_subnet(pid: u32, k: u32) -> u8 {
+    let out = checked(Command::new("ip").args(["-4", "-o", "addr", "show"]));
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = pid.wrapping_mul(31).wrapping_add(k.wrapping_mul(7)) % 250;
+    (0..250)
+        .map(|i| ((start + i) % 250) as u8)
+        .find(|c| !used.contains(&format!(" 10.77.{c}.")))
+        .expect("all 250 test subnets 10.77.x.0/24 are in use; run scripts/netns-cleanup.sh")
+}
+
+/// Why namespace tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        });
+    if uid.as_deref() != Some("0") {
+        return Some("not running as root".into());
+    }
+    for (tool, arg) in [("ip", "-V"), ("nft", "--version")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Some(format!(
+                "`{tool}` is not installed (apt-get install -y iproute2 nftables)"
+            ));
+        }
+    }
+    None
+}
+
+fn ip(args: &[&str]) {
+    checked(Command::new("ip").args(args));
+}
+
+fn quiet(args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+}
+
+fn checked(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_stdin(program: &str, args: &[&str], input: &str) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed on:\n{input}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,117 @@
+//! Membership scenarios in the simulator: a join during traffic, graceful
+//! leaves (of a member and of the coordinator), brokers starting at the same
+//! moment, and a restarted broker that must not be confused with its old
+//! incarnation. Every run ends with the simulator's full checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ordo_broker::sim::{Action, Sim, SimConfig, SimReport};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn lossy(seed: u64, nodes: usize, loss: f64) -> SimConfig {
+    let mut c = SimConfig::basic(seed, nodes);
+    c.faults.loss = loss;
+    c.faults.jitter = Duration::from_micros(500);
+    c
+}
+
+fn assert_ok(r: &SimReport) {
+    println!("{}", r.render());
+    assert!(r.ok(), "scenario failed:\n{}", r.render());
+}
+
+#[test]
+fn a_broker_joins_during_traffic() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(lossy(seed, 3, 0.1));
+        assert!(sim.form_group());
+        let joiner = sim.add_slot();
+        sim.plan_traffic(ms(5), &[0, 1, 2, joiner]);
+        sim.schedule(ms(200), Action::Start(joiner));
+        sim.run_for(ms(150));
+        assert!(sim.engine(joiner).is_none());
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(r.totals.view_changes > 0);
+    }
+}
+
+#[test]
+fn a_member_leaves_gracefully_during_traffic() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(lossy(seed, 4, 0.1));
+        assert!(sim.form_group());
+        // The leaver publishes only before it leaves; the others throughout.
+        sim.plan_traffic_over(ms(5), ms(150), &[2]);
+        sim.plan_traffic(ms(5), &[0, 1, 3]);
+        sim.schedule(ms(250), Action::Leave(2));
+        let r = sim.run();
+        assert_ok(&r);
+    }
+}
+
+#[test]
+fn the_coordinator_leaves_and_the_next_member_takes_over() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(lossy(seed, 3, 0.1));
+        assert!(sim.form_group());
+        let coordinator = sim.engine(0).unwrap().view().members[0];
+        assert_eq!(Some(coordinator), sim.origins()[0]);
+        sim.plan_traffic_over(ms(5), ms(150), &[0]);
+        sim.plan_traffic(ms(5), &[1, 2]);
+        sim.schedule(ms(250), Action::Leave(0));
+        sim.run_for(ms(2000));
+        assert!(
+            sim.engine(0).is_none(),
+            "seed {seed}: the coordinator never left"
+        );
+        let view = sim.engine(1).unwrap().view().clone();
+        assert_eq!(view.members.len(), 2);
+        assert_eq!(Some(view.members[0]), sim.origins()[1]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn brokers_started_together_converge_to_one_view() {
+    for seed in 0..20 {
+        let nodes = 2 + (seed as usize % 5);
+        let mut c = lossy(seed, nodes, 0.05);
+        c.messages_per_publisher = 10;
+        let mut sim = Sim::new(c);
+        // Loss during discovery too.
+        sim.faults_from_now();
+        assert!(sim.form_group(), "seed {seed}: no single view");
+        let all: Vec<usize> = (0..nodes).collect();
+        sim.plan_traffic(ms(5), &all);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_restarted_broker_is_a_new_sender() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(lossy(seed, 3, 0.05));
+        assert!(sim.form_group());
+        let old = sim.origins()[2].unwrap();
+        // Slot 2 publishes before its crash, then its next incarnation publishes
+        // again: sequence numbers restart at 1 and must not be taken for duplicates.
+        sim.plan_traffic_over(ms(5), ms(100), &[2]);
+        sim.plan_traffic_over(ms(5), ms(600), &[0, 1]);
+        sim.schedule(ms(300), Action::Restart(2));
+        sim.run_for(ms(310));
+        let new = sim.origins()[2].unwrap();
+        assert_eq!(new.node, old.node);
+        assert!(new.incarnation > old.incarnation);
+        sim.plan_traffic_over(ms(600), ms(200), &[2]);
+        sim.run_for(ms(1500));
+        let view = sim.engine(0).unwrap().view().clone();
+        assert!(view.members.contains(&new), "seed {seed}: {view:?}");
+        assert!(!view.members.contains(&old), "seed {seed}: {view:?}");
+        assert_ok(&sim.run());
+    }
+}

@@ -1,0 +1,868 @@
+//! Inter-broker multicast frames: one frame per UDP datagram.
+//!
+//! Layout (big-endian):
+//!
+//! ```text
+//! header  magic u16 | version u8 | kind u8 | flags u8 | reserved u8 |
+//!         cluster u64 | sender node u32 | sender incarnation u64 | view u64
+//! body    kind-specific
+//! trailer crc32c u32 over everything before it
+//! ```
+//!
+//! The checksum is verified before anything else is parsed, so a corrupted
+//! datagram is rejected as [`WireError::Checksum`]. Flag bit 7 announces a
+//! MAC between body and checksum (the cluster key, a later issue); this build
+//! rejects such frames rather than pretending to check them. Payloads are
+//! sliced out of the datagram without copying; every count is checked against
+//! the bytes left before anything is allocated for it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::buf::{
+    causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
+};
+use crate::types::{CausalContext, Ordering, Origin, Seq, ViewId};
+use crate::WireError;
+
+/// First two bytes of every frame ("Or").
+pub const MAGIC: u16 = 0x4f72;
+
+/// The inter-broker protocol version this build speaks.
+pub const GROUP_PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of the fixed header.
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8;
+
+/// Bytes of the checksum trailer.
+pub const TRAILER_LEN: usize = 4;
+
+/// Bytes a data frame spends outside its messages: header, origin, count, trailer.
+pub const DATA_FRAME_OVERHEAD: usize = HEADER_LEN + ORIGIN_LEN + 4 + TRAILER_LEN;
+
+/// A cluster's identity on the wire: a stable 64-bit hash of its name, so
+/// brokers of two clusters sharing a group address ignore each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ClusterId(pub u64);
+
+impl ClusterId {
+    /// FNV-1a (64-bit) of the cluster name: stable across builds and platforms.
+    pub fn from_name(name: &str) -> ClusterId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ClusterId(h)
+    }
+}
+
+/// Header flag bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// A data frame repeating messages (possibly of another origin) to repair a loss.
+    pub const RETRANSMIT: Flags = Flags(0x01);
+    /// The sender would like a prompt digest (it awaits a confirmation or stability).
+    pub const ACK_REQUESTED: Flags = Flags(0x02);
+    /// A MAC follows the body (reserved for the cluster key; not accepted yet).
+    pub const MAC: Flags = Flags(0x80);
+    const KNOWN: u8 = 0x01 | 0x02 | 0x80;
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets of bits.
+    pub fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+}
+
+/// Frame kind codes. Codes 0x20..=0x2f are reserved for the ordering layers
+/// of a later issue; this build decodes them (and anything else unknown) as
+/// [`WireError::UnknownKind`].
+pub mod kind {
+    pub const DATA: u8 = 0x01;
+    pub const HEARTBEAT: u8 = 0x02;
+    pub const NAK: u8 = 0x03;
+    pub const STABLE: u8 = 0x04;
+    pub const JOIN: u8 = 0x10;
+    pub const PROPOSE: u8 = 0x11;
+    pub const FLUSH_ACK: u8 = 0x12;
+    pub const INSTALL: u8 = 0x13;
+    pub const INSTALL_ACK: u8 = 0x14;
+    pub const LEAVE: u8 = 0x15;
+    /// Reserved: ISIS priority proposal.
+    pub const ISIS_PROPOSAL: u8 = 0x20;
+    /// Reserved: ISIS final priority.
+    pub const ISIS_FINAL: u8 = 0x21;
+    /// Reserved: sequencer order.
+    pub const SEQUENCER_ORDER: u8 = 0x22;
+}
+
+/// The fixed header every frame starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub flags: Flags,
+    pub cluster: ClusterId,
+    /// The broker that sent this datagram (not necessarily the messages' origin).
+    pub sender: Origin,
+    /// The view the sender has installed (0 before its first view).
+    pub view: ViewId,
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub header: Header,
+    pub body: Body,
+}
+
+/// The kind-specific part of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Client messages of one origin, in sequence order.
+    Data(DataFrame),
+    /// The sender's digest; also the prompt acknowledgement of data.
+    Heartbeat(Digest),
+    /// A request to repeat missing messages of one origin.
+    Nak(Nak),
+    /// Per origin, the sequence number every member has; what lies at or
+    /// below it is freed (and cannot be repaired any more).
+    Stable(Stable),
+    /// A broker asks to be admitted (or, with no target, announces itself during discovery).
+    Join(Join),
+    /// The coordinator proposes the next view and asks the old view to flush.
+    Propose(Propose),
+    /// A member of the old view stopped sending; its last sequence number.
+    FlushAck(FlushAck),
+    /// The coordinator installs the next view.
+    Install(Install),
+    /// A member installed a view.
+    InstallAck(ViewId),
+    /// A member asks to leave gracefully.
+    Leave,
+}
+
+/// The data body: messages of one origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFrame {
+    /// The messages' origin; differs from the sender on a repair by another holder.
+    pub origin: Origin,
+    pub msgs: Vec<DataMsg>,
+}
+
+/// Where a fragment sits in its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// 0-based index of this fragment.
+    pub index: u32,
+    /// Number of fragments of the message (at least 2).
+    pub count: u32,
+}
+
+/// One client message (or fragment of one), as sequenced by its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataMsg {
+    pub seq: Seq,
+    /// UTF-8 (checked on decode), sliced from the datagram.
+    pub topic: Bytes,
+    pub ordering: Ordering,
+    pub safe: bool,
+    pub publisher: u64,
+    pub context: CausalContext,
+    pub published_at_us: u64,
+    pub fragment: Option<Fragment>,
+    pub payload: Bytes,
+}
+
+impl DataMsg {
+    /// Bytes of everything but the payload and topic.
+    pub const FIXED_LEN: usize = 8 + 2 + 1 + 1 + 8 + 8 + 1 + 4;
+    const FRAGMENT_LEN: usize = 8;
+
+    /// Encoded size of this message.
+    pub fn encoded_len(&self) -> usize {
+        Self::overhead(self.topic.len(), &self.context, self.fragment.is_some())
+            + self.payload.len()
+    }
+
+    /// Encoded size of a message with this topic, context and no payload.
+    pub fn overhead(topic_len: usize, context: &CausalContext, fragment: bool) -> usize {
+        Self::FIXED_LEN
+            + topic_len
+            + causal_context_len(context)
+            + if fragment { Self::FRAGMENT_LEN } else { 0 }
+    }
+
+    fn encode(&self, out: &mut impl BufMut) {
+        out.put_u64(self.seq.0);
+        out.put_u16(self.topic.len().min(usize::from(u16::MAX)) as u16);
+        out.put_slice(&self.topic[..self.topic.len().min(usize::from(u16::MAX))]);
+        out.put_u8(self.ordering.code());
+        put_bool(out, self.safe);
+        out.put_u64(self.publisher);
+        put_causal_context(out, &self.context);
+        out.put_u64(self.published_at_us);
+        put_bool(out, self.fragment.is_some());
+        if let Some(f) = self.fragment {
+            out.put_u32(f.index);
+            out.put_u32(f.count);
+        }
+        out.put_u32(self.payload.len() as u32);
+        out.put_slice(&self.payload);
+    }
+
+    fn decode(r: &mut Reader<'_>, frame: &Bytes) -> Result<DataMsg, WireError> {
+        let seq = Seq(r.u64("seq")?);
+        let topic_len = usize::from(r.u16("topic")?);
+        let topic = slice(r, frame, topic_len, "topic")?;
+        if std::str::from_utf8(&topic).is_err() {
+            return Err(WireError::malformed("topic", "not UTF-8"));
+        }
+        let code = r.u8("ordering")?;
+        let ordering = Ordering::from_code(code)
+            .ok_or_else(|| WireError::malformed("ordering", format!("unknown code {code}")))?;
+        let safe = r.bool("safe")?;
+        let publisher = r.u64("publisher")?;
+        let context = r.causal_context()?;
+        let published_at_us = r.u64("published_at_us")?;
+        let fragment = r.opt("fragment", |r| {
+            let index = r.u32("fragment index")?;
+            let count = r.u32("fragment count")?;
+            if count < 2 || index >= count {
+                return Err(WireError::malformed(
+                    "fragment",
+                    format!("index {index} of {count}"),
+                ));
+            }
+            Ok(Fragment { index, count })
+        })?;
+        let len = r.u32("payload")? as usize;
+        let payload = slice(r, frame, len, "payload")?;
+        Ok(DataMsg {
+            seq,
+            topic,
+            ordering,
+            safe,
+            publisher,
+            context,
+            published_at_us,
+            fragment,
+            payload,
+        })
+    }
+}
+
+/// One origin's entry in a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestEntry {
+    pub origin: Origin,
+    /// Everything up to this was received (for the sender itself: sent).
+    pub contiguous: Seq,
+    /// The highest sequence number known to exist.
+    pub highest: Seq,
+}
+
+/// A heartbeat: the sender's view of the group's streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// The coordinator of the sender's view, so a joiner knows whom to ask.
+    pub coordinator: Origin,
+    /// Sorted by origin.
+    pub entries: Vec<DigestEntry>,
+}
+
+/// A request to repeat messages of `origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nak {
+    pub origin: Origin,
+    /// Inclusive ranges, ascending and disjoint.
+    pub ranges: Vec<(Seq, Seq)>,
+}
+
+/// Per origin, what every member has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stable {
+    pub entries: Vec<(Origin, Seq)>,
+}
+
+/// A join request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The coordinator asked to admit the sender; `None` while discovering.
+    pub target: Option<Origin>,
+    /// The sender's highest sequence number so far (its stream continues after it).
+    pub last_seq: Seq,
+}
+
+/// A view proposal; members of the current view stop sending and flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Propose {
+    pub view: ViewId,
+    pub members: Vec<Origin>,
+}
+
+/// A member's answer to a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushAck {
+    pub view: ViewId,
+    /// The member's last sequence number in the old view.
+    pub last_seq: Seq,
+}
+
+/// The next view with the digest it starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    pub view: ViewId,
+    pub members: Vec<Origin>,
+    /// For every member, the last sequence number before this view: old
+    /// members' streams were flushed up to it, joiners' continue after it.
+    pub digest: Vec<(Origin, Seq)>,
+}
+
+impl Frame {
+    /// Encodes the frame into one datagram.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(256);
+        put_header(&mut out, self.kind(), &self.header);
+        match &self.body {
+            Body::Data(d) => {
+                put_origin(&mut out, d.origin);
+                out.put_u32(d.msgs.len() as u32);
+                for m in &d.msgs {
+                    m.encode(&mut out);
+                }
+            }
+            Body::Heartbeat(d) => {
+                put_origin(&mut out, d.coordinator);
+                out.put_u32(d.entries.len() as u32);
+                for e in &d.entries {
+                    put_origin(&mut out, e.origin);
+                    out.put_u64(e.contiguous.0);
+                    out.put_u64(e.highest.0);
+                }
+            }
+            Body::Nak(n) => {
+                put_origin(&mut out, n.origin);
+                out.put_u32(n.ranges.len() as u32);
+                for (a, b) in &n.ranges {
+                    out.put_u64(a.0);
+                    out.put_u64(b.0);
+                }
+            }
+            Body::Stable(s) => put_seq_vector(&mut out, &s.entries),
+            Body::Join(j) => {
+                put_bool(&mut out, j.target.is_some());
+                if let Some(t) = j.target {
+                    put_origin(&mut out, t);
+                }
+                out.put_u64(j.last_seq.0);
+            }
+            Body::Propose(p) => {
+                out.put_u64(p.view.0);
+                put_members(&mut out, &p.members);
+            }
+            Body::FlushAck(f) => {
+                out.put_u64(f.view.0);
+                out.put_u64(f.last_seq.0);
+            }
+            Body::Install(i) => {
+                out.put_u64(i.view.0);
+                put_members(&mut out, &i.members);
+                put_seq_vector(&mut out, &i.digest);
+            }
+            Body::InstallAck(v) => out.put_u64(v.0),
+            Body::Leave => {}
+        }
+        seal(out)
+    }
+
+    /// The kind code of this frame's body.
+    pub fn kind(&self) -> u8 {
+        match self.body {
+            Body::Data(_) => kind::DATA,
+            Body::Heartbeat(_) => kind::HEARTBEAT,
+            Body::Nak(_) => kind::NAK,
+            Body::Stable(_) => kind::STABLE,
+            Body::Join(_) => kind::JOIN,
+            Body::Propose(_) => kind::PROPOSE,
+            Body::FlushAck(_) => kind::FLUSH_ACK,
+            Body::Install(_) => kind::INSTALL,
+            Body::InstallAck(_) => kind::INSTALL_ACK,
+            Body::Leave => kind::LEAVE,
+        }
+    }
+
+    /// Decodes one datagram. Never panics; payloads share `datagram`'s memory.
+    pub fn decode(datagram: &Bytes) -> Result<Frame, WireError> {
+        let (header, kind, body_start, body_end) = check(datagram)?;
+        let body_bytes = datagram.slice(..body_end);
+        let mut r = Reader::new(&body_bytes);
+        r.take(body_start, "header")?;
+        let body = match kind {
+            kind::DATA => {
+                let origin = r.origin()?;
+                let n = r.count(DataMsg::FIXED_LEN, "data messages")?;
+                let mut msgs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    msgs.push(DataMsg::decode(&mut r, &body_bytes)?);
+                }
+                Body::Data(DataFrame { origin, msgs })
+            }
+            kind::HEARTBEAT => {
+                let coordinator = r.origin()?;
+                let n = r.count(ORIGIN_LEN + 16, "digest")?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(DigestEntry {
+                        origin: r.origin()?,
+                        contiguous: Seq(r.u64("contiguous")?),
+                        highest: Seq(r.u64("highest")?),
+                    });
+                }
+                Body::Heartbeat(Digest {
+                    coordinator,
+                    entries,
+                })
+            }
+            kind::NAK => {
+                let origin = r.origin()?;
+                let n = r.count(16, "nak ranges")?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let a = Seq(r.u64("nak from")?);
+                    let b = Seq(r.u64("nak to")?);
+                    if a.0 == 0 || a > b {
+                        return Err(WireError::malformed("nak range", format!("{a}..={b}")));
+                    }
+                    ranges.push((a, b));
+                }
+                Body::Nak(Nak { origin, ranges })
+            }
+            kind::STABLE => Body::Stable(Stable {
+                entries: seq_vector(&mut r)?,
+            }),
+            kind::JOIN => Body::Join(Join {
+                target: r.opt("join target", |r| r.origin())?,
+                last_seq: Seq(r.u64("join last seq")?),
+            }),
+            kind::PROPOSE => Body::Propose(Propose {
+                view: ViewId(r.u64("view")?),
+                members: members(&mut r)?,
+            }),
+            kind::FLUSH_ACK => Body::FlushAck(FlushAck {
+                view: ViewId(r.u64("view")?),
+                last_seq: Seq(r.u64("flush last seq")?),
+            }),
+            kind::INSTALL => Body::Install(Install {
+                view: ViewId(r.u64("view")?),
+                members: members(&mut r)?,
+                digest: seq_vector(&mut r)?,
+            }),
+            kind::INSTALL_ACK => Body::InstallAck(ViewId(r.u64("view")?)),
+            kind::LEAVE => Body::Leave,
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(Frame { header, body })
+    }
+}
+
+/// Builds a data frame message by message, so the engine can batch as many
+/// messages as fit in one datagram without building an intermediate list.
+#[derive(Debug)]
+pub struct DataFrameWriter {
+    out: BytesMut,
+    count_at: usize,
+    count: u32,
+    max: usize,
+}
+
+impl DataFrameWriter {
+    /// Starts a data frame of `origin`'s messages, at most `max_datagram` bytes long.
+    pub fn new(header: &Header, origin: Origin, max_datagram: usize) -> Self {
+        let mut out = BytesMut::with_capacity(max_datagram.min(64 * 1024));
+        put_header(&mut out, kind::DATA, header);
+        put_origin(&mut out, origin);
+        let count_at = out.len();
+        out.put_u32(0);
+        DataFrameWriter {
+            out,
+            count_at,
+            count: 0,
+            max: max_datagram,
+        }
+    }
+
+    /// Appends `msg` if it fits (the first message always goes in, so an
+    /// oversized one is sent rather than lost); returns whether it was added.
+    pub fn push(&mut self, msg: &DataMsg) -> bool {
+        if self.count > 0 && self.out.len() + msg.encoded_len() + TRAILER_LEN > self.max {
+            return false;
+        }
+        msg.encode(&mut self.out);
+        self.count += 1;
+        true
+    }
+
+    /// Messages added so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether no message was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sets extra header flags (e.g. [`Flags::ACK_REQUESTED`] once the batch is known to be the last).
+    pub fn add_flags(&mut self, flags: Flags) {
+        self.out[4] |= flags.0;
+    }
+
+    /// Seals the datagram.
+    pub fn finish(mut self) -> Bytes {
+        let at = self.count_at;
+        self.out[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
+        seal(self.out)
+    }
+}
+
+/// Checks checksum, magic, version and flags; returns the header, the kind
+/// and the body's bounds.
+fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
+    if datagram.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(WireError::Truncated { what: "frame" });
+    }
+    let body_end = datagram.len() - TRAILER_LEN;
+    let mut sum = [0u8; 4];
+    sum.copy_from_slice(&datagram[body_end..]);
+    if crc32c::crc32c(&datagram[..body_end]) != u32::from_be_bytes(sum) {
+        return Err(WireError::Checksum);
+    }
+    let mut r = Reader::new(&datagram[..body_end]);
+    let magic = r.u16("magic")?;
+    if magic != MAGIC {
+        return Err(WireError::malformed("magic", format!("{magic:#06x}")));
+    }
+    let version = r.u8("version")?;
+    if version != GROUP_PROTOCOL_VERSION {
+        return Err(WireError::Version {
+            got: u16::from(version),
+            supported: u16::from(GROUP_PROTOCOL_VERSION),
+        });
+    }
+    let kind = r.u8("kind")?;
+    let flags = Flags(r.u8("flags")?);
+    if flags.0 & !Flags::KNOWN != 0 {
+        return Err(WireError::malformed("flags", format!("{:#04x}", flags.0)));
+    }
+    if flags.contains(Flags::MAC) {
+        return Err(WireError::malformed(
+            "flags",
+            "MAC frames need a cluster key",
+        ));
+    }
+    let _reserved = r.u8("reserved")?;
+    let header = Header {
+        flags,
+        cluster: ClusterId(r.u64("cluster")?),
+        sender: r.origin()?,
+        view: ViewId(r.u64("view")?),
+    };
+    Ok((header, kind, r.position(), body_end))
+}
+
+fn put_header(out: &mut BytesMut, kind: u8, h: &Header) {
+    out.put_u16(MAGIC);
+    out.put_u8(GROUP_PROTOCOL_VERSION);
+    out.put_u8(kind);
+    out.put_u8(h.flags.0);
+    out.put_u8(0);
+    out.put_u64(h.cluster.0);
+    put_origin(out, h.sender);
+    out.put_u64(h.view.0);
+}
+
+fn seal(mut out: BytesMut) -> Bytes {
+    let sum = crc32c::crc32c(&out);
+    out.put_u32(sum);
+    out.freeze()
+}
+
+/// Takes `n` bytes and returns them as a zero-copy slice of `frame`.
+fn slice(
+    r: &mut Reader<'_>,
+    frame: &Bytes,
+    n: usize,
+    what: &'static str,
+) -> Result<Bytes, WireError> {
+    let start = r.position();
+    r.take(n, what)?;
+    Ok(frame.slice(start..start + n))
+}
+
+fn put_members(out: &mut BytesMut, members: &[Origin]) {
+    out.put_u32(members.len() as u32);
+    for m in members {
+        put_origin(out, *m);
+    }
+}
+
+fn members(r: &mut Reader<'_>) -> Result<Vec<Origin>, WireError> {
+    let n = r.count(ORIGIN_LEN, "members")?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.origin()?);
+    }
+    Ok(v)
+}
+
+fn put_seq_vector(out: &mut BytesMut, entries: &[(Origin, Seq)]) {
+    out.put_u32(entries.len() as u32);
+    for (o, s) in entries {
+        put_origin(out, *o);
+        out.put_u64(s.0);
+    }
+}
+
+fn seq_vector(r: &mut Reader<'_>) -> Result<Vec<(Origin, Seq)>, WireError> {
+    let n = r.count(ORIGIN_LEN + 8, "seq vector")?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let o = r.origin()?;
+        v.push((o, Seq(r.u64("seq")?)));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::types::{Incarnation, NodeId};
+    use proptest::prelude::*;
+
+    fn origin() -> impl Strategy<Value = Origin> {
+        (any::<u32>(), any::<u64>()).prop_map(|(n, i)| Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(i),
+        })
+    }
+
+    fn header() -> impl Strategy<Value = Header> {
+        (0u8..4, any::<u64>(), origin(), any::<u64>()).prop_map(|(f, c, s, v)| Header {
+            flags: Flags(f),
+            cluster: ClusterId(c),
+            sender: s,
+            view: ViewId(v),
+        })
+    }
+
+    fn context() -> impl Strategy<Value = CausalContext> {
+        proptest::collection::vec((origin(), any::<u64>()), 0..3)
+            .prop_map(|v| CausalContext::from_entries(v.into_iter().map(|(o, s)| (o, Seq(s)))))
+    }
+
+    fn msg() -> impl Strategy<Value = DataMsg> {
+        (
+            any::<u64>(),
+            "[a-z.]{0,12}",
+            0u8..4,
+            any::<bool>(),
+            any::<u64>(),
+            context(),
+            any::<u64>(),
+            proptest::option::of((0u32..5, 5u32..9)),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(
+                |(seq, topic, o, safe, publisher, context, at, frag, payload)| DataMsg {
+                    seq: Seq(seq),
+                    topic: Bytes::from(topic),
+                    ordering: Ordering::from_code(o).unwrap(),
+                    safe,
+                    publisher,
+                    context,
+                    published_at_us: at,
+                    fragment: frag.map(|(index, count)| Fragment { index, count }),
+                    payload: Bytes::from(payload),
+                },
+            )
+    }
+
+    fn seqs() -> impl Strategy<Value = Vec<(Origin, Seq)>> {
+        proptest::collection::vec((origin(), any::<u64>().prop_map(Seq)), 0..4)
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (origin(), proptest::collection::vec(msg(), 0..4))
+                .prop_map(|(origin, msgs)| Body::Data(DataFrame { origin, msgs })),
+            (
+                origin(),
+                proptest::collection::vec((origin(), any::<u64>(), any::<u64>()), 0..4)
+            )
+                .prop_map(|(coordinator, e)| Body::Heartbeat(Digest {
+                    coordinator,
+                    entries: e
+                        .into_iter()
+                        .map(|(origin, c, h)| DigestEntry {
+                            origin,
+                            contiguous: Seq(c),
+                            highest: Seq(h)
+                        })
+                        .collect()
+                })),
+            (
+                origin(),
+                proptest::collection::vec((1u64..100, 0u64..100), 0..4)
+            )
+                .prop_map(|(origin, r)| Body::Nak(Nak {
+                    origin,
+                    ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
+                })),
+            seqs().prop_map(|entries| Body::Stable(Stable { entries })),
+            (proptest::option::of(origin()), any::<u64>()).prop_map(|(target, s)| Body::Join(
+                Join {
+                    target,
+                    last_seq: Seq(s)
+                }
+            )),
+            (any::<u64>(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
+                Body::Propose(Propose {
+                    view: ViewId(v),
+                    members,
+                })
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
+                view: ViewId(v),
+                last_seq: Seq(s)
+            })),
+            (
+                any::<u64>(),
+                proptest::collection::vec(origin(), 0..4),
+                seqs()
+            )
+                .prop_map(|(v, members, digest)| Body::Install(Install {
+                    view: ViewId(v),
+                    members,
+                    digest
+                })),
+            any::<u64>().prop_map(|v| Body::InstallAck(ViewId(v))),
+            Just(Body::Leave),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        (header(), body()).prop_map(|(header, body)| Frame { header, body })
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_round_trips(f in frame()) {
+            let bytes = f.encode();
+            prop_assert_eq!(Frame::decode(&bytes), Ok(f));
+        }
+
+        #[test]
+        fn every_truncation_errors(f in frame(), cut in any::<prop::sample::Index>()) {
+            let bytes = f.encode();
+            let n = cut.index(bytes.len());
+            prop_assert!(Frame::decode(&bytes.slice(..n)).is_err());
+        }
+
+        #[test]
+        fn random_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Frame::decode(&Bytes::from(b));
+        }
+
+        #[test]
+        fn random_bodies_with_valid_checksum_never_panic(
+            h in header(), k in any::<u8>(), b in proptest::collection::vec(any::<u8>(), 0..128)
+        ) {
+            let mut out = BytesMut::new();
+            put_header(&mut out, k, &h);
+            out.extend_from_slice(&b);
+            let _ = Frame::decode(&seal(out));
+        }
+
+        #[test]
+        fn a_flipped_bit_fails_the_checksum(f in frame(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = f.encode().to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            prop_assert_eq!(Frame::decode(&Bytes::from(bytes)), Err(WireError::Checksum));
+        }
+
+        #[test]
+        fn writer_matches_frame_encoding(h in header(), o in origin(), msgs in proptest::collection::vec(msg(), 1..4)) {
+            let mut w = DataFrameWriter::new(&h, o, usize::MAX);
+            for m in &msgs {
+                prop_assert!(w.push(m));
+            }
+            let f = Frame { header: h, body: Body::Data(DataFrame { origin: o, msgs }) };
+            prop_assert_eq!(w.finish(), f.encode());
+        }
+    }
+
+    #[test]
+    fn writer_respects_the_datagram_size() {
+        let h = Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("c"),
+            sender: Origin::default(),
+            view: ViewId(1),
+        };
+        let m = DataMsg {
+            seq: Seq(1),
+            topic: Bytes::from_static(b"t"),
+            ordering: Ordering::Fifo,
+            safe: false,
+            publisher: 1,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload: Bytes::from(vec![7u8; 100]),
+        };
+        let max = DATA_FRAME_OVERHEAD + 3 * m.encoded_len();
+        let mut w = DataFrameWriter::new(&h, Origin::default(), max);
+        while w.push(&m) {}
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.finish().len(), max);
+    }
+
+    #[test]
+    fn reserved_and_unknown_kinds_are_errors() {
+        for k in [
+            kind::ISIS_PROPOSAL,
+            kind::ISIS_FINAL,
+            kind::SEQUENCER_ORDER,
+            0x7f,
+        ] {
+            let mut out = BytesMut::new();
+            put_header(
+                &mut out,
+                k,
+                &Header {
+                    flags: Flags::default(),
+                    cluster: ClusterId(1),
+                    sender: Origin::default(),
+                    view: ViewId(0),
+                },
+            );
+            assert_eq!(Frame::decode(&seal(out)), Err(WireError::UnknownKind(k)));
+        }
+    }
+
+    #[test]
+    fn cluster_id_is_stable() {
+        // FNV-1a test vector: the empty string hashes to the offset basis.
+        assert_eq!(ClusterId::from_name("").0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(ClusterId::from_name("a").0, 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(ClusterId::from_name("ordo"), ClusterId::from_name("ordp"));
+    }
+}
