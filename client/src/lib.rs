@@ -19,6 +19,16 @@
 //! Causal topics: the client merges the causal context of every delivery it
 //! receives and attaches it to its next publish, so "received m1, then
 //! published m2" orders m2 after m1 even across brokers (DESIGN.md "Causal").
+//!
+//! Back-pressure: each subscription buffers a bounded number of events and
+//! payload bytes ([`ClientOptions`]). When one is full the connection stops
+//! reading the socket, so the broker's slow-consumer policy applies instead
+//! of this process growing. Answers travel on the same socket behind
+//! deliveries: a task that awaits an answer (`publish_confirmed`, `declare`,
+//! `flush`) while it is also the only reader of a subscription that may
+//! fill should read that subscription from another task, or the answer
+//! waits until [`ClientOptions::request_timeout`] turns it into
+//! [`Error::Timeout`].
 
 mod client;
 mod connection;
