@@ -114,7 +114,7 @@ impl EngineConfig {
             view_retry: Duration::from_millis(50),
             nak_delay_max: Duration::from_millis(5),
             nak_backoff_initial: Duration::from_millis(20),
-            nak_backoff_max: Duration::from_secs(1),
+            nak_backoff_max: Duration::from_millis(250),
             nak_rate_per_sec: 2000,
             nak_burst: 64,
             repair_delay: Duration::from_millis(10),

@@ -89,7 +89,7 @@ impl SimConfig {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_0bd0);
         let nodes = rng.gen_range(3..=5);
         let mut cfg = SimConfig::basic(seed, nodes);
-        cfg.messages_per_publisher = rng.gen_range(30..=60);
+        cfg.messages_per_publisher = rng.gen_range(40..=70);
         cfg.retransmit_buffer_bytes = [16 * 1024, 48 * 1024, 4 << 20][rng.gen_range(0..3)];
         let loss = [0.0, 0.03, 0.05, 0.1, 0.2, 0.3][(seed % 6) as usize];
         let f = &mut cfg.faults;
@@ -733,7 +733,8 @@ impl Sim {
         check::deliveries(&self.lives, &self.published).is_empty()
     }
 
-    fn views_summary(&self) -> String {
+    /// Each engine's identity and view, for debugging a scenario.
+    pub fn views_summary(&self) -> String {
         let mut s = String::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(e) = &slot.engine {

@@ -410,9 +410,12 @@ impl Engine {
             return;
         };
         if let Some(install) = &c.install {
+            // New members and leavers alike must have it: a leaver that
+            // missed it would never learn that its leave completed.
             let done = c
                 .members
                 .iter()
+                .chain(&c.old)
                 .all(|m| *m == self.me || c.installed.contains(m));
             if done {
                 let left_ourselves = !install.members.contains(&self.me);

@@ -497,6 +497,7 @@ impl Reliability {
             log.nak.due = Some(now + backoff + random_upto(rng, backoff / 2));
             log.nak.backoff = (backoff * 2).min(max_backoff);
             log.nak.head = if forget { log.highest } else { log.contiguous };
+            tracing::trace!(%origin, ?ranges, "nak");
             out.push(Nak {
                 origin: *origin,
                 ranges,
@@ -555,6 +556,7 @@ impl Reliability {
             }
         }
         let origin = nak.origin;
+        tracing::trace!(%origin, ranges = ?nak.ranges, ?wanted, ?gone, "nak received");
         for (s, force) in wanted {
             if self.repairs.contains_key(&(origin, s)) || self.repairs.len() >= MAX_PENDING_REPAIRS
             {
