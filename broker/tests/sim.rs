@@ -58,3 +58,14 @@ fn replay() {
         replay_command(seed)
     );
 }
+
+#[test]
+fn a_seed_replays_exactly() {
+    // Same seed, same run: every counter and fault count identical.
+    for seed in [5, 11, 17] {
+        let a = run_seed(seed);
+        let b = run_seed(seed);
+        assert_eq!(a.render(), b.render());
+        assert_eq!(format!("{:?}", a.totals), format!("{:?}", b.totals));
+    }
+}
