@@ -578,6 +578,7 @@ impl Engine {
             }
             return;
         }
+        let had_gap = self.rel.has_gap(origin);
         let mut progressed = false;
         for m in d.msgs {
             if repair {
@@ -594,7 +595,13 @@ impl Engine {
         if progressed {
             self.release(origin, now);
         }
-        if h.flags.contains(Flags::ACK_REQUESTED) || (progressed && self.membership.flushing()) {
+        // A prompt digest when asked, when a gap closed (the others wait for
+        // it to free buffers and confirm), and on any progress during a flush.
+        let gap_closed = had_gap && !self.rel.has_gap(origin);
+        if h.flags.contains(Flags::ACK_REQUESTED)
+            || gap_closed
+            || (progressed && self.membership.flushing())
+        {
             self.schedule_ack(now);
         }
     }

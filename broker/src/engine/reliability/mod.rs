@@ -687,6 +687,11 @@ impl Reliability {
         self.logs.values().map(OriginLog::out_of_order).sum()
     }
 
+    /// Whether `origin`'s stream has a gap.
+    pub(crate) fn has_gap(&self, origin: Origin) -> bool {
+        self.logs.get(&origin).is_some_and(OriginLog::has_gap)
+    }
+
     /// Whether any stream has a gap.
     #[cfg(feature = "sim")]
     pub(crate) fn has_gaps(&self) -> bool {
