@@ -17,11 +17,13 @@
 
 mod log;
 mod nak;
+mod repair;
+mod stability;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ordo_wire::group::{DataFrameWriter, DataMsg, DigestEntry, Flags, Nak};
+use ordo_wire::group::{DataFrameWriter, DataMsg, Flags};
 use ordo_wire::{Origin, Seq};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -29,13 +31,7 @@ use rand::Rng;
 use super::{ConfirmToken, Stats};
 pub(crate) use log::{Held, OriginLog};
 use nak::NakPacer;
-
-/// Most ranges one NAK names.
-const MAX_NAK_RANGES: usize = 32;
-/// Most sequence numbers acted on per NAK received.
-const MAX_REPAIR_PER_NAK: u64 = 1024;
-/// Most repairs waiting at once.
-const MAX_PENDING_REPAIRS: usize = 16 * 1024;
+use repair::RepairQueue;
 
 /// The reliability knobs, copied from the engine's configuration.
 #[derive(Debug, Clone)]
@@ -75,11 +71,7 @@ pub(crate) struct Reliability {
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
-    /// Pending repairs: when each is due, and whether it is forced (a
-    /// repair was already seen and the NAK persists, so seeing another one
-    /// does not cancel it: the receiver may hear us but not the origin).
-    repairs: BTreeMap<(Origin, Seq), (Instant, bool)>,
-    repair_queue: BTreeSet<(Instant, Origin, Seq)>,
+    repairs: RepairQueue,
     pacer: NakPacer,
 }
 
@@ -100,8 +92,7 @@ impl Reliability {
             held_bytes: 0,
             sent: last_seq,
             confirms: BTreeMap::new(),
-            repairs: BTreeMap::new(),
-            repair_queue: BTreeSet::new(),
+            repairs: RepairQueue::default(),
         }
     }
 
@@ -125,8 +116,7 @@ impl Reliability {
         for o in &gone {
             self.logs.remove(o);
         }
-        self.repairs.retain(|(o, _), _| members.contains(o));
-        self.repair_queue.retain(|(_, o, _)| members.contains(o));
+        self.repairs.retain_origins(members);
         for m in members {
             let cut = digest.get(m).copied().unwrap_or_default();
             let log = self
@@ -354,301 +344,7 @@ impl Reliability {
         }
     }
 
-    /// Another member's digest: what it has, and what exists.
-    pub(crate) fn on_digest(
-        &mut self,
-        from: Origin,
-        entries: &[DigestEntry],
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
-    ) {
-        let Some(peer) = self.peers.get_mut(&from) else {
-            return;
-        };
-        for e in entries {
-            if let Some(have) = peer.get_mut(&e.origin) {
-                if e.contiguous > *have {
-                    *have = e.contiguous;
-                }
-            }
-        }
-        let mut gaps = Vec::new();
-        for e in entries {
-            if e.origin == self.me {
-                continue;
-            }
-            if let Some(log) = self.logs.get_mut(&e.origin) {
-                let known = e.highest.max(e.contiguous);
-                let cap = Seq(log.contiguous.0.saturating_add(self.cfg.max_ahead));
-                let known = known.min(cap);
-                if known > log.highest {
-                    stats.gaps_detected += known.0 - log.highest.0;
-                    log.highest = known;
-                    gaps.push(e.origin);
-                }
-            }
-        }
-        for o in gaps {
-            self.schedule_nak(o, now, rng);
-        }
-    }
-
-    /// Frees what every member has; returns the confirmations now due.
-    pub(crate) fn advance_stability(&mut self, stats: &mut Stats) -> Vec<ConfirmToken> {
-        let origins: Vec<Origin> = self.logs.keys().copied().collect();
-        for o in origins {
-            let point = self.stable_point(o);
-            if let Some(log) = self.logs.get_mut(&o) {
-                log.free_upto(point);
-            }
-        }
-        self.recount();
-        // Confirm once any other member has it (all members for `safe`).
-        let me = self.me;
-        let any = self
-            .peers
-            .values()
-            .filter_map(|p| p.get(&me).copied())
-            .max()
-            .unwrap_or_default();
-        let all = self.stable_point(me);
-        let mut done = Vec::new();
-        let ready: Vec<Seq> = self
-            .confirms
-            .range(..=any)
-            .filter(|(s, (_, safe))| !*safe || **s <= all)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in ready {
-            if let Some((t, _)) = self.confirms.remove(&s) {
-                done.push(t);
-            }
-        }
-        stats.retransmit_buffer_bytes = self.held_bytes as u64;
-        done
-    }
-
-    /// Confirms everything waiting (alone in the view).
-    pub(crate) fn confirm_all(&mut self) -> Vec<ConfirmToken> {
-        std::mem::take(&mut self.confirms)
-            .into_values()
-            .map(|(t, _)| t)
-            .collect()
-    }
-
-    /// What every member has of `origin`.
-    pub(crate) fn stable_point(&self, origin: Origin) -> Seq {
-        let Some(log) = self.logs.get(&origin) else {
-            return Seq(0);
-        };
-        if origin == self.me && self.cfg.bugs.premature_free {
-            // Planted bug: trust that whatever was sent arrived.
-            return self.sent;
-        }
-        self.peers
-            .values()
-            .map(|p| p.get(&origin).copied().unwrap_or_default())
-            .fold(log.contiguous, Seq::min)
-    }
-
-    // ----- NAKs -----
-
-    fn schedule_nak(&mut self, origin: Origin, now: Instant, rng: &mut SmallRng) {
-        let max = self.cfg.nak_delay_max;
-        if let Some(log) = self.logs.get_mut(&origin) {
-            if log.nak.due.is_none() && log.has_gap() {
-                let delay = random_upto(rng, max);
-                log.nak.due = Some(now + delay);
-            }
-        }
-    }
-
-    /// NAKs due at `now`, each with its origin.
-    pub(crate) fn due_naks(
-        &mut self,
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
-    ) -> Vec<Nak> {
-        let mut out = Vec::new();
-        let max_backoff = self.cfg.nak_backoff_max;
-        let forget = self.cfg.bugs.forget_nak;
-        for (origin, log) in &mut self.logs {
-            if log.nak.due.is_none_or(|d| d > now) {
-                continue;
-            }
-            let mut ranges = log.missing(MAX_NAK_RANGES);
-            if forget {
-                // Planted bug: a gap asked for once is never asked for again.
-                let f = log.nak.head;
-                ranges.retain(|(_, b)| *b > f);
-            }
-            if ranges.is_empty() {
-                log.nak.due = None;
-                continue;
-            }
-            if let Err(at) = self.pacer.take(now) {
-                stats.naks_rate_limited += 1;
-                log.nak.due = Some(at);
-                continue;
-            }
-            let backoff = log.nak.backoff;
-            log.nak.due = Some(now + backoff + random_upto(rng, backoff / 2));
-            log.nak.backoff = (backoff * 2).min(max_backoff);
-            log.nak.head = if forget { log.highest } else { log.contiguous };
-            tracing::trace!(%origin, ?ranges, "nak");
-            out.push(Nak {
-                origin: *origin,
-                ranges,
-            });
-        }
-        out
-    }
-
-    /// A NAK from another member. Schedules our repairs of what we hold,
-    /// suppresses our own identical NAK, and returns our stable point if
-    /// it asks for our own messages we already freed (they are gone).
-    pub(crate) fn on_nak(
-        &mut self,
-        nak: &Nak,
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
-    ) -> Option<Seq> {
-        let mut gone = None;
-        let repair_delay = self.cfg.repair_delay;
-        let holdoff = self.cfg.nak_backoff_initial / 2;
-        let log = self.logs.get_mut(&nak.origin)?;
-        // Suppression: someone asked for everything we miss.
-        if nak.origin != self.me && log.nak.due.is_some() {
-            let mine = log.missing(MAX_NAK_RANGES);
-            let covered = mine
-                .iter()
-                .all(|(a, b)| nak.ranges.iter().any(|(x, y)| x <= a && b <= y));
-            if covered && !mine.is_empty() {
-                stats.naks_suppressed += 1;
-                let later = now + log.nak.backoff;
-                if log.nak.due.is_some_and(|d| d < later) {
-                    log.nak.due = Some(later);
-                }
-            }
-        }
-        let mut budget = MAX_REPAIR_PER_NAK;
-        let mut wanted: Vec<(Seq, bool)> = Vec::new();
-        for &(a, b) in &nak.ranges {
-            if a <= log.stable && nak.origin == self.me {
-                gone = Some(log.stable);
-            }
-            let from = a.max(log.stable.next());
-            let to = b.min(log.contiguous.max(log.highest));
-            let mut s = from;
-            while s <= to && budget > 0 {
-                budget -= 1;
-                if let Some(h) = log.msgs.get(&s) {
-                    if h.last_repair
-                        .is_none_or(|t| now.saturating_duration_since(t) >= holdoff)
-                    {
-                        wanted.push((s, h.last_repair.is_some()));
-                    }
-                }
-                s = s.next();
-            }
-        }
-        let origin = nak.origin;
-        tracing::trace!(%origin, ranges = ?nak.ranges, ?wanted, ?gone, "nak received");
-        for (s, force) in wanted {
-            if self.repairs.contains_key(&(origin, s)) || self.repairs.len() >= MAX_PENDING_REPAIRS
-            {
-                continue;
-            }
-            // The origin answers at once; other holders wait, in case it does.
-            let due = if origin == self.me {
-                now
-            } else {
-                now + repair_delay + random_upto(rng, repair_delay)
-            };
-            self.repairs.insert((origin, s), (due, force));
-            self.repair_queue.insert((due, origin, s));
-        }
-        gone
-    }
-
-    /// Someone sent `origin`'s message `seq`: ours to repair need not go out.
-    pub(crate) fn on_seen(&mut self, origin: Origin, seq: Seq, now: Instant, stats: &mut Stats) {
-        if let Some(&(due, false)) = self.repairs.get(&(origin, seq)) {
-            self.repairs.remove(&(origin, seq));
-            self.repair_queue.remove(&(due, origin, seq));
-            stats.retransmissions_suppressed += 1;
-        }
-        if let Some(h) = self
-            .logs
-            .get_mut(&origin)
-            .and_then(|l| l.msgs.get_mut(&seq))
-        {
-            h.last_repair = Some(now);
-        }
-    }
-
-    /// Repairs due at `now`, grouped by origin.
-    pub(crate) fn due_repairs(&mut self, now: Instant) -> BTreeMap<Origin, Vec<DataMsg>> {
-        let mut out: BTreeMap<Origin, Vec<DataMsg>> = BTreeMap::new();
-        while let Some(&(due, origin, seq)) = self.repair_queue.first() {
-            if due > now {
-                break;
-            }
-            self.repair_queue.pop_first();
-            self.repairs.remove(&(origin, seq));
-            if let Some(h) = self
-                .logs
-                .get_mut(&origin)
-                .and_then(|l| l.msgs.get_mut(&seq))
-            {
-                h.last_repair = Some(now);
-                out.entry(origin).or_default().push(h.msg.clone());
-            }
-        }
-        out
-    }
-
-    /// A member says `origin`'s messages up to `upto` are stable and freed.
-    /// Returns how many of them we miss: no member holds them any more.
-    pub(crate) fn on_stable(&self, origin: Origin, upto: Seq) -> u64 {
-        if origin == self.me {
-            return 0;
-        }
-        let Some(log) = self.logs.get(&origin) else {
-            return 0;
-        };
-        if upto <= log.contiguous {
-            return 0;
-        }
-        let held = log.msgs.range(log.contiguous.next()..=upto).count() as u64;
-        (upto.0 - log.contiguous.0) - held
-    }
-
     // ----- digests and gauges -----
-
-    /// Our digest: per view member, contiguous and highest known.
-    /// Our own entry names what we sent, not what is still queued, so
-    /// nobody asks for messages already on their way.
-    pub(crate) fn digest(&self) -> Vec<DigestEntry> {
-        self.logs
-            .iter()
-            .map(|(o, l)| {
-                let (contiguous, highest) = if *o == self.me {
-                    (self.sent, self.sent)
-                } else {
-                    (l.contiguous, l.highest.max(l.contiguous))
-                };
-                DigestEntry {
-                    origin: *o,
-                    contiguous,
-                    highest,
-                }
-            })
-            .collect()
-    }
 
     /// Our contiguous prefix of each origin.
     #[cfg(feature = "sim")]
@@ -656,21 +352,10 @@ impl Reliability {
         self.logs.iter().map(|(o, l)| (*o, l.contiguous)).collect()
     }
 
-    /// What `member` last said it has of `origin`.
-    pub(crate) fn peer_has(&self, member: Origin, origin: Origin) -> Option<Seq> {
-        if member == self.me {
-            return self.logs.get(&origin).map(|l| l.contiguous);
-        }
-        self.peers
-            .get(&member)
-            .and_then(|p| p.get(&origin))
-            .copied()
-    }
-
     /// The next NAK or repair deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let nak = self.logs.values().filter_map(|l| l.nak.due).min();
-        let repair = self.repair_queue.first().map(|(t, _, _)| *t);
+        let repair = self.repairs.next_due();
         match (nak, repair) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -710,7 +395,7 @@ impl Reliability {
     ) -> bool {
         let limit = self.cfg.limit;
         let me = self.me;
-        for (o, log) in self.logs.iter_mut().filter(|(o, _)| **o != me) {
+        for (_, log) in self.logs.iter_mut().filter(|(o, _)| **o != me) {
             while self.held_bytes + size > limit {
                 let Some(first) = log.msgs.first_key_value().map(|(s, _)| *s) else {
                     break;
@@ -722,7 +407,6 @@ impl Reliability {
                     log.bytes -= h.size;
                     self.held_bytes -= h.size;
                 }
-                let _ = o;
             }
         }
         if self.held_bytes + size > limit && next_expected {
