@@ -171,7 +171,13 @@ impl Engine {
                 }
             }
         }
-        if !self.membership.has_left() {
+        // Re-arm only while something waits for an answer.
+        let m = &self.membership;
+        let waiting = match m.phase {
+            Phase::Discovering { .. } | Phase::Joining { .. } => true,
+            Phase::Member | Phase::Left => m.leaving || m.change.is_some() || m.flush.is_some(),
+        };
+        if waiting && !(m.has_left() && m.change.is_none()) {
             self.timers.set(Timer::Membership, retry);
         }
     }

@@ -112,8 +112,10 @@ impl Engine {
             last_seq: flush.last_seq,
         };
         self.send(Flags::default(), Body::FlushAck(ack));
-        // Make our digest current at the coordinator.
+        // Make our digest current at the coordinator; repeat the ack until the install.
         self.schedule_ack(now);
+        self.timers
+            .set_earliest(Timer::Membership, now + self.config.view_retry);
     }
 
     pub(crate) fn on_flush_ack(&mut self, sender: Origin, f: FlushAck, now: Instant) {
