@@ -167,7 +167,7 @@ impl SimReport {
         let t = &self.totals;
         let _ = writeln!(
             s,
-            "  virtual {:?}: published {} delivered {} datagrams {} naks {} (suppressed {}) retransmissions {} gaps {}/{} stalls {} views {}",
+            "  virtual {:?}: published {} delivered {} datagrams {} naks {} (suppressed {}) retransmissions {} (suppressed {}) duplicates {} gaps {}/{} stalls {} views {}",
             self.elapsed,
             t.messages_published,
             t.messages_delivered,
@@ -175,6 +175,8 @@ impl SimReport {
             t.naks_sent,
             t.naks_suppressed,
             t.retransmissions_sent,
+            t.retransmissions_suppressed,
+            t.duplicates,
             t.gaps_repaired,
             t.gaps_detected,
             t.flow_control_stalls,
@@ -835,6 +837,9 @@ fn add_stats(t: &mut Stats, s: &Stats) {
     t.dropped_checksum += s.dropped_checksum;
     t.unrecoverable += s.unrecoverable;
     t.fragments += s.fragments;
+    t.duplicates += s.duplicates;
+    t.retransmissions_suppressed += s.retransmissions_suppressed;
+    t.naks_received += s.naks_received;
 }
 
 /// The randomized run of one seed: form a group, publish, check.
