@@ -145,3 +145,25 @@ fn a_restarted_broker_is_a_new_sender() {
         assert_ok(&sim.run());
     }
 }
+
+#[test]
+fn a_broker_joins_while_the_coordinator_leaves() {
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.1)));
+        assert!(sim.form_group());
+        let joiner = sim.add_slot();
+        sim.plan_traffic(ms(5), &[1, 2]);
+        // The joiner may still be asking the old coordinator when it is gone.
+        sim.schedule(ms(100), Action::Start(joiner));
+        sim.schedule(ms(100 + seed % 300), Action::Leave(0));
+        run_until(&mut sim, |sim| {
+            sim.engine(0).is_none()
+                && sim
+                    .engine(joiner)
+                    .is_some_and(|e| e.in_view() && e.view().members.len() == 3)
+        });
+        let view = sim.engine(joiner).unwrap().view().clone();
+        assert_eq!(view.members.len(), 3, "seed {seed}: {}", sim.views_summary());
+        assert_ok(&sim.run());
+    }
+}

@@ -108,7 +108,7 @@ impl Engine {
         };
         if !self.in_view
             || self.membership.coordinator(&self.view) != Some(self.me)
-            || !self.view.members.contains(&target)
+            || !(self.view.members.contains(&target) || self.membership.departed.contains(&target))
             || self.view.members.contains(&sender)
         {
             return;

@@ -78,7 +78,13 @@ pub(crate) struct Membership {
     /// The view we lost continuity in (rejoin), reported with the next install.
     discontinuity: Option<(ViewId, String)>,
     merge_logged: bool,
+    /// Members that left our view: a joiner that still names one of them
+    /// as the coordinator to ask is asking our group.
+    departed: BTreeSet<Origin>,
 }
+
+/// Most departed members remembered.
+const MAX_DEPARTED: usize = 1024;
 
 /// How many discovery periods an engine waits for an outranking peer to form a view.
 const MAX_DISCOVERY_EXTENSIONS: u32 = 3;
@@ -86,6 +92,15 @@ const MAX_DISCOVERY_EXTENSIONS: u32 = 3;
 impl Membership {
     pub(crate) fn has_left(&self) -> bool {
         self.phase == Phase::Left
+    }
+
+    /// Remembers the members of `old` missing from `new`.
+    fn note_departed(&mut self, old: &[Origin], new: &[Origin]) {
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.clear();
+        }
+        self.departed
+            .extend(old.iter().filter(|o| !new.contains(o)).copied());
     }
 
     /// Whether a proposal stopped our sending.

@@ -268,6 +268,7 @@ impl Engine {
         for gone in self.rel.install(&members, digest) {
             self.delivery.forget(gone);
         }
+        self.membership.note_departed(&self.view.members, &members);
         let coordinator = members.first().copied().unwrap_or(self.me);
         self.view = View {
             id,
