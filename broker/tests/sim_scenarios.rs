@@ -163,7 +163,12 @@ fn a_broker_joins_while_the_coordinator_leaves() {
                     .is_some_and(|e| e.in_view() && e.view().members.len() == 3)
         });
         let view = sim.engine(joiner).unwrap().view().clone();
-        assert_eq!(view.members.len(), 3, "seed {seed}: {}", sim.views_summary());
+        assert_eq!(
+            view.members.len(),
+            3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
         assert_ok(&sim.run());
     }
 }

@@ -17,8 +17,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Largest datagram the engine emits, headers included.
     pub max_datagram: usize,
-    /// Bound on the retransmit buffer, in payload bytes. Our own unstable
-    /// messages may take at most half of it (flow control).
+    /// Bound on the retransmit buffer, in payload bytes. Flow control holds
+    /// each origin's unstable messages to `1 / (2 * members)` of it, which
+    /// also caps the size of one message.
     pub retransmit_buffer_bytes: usize,
     /// Interval between heartbeats (which carry the digest).
     pub heartbeat_interval: Duration,
@@ -63,6 +64,8 @@ pub struct Bugs {
     pub forget_nak: bool,
     /// Free our own messages as soon as they are sent, before every member has them.
     pub premature_free: bool,
+    /// Deliver `safe` messages as soon as they arrive, before every member holds them.
+    pub early_safe: bool,
 }
 
 impl EngineConfig {

@@ -139,6 +139,9 @@ pub struct Engine {
     transmit: VecDeque<Bytes>,
     timers: TimerTable,
     last_ack: Option<Instant>,
+    /// Our own messages waiting for every member to hold them (a `safe`
+    /// one and everything published after it), with their last sequence number.
+    local_pending: VecDeque<(Seq, Delivered)>,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -179,6 +182,7 @@ impl Engine {
             timers: TimerTable::default(),
             last_ack: None,
             wanted: 0,
+            local_pending: VecDeque::new(),
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ..Stats::default()
@@ -277,7 +281,7 @@ impl Engine {
         } else {
             CausalContext::new()
         };
-        self.push_delivery(Delivered {
+        let local = Delivered {
             topic: msg.topic,
             ordering: msg.ordering,
             publisher: msg.publisher,
@@ -287,7 +291,15 @@ impl Engine {
             gseq: None,
             payload: msg.payload,
             published_at_us: msg.published_at_us,
-        });
+        };
+        let early = self.config.bugs().early_safe;
+        if (msg.safe && !early) || !self.local_pending.is_empty() {
+            // Safe: delivered nowhere, here included, until every member holds it.
+            self.local_pending.push_back((self.rel.last_seq(), local));
+            self.deliver_local(false);
+        } else {
+            self.push_delivery(local);
+        }
         self.refresh_gauges();
         Ok(())
     }
@@ -556,22 +568,43 @@ impl Engine {
 
     /// Delivers `origin`'s newly contiguous messages.
     fn release(&mut self, origin: Origin, now: Instant) {
-        let delivery = &mut self.delivery;
-        let topics = &mut self.topics;
-        let events = &mut self.events;
-        let stats = &mut self.stats;
+        let (delivery, topics, events, stats) = (
+            &mut self.delivery,
+            &mut self.topics,
+            &mut self.events,
+            &mut self.stats,
+        );
         self.rel.release(origin, now, &mut self.rng, |m| {
-            match delivery.accept(origin, m, topics, events) {
-                Ok(n) => {
-                    stats.delivered += n as u64;
-                    stats.messages_delivered += n as u64;
-                }
-                Err(e) => {
-                    stats.dropped_malformed += 1;
-                    tracing::warn!(%origin, error = %e, "origin broke fragmentation");
-                }
-            }
+            deliver_remote(delivery, topics, events, stats, origin, m);
         });
+    }
+
+    /// Delivers `origin`'s messages that were waiting (safe ones, until
+    /// stable; with `flushed`, everything up to it).
+    fn deliver_waiting(&mut self, origin: Origin, flushed: Seq) {
+        let (delivery, topics, events, stats) = (
+            &mut self.delivery,
+            &mut self.topics,
+            &mut self.events,
+            &mut self.stats,
+        );
+        self.rel.deliver_ready(origin, flushed, |m| {
+            deliver_remote(delivery, topics, events, stats, origin, m);
+        });
+    }
+
+    /// Delivers our own messages waiting for stability (safe ones and those
+    /// published after them); with `all`, every one (a flush completed).
+    fn deliver_local(&mut self, all: bool) {
+        let stable = self.rel.stable_point(self.me);
+        while let Some((last, _)) = self.local_pending.front() {
+            if !all && *last > stable {
+                break;
+            }
+            if let Some((_, d)) = self.local_pending.pop_front() {
+                self.push_delivery(d);
+            }
+        }
     }
 
     fn push_delivery(&mut self, d: Delivered) {
@@ -583,6 +616,10 @@ impl Engine {
     /// Stability, confirmations, view-change progress and gauges after any input.
     fn after_input(&mut self, now: Instant) {
         if self.in_view {
+            for origin in self.rel.waiting_origins() {
+                self.deliver_waiting(origin, Seq(0));
+            }
+            self.deliver_local(false);
             let done = if self.view.members.len() == 1 {
                 self.rel.advance_stability(&mut self.stats);
                 self.rel.confirm_all()
@@ -706,6 +743,27 @@ impl Engine {
     #[cfg(feature = "sim")]
     pub fn has_gaps(&self) -> bool {
         self.rel.has_gaps()
+    }
+}
+
+/// Hands one message of `origin`'s stream to the delivery layers.
+fn deliver_remote(
+    delivery: &mut delivery::Delivery,
+    topics: &mut TopicCache,
+    events: &mut VecDeque<Event>,
+    stats: &mut Stats,
+    origin: Origin,
+    m: DataMsg,
+) {
+    match delivery.accept(origin, m, topics, events) {
+        Ok(n) => {
+            stats.delivered += n as u64;
+            stats.messages_delivered += n as u64;
+        }
+        Err(e) => {
+            stats.dropped_malformed += 1;
+            tracing::warn!(%origin, error = %e, "origin broke fragmentation");
+        }
     }
 }
 

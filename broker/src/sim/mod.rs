@@ -90,7 +90,7 @@ impl SimConfig {
         let nodes = rng.gen_range(3..=5);
         let mut cfg = SimConfig::basic(seed, nodes);
         cfg.messages_per_publisher = rng.gen_range(40..=70);
-        cfg.retransmit_buffer_bytes = [16 * 1024, 48 * 1024, 4 << 20][rng.gen_range(0..3)];
+        cfg.retransmit_buffer_bytes = [48 * 1024, 96 * 1024, 4 << 20][rng.gen_range(0..3)];
         let loss = [0.0, 0.03, 0.05, 0.1, 0.2, 0.3][(seed % 6) as usize];
         let f = &mut cfg.faults;
         f.loss = loss;
@@ -494,7 +494,8 @@ impl Sim {
                 let msg = Publish {
                     topic: "sim.topic".into(),
                     ordering: Ordering::Fifo,
-                    safe: false,
+                    // Every third publisher publishes `safe` messages.
+                    safe: publisher % 3 == 0,
                     publisher,
                     context: Default::default(),
                     payload: workload::payload(publisher, p.index, p.size),
@@ -546,6 +547,7 @@ impl Sim {
             self.net
                 .send(i, live.iter().copied(), &d, now, &mut self.rng);
         }
+        let mut safe = Vec::new();
         while let Some(ev) = e.poll_event() {
             let Some(rec) = self.lives.get_mut(life) else {
                 continue;
@@ -557,6 +559,9 @@ impl Sim {
                             .entry(tag.publisher)
                             .or_default()
                             .push(tag.index);
+                        if tag.publisher % 3 == 0 {
+                            safe.push((d.origin, d.seq, e.view().id));
+                        }
                     }
                     _ => self.violations.push(format!(
                         "slot {i} delivered a corrupted payload ({} bytes) from {}",
@@ -582,6 +587,25 @@ impl Sim {
             self.retired.push(e.stats().clone());
             slot.engine = None;
             slot.leaving = false;
+        }
+        // A safe message is delivered nowhere until every member holds it.
+        for (origin, seq, view) in safe {
+            for (j, other) in self.slots.iter().enumerate() {
+                let Some(o) = &other.engine else { continue };
+                if !o.in_view() || o.view().id != view {
+                    continue;
+                }
+                let has = o
+                    .digest_for_tests()
+                    .get(&origin)
+                    .copied()
+                    .unwrap_or_default();
+                if has < seq {
+                    self.violations.push(format!(
+                        "slot {i} delivered safe message {origin}/{seq} that slot {j} does not hold (it has up to {has})"
+                    ));
+                }
+            }
         }
     }
 

@@ -133,6 +133,7 @@ impl Engine {
             incarnation: Incarnation(self.me.incarnation.0 + 1),
         };
         self.rel = Reliability::new(self.me, Seq(0), self.config.reliability());
+        self.local_pending.clear();
         let members = self.view.members.clone();
         for m in members {
             self.delivery.forget(m);

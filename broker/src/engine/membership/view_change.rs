@@ -186,11 +186,9 @@ impl Engine {
         if !complete {
             return;
         }
-        let mut digest: Vec<(Origin, Seq)> = c
-            .members
-            .iter()
-            .filter_map(|m| cut.get(m).map(|s| (*m, *s)))
-            .collect();
+        // The cut of every old stream (leavers' and the dead's too, so their
+        // waiting safe messages are delivered), then where joiners start.
+        let mut digest: Vec<(Origin, Seq)> = cut.into_iter().collect();
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let install = Install {
             view: c.view,
@@ -243,6 +241,12 @@ impl Engine {
 
     /// Installs a view (or, if it leaves us out, completes our leave).
     pub(crate) fn apply_install(&mut self, i: Install, now: Instant) {
+        // The flush proved every member holds everything up to the cut:
+        // deliver what waited for that (safe messages) in the old view.
+        for &(origin, cut) in &i.digest {
+            self.deliver_waiting(origin, cut);
+        }
+        self.deliver_local(true);
         if !i.members.contains(&self.me) {
             self.in_view = false;
             self.membership.flush = None;

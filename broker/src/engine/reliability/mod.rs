@@ -10,10 +10,14 @@
 //! rate-capped. The origin repairs at once; other holders repair after a
 //! random delay unless they see someone else's repair first.
 //!
-//! The retransmit buffer is bounded in bytes. Our own messages are kept until
-//! stable (every member's digest shows them) and admitted by flow control to
-//! at most half the bound; others' messages are kept for repair only while
-//! room remains and are evicted first, so receiving can always progress.
+//! The retransmit buffer is bounded in bytes. Each origin's unstable
+//! messages are held to a window of `limit / (2 * members)` by flow control
+//! at the origin. A member must keep what it has not delivered yet (safe
+//! messages wait for stability); everything truly unstable fits in half the
+//! buffer, so a member can always take the next message of every stream and
+//! no cycle of full buffers can form. Others' delivered messages are kept
+//! for repairs only while room remains, and out-of-order ones give way to a
+//! stream's next message, so receiving always progresses.
 
 mod log;
 mod nak;
@@ -68,6 +72,8 @@ pub(crate) struct Reliability {
     /// Each other member's latest digest: what it has of each origin.
     peers: BTreeMap<Origin, BTreeMap<Origin, Seq>>,
     held_bytes: usize,
+    /// Members in the view: each origin's window is a share of the buffer.
+    members: usize,
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
@@ -90,6 +96,7 @@ impl Reliability {
             logs,
             peers: BTreeMap::new(),
             held_bytes: 0,
+            members: 1,
             sent: last_seq,
             confirms: BTreeMap::new(),
             repairs: RepairQueue::default(),
@@ -127,9 +134,16 @@ impl Reliability {
                 log.highest = cut;
             }
             if log.contiguous >= cut {
-                log.free_upto(cut);
+                // The caller delivered everything flushed before installing.
+                let upto = if *m == self.me {
+                    cut
+                } else {
+                    cut.min(log.delivered)
+                };
+                log.free_upto(upto);
             }
         }
+        self.members = members.len();
         self.peers.clear();
         for p in members.iter().filter(|p| **p != self.me) {
             self.peers.insert(
@@ -169,9 +183,9 @@ impl Reliability {
         self.logs.get(&self.me).map_or(0, |l| l.bytes)
     }
 
-    /// The bound flow control keeps our own unstable messages within.
+    /// The window flow control keeps our own unstable messages within.
     pub(crate) fn own_limit(&self) -> usize {
-        self.cfg.limit / 2
+        self.cfg.limit / (2 * self.members.max(1))
     }
 
     /// Makes room for `units` more own messages of `bytes` in all, if flow
@@ -313,20 +327,20 @@ impl Reliability {
         Received::New
     }
 
-    /// Hands `origin`'s newly contiguous messages to `deliver`, in order.
+    /// Extends `origin`'s contiguous prefix over what arrived and hands the
+    /// deliverable messages to `deliver`, in order (see [`Reliability::deliver_ready`]).
     pub(crate) fn release(
         &mut self,
         origin: Origin,
         now: Instant,
         rng: &mut SmallRng,
-        mut deliver: impl FnMut(DataMsg),
+        deliver: impl FnMut(DataMsg),
     ) {
         let initial = self.cfg.nak_backoff_initial;
         let Some(log) = self.logs.get_mut(&origin) else {
             return;
         };
-        while let Some(h) = log.msgs.get(&log.contiguous.next()) {
-            deliver(h.msg.clone());
+        while log.msgs.contains_key(&log.contiguous.next()) {
             log.contiguous = log.contiguous.next();
         }
         if log.contiguous > log.highest {
@@ -342,6 +356,45 @@ impl Reliability {
         } else if let Some(log) = self.logs.get_mut(&origin) {
             log.nak.due = None;
         }
+        self.deliver_ready(origin, Seq(0), deliver);
+    }
+
+    /// Hands `origin`'s received messages to `deliver` in order, stopping at
+    /// a `safe` message not yet held by every member (unless at or below
+    /// `flushed`: a completed flush proved every member holds those).
+    pub(crate) fn deliver_ready(
+        &mut self,
+        origin: Origin,
+        flushed: Seq,
+        mut deliver: impl FnMut(DataMsg),
+    ) {
+        if origin == self.me {
+            return;
+        }
+        let stable = self.stable_point(origin).max(flushed);
+        let Some(log) = self.logs.get_mut(&origin) else {
+            return;
+        };
+        while log.delivered < log.contiguous {
+            let next = log.delivered.next();
+            let Some(h) = log.msgs.get(&next) else {
+                break;
+            };
+            if h.msg.safe && next > stable && !self.cfg.bugs.early_safe {
+                break;
+            }
+            deliver(h.msg.clone());
+            log.delivered = next;
+        }
+    }
+
+    /// Origins with received messages not yet delivered (safe ones waiting).
+    pub(crate) fn waiting_origins(&self) -> Vec<Origin> {
+        self.logs
+            .iter()
+            .filter(|(o, l)| **o != self.me && l.delivered < l.contiguous)
+            .map(|(o, _)| *o)
+            .collect()
     }
 
     // ----- digests and gauges -----
@@ -400,7 +453,7 @@ impl Reliability {
                 let Some(first) = log.msgs.first_key_value().map(|(s, _)| *s) else {
                     break;
                 };
-                if first > log.contiguous {
+                if first > log.delivered {
                     break;
                 }
                 if let Some(h) = log.msgs.remove(&first) {

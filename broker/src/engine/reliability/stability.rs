@@ -56,7 +56,14 @@ impl Reliability {
         let origins: Vec<Origin> = self.logs.keys().copied().collect();
         for o in origins {
             let point = self.stable_point(o);
+            let me = self.me;
             if let Some(log) = self.logs.get_mut(&o) {
+                // Never free what is still to be delivered here.
+                let point = if o == me {
+                    point
+                } else {
+                    point.min(log.delivered)
+                };
                 log.free_upto(point);
             }
         }
