@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub retransmit_buffer_bytes: usize,
     pub base_latency: Duration,
     pub faults: FaultPlan,
+    /// Every payload this size (bytes) instead of random sizes.
+    pub payload_size: Option<usize>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -76,6 +78,7 @@ impl SimConfig {
             retransmit_buffer_bytes: 256 * 1024,
             base_latency: Duration::from_micros(200),
             faults: FaultPlan::default(),
+            payload_size: None,
             deadline: Duration::from_secs(120),
             #[cfg(feature = "bug-injection")]
             bugs: crate::engine::Bugs::default(),
@@ -353,7 +356,7 @@ impl Sim {
                 publishers.push((slot, self.publisher_ids));
             }
         }
-        let plan = workload::plan(
+        let mut plan = workload::plan(
             &mut self.rng,
             self.now + after,
             span,
@@ -361,6 +364,9 @@ impl Sim {
             self.cfg.messages_per_publisher,
             self.cfg.max_datagram,
         );
+        if let Some(size) = self.cfg.payload_size {
+            plan.iter_mut().for_each(|p| p.size = size);
+        }
         let mut all: Vec<PlannedPublish> = self.plan.drain(..).chain(plan).collect();
         all.sort_by_key(|p| (p.at, p.publisher, p.index));
         self.plan = all.into();
