@@ -142,6 +142,7 @@ pub struct Engine {
     /// Our own messages waiting for every member to hold them (a `safe`
     /// one and everything published after it), with their last sequence number.
     local_pending: VecDeque<(Seq, Delivered)>,
+    newer_self_warned: bool,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -183,6 +184,7 @@ impl Engine {
             last_ack: None,
             wanted: 0,
             local_pending: VecDeque::new(),
+            newer_self_warned: false,
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ..Stats::default()
@@ -195,8 +197,9 @@ impl Engine {
     }
 
     /// Accepts a message from a local client. It is delivered locally at
-    /// once and multicast with the next [`Engine::poll_transmit`].
-    /// Everything a publish does happens at once, so it needs no clock.
+    /// once (a `safe` one once every member holds it) and multicast with the
+    /// next [`Engine::poll_transmit`]; a message larger than a datagram is
+    /// split into fragments, each with its own sequence number.
     pub fn publish(&mut self, msg: Publish, _now: Instant) -> Result<(), PublishError> {
         if self.membership.has_left() {
             return Err(PublishError::Unavailable(
@@ -225,6 +228,7 @@ impl Engine {
         };
         let charge = len + units * topic.len();
         if charge > self.rel.own_limit() || u32::try_from(units).is_err() {
+            self.wanted = 0;
             return Err(PublishError::Unavailable(format!(
                 "a message of {len} bytes exceeds the send window of {} bytes",
                 self.rel.own_limit()
@@ -307,7 +311,10 @@ impl Engine {
     /// Whether [`Engine::publish`] would accept a message now: a small one,
     /// or after a refusal, one as large as the message refused.
     pub fn can_publish(&self) -> bool {
-        self.sending_allowed() && self.rel.window_open(self.wanted.max(1))
+        // Capped by the window: a message that can never fit (the view grew
+        // and the window shrank) is let through to be refused as unavailable.
+        let need = self.wanted.clamp(1, self.rel.own_limit().max(1));
+        self.sending_allowed() && self.rel.window_open(need)
     }
 
     /// A datagram arrived from the group (copied once; see
@@ -338,7 +345,9 @@ impl Engine {
             return;
         }
         if h.sender.node == self.me.node {
-            if h.sender.incarnation > self.me.incarnation {
+            if h.sender.incarnation > self.me.incarnation && !self.newer_self_warned {
+                // Two brokers configured with one node id, or we were replaced.
+                self.newer_self_warned = true;
                 tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
             }
             self.stats.dropped_stale_incarnation += 1;
