@@ -619,6 +619,13 @@ impl Sim {
         match a {
             Action::Start(s) => self.start_slot(s),
             Action::Leave(s) => {
+                // Publishes still waiting at a leaving broker are never
+                // accepted (their clients get an error), so nobody expects them.
+                self.plan.retain(|p| p.node != s);
+                for q in self.blocked.values_mut() {
+                    q.retain(|p| p.node != s);
+                }
+                self.blocked.retain(|_, q| !q.is_empty());
                 let now = self.now;
                 if let Some(slot) = self.slots.get_mut(s) {
                     if let Some(e) = slot.engine.as_mut() {

@@ -209,8 +209,9 @@ impl Engine {
             self.membership.phase,
             Phase::Joining { .. } | Phase::Discovering { .. }
         );
-        if self.in_view && i.view == self.view.id {
-            // A retry: our acknowledgement was lost.
+        if self.in_view && i.view <= self.view.id {
+            // A retry: our acknowledgement was lost (maybe views ago, while
+            // a leaving coordinator still waits for it).
             self.send(Flags::default(), Body::InstallAck(i.view));
             return;
         }
@@ -250,7 +251,6 @@ impl Engine {
         if !i.members.contains(&self.me) {
             self.in_view = false;
             self.membership.flush = None;
-            self.view.id = i.view;
             if self.membership.change.is_none() {
                 self.membership.phase = Phase::Left;
                 self.timers.clear(Timer::Membership);
