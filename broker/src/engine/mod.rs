@@ -71,10 +71,13 @@ pub struct Delivered {
     pub ordering: Ordering,
     pub publisher: u64,
     pub origin: Origin,
+    /// The origin's sequence number for this message (of its first
+    /// fragment, for a message sent in fragments).
     pub seq: Seq,
     /// On causal topics, the context after this message; empty otherwise.
     pub context: CausalContext,
-    /// On total topics, the message's position in the topic's order.
+    /// On total topics, the message's position in the topic's order (the
+    /// total-order layers are a later issue: `None` until they exist).
     pub gseq: Option<GlobalSeq>,
     pub payload: Bytes,
     /// Copied from [`Publish::published_at_us`] at the origin.
@@ -209,6 +212,12 @@ impl Engine {
         if !self.sending_allowed() {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
+        }
+        if msg.topic.len() > usize::from(u16::MAX) {
+            return Err(PublishError::Unavailable(format!(
+                "topic of {} bytes is longer than the 65535 the protocol carries",
+                msg.topic.len()
+            )));
         }
         let topic = self.topics.bytes(&msg.topic);
         let len = msg.payload.len();
