@@ -6,6 +6,9 @@ use ordo_wire::{Incarnation, NodeId};
 
 use super::reliability::RelConfig;
 
+/// Smallest datagram the engine accepts to work with (headers plus a useful message).
+pub const MIN_DATAGRAM: usize = 512;
+
 /// Everything the engine needs to start; no field is read from the environment.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -93,6 +96,21 @@ impl EngineConfig {
             #[cfg(feature = "bug-injection")]
             bugs: Bugs::default(),
         }
+    }
+
+    /// The configuration with every interval at least 1 ms and room for a
+    /// message in a datagram, so no setting can make the engine spin or
+    /// refuse everything. [`Engine::new`](super::Engine::new) applies it.
+    pub fn sanitized(mut self) -> Self {
+        const MIN: Duration = Duration::from_millis(1);
+        self.heartbeat_interval = self.heartbeat_interval.max(MIN);
+        self.view_retry = self.view_retry.max(MIN);
+        self.nak_backoff_initial = self.nak_backoff_initial.max(MIN);
+        self.nak_backoff_max = self.nak_backoff_max.max(self.nak_backoff_initial);
+        self.max_datagram = self.max_datagram.max(MIN_DATAGRAM);
+        self.send_window = self.send_window.max(1);
+        self.max_receive_ahead = self.max_receive_ahead.max(1);
+        self
     }
 
     pub(crate) fn bugs(&self) -> Bugs {

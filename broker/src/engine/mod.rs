@@ -157,6 +157,7 @@ impl Engine {
     /// [`EngineConfig::discovery_timeout`] and joins it, or forms a view of
     /// its own; [`Event::ViewInstalled`] tells when it is in one.
     pub fn new(config: EngineConfig, now: Instant) -> Self {
+        let config = config.sanitized();
         let me = Origin {
             node: config.node,
             incarnation: config.incarnation,
