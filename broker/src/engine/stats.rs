@@ -15,7 +15,7 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Datagrams handed to the driver for sending.
     pub datagrams_sent: u64,
-    /// Datagrams handed to the engine by the driver.
+    /// Datagrams handed to the engine by the driver (our own looped-back ones included).
     pub datagrams_received: u64,
     /// Bytes of the datagrams sent.
     pub bytes_sent: u64,
