@@ -174,3 +174,21 @@ fn a_broker_joins_while_the_coordinator_leaves() {
         assert_ok(&sim.run());
     }
 }
+
+#[test]
+fn a_join_completes_across_a_temporary_partition() {
+    for seed in seeds() {
+        let mut c = lossy(seed, 3, loss(0.1));
+        // Slot 2 is cut off (one way on odd seeds) while slot 3 joins.
+        let side = std::collections::BTreeSet::from([2]);
+        c.faults
+            .partitions
+            .push((ms(100), ms(400), side, seed % 2 == 1));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        let joiner = sim.add_slot();
+        sim.plan_traffic(ms(5), &[0, 1, 2, joiner]);
+        sim.schedule(ms(200), Action::Start(joiner));
+        assert_ok(&sim.run());
+    }
+}
