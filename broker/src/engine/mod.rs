@@ -8,9 +8,9 @@
 //! simulator drive the same engine.
 //!
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
-//! [`membership`] (agreed views: discovery, join, flush, install, leave),
-//! [`reliability`] (per-origin streams, NAKs, repairs, stability, flow
-//! control) and [`delivery`] (one layer per ordering; FIFO today).
+//! `membership` (agreed views: discovery, join, flush, install, leave),
+//! `reliability` (per-origin streams, NAKs, repairs, stability, flow
+//! control) and `delivery` (one layer per ordering; FIFO today).
 
 mod config;
 mod delivery;
