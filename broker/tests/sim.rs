@@ -58,3 +58,48 @@ fn replay() {
         replay_command(seed)
     );
 }
+
+#[test]
+fn a_seed_replays_exactly() {
+    // Same seed, same run: every counter and fault count identical.
+    for seed in [5, 11, 17] {
+        let a = run_seed(seed);
+        let b = run_seed(seed);
+        assert_eq!(a.render(), b.render());
+        assert_eq!(format!("{:?}", a.totals), format!("{:?}", b.totals));
+    }
+}
+
+/// Engine throughput on one core, simulator included (not a timed
+/// assertion): `cargo test --release -p ordo-broker --features sim --test sim
+/// -- --ignored throughput --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    use ordo_broker::sim::{Sim, SimConfig};
+    use std::time::Duration;
+    for loss in [0.0, 0.1] {
+        let mut c = SimConfig::basic(1, 3);
+        c.publishers_per_node = 1;
+        c.messages_per_publisher = 30_000;
+        c.traffic_span = Duration::from_secs(1);
+        c.retransmit_buffer_bytes = 64 << 20;
+        c.faults.loss = loss;
+        c.payload_size = Some(128);
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic(Duration::from_millis(1), &[0]);
+        let started = Instant::now();
+        let r = sim.run();
+        let wall = started.elapsed();
+        assert!(r.ok(), "{}", r.render());
+        println!(
+            "loss {:.0}%: {} deliveries of 128-byte messages in {:?} wall ({:.0}/s), {} datagrams",
+            loss * 100.0,
+            r.totals.messages_delivered,
+            wall,
+            r.totals.messages_delivered as f64 / wall.as_secs_f64(),
+            r.totals.datagrams_sent
+        );
+    }
+}

@@ -78,3 +78,12 @@ fn freeing_before_stability_is_reported_as_unrecoverable() {
     });
     assert_reported(&reports, "unrecoverable");
 }
+
+#[test]
+fn delivering_safe_messages_early_is_reported() {
+    let reports = with_bug(Bugs {
+        early_safe: true,
+        ..Bugs::default()
+    });
+    assert_reported(&reports, "does not hold");
+}

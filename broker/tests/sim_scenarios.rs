@@ -8,6 +8,21 @@ use std::time::Duration;
 
 use ordo_broker::sim::{Action, Sim, SimConfig, SimReport};
 
+/// Seeds per scenario; `ORDO_SIM_SCENARIO_SEEDS` raises it for soak runs.
+fn seeds() -> std::ops::Range<u64> {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let first = env("ORDO_SIM_SCENARIO_FIRST_SEED").unwrap_or(0);
+    first..first + env("ORDO_SIM_SCENARIO_SEEDS").unwrap_or(30)
+}
+
+/// Loss on every link; `ORDO_SIM_SCENARIO_LOSS` overrides it.
+fn loss(default: f64) -> f64 {
+    std::env::var("ORDO_SIM_SCENARIO_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -16,7 +31,18 @@ fn lossy(seed: u64, nodes: usize, loss: f64) -> SimConfig {
     let mut c = SimConfig::basic(seed, nodes);
     c.faults.loss = loss;
     c.faults.jitter = Duration::from_micros(500);
+    c.faults.duplicate = 0.03;
     c
+}
+
+/// Runs until `done` holds, for at most 20 s of virtual time (slow under heavy loss).
+fn run_until(sim: &mut Sim, done: impl Fn(&Sim) -> bool) {
+    for _ in 0..200 {
+        if done(sim) {
+            return;
+        }
+        sim.run_for(ms(100));
+    }
 }
 
 fn assert_ok(r: &SimReport) {
@@ -26,8 +52,8 @@ fn assert_ok(r: &SimReport) {
 
 #[test]
 fn a_broker_joins_during_traffic() {
-    for seed in 0..8 {
-        let mut sim = Sim::new(lossy(seed, 3, 0.1));
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.25)));
         assert!(sim.form_group());
         let joiner = sim.add_slot();
         sim.plan_traffic(ms(5), &[0, 1, 2, joiner]);
@@ -42,8 +68,8 @@ fn a_broker_joins_during_traffic() {
 
 #[test]
 fn a_member_leaves_gracefully_during_traffic() {
-    for seed in 0..8 {
-        let mut sim = Sim::new(lossy(seed, 4, 0.1));
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 4, loss(0.25)));
         assert!(sim.form_group());
         // The leaver publishes only before it leaves; the others throughout.
         sim.plan_traffic_over(ms(5), ms(150), &[2]);
@@ -56,18 +82,19 @@ fn a_member_leaves_gracefully_during_traffic() {
 
 #[test]
 fn the_coordinator_leaves_and_the_next_member_takes_over() {
-    for seed in 0..8 {
-        let mut sim = Sim::new(lossy(seed, 3, 0.1));
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.25)));
         assert!(sim.form_group());
         let coordinator = sim.engine(0).unwrap().view().members[0];
         assert_eq!(Some(coordinator), sim.origins()[0]);
         sim.plan_traffic_over(ms(5), ms(150), &[0]);
         sim.plan_traffic(ms(5), &[1, 2]);
         sim.schedule(ms(250), Action::Leave(0));
-        sim.run_for(ms(2000));
+        run_until(&mut sim, |sim| sim.engine(0).is_none());
         assert!(
             sim.engine(0).is_none(),
-            "seed {seed}: the coordinator never left"
+            "seed {seed}: the coordinator never left: {}",
+            sim.views_summary()
         );
         let view = sim.engine(1).unwrap().view().clone();
         assert_eq!(view.members.len(), 2);
@@ -78,10 +105,12 @@ fn the_coordinator_leaves_and_the_next_member_takes_over() {
 
 #[test]
 fn brokers_started_together_converge_to_one_view() {
-    for seed in 0..20 {
+    for seed in seeds() {
         let nodes = 2 + (seed as usize % 5);
-        let mut c = lossy(seed, nodes, 0.05);
+        let mut c = lossy(seed, nodes, loss(0.05).min(0.1));
         c.messages_per_publisher = 10;
+        // Too little traffic to be sure a duplicate happens.
+        c.faults.duplicate = 0.0;
         let mut sim = Sim::new(c);
         // Loss during discovery too.
         sim.faults_from_now();
@@ -94,8 +123,8 @@ fn brokers_started_together_converge_to_one_view() {
 
 #[test]
 fn a_restarted_broker_is_a_new_sender() {
-    for seed in 0..8 {
-        let mut sim = Sim::new(lossy(seed, 3, 0.05));
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.05)));
         assert!(sim.form_group());
         let old = sim.origins()[2].unwrap();
         // Slot 2 publishes before its crash, then its next incarnation publishes
@@ -108,10 +137,58 @@ fn a_restarted_broker_is_a_new_sender() {
         assert_eq!(new.node, old.node);
         assert!(new.incarnation > old.incarnation);
         sim.plan_traffic_over(ms(600), ms(200), &[2]);
-        sim.run_for(ms(1500));
+        run_until(&mut sim, |sim| {
+            sim.engine(0)
+                .is_some_and(|e| e.in_view() && e.view().members.contains(&new))
+        });
         let view = sim.engine(0).unwrap().view().clone();
         assert!(view.members.contains(&new), "seed {seed}: {view:?}");
         assert!(!view.members.contains(&old), "seed {seed}: {view:?}");
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_broker_joins_while_the_coordinator_leaves() {
+    for seed in seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.1)));
+        assert!(sim.form_group());
+        let joiner = sim.add_slot();
+        sim.plan_traffic(ms(5), &[1, 2]);
+        // The joiner may still be asking the old coordinator when it is gone.
+        sim.schedule(ms(100), Action::Start(joiner));
+        sim.schedule(ms(100 + seed % 300), Action::Leave(0));
+        run_until(&mut sim, |sim| {
+            sim.engine(0).is_none()
+                && sim
+                    .engine(joiner)
+                    .is_some_and(|e| e.in_view() && e.view().members.len() == 3)
+        });
+        let view = sim.engine(joiner).unwrap().view().clone();
+        assert_eq!(
+            view.members.len(),
+            3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_join_completes_across_a_temporary_partition() {
+    for seed in seeds() {
+        let mut c = lossy(seed, 3, loss(0.1));
+        // Slot 2 is cut off (one way on odd seeds) while slot 3 joins.
+        let side = std::collections::BTreeSet::from([2]);
+        c.faults
+            .partitions
+            .push((ms(100), ms(400), side, seed % 2 == 1));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        let joiner = sim.add_slot();
+        sim.plan_traffic(ms(5), &[0, 1, 2, joiner]);
+        sim.schedule(ms(200), Action::Start(joiner));
         assert_ok(&sim.run());
     }
 }

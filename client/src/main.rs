@@ -1,3 +1,82 @@
-//! `ordo`: the command-line tool.
+//! `ordo`: the command-line tool for Ordo (DESIGN.md "Command-line contract").
+//!
+//! Exit codes: 0 success, 2 usage (clap), 3 cannot connect, 4 refused by the
+//! broker, 5 disconnected, 6 timeout, 1 anything else.
 
-fn main() {}
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Publish, subscribe and inspect an Ordo cluster.
+#[derive(Debug, Parser)]
+#[command(name = "ordo", version, propagate_version = true)]
+struct Cli {
+    /// The broker to talk to (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_SERVER",
+        default_value = "127.0.0.1:7411"
+    )]
+    server: String,
+
+    /// Token the broker requires, if any.
+    #[arg(long, global = true, env = "ORDO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Declare and list topics.
+    #[command(subcommand)]
+    Topic(cmd::topic::TopicCommand),
+    // Help text avoids the literal placeholder: clap renders it as a line break.
+    /// Publish messages: MESSAGE --count N times (n in curly braces becomes 1..N), or one per stdin line.
+    Pub(cmd::publish::PubArgs),
+    /// Subscribe to a pattern and print messages as they arrive.
+    Sub(cmd::subscribe::SubArgs),
+    /// Show the current view: id, members, coordinator, sequencer.
+    Cluster(cmd::cluster::ClusterArgs),
+    // `bench` (load generator with latency percentiles) comes with its own issue.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ordo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conn = cmd::Connection {
+        server: cli.server,
+        token: cli.token,
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Topic(c) => cmd::topic::run(&conn, c).await,
+            Command::Pub(a) => cmd::publish::run(&conn, a).await,
+            Command::Sub(a) => cmd::subscribe::run(&conn, a).await,
+            Command::Cluster(a) => cmd::cluster::run(&conn, a).await,
+        }
+    });
+    // A stdin reader may still be blocked in read(); do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, text) = cmd::describe(&e);
+            eprintln!("ordo: {text}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -8,10 +8,11 @@
 //! simulator drive the same engine.
 //!
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
-//! [`membership`] (agreed views: discovery, join, flush, install, leave),
-//! [`reliability`] (per-origin streams, NAKs, repairs, stability, flow
-//! control) and [`delivery`] (one layer per ordering; FIFO today).
+//! `membership` (agreed views: discovery, join, flush, install, leave),
+//! `reliability` (per-origin streams, NAKs, repairs, stability, flow
+//! control) and `delivery` (one layer per ordering; FIFO today).
 
+mod config;
 mod delivery;
 mod membership;
 mod reliability;
@@ -21,133 +22,23 @@ mod topics;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ordo_wire::group::{
     Body, ClusterId, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header, Stable,
     DATA_FRAME_OVERHEAD,
 };
-use ordo_wire::{
-    CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId, WireError,
-};
+use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq, ViewId, WireError};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
+pub use config::{Bugs, EngineConfig};
 use membership::Membership;
-use reliability::{Received, RelConfig, Reliability};
+use reliability::{Received, Reliability};
 pub use stats::Stats;
 use timer::{Timer, TimerTable};
 use topics::TopicCache;
-
-/// Everything the engine needs to start; no field is read from the environment.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub node: NodeId,
-    pub incarnation: Incarnation,
-    /// Cluster name; frames of other clusters are dropped and counted.
-    pub cluster: String,
-    /// Seeds every random choice (NAK backoff, jitter).
-    pub seed: u64,
-    /// Largest datagram the engine emits, headers included.
-    pub max_datagram: usize,
-    /// Bound on the retransmit buffer, in payload bytes. Our own unstable
-    /// messages may take at most half of it (flow control).
-    pub retransmit_buffer_bytes: usize,
-    /// Interval between heartbeats (which carry the digest).
-    pub heartbeat_interval: Duration,
-    /// How long a starting engine listens for an existing group before
-    /// forming a view of its own. Zero: form one at once.
-    pub discovery_timeout: Duration,
-    /// Retry interval of membership messages (join, leave, propose, install).
-    pub view_retry: Duration,
-    /// Upper bound of the random delay before the first NAK of a gap.
-    pub nak_delay_max: Duration,
-    /// Wait before asking again for an unanswered gap; doubles each time.
-    pub nak_backoff_initial: Duration,
-    /// Ceiling of the NAK backoff.
-    pub nak_backoff_max: Duration,
-    /// NAKs per second at most (token bucket), and the burst allowed.
-    pub nak_rate_per_sec: u32,
-    pub nak_burst: u32,
-    /// A member that holds another origin's message repairs it after a
-    /// random delay in `[repair_delay, 2 * repair_delay]`, unless someone
-    /// repaired it first; the origin repairs at once.
-    pub repair_delay: Duration,
-    /// Delay that coalesces prompt acknowledgements (digests answering data).
-    pub ack_delay: Duration,
-    /// Most own messages (fragments count one each) not yet stable.
-    pub send_window: usize,
-    /// Messages further than this beyond the contiguous prefix are dropped.
-    pub max_receive_ahead: u64,
-    /// Planted bugs for the simulator's self-tests; all off by default.
-    #[cfg(feature = "bug-injection")]
-    pub bugs: Bugs,
-}
-
-/// Bugs the tests plant to prove the simulator catches them. Only settable
-/// with the `bug-injection` feature; always off otherwise.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Bugs {
-    /// Build repairs but never send them.
-    pub drop_retransmissions: bool,
-    /// Swap each pair of consecutive deliveries of an origin.
-    pub reorder_delivery: bool,
-    /// Ask for a gap once and never again.
-    pub forget_nak: bool,
-    /// Free our own messages as soon as they are sent, before every member has them.
-    pub premature_free: bool,
-}
-
-impl EngineConfig {
-    /// Defaults suited to loopback and a LAN.
-    pub fn new(node: NodeId, incarnation: Incarnation, cluster: impl Into<String>) -> Self {
-        EngineConfig {
-            node,
-            incarnation,
-            cluster: cluster.into(),
-            seed: u64::from(node.0) ^ incarnation.0,
-            max_datagram: 8192,
-            retransmit_buffer_bytes: 64 * 1024 * 1024,
-            heartbeat_interval: Duration::from_millis(100),
-            discovery_timeout: Duration::from_millis(300),
-            view_retry: Duration::from_millis(50),
-            nak_delay_max: Duration::from_millis(5),
-            nak_backoff_initial: Duration::from_millis(20),
-            nak_backoff_max: Duration::from_secs(1),
-            nak_rate_per_sec: 2000,
-            nak_burst: 64,
-            repair_delay: Duration::from_millis(10),
-            ack_delay: Duration::from_millis(1),
-            send_window: 64 * 1024,
-            max_receive_ahead: 1 << 20,
-            #[cfg(feature = "bug-injection")]
-            bugs: Bugs::default(),
-        }
-    }
-
-    fn bugs(&self) -> Bugs {
-        #[cfg(feature = "bug-injection")]
-        return self.bugs;
-        #[cfg(not(feature = "bug-injection"))]
-        Bugs::default()
-    }
-
-    fn reliability(&self) -> RelConfig {
-        RelConfig {
-            limit: self.retransmit_buffer_bytes,
-            send_window: self.send_window,
-            nak_delay_max: self.nak_delay_max,
-            nak_backoff_initial: self.nak_backoff_initial,
-            nak_backoff_max: self.nak_backoff_max,
-            repair_delay: self.repair_delay,
-            nak_rate_per_sec: self.nak_rate_per_sec,
-            nak_burst: self.nak_burst,
-            max_ahead: self.max_receive_ahead,
-            bugs: self.bugs(),
-        }
-    }
-}
 
 /// Identifies a publish awaiting confirmation: the client connection and its request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,10 +71,13 @@ pub struct Delivered {
     pub ordering: Ordering,
     pub publisher: u64,
     pub origin: Origin,
+    /// The origin's sequence number for this message (of its first
+    /// fragment, for a message sent in fragments).
     pub seq: Seq,
     /// On causal topics, the context after this message; empty otherwise.
     pub context: CausalContext,
-    /// On total topics, the message's position in the topic's order.
+    /// On total topics, the message's position in the topic's order (the
+    /// total-order layers are a later issue: `None` until they exist).
     pub gseq: Option<GlobalSeq>,
     pub payload: Bytes,
     /// Copied from [`Publish::published_at_us`] at the origin.
@@ -248,6 +142,10 @@ pub struct Engine {
     transmit: VecDeque<Bytes>,
     timers: TimerTable,
     last_ack: Option<Instant>,
+    /// Our own messages waiting for every member to hold them (a `safe`
+    /// one and everything published after it), with their last sequence number.
+    local_pending: VecDeque<(Seq, Delivered)>,
+    newer_self_warned: bool,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -259,6 +157,7 @@ impl Engine {
     /// [`EngineConfig::discovery_timeout`] and joins it, or forms a view of
     /// its own; [`Event::ViewInstalled`] tells when it is in one.
     pub fn new(config: EngineConfig, now: Instant) -> Self {
+        let config = config.sanitized();
         let me = Origin {
             node: config.node,
             incarnation: config.incarnation,
@@ -288,6 +187,8 @@ impl Engine {
             timers: TimerTable::default(),
             last_ack: None,
             wanted: 0,
+            local_pending: VecDeque::new(),
+            newer_self_warned: false,
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ..Stats::default()
@@ -300,9 +201,10 @@ impl Engine {
     }
 
     /// Accepts a message from a local client. It is delivered locally at
-    /// once and multicast with the next [`Engine::poll_transmit`].
-    pub fn publish(&mut self, msg: Publish, now: Instant) -> Result<(), PublishError> {
-        let _ = now;
+    /// once (a `safe` one once every member holds it) and multicast with the
+    /// next [`Engine::poll_transmit`]; a message larger than a datagram is
+    /// split into fragments, each with its own sequence number.
+    pub fn publish(&mut self, msg: Publish, _now: Instant) -> Result<(), PublishError> {
         if self.membership.has_left() {
             return Err(PublishError::Unavailable(
                 "this broker left the group".into(),
@@ -311,6 +213,12 @@ impl Engine {
         if !self.sending_allowed() {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
+        }
+        if msg.topic.len() > usize::from(u16::MAX) {
+            return Err(PublishError::Unavailable(format!(
+                "topic of {} bytes is longer than the 65535 the protocol carries",
+                msg.topic.len()
+            )));
         }
         let topic = self.topics.bytes(&msg.topic);
         let len = msg.payload.len();
@@ -330,6 +238,7 @@ impl Engine {
         };
         let charge = len + units * topic.len();
         if charge > self.rel.own_limit() || u32::try_from(units).is_err() {
+            self.wanted = 0;
             return Err(PublishError::Unavailable(format!(
                 "a message of {len} bytes exceeds the send window of {} bytes",
                 self.rel.own_limit()
@@ -386,7 +295,7 @@ impl Engine {
         } else {
             CausalContext::new()
         };
-        self.push_delivery(Delivered {
+        let local = Delivered {
             topic: msg.topic,
             ordering: msg.ordering,
             publisher: msg.publisher,
@@ -396,7 +305,15 @@ impl Engine {
             gseq: None,
             payload: msg.payload,
             published_at_us: msg.published_at_us,
-        });
+        };
+        let early = self.config.bugs().early_safe;
+        if (msg.safe && !early) || !self.local_pending.is_empty() {
+            // Safe: delivered nowhere, here included, until every member holds it.
+            self.local_pending.push_back((self.rel.last_seq(), local));
+            self.deliver_local(false);
+        } else {
+            self.push_delivery(local);
+        }
         self.refresh_gauges();
         Ok(())
     }
@@ -404,7 +321,10 @@ impl Engine {
     /// Whether [`Engine::publish`] would accept a message now: a small one,
     /// or after a refusal, one as large as the message refused.
     pub fn can_publish(&self) -> bool {
-        self.sending_allowed() && self.rel.window_open(self.wanted.max(1))
+        // Capped by the window: a message that can never fit (the view grew
+        // and the window shrank) is let through to be refused as unavailable.
+        let need = self.wanted.clamp(1, self.rel.own_limit().max(1));
+        self.sending_allowed() && self.rel.window_open(need)
     }
 
     /// A datagram arrived from the group (copied once; see
@@ -435,7 +355,9 @@ impl Engine {
             return;
         }
         if h.sender.node == self.me.node {
-            if h.sender.incarnation > self.me.incarnation {
+            if h.sender.incarnation > self.me.incarnation && !self.newer_self_warned {
+                // Two brokers configured with one node id, or we were replaced.
+                self.newer_self_warned = true;
                 tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
             }
             self.stats.dropped_stale_incarnation += 1;
@@ -578,6 +500,7 @@ impl Engine {
             }
             return;
         }
+        let had_gap = self.rel.has_gap(origin);
         let mut progressed = false;
         for m in d.msgs {
             if repair {
@@ -594,7 +517,13 @@ impl Engine {
         if progressed {
             self.release(origin, now);
         }
-        if h.flags.contains(Flags::ACK_REQUESTED) || (progressed && self.membership.flushing()) {
+        // A prompt digest when asked, when a gap closed (the others wait for
+        // it to free buffers and confirm), and on any progress during a flush.
+        let gap_closed = had_gap && !self.rel.has_gap(origin);
+        if h.flags.contains(Flags::ACK_REQUESTED)
+            || gap_closed
+            || (progressed && self.membership.flushing())
+        {
             self.schedule_ack(now);
         }
     }
@@ -605,7 +534,7 @@ impl Engine {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
-            self.on_foreign_view(h.sender, h.view, d.coordinator, now);
+            self.on_foreign_view(h.view, d.coordinator, now);
         }
     }
 
@@ -658,22 +587,43 @@ impl Engine {
 
     /// Delivers `origin`'s newly contiguous messages.
     fn release(&mut self, origin: Origin, now: Instant) {
-        let delivery = &mut self.delivery;
-        let topics = &mut self.topics;
-        let events = &mut self.events;
-        let stats = &mut self.stats;
+        let (delivery, topics, events, stats) = (
+            &mut self.delivery,
+            &mut self.topics,
+            &mut self.events,
+            &mut self.stats,
+        );
         self.rel.release(origin, now, &mut self.rng, |m| {
-            match delivery.accept(origin, m, topics, events) {
-                Ok(n) => {
-                    stats.delivered += n as u64;
-                    stats.messages_delivered += n as u64;
-                }
-                Err(e) => {
-                    stats.dropped_malformed += 1;
-                    tracing::warn!(%origin, error = %e, "origin broke fragmentation");
-                }
-            }
+            deliver_remote(delivery, topics, events, stats, origin, m);
         });
+    }
+
+    /// Delivers `origin`'s messages that were waiting (safe ones, until
+    /// stable; with `flushed`, everything up to it).
+    fn deliver_waiting(&mut self, origin: Origin, flushed: Seq) {
+        let (delivery, topics, events, stats) = (
+            &mut self.delivery,
+            &mut self.topics,
+            &mut self.events,
+            &mut self.stats,
+        );
+        self.rel.deliver_ready(origin, flushed, |m| {
+            deliver_remote(delivery, topics, events, stats, origin, m);
+        });
+    }
+
+    /// Delivers our own messages waiting for stability (safe ones and those
+    /// published after them); with `all`, every one (a flush completed).
+    fn deliver_local(&mut self, all: bool) {
+        let stable = self.rel.stable_point(self.me);
+        while let Some((last, _)) = self.local_pending.front() {
+            if !all && *last > stable {
+                break;
+            }
+            if let Some((_, d)) = self.local_pending.pop_front() {
+                self.push_delivery(d);
+            }
+        }
     }
 
     fn push_delivery(&mut self, d: Delivered) {
@@ -685,6 +635,10 @@ impl Engine {
     /// Stability, confirmations, view-change progress and gauges after any input.
     fn after_input(&mut self, now: Instant) {
         if self.in_view {
+            for origin in self.rel.waiting_origins() {
+                self.deliver_waiting(origin, Seq(0));
+            }
+            self.deliver_local(false);
             let done = if self.view.members.len() == 1 {
                 self.rel.advance_stability(&mut self.stats);
                 self.rel.confirm_all()
@@ -700,7 +654,6 @@ impl Engine {
     fn refresh_gauges(&mut self) {
         self.stats.retransmit_buffer_bytes = self.rel.held_bytes() as u64;
         self.stats.unstable_own_bytes = self.rel.own_unstable_bytes() as u64;
-        self.stats.out_of_order_messages = self.rel.out_of_order() as u64;
         self.stats.reassembly_bytes = self.delivery.reassembly_bytes() as u64;
     }
 
@@ -769,6 +722,8 @@ impl Engine {
         }
         self.last_ack = Some(now);
         self.stats.heartbeats_sent += 1;
+        // Counting costs a walk over the buffers: refreshed per heartbeat.
+        self.stats.out_of_order_messages = self.rel.out_of_order() as u64;
         let coordinator = self.membership.coordinator(&self.view).unwrap_or(self.me);
         self.send(
             Flags::default(),
@@ -807,6 +762,27 @@ impl Engine {
     #[cfg(feature = "sim")]
     pub fn has_gaps(&self) -> bool {
         self.rel.has_gaps()
+    }
+}
+
+/// Hands one message of `origin`'s stream to the delivery layers.
+fn deliver_remote(
+    delivery: &mut delivery::Delivery,
+    topics: &mut TopicCache,
+    events: &mut VecDeque<Event>,
+    stats: &mut Stats,
+    origin: Origin,
+    m: DataMsg,
+) {
+    match delivery.accept(origin, m, topics, events) {
+        Ok(n) => {
+            stats.delivered += n as u64;
+            stats.messages_delivered += n as u64;
+        }
+        Err(e) => {
+            stats.dropped_malformed += 1;
+            tracing::warn!(%origin, error = %e, "origin broke fragmentation");
+        }
     }
 }
 

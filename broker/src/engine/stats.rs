@@ -15,7 +15,7 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Datagrams handed to the driver for sending.
     pub datagrams_sent: u64,
-    /// Datagrams handed to the engine by the driver.
+    /// Datagrams handed to the engine by the driver (our own looped-back ones included).
     pub datagrams_received: u64,
     /// Bytes of the datagrams sent.
     pub bytes_sent: u64,
@@ -77,7 +77,8 @@ pub struct Stats {
     pub retransmit_buffer_limit: u64,
     /// Gauge: bytes of our own messages not yet stable (flow-controlled).
     pub unstable_own_bytes: u64,
-    /// Gauge: received messages waiting for an earlier one (out of order).
+    /// Gauge: received messages waiting for an earlier one (out of order);
+    /// refreshed with each heartbeat.
     pub out_of_order_messages: u64,
     /// Gauge: bytes of fragments waiting for the rest of their message.
     pub reassembly_bytes: u64,

@@ -313,8 +313,21 @@ fn bad_datagrams_are_counted_and_dropped() {
         incarnation: Incarnation(0),
     };
     e.handle_datagram(&frame("unit", stale).encode(), now);
+    let header = Header {
+        flags: Flags::default(),
+        cluster: ClusterId::from_name("unit"),
+        sender: other,
+        view: ViewId(9),
+    };
+    let reserved = ordo_wire::group::kind::ISIS_PROPOSAL;
+    e.handle_datagram(&ordo_wire::group::encode_raw(reserved, &header, &[]), now);
+    let mut old_version = frame("unit", other).encode().to_vec();
+    old_version[2] = 0;
+    // Recompute nothing: a changed version byte must still fail as a checksum error.
+    e.handle_datagram(&old_version, now);
     let s = e.stats();
-    assert_eq!(s.dropped_checksum, 1);
+    assert_eq!(s.dropped_unknown_kind, 1);
+    assert_eq!(s.dropped_checksum, 2);
     assert_eq!(s.dropped_foreign_cluster, 1);
     assert_eq!(s.dropped_malformed, 1);
     assert_eq!(s.dropped_stale_incarnation, 1);

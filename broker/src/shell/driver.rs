@@ -677,11 +677,6 @@ impl Driver {
             }
         }
     }
-
-    /// How many connections the driver serves (for tests and logs).
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
 }
 
 /// What of a topic's guarantee the engine does not provide yet, if anything.

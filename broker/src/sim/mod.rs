@@ -4,6 +4,19 @@
 //!
 //! [`run_seed`] is the randomized run `cargo test` repeats over hundreds of
 //! seeds; [`Sim`] is the harness scenario tests script directly.
+//!
+//! ```text
+//! cargo test -p ordo-broker --features sim                        # 500 seeds + scenarios + planted bugs
+//! ORDO_SIM_SEEDS=100000 cargo test -p ordo-broker --features sim --test sim -- many_seeds --nocapture
+//! ORDO_SIM_SEED=1234 cargo test -p ordo-broker --features sim --test sim -- replay --nocapture
+//! ORDO_SIM_SCENARIO_SEEDS=300 ORDO_SIM_SCENARIO_LOSS=0.3 cargo test -p ordo-broker --features sim --test sim_scenarios
+//! ```
+//!
+//! Checked on every run: no loss, no duplicates, FIFO per publisher, the
+//! virtual-synchrony delivery sets (see [`check`]), safe messages delivered
+//! only once every member holds them, every buffer within its bound at every
+//! step, no datagram above the maximum, retransmit buffers drained once
+//! traffic stops, every member in one view, every planned fault fired.
 
 pub mod check;
 pub mod net;
@@ -56,6 +69,8 @@ pub struct SimConfig {
     pub retransmit_buffer_bytes: usize,
     pub base_latency: Duration,
     pub faults: FaultPlan,
+    /// Every payload this size (bytes) instead of random sizes.
+    pub payload_size: Option<usize>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -76,6 +91,7 @@ impl SimConfig {
             retransmit_buffer_bytes: 256 * 1024,
             base_latency: Duration::from_micros(200),
             faults: FaultPlan::default(),
+            payload_size: None,
             deadline: Duration::from_secs(120),
             #[cfg(feature = "bug-injection")]
             bugs: crate::engine::Bugs::default(),
@@ -89,8 +105,8 @@ impl SimConfig {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_0bd0);
         let nodes = rng.gen_range(3..=5);
         let mut cfg = SimConfig::basic(seed, nodes);
-        cfg.messages_per_publisher = rng.gen_range(30..=60);
-        cfg.retransmit_buffer_bytes = [16 * 1024, 48 * 1024, 4 << 20][rng.gen_range(0..3)];
+        cfg.messages_per_publisher = rng.gen_range(40..=70);
+        cfg.retransmit_buffer_bytes = [48 * 1024, 96 * 1024, 4 << 20][rng.gen_range(0..3)];
         let loss = [0.0, 0.03, 0.05, 0.1, 0.2, 0.3][(seed % 6) as usize];
         let f = &mut cfg.faults;
         f.loss = loss;
@@ -167,7 +183,7 @@ impl SimReport {
         let t = &self.totals;
         let _ = writeln!(
             s,
-            "  virtual {:?}: published {} delivered {} datagrams {} naks {} (suppressed {}) retransmissions {} gaps {}/{} stalls {} views {}",
+            "  virtual {:?}: published {} delivered {} datagrams {} naks {} (suppressed {}) retransmissions {} (suppressed {}) duplicates {} gaps {}/{} stalls {} views {}",
             self.elapsed,
             t.messages_published,
             t.messages_delivered,
@@ -175,6 +191,8 @@ impl SimReport {
             t.naks_sent,
             t.naks_suppressed,
             t.retransmissions_sent,
+            t.retransmissions_suppressed,
+            t.duplicates,
             t.gaps_repaired,
             t.gaps_detected,
             t.flow_control_stalls,
@@ -351,7 +369,7 @@ impl Sim {
                 publishers.push((slot, self.publisher_ids));
             }
         }
-        let plan = workload::plan(
+        let mut plan = workload::plan(
             &mut self.rng,
             self.now + after,
             span,
@@ -359,6 +377,9 @@ impl Sim {
             self.cfg.messages_per_publisher,
             self.cfg.max_datagram,
         );
+        if let Some(size) = self.cfg.payload_size {
+            plan.iter_mut().for_each(|p| p.size = size);
+        }
         let mut all: Vec<PlannedPublish> = self.plan.drain(..).chain(plan).collect();
         all.sort_by_key(|p| (p.at, p.publisher, p.index));
         self.plan = all.into();
@@ -492,7 +513,8 @@ impl Sim {
                 let msg = Publish {
                     topic: "sim.topic".into(),
                     ordering: Ordering::Fifo,
-                    safe: false,
+                    // Every third publisher publishes `safe` messages.
+                    safe: publisher % 3 == 0,
                     publisher,
                     context: Default::default(),
                     payload: workload::payload(publisher, p.index, p.size),
@@ -541,9 +563,17 @@ impl Sim {
             return;
         };
         while let Some(d) = e.poll_transmit() {
+            if d.len() > self.cfg.max_datagram {
+                self.violations.push(format!(
+                    "slot {i} sent a {}-byte datagram, above the {}-byte maximum",
+                    d.len(),
+                    self.cfg.max_datagram
+                ));
+            }
             self.net
                 .send(i, live.iter().copied(), &d, now, &mut self.rng);
         }
+        let mut safe = Vec::new();
         while let Some(ev) = e.poll_event() {
             let Some(rec) = self.lives.get_mut(life) else {
                 continue;
@@ -555,6 +585,9 @@ impl Sim {
                             .entry(tag.publisher)
                             .or_default()
                             .push(tag.index);
+                        if tag.publisher % 3 == 0 {
+                            safe.push((d.origin, d.seq, e.view().id));
+                        }
                     }
                     _ => self.violations.push(format!(
                         "slot {i} delivered a corrupted payload ({} bytes) from {}",
@@ -581,12 +614,38 @@ impl Sim {
             slot.engine = None;
             slot.leaving = false;
         }
+        // A safe message is delivered nowhere until every member holds it.
+        for (origin, seq, view) in safe {
+            for (j, other) in self.slots.iter().enumerate() {
+                let Some(o) = &other.engine else { continue };
+                if !o.in_view() || o.view().id != view {
+                    continue;
+                }
+                let has = o
+                    .digest_for_tests()
+                    .get(&origin)
+                    .copied()
+                    .unwrap_or_default();
+                if has < seq {
+                    self.violations.push(format!(
+                        "slot {i} delivered safe message {origin}/{seq} that slot {j} does not hold (it has up to {has})"
+                    ));
+                }
+            }
+        }
     }
 
     fn act(&mut self, a: Action) {
         match a {
             Action::Start(s) => self.start_slot(s),
             Action::Leave(s) => {
+                // Publishes still waiting at a leaving broker are never
+                // accepted (their clients get an error), so nobody expects them.
+                self.plan.retain(|p| p.node != s);
+                for q in self.blocked.values_mut() {
+                    q.retain(|p| p.node != s);
+                }
+                self.blocked.retain(|_, q| !q.is_empty());
                 let now = self.now;
                 if let Some(slot) = self.slots.get_mut(s) {
                     if let Some(e) = slot.engine.as_mut() {
@@ -733,7 +792,8 @@ impl Sim {
         check::deliveries(&self.lives, &self.published).is_empty()
     }
 
-    fn views_summary(&self) -> String {
+    /// Each engine's identity and view, for debugging a scenario.
+    pub fn views_summary(&self) -> String {
         let mut s = String::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(e) = &slot.engine {
@@ -834,6 +894,9 @@ fn add_stats(t: &mut Stats, s: &Stats) {
     t.dropped_checksum += s.dropped_checksum;
     t.unrecoverable += s.unrecoverable;
     t.fragments += s.fragments;
+    t.duplicates += s.duplicates;
+    t.retransmissions_suppressed += s.retransmissions_suppressed;
+    t.naks_received += s.naks_received;
 }
 
 /// The randomized run of one seed: form a group, publish, check.

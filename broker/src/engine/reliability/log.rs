@@ -33,8 +33,11 @@ pub(crate) struct NakState {
 #[derive(Debug, Clone)]
 pub(crate) struct OriginLog {
     pub(crate) msgs: BTreeMap<Seq, Held>,
-    /// Every message up to this one was received (and handed to delivery).
+    /// Every message up to this one was received.
     pub(crate) contiguous: Seq,
+    /// Every message up to this one was handed to delivery; it trails
+    /// `contiguous` while a `safe` message waits for every member to hold it.
+    pub(crate) delivered: Seq,
     /// The highest sequence number known to exist.
     pub(crate) highest: Seq,
     /// Everything up to this one is stable and no longer held.
@@ -50,6 +53,7 @@ impl OriginLog {
         OriginLog {
             msgs: BTreeMap::new(),
             contiguous: start,
+            delivered: start,
             highest: start,
             stable: start,
             bytes: 0,

@@ -10,18 +10,24 @@
 //! rate-capped. The origin repairs at once; other holders repair after a
 //! random delay unless they see someone else's repair first.
 //!
-//! The retransmit buffer is bounded in bytes. Our own messages are kept until
-//! stable (every member's digest shows them) and admitted by flow control to
-//! at most half the bound; others' messages are kept for repair only while
-//! room remains and are evicted first, so receiving can always progress.
+//! The retransmit buffer is bounded in bytes. Each origin's unstable
+//! messages are held to a window of `limit / (2 * members)` by flow control
+//! at the origin. A member must keep what it has not delivered yet (safe
+//! messages wait for stability); everything truly unstable fits in half the
+//! buffer, so a member can always take the next message of every stream and
+//! no cycle of full buffers can form. Others' delivered messages are kept
+//! for repairs only while room remains, and out-of-order ones give way to a
+//! stream's next message, so receiving always progresses.
 
 mod log;
 mod nak;
+mod repair;
+mod stability;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ordo_wire::group::{DataFrameWriter, DataMsg, DigestEntry, Flags, Nak};
+use ordo_wire::group::{DataFrameWriter, DataMsg, Flags};
 use ordo_wire::{Origin, Seq};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -29,13 +35,7 @@ use rand::Rng;
 use super::{ConfirmToken, Stats};
 pub(crate) use log::{Held, OriginLog};
 use nak::NakPacer;
-
-/// Most ranges one NAK names.
-const MAX_NAK_RANGES: usize = 32;
-/// Most sequence numbers acted on per NAK received.
-const MAX_REPAIR_PER_NAK: u64 = 1024;
-/// Most repairs waiting at once.
-const MAX_PENDING_REPAIRS: usize = 16 * 1024;
+use repair::RepairQueue;
 
 /// The reliability knobs, copied from the engine's configuration.
 #[derive(Debug, Clone)]
@@ -72,14 +72,12 @@ pub(crate) struct Reliability {
     /// Each other member's latest digest: what it has of each origin.
     peers: BTreeMap<Origin, BTreeMap<Origin, Seq>>,
     held_bytes: usize,
+    /// Members in the view: each origin's window is a share of the buffer.
+    members: usize,
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
-    /// Pending repairs: when each is due, and whether it is forced (a
-    /// repair was already seen and the NAK persists, so seeing another one
-    /// does not cancel it: the receiver may hear us but not the origin).
-    repairs: BTreeMap<(Origin, Seq), (Instant, bool)>,
-    repair_queue: BTreeSet<(Instant, Origin, Seq)>,
+    repairs: RepairQueue,
     pacer: NakPacer,
 }
 
@@ -98,10 +96,10 @@ impl Reliability {
             logs,
             peers: BTreeMap::new(),
             held_bytes: 0,
+            members: 1,
             sent: last_seq,
             confirms: BTreeMap::new(),
-            repairs: BTreeMap::new(),
-            repair_queue: BTreeSet::new(),
+            repairs: RepairQueue::default(),
         }
     }
 
@@ -125,8 +123,7 @@ impl Reliability {
         for o in &gone {
             self.logs.remove(o);
         }
-        self.repairs.retain(|(o, _), _| members.contains(o));
-        self.repair_queue.retain(|(_, o, _)| members.contains(o));
+        self.repairs.retain_origins(members);
         for m in members {
             let cut = digest.get(m).copied().unwrap_or_default();
             let log = self
@@ -137,9 +134,16 @@ impl Reliability {
                 log.highest = cut;
             }
             if log.contiguous >= cut {
-                log.free_upto(cut);
+                // The caller delivered everything flushed before installing.
+                let upto = if *m == self.me {
+                    cut
+                } else {
+                    cut.min(log.delivered)
+                };
+                log.free_upto(upto);
             }
         }
+        self.members = members.len();
         self.peers.clear();
         for p in members.iter().filter(|p| **p != self.me) {
             self.peers.insert(
@@ -179,9 +183,9 @@ impl Reliability {
         self.logs.get(&self.me).map_or(0, |l| l.bytes)
     }
 
-    /// The bound flow control keeps our own unstable messages within.
+    /// The window flow control keeps our own unstable messages within.
     pub(crate) fn own_limit(&self) -> usize {
-        self.cfg.limit / 2
+        self.cfg.limit / (2 * self.members.max(1))
     }
 
     /// Makes room for `units` more own messages of `bytes` in all, if flow
@@ -323,20 +327,20 @@ impl Reliability {
         Received::New
     }
 
-    /// Hands `origin`'s newly contiguous messages to `deliver`, in order.
+    /// Extends `origin`'s contiguous prefix over what arrived and hands the
+    /// deliverable messages to `deliver`, in order (see [`Reliability::deliver_ready`]).
     pub(crate) fn release(
         &mut self,
         origin: Origin,
         now: Instant,
         rng: &mut SmallRng,
-        mut deliver: impl FnMut(DataMsg),
+        deliver: impl FnMut(DataMsg),
     ) {
         let initial = self.cfg.nak_backoff_initial;
         let Some(log) = self.logs.get_mut(&origin) else {
             return;
         };
-        while let Some(h) = log.msgs.get(&log.contiguous.next()) {
-            deliver(h.msg.clone());
+        while log.msgs.contains_key(&log.contiguous.next()) {
             log.contiguous = log.contiguous.next();
         }
         if log.contiguous > log.highest {
@@ -352,301 +356,48 @@ impl Reliability {
         } else if let Some(log) = self.logs.get_mut(&origin) {
             log.nak.due = None;
         }
+        self.deliver_ready(origin, Seq(0), deliver);
     }
 
-    /// Another member's digest: what it has, and what exists.
-    pub(crate) fn on_digest(
+    /// Hands `origin`'s received messages to `deliver` in order, stopping at
+    /// a `safe` message not yet held by every member (unless at or below
+    /// `flushed`: a completed flush proved every member holds those).
+    pub(crate) fn deliver_ready(
         &mut self,
-        from: Origin,
-        entries: &[DigestEntry],
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
+        origin: Origin,
+        flushed: Seq,
+        mut deliver: impl FnMut(DataMsg),
     ) {
-        let Some(peer) = self.peers.get_mut(&from) else {
+        if origin == self.me {
+            return;
+        }
+        let stable = self.stable_point(origin).max(flushed);
+        let Some(log) = self.logs.get_mut(&origin) else {
             return;
         };
-        for e in entries {
-            if let Some(have) = peer.get_mut(&e.origin) {
-                if e.contiguous > *have {
-                    *have = e.contiguous;
-                }
-            }
-        }
-        let mut gaps = Vec::new();
-        for e in entries {
-            if e.origin == self.me {
-                continue;
-            }
-            if let Some(log) = self.logs.get_mut(&e.origin) {
-                let known = e.highest.max(e.contiguous);
-                let cap = Seq(log.contiguous.0.saturating_add(self.cfg.max_ahead));
-                let known = known.min(cap);
-                if known > log.highest {
-                    stats.gaps_detected += known.0 - log.highest.0;
-                    log.highest = known;
-                    gaps.push(e.origin);
-                }
-            }
-        }
-        for o in gaps {
-            self.schedule_nak(o, now, rng);
-        }
-    }
-
-    /// Frees what every member has; returns the confirmations now due.
-    pub(crate) fn advance_stability(&mut self, stats: &mut Stats) -> Vec<ConfirmToken> {
-        let origins: Vec<Origin> = self.logs.keys().copied().collect();
-        for o in origins {
-            let point = self.stable_point(o);
-            if let Some(log) = self.logs.get_mut(&o) {
-                log.free_upto(point);
-            }
-        }
-        self.recount();
-        // Confirm once any other member has it (all members for `safe`).
-        let me = self.me;
-        let any = self
-            .peers
-            .values()
-            .filter_map(|p| p.get(&me).copied())
-            .max()
-            .unwrap_or_default();
-        let all = self.stable_point(me);
-        let mut done = Vec::new();
-        let ready: Vec<Seq> = self
-            .confirms
-            .range(..=any)
-            .filter(|(s, (_, safe))| !*safe || **s <= all)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in ready {
-            if let Some((t, _)) = self.confirms.remove(&s) {
-                done.push(t);
-            }
-        }
-        stats.retransmit_buffer_bytes = self.held_bytes as u64;
-        done
-    }
-
-    /// Confirms everything waiting (alone in the view).
-    pub(crate) fn confirm_all(&mut self) -> Vec<ConfirmToken> {
-        std::mem::take(&mut self.confirms)
-            .into_values()
-            .map(|(t, _)| t)
-            .collect()
-    }
-
-    /// What every member has of `origin`.
-    pub(crate) fn stable_point(&self, origin: Origin) -> Seq {
-        let Some(log) = self.logs.get(&origin) else {
-            return Seq(0);
-        };
-        if origin == self.me && self.cfg.bugs.premature_free {
-            // Planted bug: trust that whatever was sent arrived.
-            return self.sent;
-        }
-        self.peers
-            .values()
-            .map(|p| p.get(&origin).copied().unwrap_or_default())
-            .fold(log.contiguous, Seq::min)
-    }
-
-    // ----- NAKs -----
-
-    fn schedule_nak(&mut self, origin: Origin, now: Instant, rng: &mut SmallRng) {
-        let max = self.cfg.nak_delay_max;
-        if let Some(log) = self.logs.get_mut(&origin) {
-            if log.nak.due.is_none() && log.has_gap() {
-                let delay = random_upto(rng, max);
-                log.nak.due = Some(now + delay);
-            }
-        }
-    }
-
-    /// NAKs due at `now`, each with its origin.
-    pub(crate) fn due_naks(
-        &mut self,
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
-    ) -> Vec<Nak> {
-        let mut out = Vec::new();
-        let max_backoff = self.cfg.nak_backoff_max;
-        let forget = self.cfg.bugs.forget_nak;
-        for (origin, log) in &mut self.logs {
-            if log.nak.due.is_none_or(|d| d > now) {
-                continue;
-            }
-            let mut ranges = log.missing(MAX_NAK_RANGES);
-            if forget {
-                // Planted bug: a gap asked for once is never asked for again.
-                let f = log.nak.head;
-                ranges.retain(|(_, b)| *b > f);
-            }
-            if ranges.is_empty() {
-                log.nak.due = None;
-                continue;
-            }
-            if let Err(at) = self.pacer.take(now) {
-                stats.naks_rate_limited += 1;
-                log.nak.due = Some(at);
-                continue;
-            }
-            let backoff = log.nak.backoff;
-            log.nak.due = Some(now + backoff + random_upto(rng, backoff / 2));
-            log.nak.backoff = (backoff * 2).min(max_backoff);
-            log.nak.head = if forget { log.highest } else { log.contiguous };
-            out.push(Nak {
-                origin: *origin,
-                ranges,
-            });
-        }
-        out
-    }
-
-    /// A NAK from another member. Schedules our repairs of what we hold,
-    /// suppresses our own identical NAK, and returns our stable point if
-    /// it asks for our own messages we already freed (they are gone).
-    pub(crate) fn on_nak(
-        &mut self,
-        nak: &Nak,
-        now: Instant,
-        rng: &mut SmallRng,
-        stats: &mut Stats,
-    ) -> Option<Seq> {
-        let mut gone = None;
-        let repair_delay = self.cfg.repair_delay;
-        let holdoff = self.cfg.nak_backoff_initial / 2;
-        let log = self.logs.get_mut(&nak.origin)?;
-        // Suppression: someone asked for everything we miss.
-        if nak.origin != self.me && log.nak.due.is_some() {
-            let mine = log.missing(MAX_NAK_RANGES);
-            let covered = mine
-                .iter()
-                .all(|(a, b)| nak.ranges.iter().any(|(x, y)| x <= a && b <= y));
-            if covered && !mine.is_empty() {
-                stats.naks_suppressed += 1;
-                let later = now + log.nak.backoff;
-                if log.nak.due.is_some_and(|d| d < later) {
-                    log.nak.due = Some(later);
-                }
-            }
-        }
-        let mut budget = MAX_REPAIR_PER_NAK;
-        let mut wanted: Vec<(Seq, bool)> = Vec::new();
-        for &(a, b) in &nak.ranges {
-            if a <= log.stable && nak.origin == self.me {
-                gone = Some(log.stable);
-            }
-            let from = a.max(log.stable.next());
-            let to = b.min(log.contiguous.max(log.highest));
-            let mut s = from;
-            while s <= to && budget > 0 {
-                budget -= 1;
-                if let Some(h) = log.msgs.get(&s) {
-                    if h.last_repair
-                        .is_none_or(|t| now.saturating_duration_since(t) >= holdoff)
-                    {
-                        wanted.push((s, h.last_repair.is_some()));
-                    }
-                }
-                s = s.next();
-            }
-        }
-        let origin = nak.origin;
-        for (s, force) in wanted {
-            if self.repairs.contains_key(&(origin, s)) || self.repairs.len() >= MAX_PENDING_REPAIRS
-            {
-                continue;
-            }
-            // The origin answers at once; other holders wait, in case it does.
-            let due = if origin == self.me {
-                now
-            } else {
-                now + repair_delay + random_upto(rng, repair_delay)
+        while log.delivered < log.contiguous {
+            let next = log.delivered.next();
+            let Some(h) = log.msgs.get(&next) else {
+                break;
             };
-            self.repairs.insert((origin, s), (due, force));
-            self.repair_queue.insert((due, origin, s));
-        }
-        gone
-    }
-
-    /// Someone sent `origin`'s message `seq`: ours to repair need not go out.
-    pub(crate) fn on_seen(&mut self, origin: Origin, seq: Seq, now: Instant, stats: &mut Stats) {
-        if let Some(&(due, false)) = self.repairs.get(&(origin, seq)) {
-            self.repairs.remove(&(origin, seq));
-            self.repair_queue.remove(&(due, origin, seq));
-            stats.retransmissions_suppressed += 1;
-        }
-        if let Some(h) = self
-            .logs
-            .get_mut(&origin)
-            .and_then(|l| l.msgs.get_mut(&seq))
-        {
-            h.last_repair = Some(now);
-        }
-    }
-
-    /// Repairs due at `now`, grouped by origin.
-    pub(crate) fn due_repairs(&mut self, now: Instant) -> BTreeMap<Origin, Vec<DataMsg>> {
-        let mut out: BTreeMap<Origin, Vec<DataMsg>> = BTreeMap::new();
-        while let Some(&(due, origin, seq)) = self.repair_queue.first() {
-            if due > now {
+            if h.msg.safe && next > stable && !self.cfg.bugs.early_safe {
                 break;
             }
-            self.repair_queue.pop_first();
-            self.repairs.remove(&(origin, seq));
-            if let Some(h) = self
-                .logs
-                .get_mut(&origin)
-                .and_then(|l| l.msgs.get_mut(&seq))
-            {
-                h.last_repair = Some(now);
-                out.entry(origin).or_default().push(h.msg.clone());
-            }
+            deliver(h.msg.clone());
+            log.delivered = next;
         }
-        out
     }
 
-    /// A member says `origin`'s messages up to `upto` are stable and freed.
-    /// Returns how many of them we miss: no member holds them any more.
-    pub(crate) fn on_stable(&self, origin: Origin, upto: Seq) -> u64 {
-        if origin == self.me {
-            return 0;
-        }
-        let Some(log) = self.logs.get(&origin) else {
-            return 0;
-        };
-        if upto <= log.contiguous {
-            return 0;
-        }
-        let held = log.msgs.range(log.contiguous.next()..=upto).count() as u64;
-        (upto.0 - log.contiguous.0) - held
+    /// Origins with received messages not yet delivered (safe ones waiting).
+    pub(crate) fn waiting_origins(&self) -> Vec<Origin> {
+        self.logs
+            .iter()
+            .filter(|(o, l)| **o != self.me && l.delivered < l.contiguous)
+            .map(|(o, _)| *o)
+            .collect()
     }
 
     // ----- digests and gauges -----
-
-    /// Our digest: per view member, contiguous and highest known.
-    /// Our own entry names what we sent, not what is still queued, so
-    /// nobody asks for messages already on their way.
-    pub(crate) fn digest(&self) -> Vec<DigestEntry> {
-        self.logs
-            .iter()
-            .map(|(o, l)| {
-                let (contiguous, highest) = if *o == self.me {
-                    (self.sent, self.sent)
-                } else {
-                    (l.contiguous, l.highest.max(l.contiguous))
-                };
-                DigestEntry {
-                    origin: *o,
-                    contiguous,
-                    highest,
-                }
-            })
-            .collect()
-    }
 
     /// Our contiguous prefix of each origin.
     #[cfg(feature = "sim")]
@@ -654,21 +405,10 @@ impl Reliability {
         self.logs.iter().map(|(o, l)| (*o, l.contiguous)).collect()
     }
 
-    /// What `member` last said it has of `origin`.
-    pub(crate) fn peer_has(&self, member: Origin, origin: Origin) -> Option<Seq> {
-        if member == self.me {
-            return self.logs.get(&origin).map(|l| l.contiguous);
-        }
-        self.peers
-            .get(&member)
-            .and_then(|p| p.get(&origin))
-            .copied()
-    }
-
     /// The next NAK or repair deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let nak = self.logs.values().filter_map(|l| l.nak.due).min();
-        let repair = self.repair_queue.first().map(|(t, _, _)| *t);
+        let repair = self.repairs.next_due();
         match (nak, repair) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -683,6 +423,11 @@ impl Reliability {
     /// Messages waiting for an earlier one.
     pub(crate) fn out_of_order(&self) -> usize {
         self.logs.values().map(OriginLog::out_of_order).sum()
+    }
+
+    /// Whether `origin`'s stream has a gap.
+    pub(crate) fn has_gap(&self, origin: Origin) -> bool {
+        self.logs.get(&origin).is_some_and(OriginLog::has_gap)
     }
 
     /// Whether any stream has a gap.
@@ -703,19 +448,18 @@ impl Reliability {
     ) -> bool {
         let limit = self.cfg.limit;
         let me = self.me;
-        for (o, log) in self.logs.iter_mut().filter(|(o, _)| **o != me) {
+        for (_, log) in self.logs.iter_mut().filter(|(o, _)| **o != me) {
             while self.held_bytes + size > limit {
                 let Some(first) = log.msgs.first_key_value().map(|(s, _)| *s) else {
                     break;
                 };
-                if first > log.contiguous {
+                if first > log.delivered {
                     break;
                 }
                 if let Some(h) = log.msgs.remove(&first) {
                     log.bytes -= h.size;
                     self.held_bytes -= h.size;
                 }
-                let _ = o;
             }
         }
         if self.held_bytes + size > limit && next_expected {

@@ -1,0 +1,137 @@
+//! The engine's configuration and the bugs tests may plant in it.
+
+use std::time::Duration;
+
+use ordo_wire::{Incarnation, NodeId};
+
+use super::reliability::RelConfig;
+
+/// Smallest datagram the engine accepts to work with (headers plus a useful message).
+pub const MIN_DATAGRAM: usize = 512;
+
+/// Everything the engine needs to start; no field is read from the environment.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node: NodeId,
+    pub incarnation: Incarnation,
+    /// Cluster name; frames of other clusters are dropped and counted.
+    pub cluster: String,
+    /// Seeds every random choice (NAK backoff, jitter).
+    pub seed: u64,
+    /// Largest datagram the engine emits, headers included.
+    pub max_datagram: usize,
+    /// Bound on the retransmit buffer, in payload bytes. Flow control holds
+    /// each origin's unstable messages to `1 / (2 * members)` of it, which
+    /// also caps the size of one message.
+    pub retransmit_buffer_bytes: usize,
+    /// Interval between heartbeats (which carry the digest).
+    pub heartbeat_interval: Duration,
+    /// How long a starting engine listens for an existing group before
+    /// forming a view of its own. Zero: form one at once.
+    pub discovery_timeout: Duration,
+    /// Retry interval of membership messages (join, leave, propose, install).
+    pub view_retry: Duration,
+    /// Upper bound of the random delay before the first NAK of a gap.
+    pub nak_delay_max: Duration,
+    /// Wait before asking again for an unanswered gap; doubles each time.
+    pub nak_backoff_initial: Duration,
+    /// Ceiling of the NAK backoff.
+    pub nak_backoff_max: Duration,
+    /// NAKs per second at most (token bucket), and the burst allowed.
+    pub nak_rate_per_sec: u32,
+    pub nak_burst: u32,
+    /// A member that holds another origin's message repairs it after a
+    /// random delay in `[repair_delay, 2 * repair_delay]`, unless someone
+    /// repaired it first; the origin repairs at once.
+    pub repair_delay: Duration,
+    /// Delay that coalesces prompt acknowledgements (digests answering data).
+    pub ack_delay: Duration,
+    /// Most own messages (fragments count one each) not yet stable.
+    pub send_window: usize,
+    /// Messages further than this beyond the contiguous prefix are dropped.
+    pub max_receive_ahead: u64,
+    /// Planted bugs for the simulator's self-tests; all off by default.
+    #[cfg(feature = "bug-injection")]
+    pub bugs: Bugs,
+}
+
+/// Bugs the tests plant to prove the simulator catches them. Only settable
+/// with the `bug-injection` feature; always off otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Build repairs but never send them.
+    pub drop_retransmissions: bool,
+    /// Swap each pair of consecutive deliveries of an origin.
+    pub reorder_delivery: bool,
+    /// Ask for a gap once and never again.
+    pub forget_nak: bool,
+    /// Free our own messages as soon as they are sent, before every member has them.
+    pub premature_free: bool,
+    /// Deliver `safe` messages as soon as they arrive, before every member holds them.
+    pub early_safe: bool,
+}
+
+impl EngineConfig {
+    /// Defaults suited to loopback and a LAN.
+    pub fn new(node: NodeId, incarnation: Incarnation, cluster: impl Into<String>) -> Self {
+        EngineConfig {
+            node,
+            incarnation,
+            cluster: cluster.into(),
+            seed: u64::from(node.0) ^ incarnation.0,
+            max_datagram: 8192,
+            retransmit_buffer_bytes: 64 * 1024 * 1024,
+            heartbeat_interval: Duration::from_millis(100),
+            discovery_timeout: Duration::from_millis(300),
+            view_retry: Duration::from_millis(50),
+            nak_delay_max: Duration::from_millis(5),
+            nak_backoff_initial: Duration::from_millis(20),
+            nak_backoff_max: Duration::from_millis(250),
+            nak_rate_per_sec: 2000,
+            nak_burst: 64,
+            repair_delay: Duration::from_millis(10),
+            ack_delay: Duration::from_millis(1),
+            send_window: 64 * 1024,
+            max_receive_ahead: 1 << 20,
+            #[cfg(feature = "bug-injection")]
+            bugs: Bugs::default(),
+        }
+    }
+
+    /// The configuration with every interval at least 1 ms and room for a
+    /// message in a datagram, so no setting can make the engine spin or
+    /// refuse everything. [`Engine::new`](super::Engine::new) applies it.
+    pub fn sanitized(mut self) -> Self {
+        const MIN: Duration = Duration::from_millis(1);
+        self.heartbeat_interval = self.heartbeat_interval.max(MIN);
+        self.view_retry = self.view_retry.max(MIN);
+        self.nak_backoff_initial = self.nak_backoff_initial.max(MIN);
+        self.nak_backoff_max = self.nak_backoff_max.max(self.nak_backoff_initial);
+        self.max_datagram = self.max_datagram.max(MIN_DATAGRAM);
+        self.send_window = self.send_window.max(1);
+        self.max_receive_ahead = self.max_receive_ahead.max(1);
+        self
+    }
+
+    pub(crate) fn bugs(&self) -> Bugs {
+        #[cfg(feature = "bug-injection")]
+        return self.bugs;
+        #[cfg(not(feature = "bug-injection"))]
+        Bugs::default()
+    }
+
+    pub(crate) fn reliability(&self) -> RelConfig {
+        RelConfig {
+            limit: self.retransmit_buffer_bytes,
+            send_window: self.send_window,
+            nak_delay_max: self.nak_delay_max,
+            nak_backoff_initial: self.nak_backoff_initial,
+            nak_backoff_max: self.nak_backoff_max,
+            repair_delay: self.repair_delay,
+            nak_rate_per_sec: self.nak_rate_per_sec,
+            nak_burst: self.nak_burst,
+            max_ahead: self.max_receive_ahead,
+            bugs: self.bugs(),
+        }
+    }
+}

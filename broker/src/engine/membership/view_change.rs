@@ -1,0 +1,350 @@
+//! Agreed view changes: the coordinator proposes, every old member flushes
+//! (stops sending and reports its last sequence number), the coordinator
+//! waits until every old member holds every old-view message, then installs
+//! the new view with that cut as its starting digest; graceful leaves are
+//! view changes too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose};
+use ordo_wire::{Origin, Seq, ViewId};
+
+use super::{Change, Flush, Phase};
+use crate::engine::timer::Timer;
+use crate::engine::{Engine, Event, View};
+
+impl Engine {
+    /// Starts a view change if one is wanted and none is running.
+    pub(crate) fn maybe_start_change(&mut self, now: Instant) {
+        if !self.in_view
+            || self.membership.change.is_some()
+            || self.membership.coordinator(&self.view) != Some(self.me)
+        {
+            return;
+        }
+        let m = &mut self.membership;
+        m.joins.retain(|j, _| !self.view.members.contains(j));
+        for j in m.joins.keys() {
+            for old in &self.view.members {
+                if old.node == j.node && old.incarnation < j.incarnation {
+                    m.dead.insert(*old);
+                }
+            }
+        }
+        let dead: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| m.dead.contains(o))
+            .copied()
+            .collect();
+        let leaving: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| m.leaves.contains(o))
+            .copied()
+            .collect();
+        if m.joins.is_empty() && dead.is_empty() && leaving.is_empty() {
+            return;
+        }
+        let joins = std::mem::take(&mut m.joins);
+        let mut members: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| !dead.contains(o) && !leaving.contains(o))
+            .copied()
+            .collect();
+        members.extend(joins.keys().copied());
+        let old: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| !dead.contains(o))
+            .copied()
+            .collect();
+        let view = ViewId(self.view.id.0 + 1);
+        tracing::info!(%view, ?members, "proposing a view");
+        let mut acks = BTreeMap::new();
+        let last_seq = self.rel.last_seq();
+        acks.insert(self.me, last_seq);
+        self.membership.flush = Some(Flush { view, last_seq });
+        self.membership.change = Some(Change {
+            view,
+            members: members.clone(),
+            old,
+            dead,
+            joins,
+            acks,
+            install: None,
+            installed: BTreeSet::new(),
+        });
+        self.send(Flags::default(), Body::Propose(Propose { view, members }));
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
+        self.coordinator_progress(now);
+    }
+
+    pub(crate) fn on_propose(&mut self, sender: Origin, p: Propose, now: Instant) {
+        if !self.in_view || p.view != ViewId(self.view.id.0 + 1) {
+            return;
+        }
+        // Only the first live member may propose: everyone ranked before the
+        // proposer must be absent from the proposal (they are dead or leaving).
+        let Some(pos) = self.view.members.iter().position(|m| *m == sender) else {
+            return;
+        };
+        if self.view.members[..pos]
+            .iter()
+            .any(|m| p.members.contains(m))
+        {
+            return;
+        }
+        let last_seq = self.rel.last_seq();
+        let flush = self.membership.flush.get_or_insert(Flush {
+            view: p.view,
+            last_seq,
+        });
+        let ack = FlushAck {
+            view: flush.view,
+            last_seq: flush.last_seq,
+        };
+        self.send(Flags::default(), Body::FlushAck(ack));
+        // Make our digest current at the coordinator; repeat the ack until the install.
+        self.schedule_ack(now);
+        self.timers
+            .set_earliest(Timer::Membership, now + self.config.view_retry);
+    }
+
+    pub(crate) fn on_flush_ack(&mut self, sender: Origin, f: FlushAck, now: Instant) {
+        if let Some(c) = &mut self.membership.change {
+            if c.view == f.view && c.old.contains(&sender) {
+                c.acks.insert(sender, f.last_seq);
+            }
+        }
+        self.coordinator_progress(now);
+    }
+
+    /// Coordinator: install once the flush is complete; finish once every
+    /// new member acknowledged the install.
+    pub(crate) fn coordinator_progress(&mut self, now: Instant) {
+        let Some(c) = &self.membership.change else {
+            return;
+        };
+        if let Some(install) = &c.install {
+            // New members and leavers alike must have it: a leaver that
+            // missed it would never learn that its leave completed.
+            let done = c
+                .members
+                .iter()
+                .chain(&c.old)
+                .all(|m| *m == self.me || c.installed.contains(m));
+            if done {
+                let left_ourselves = !install.members.contains(&self.me);
+                self.membership.change = None;
+                if left_ourselves {
+                    self.membership.phase = Phase::Left;
+                    self.timers.clear(Timer::Membership);
+                } else {
+                    self.maybe_start_change(now);
+                }
+            }
+            return;
+        }
+        // A member that died during the change: propose again without it.
+        if c.members.iter().any(|m| self.membership.dead.contains(m))
+            || c.old.iter().any(|m| self.membership.dead.contains(m))
+        {
+            let joins = c.joins.clone();
+            self.membership.change = None;
+            self.membership.flush = None;
+            self.membership.joins.extend(joins);
+            self.maybe_start_change(now);
+            return;
+        }
+        if !c.old.iter().all(|m| c.acks.contains_key(m)) {
+            return;
+        }
+        // The cut: each old member's last message; a dead member's stream
+        // ends at the longest prefix any survivor has.
+        let mut cut: BTreeMap<Origin, Seq> = c.acks.clone();
+        for d in &c.dead {
+            let best = c
+                .old
+                .iter()
+                .filter_map(|m| self.rel.peer_has(*m, *d))
+                .max()
+                .unwrap_or_default();
+            cut.insert(*d, best);
+        }
+        let complete = c.old.iter().all(|m| {
+            cut.iter()
+                .all(|(o, s)| self.rel.peer_has(*m, *o).is_some_and(|h| h >= *s))
+        });
+        if !complete {
+            return;
+        }
+        // The cut of every old stream (leavers' and the dead's too, so their
+        // waiting safe messages are delivered), then where joiners start.
+        let mut digest: Vec<(Origin, Seq)> = cut.into_iter().collect();
+        digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
+        let install = Install {
+            view: c.view,
+            members: c.members.clone(),
+            digest,
+        };
+        if let Some(c) = &mut self.membership.change {
+            c.install = Some(install.clone());
+        }
+        self.send(Flags::default(), Body::Install(install.clone()));
+        self.apply_install(install, now);
+        self.coordinator_progress(now);
+    }
+
+    pub(crate) fn on_install(&mut self, sender: Origin, i: Install, now: Instant) {
+        let for_us = i.members.contains(&self.me);
+        let joining = matches!(
+            self.membership.phase,
+            Phase::Joining { .. } | Phase::Discovering { .. }
+        );
+        if self.in_view && i.view <= self.view.id {
+            // A retry: our acknowledgement was lost (maybe views ago, while
+            // a leaving coordinator still waits for it).
+            self.send(Flags::default(), Body::InstallAck(i.view));
+            return;
+        }
+        let next = self.in_view
+            && i.view == ViewId(self.view.id.0 + 1)
+            && self.view.members.contains(&sender)
+            && self
+                .membership
+                .flush
+                .as_ref()
+                .is_some_and(|f| f.view == i.view);
+        if next || (joining && for_us) {
+            self.send(Flags::default(), Body::InstallAck(i.view));
+            self.apply_install(i, now);
+        } else if !self.in_view && !for_us && self.membership.leaving {
+            self.send(Flags::default(), Body::InstallAck(i.view));
+        }
+    }
+
+    pub(crate) fn on_install_ack(&mut self, sender: Origin, view: ViewId, now: Instant) {
+        if let Some(c) = &mut self.membership.change {
+            if c.view == view {
+                c.installed.insert(sender);
+            }
+        }
+        self.coordinator_progress(now);
+    }
+
+    /// Installs a view (or, if it leaves us out, completes our leave).
+    pub(crate) fn apply_install(&mut self, i: Install, now: Instant) {
+        // The flush proved every member holds everything up to the cut:
+        // deliver what waited for that (safe messages) in the old view.
+        for &(origin, cut) in &i.digest {
+            self.deliver_waiting(origin, cut);
+        }
+        self.deliver_local(true);
+        if !i.members.contains(&self.me) {
+            self.in_view = false;
+            self.membership.flush = None;
+            if self.membership.change.is_none() {
+                self.membership.phase = Phase::Left;
+                self.timers.clear(Timer::Membership);
+            }
+            tracing::info!(view = %i.view, "left the group");
+            return;
+        }
+        let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+        self.install_view(i.view, i.members, &digest, now);
+    }
+
+    pub(crate) fn install_view(
+        &mut self,
+        id: ViewId,
+        members: Vec<Origin>,
+        digest: &BTreeMap<Origin, Seq>,
+        now: Instant,
+    ) {
+        for gone in self.rel.install(&members, digest) {
+            self.delivery.forget(gone);
+        }
+        self.membership.note_departed(&self.view.members, &members);
+        let coordinator = members.first().copied().unwrap_or(self.me);
+        self.view = View {
+            id,
+            coordinator: coordinator.node,
+            // The total-seq sequencer is elected by a later issue; the coordinator stands in.
+            sequencer: Some(coordinator.node),
+            members,
+        };
+        self.in_view = true;
+        self.membership.phase = Phase::Member;
+        self.membership.flush = None;
+        self.membership.outranked_by.clear();
+        let members = &self.view.members;
+        self.membership.dead.retain(|d| members.contains(d));
+        self.membership.leaves.retain(|l| members.contains(l));
+        self.stats.view_changes += 1;
+        tracing::info!(view = %id, members = ?self.view.members, "view installed");
+        self.events
+            .push_back(Event::ViewInstalled(self.view.clone()));
+        if let Some((from, reason)) = self.membership.discontinuity.take() {
+            self.events.push_back(Event::Discontinuity {
+                from,
+                to: id,
+                reason,
+            });
+        }
+        self.send_heartbeat(now);
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
+        if self.membership.leaving {
+            self.start_leave(now);
+        }
+    }
+
+    pub(crate) fn on_leave(&mut self, sender: Origin, now: Instant) {
+        if self.in_view
+            && self.view.members.contains(&sender)
+            && self.membership.coordinator(&self.view) == Some(self.me)
+        {
+            self.membership.leaves.insert(sender);
+            self.maybe_start_change(now);
+        }
+    }
+
+    /// Begins a graceful leave.
+    pub(crate) fn start_leave(&mut self, now: Instant) {
+        match self.membership.phase {
+            Phase::Left => return,
+            Phase::Discovering { .. } | Phase::Joining { .. } => {
+                self.membership.phase = Phase::Left;
+                self.timers.clear(Timer::Membership);
+                return;
+            }
+            Phase::Member => {}
+        }
+        if !self.in_view {
+            return;
+        }
+        if self.view.members == [self.me] {
+            self.in_view = false;
+            self.membership.phase = Phase::Left;
+            self.timers.clear(Timer::Membership);
+            return;
+        }
+        self.membership.leaving = true;
+        if self.membership.coordinator(&self.view) == Some(self.me) {
+            self.membership.leaves.insert(self.me);
+            self.maybe_start_change(now);
+        } else {
+            self.send(Flags::default(), Body::Leave);
+            self.timers
+                .set(Timer::Membership, now + self.config.view_retry);
+        }
+    }
+}
