@@ -462,7 +462,7 @@ impl Config {
         if inject_loss_percent > 100 {
             return Err(invalid(
                 "--inject-loss-percent",
-                &inject_loss_percent.to_string(),
+                inject_loss_percent,
                 "a percentage is at most 100",
             ));
         }
