@@ -427,6 +427,8 @@ enum Expect {
     All(f64),
     /// The series' values add up to at least this.
     SumAtLeast(f64),
+    /// The series whose label (first) has this value (second) is above zero.
+    PositiveWith(&'static str, &'static str),
 }
 
 /// The panels for what the test injected (title, refId, expectation).
@@ -464,6 +466,12 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("Client connections", "A", Expect::SumAtLeast(5.0)),
     ("Subscriptions", "A", Expect::SumAtLeast(BROKERS as f64)),
     ("Client protocol errors", "A", Expect::Positive),
+    // The loss itself, counted by `--inject-loss-percent`.
+    (
+        "Datagrams dropped by reason",
+        "A",
+        Expect::PositiveWith("reason", "injected"),
+    ),
     ("View changes", "A", Expect::Positive),
     ("Resident memory", "A", Expect::Positive),
 ];
@@ -661,6 +669,9 @@ fn check(samples: &[Sample], expect: Expect) -> Option<String> {
         }),
         Expect::All(v) => samples.iter().all(|s| s.value == v),
         Expect::SumAtLeast(v) => samples.iter().map(|s| s.value).sum::<f64>() >= v,
+        Expect::PositiveWith(label, value) => samples
+            .iter()
+            .any(|s| s.labels.get(label).map(String::as_str) == Some(value) && s.value > 0.0),
     };
     (!ok).then(|| format!("expected {expect:?}, got [{}]", show()))
 }
