@@ -157,7 +157,7 @@ fn dashboard_reads_only_exported_metrics() {
     let m = ordo_broker::metrics::Metrics::new();
     // A family of labelled series without pre-created labels appears only
     // after its first event; make one so it is listed.
-    m.protocol_error("bad_frame");
+    m.protocol_error("undecodable_frame");
     let exported: BTreeSet<String> = m
         .render()
         .lines()
@@ -377,7 +377,7 @@ fn dashboard_panels_return_data_from_the_catalog() {
             if round == 3 {
                 m.set_view(ViewId(3), BROKERS as usize);
                 m.slow_consumer();
-                m.protocol_error("bad_frame");
+                m.protocol_error("undecodable_frame");
             }
         }
         std::thread::sleep(Duration::from_millis(1100));
