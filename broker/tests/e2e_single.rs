@@ -572,3 +572,65 @@ fn a_taken_listen_address_fails_start_up_clearly() {
     assert!(err.contains("cannot listen for clients"), "{err}");
     assert!(err.contains("Address already in use"), "{err}");
 }
+
+/// A publish that fits `--max-frame` must not produce a delivery that does
+/// not: the delivery adds metadata (and one causal entry), and a subscriber
+/// holding the broker to its announced limit would drop the connection. The
+/// broker refuses such a publish instead, naming the limit.
+#[tokio::test]
+async fn a_publish_whose_delivery_would_exceed_max_frame_is_refused() {
+    let b = start(&["--max-frame", "64KiB", "--max-payload", "63KiB"]);
+    let mut sub = Client::connect(b.addr()).await;
+    let max_frame = sub.limits.max_frame as usize;
+    let r = sub.declare("c", Ordering::Causal, false).await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    sub.subscribe(1, "c").await;
+    let mut p = Client::connect(b.addr()).await;
+    let payload = Bytes::from(vec![7u8; 63 * 1024]);
+    // As many (forged) causal entries as still fit the publish frame.
+    let frame = |n: u32| {
+        let context = CausalContext::from_entries((0..n).map(|i| {
+            (
+                ordo_wire::Origin {
+                    node: NodeId(10_000 + i),
+                    incarnation: ordo_wire::Incarnation(1),
+                },
+                Seq(0),
+            )
+        }));
+        let mut f = BytesMut::new();
+        Request::Publish {
+            confirm: Some(1),
+            topic: "c".into(),
+            context,
+            payload: payload.clone(),
+        }
+        .encode(&mut f);
+        f
+    };
+    let mut n = 0;
+    while frame(n + 1).len() <= 4 + max_frame {
+        n += 1;
+    }
+    let f = frame(n);
+    assert!(f.len() <= 4 + max_frame);
+    p.send_bytes(&f).await;
+    let r = p.recv().await.expect("an answer");
+    match r {
+        Reply::Ok { .. } => {
+            // Accepted: then the delivery must fit the announced limit.
+            let m = sub.message().await;
+            let mut out = BytesMut::new();
+            Reply::Message(Box::new(m)).encode(&mut out);
+            assert!(
+                out.len() <= 4 + max_frame,
+                "delivery frame of {} bytes exceeds --max-frame {max_frame}",
+                out.len() - 4
+            );
+        }
+        other => assert_error(&other, ErrorCode::PayloadTooLarge, &["--max-frame"]),
+    }
+    // The connection survives a refusal.
+    let r = p.publish_confirmed("c", "small").await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+}

@@ -316,6 +316,25 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, WireErro
     Ok(Some(len))
 }
 
+/// Body length of the delivery frame ([`Reply::Message`]) of a message with
+/// this topic, causal context size and payload, `gseq` included (the largest
+/// case). A delivery carries more than its publish, so a server checks this
+/// against `max_frame` before it accepts a publish that could not be delivered.
+pub fn delivery_len(topic_len: usize, context_entries: usize, payload_len: usize) -> usize {
+    1 + 8
+        + 2
+        + topic_len
+        + 1
+        + 8
+        + ORIGIN_LEN
+        + 8
+        + 4
+        + context_entries.saturating_mul(ORIGIN_LEN + 8)
+        + 9
+        + 4
+        + payload_len
+}
+
 /// Splits one whole frame body (kind byte first) off the front of `buf`,
 /// or returns `Ok(None)` and reserves room when more bytes are needed.
 fn split_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Bytes>, WireError> {
@@ -717,5 +736,27 @@ mod tests {
                 max: 1024
             })
         );
+    }
+
+    #[test]
+    fn delivery_len_is_the_encoded_body_length() {
+        let origin = Origin {
+            node: NodeId(1),
+            incarnation: Incarnation(2),
+        };
+        let d = Delivery {
+            sid: 1,
+            topic: "orders.eu".into(),
+            ordering: Ordering::Causal,
+            publisher: 3,
+            origin,
+            seq: Seq(4),
+            context: CausalContext::from_entries([(origin, Seq(4))]),
+            gseq: Some(GlobalSeq(5)),
+            payload: Bytes::from_static(b"hello"),
+        };
+        let mut buf = BytesMut::new();
+        Reply::Message(Box::new(d)).encode(&mut buf);
+        assert_eq!(buf.len(), LEN_PREFIX + delivery_len(9, 1, 5));
     }
 }

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ordo_wire::client::{frame_len, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
+use ordo_wire::client::{
+    delivery_len, frame_len, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
+};
 use ordo_wire::WireError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -293,6 +295,26 @@ impl Reader<'_> {
                             "payload of {} bytes on topic {topic:?} exceeds this broker's limit of {max} bytes \
                              (announced in Welcome); split the message or raise --max-payload on the broker",
                             payload.len()
+                        ),
+                    );
+                }
+                // The delivery carries more than the publish (metadata, and
+                // on causal topics one more causal entry): a publish that
+                // fits max_frame but whose delivery would not is refused
+                // here, or every subscriber would drop the oversized frame.
+                let max_frame = self.ctx.config.limits.max_frame as usize;
+                let delivery = delivery_len(topic.len(), context.len() + 1, payload.len());
+                if delivery > max_frame {
+                    self.ctx.metrics.protocol_error("payload_too_large");
+                    return self.refuse(
+                        confirm.unwrap_or(0),
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "the delivery of this message on topic {topic:?} ({} payload bytes, {} causal context entries) \
+                             would be a {delivery}-byte frame, above this broker's --max-frame of {max_frame} bytes; \
+                             send a smaller payload or a shorter causal context",
+                            payload.len(),
+                            context.len()
                         ),
                     );
                 }
