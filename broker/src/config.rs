@@ -118,7 +118,8 @@ pub struct Args {
     /// How long a graceful shutdown may take before connections are dropped, in seconds [default: 5].
     #[arg(long, env = "ORDO_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
-    /// How long a new client may take to send its Hello before it is dropped, in seconds [default: 10].
+    /// How long a new client may take to send its Hello, and the longest a client may pause in the
+    /// middle of a frame, before it is dropped, in seconds [default: 10].
     #[arg(long, env = "ORDO_HANDSHAKE_TIMEOUT", value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
     /// Testing only: drop this percentage of received group datagrams before

@@ -165,8 +165,9 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
 
 /// Labels of `ordo_protocol_errors_total`: every way a client can break
 /// the protocol, created at zero so the first occurrence shows as a rate.
-pub const PROTOCOL_ERROR_REASONS: [&str; 9] = [
+pub const PROTOCOL_ERROR_REASONS: [&str; 10] = [
     "handshake_timeout",
+    "stalled_frame",
     "truncated_frame",
     "frame_too_large",
     "undecodable_frame",

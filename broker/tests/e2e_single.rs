@@ -634,3 +634,40 @@ async fn a_publish_whose_delivery_would_exceed_max_frame_is_refused() {
     let r = p.publish_confirmed("c", "small").await;
     assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
 }
+
+/// Slowloris after the handshake: a client that sends part of a frame and
+/// then goes silent would pin that buffer for ever; it is dropped once it
+/// stays silent mid-frame for the handshake timeout, while a client that is
+/// merely idle between whole frames stays connected.
+#[tokio::test]
+async fn a_client_stalled_in_the_middle_of_a_frame_is_dropped() {
+    let b = start(&["--handshake-timeout", "1"]);
+    let mut idle = Client::connect(b.addr()).await;
+    let mut stalled = Client::connect(b.addr()).await;
+    // Announces a 60000-byte frame and sends only its first 1000 bytes.
+    let mut partial = BytesMut::new();
+    partial.put_u32(60_000);
+    partial.put_u8(0x05);
+    partial.put_bytes(0, 999);
+    stalled.send_bytes(&partial).await;
+    let t0 = Instant::now();
+    let frames = stalled.drain_to_eof().await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "dropped too early"
+    );
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_error(
+        &frames[0],
+        ErrorCode::Protocol,
+        &["middle of a frame", "1004 bytes"],
+    );
+    assert_eq!(
+        metric(&b, "ordo_protocol_errors_total{reason=\"stalled_frame\"}"),
+        1.0
+    );
+    // Idle between whole frames for longer than the timeout: still served.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    idle.send(&Request::Ping { nonce: 7 }).await;
+    assert_eq!(idle.recv().await, Some(Reply::Pong { nonce: 7 }));
+}

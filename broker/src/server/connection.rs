@@ -145,9 +145,28 @@ impl Reader<'_> {
             if buf.capacity() - buf.len() < want {
                 buf.reserve(want);
             }
+            let mid_frame = self.greeted && !buf.is_empty();
             let read = tokio::select! {
                 biased;
                 _ = crate::server::stopped(&mut shutdown) => return false,
+                // Memory per connection grows only with bytes that arrived,
+                // but a client that sends most of a large frame and then
+                // stalls would pin it forever: a frame in progress must keep
+                // moving (no silence longer than the handshake timeout).
+                _ = tokio::time::sleep(self.ctx.config.handshake_timeout), if mid_frame => {
+                    self.ctx.metrics.protocol_error("stalled_frame");
+                    tracing::info!(conn = self.conn, peer = %self.peer, pending = buf.len(),
+                        "client stalled in the middle of a frame");
+                    return self.fatal(
+                        ErrorCode::Protocol,
+                        format!(
+                            "no bytes for {} s in the middle of a frame ({} bytes of it received); \
+                             a client must send each frame without pausing",
+                            self.ctx.config.handshake_timeout.as_secs(),
+                            buf.len()
+                        ),
+                    );
+                }
                 _ = tokio::time::sleep_until(handshake_deadline), if !self.greeted => {
                     self.ctx.metrics.protocol_error("handshake_timeout");
                     return self.fatal(
