@@ -635,6 +635,117 @@ async fn a_publish_whose_delivery_would_exceed_max_frame_is_refused() {
     assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
 }
 
+/// The protocol's edge cases each get a clear answer, and a client that
+/// gets one never disturbs a steady subscriber beside it.
+#[tokio::test]
+async fn protocol_edge_cases_get_clear_answers() {
+    let b = start(&["--max-frame", "128KiB", "--max-payload", "127KiB"]);
+    let mut steady = Client::connect(b.addr()).await;
+    steady.subscribe(1, "steady").await;
+
+    // A Hello with the longest name the protocol carries is fine.
+    let mut big = Client::raw(b.addr()).await;
+    big.send(&Request::Hello {
+        version: PROTOCOL_VERSION,
+        token: Some("t".repeat(1000)),
+        name: "n".repeat(usize::from(u16::MAX)),
+    })
+    .await;
+    assert!(matches!(big.recv().await, Some(Reply::Welcome { .. })));
+
+    // Hello twice is a protocol error that closes the connection.
+    let mut twice = Client::connect(b.addr()).await;
+    twice
+        .send(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            name: "again".into(),
+        })
+        .await;
+    let frames = twice.drain_to_eof().await;
+    assert_error(&frames[0], ErrorCode::Protocol, &["already sent"]);
+
+    // Invalid patterns are refused, naming why; the connection stays.
+    let mut c = Client::connect(b.addr()).await;
+    let long = "a".repeat(300);
+    for (sid, pattern, why) in [
+        (10, "a..b", "empty token"),
+        (11, ">.a", "last token"),
+        (12, "", "empty"),
+        (13, long.as_str(), "longer than 255"),
+        (14, "a*.b", "whole token"),
+        (15, "a. b", "whitespace"),
+    ] {
+        let r = c
+            .request(|req| Request::Subscribe {
+                req,
+                sid,
+                pattern: pattern.into(),
+            })
+            .await;
+        assert_error(&r, ErrorCode::InvalidName, &[why]);
+    }
+    // Many tokens within the length limit are fine.
+    let many = vec!["*"; 128].join(".");
+    assert_eq!(many.len(), 255);
+    c.subscribe(16, &many).await;
+
+    // Publishing to a wildcard (or otherwise invalid) topic is refused.
+    for topic in ["a.*", "a.>", "", "a..b"] {
+        let r = c.publish_confirmed(topic, "x").await;
+        assert_error(&r, ErrorCode::InvalidName, &[]);
+    }
+    // Unsubscribing an unknown sid is a request-level error.
+    let r = c
+        .request(|req| Request::Unsubscribe { req, sid: 999 })
+        .await;
+    assert_error(&r, ErrorCode::InvalidName, &["no subscription"]);
+    // A frame of exactly --max-frame is read (and its payload refused).
+    let max_frame = c.limits.max_frame as usize;
+    let mut f = BytesMut::new();
+    f.put_u32(max_frame as u32);
+    f.put_u8(0x05); // Publish
+    f.put_u8(1);
+    f.put_u64(77);
+    f.put_u16(1);
+    f.put_slice(b"p");
+    f.put_u32(0);
+    let payload = max_frame - (f.len() - 4) - 4;
+    f.put_u32(payload as u32);
+    f.put_bytes(0, payload);
+    assert_eq!(f.len(), 4 + max_frame);
+    let probe = Request::decode(&mut f.clone(), max_frame).unwrap();
+    assert!(matches!(probe, Some(Request::Publish { .. })), "{probe:?}");
+    c.send_bytes(&f).await;
+    let r = c.recv().await.unwrap();
+    assert_error(&r, ErrorCode::PayloadTooLarge, &["--max-payload"]);
+    let r = c.publish_confirmed("p", "still here").await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+
+    // A zero-length frame and a reply-kind frame are undecodable.
+    for bytes in [
+        &[0u8, 0, 0, 0][..],
+        &[0, 0, 0, 9, 0x81, 0, 0, 0, 0, 0, 0, 0, 1],
+    ] {
+        let mut g = Client::connect(b.addr()).await;
+        g.send_bytes(bytes).await;
+        let frames = g.drain_to_eof().await;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_error(&frames[0], ErrorCode::Protocol, &["undecodable frame"]);
+    }
+
+    // A partial frame that never completes holds only what arrived and
+    // does not disturb anyone else.
+    let mut slow = Client::connect(b.addr()).await;
+    slow.send_bytes(&[0, 0, 0xff, 0xff, 0x05, 1]).await;
+
+    let mut p = Client::connect(b.addr()).await;
+    let r = p.publish_confirmed("steady", "after").await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    assert_eq!(steady.message().await.payload, Bytes::from("after"));
+    drop(slow);
+}
+
 /// Slowloris after the handshake: a client that sends part of a frame and
 /// then goes silent would pin that buffer for ever; it is dropped once it
 /// stays silent mid-frame for the handshake timeout, while a client that is
@@ -670,4 +781,63 @@ async fn a_client_stalled_in_the_middle_of_a_frame_is_dropped() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     idle.send(&Request::Ping { nonce: 7 }).await;
     assert_eq!(idle.recv().await, Some(Reply::Pong { nonce: 7 }));
+}
+
+/// SIGTERM with a subscriber that never reads and a healthy one that has
+/// not read yet: the broker still exits within --shutdown-timeout, and the
+/// healthy one gets every accepted message before the shutdown notice.
+#[tokio::test]
+async fn sigterm_flushes_healthy_subscribers_despite_a_stuck_one() {
+    let mut b = start(&["--shutdown-timeout", "3"]);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stuck = Client::from_stream(sock.connect(b.addr()).await.unwrap());
+    stuck
+        .send(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            name: "stuck".into(),
+        })
+        .await;
+    assert!(matches!(stuck.recv().await, Some(Reply::Welcome { .. })));
+    stuck.subscribe(1, "load").await;
+    let mut healthy = Client::connect(b.addr()).await;
+    healthy.subscribe(1, "load").await;
+    let mut p = Client::connect(b.addr()).await;
+    const N: u64 = 1000;
+    for i in 0..N {
+        let mut payload = BytesMut::with_capacity(4104);
+        payload.put_u64(i);
+        payload.put_bytes(b'x', 4096);
+        p.publish("load", payload.freeze()).await;
+    }
+    let r = p.publish_confirmed("load", "last").await;
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+
+    let t0 = Instant::now();
+    b.terminate();
+    let frames = healthy.drain_to_eof().await;
+    let status = b
+        .wait_exit(Duration::from_secs(15))
+        .expect("broker did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3 + 2),
+        "shutdown took {:?} with --shutdown-timeout 3",
+        t0.elapsed()
+    );
+    let (last, messages) = frames.split_last().expect("nothing arrived");
+    assert_error(last, ErrorCode::ShuttingDown, &["shutting down"]);
+    assert_eq!(
+        messages.len() as u64,
+        N + 1,
+        "healthy subscriber lost messages"
+    );
+    for (i, f) in messages.iter().take(N as usize).enumerate() {
+        let Reply::Message(m) = f else {
+            panic!("unexpected frame {f:?}")
+        };
+        assert_eq!(&m.payload[..8], &(i as u64).to_be_bytes());
+    }
+    drop(stuck);
 }
