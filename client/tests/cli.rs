@@ -441,3 +441,45 @@ fn topic_list_and_cluster_as_json() {
         "{view}"
     );
 }
+
+/// A stdin line above the broker's payload limit (here one that never ends)
+/// is refused with exit 4 naming the limit, without `pub` reading it all
+/// into memory; the lines before it were published.
+#[test]
+fn pub_refuses_an_endless_stdin_line_with_exit_4() {
+    let b = BrokerProcess::start(&["--max-payload", "4KiB", "--max-frame", "64KiB"]);
+    let sub = Sub::start(&b, &["huge", "--count", "1"]);
+    let mut publisher = ordo(&b)
+        .args(["pub", "huge"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    // Writes until `pub` stops reading (the pipe breaks) or 64 MiB went in.
+    let writer = std::thread::spawn(move || {
+        if stdin.write_all(b"first\n").is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let code = wait_bounded(&mut publisher);
+    let mut err = String::new();
+    publisher
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("4096"), "{err}");
+    assert_eq!(sub.stdout.next("the line before"), "first");
+    assert_eq!(sub.finish().0, 0);
+    writer.join().unwrap();
+}

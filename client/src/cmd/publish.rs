@@ -91,6 +91,22 @@ pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
         pending: FuturesOrdered::new(),
         sent: 0,
     };
+    if let Err(e) = feed(&mut publisher, &args).await {
+        // What was handed over before the failure (a refused stdin line,
+        // say) still goes out: a bad line must not silently take the valid
+        // lines before it with it. Best effort; the error is what we report.
+        let _ = publisher.client.flush().await;
+        return Err(e);
+    }
+    let topic = args.topic;
+    let sent = publisher.finish().await?;
+    let how = if args.confirm { "confirmed" } else { "sent" };
+    eprintln!("{how} {sent} message(s) to {topic}");
+    Ok(())
+}
+
+/// Publishes MESSAGE --count times, or each stdin line.
+async fn feed(publisher: &mut Publisher, args: &PubArgs) -> anyhow::Result<()> {
     match &args.message {
         Some(template) => {
             let count = args.count.unwrap_or(1);
@@ -134,10 +150,6 @@ pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let topic = args.topic;
-    let sent = publisher.finish().await?;
-    let how = if args.confirm { "confirmed" } else { "sent" };
-    eprintln!("{how} {sent} message(s) to {topic}");
     Ok(())
 }
 
