@@ -104,8 +104,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
             tokio::spawn(refuse(stream, ctx.config.max_connections));
             continue;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "set_nodelay failed");
+        if let Err(e) = configure(&stream) {
+            tracing::debug!(%peer, error = %e, "setting socket options failed");
         }
         let conn = ctx.next_conn.fetch_add(1, AtomicOrdering::Relaxed);
         ctx.open.fetch_add(1, AtomicOrdering::Relaxed);
@@ -124,6 +124,24 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
     drop(listener);
     drop(done_tx);
     let _ = done_rx.recv().await;
+}
+
+/// Idle time before the first keepalive probe, the gap between probes, and
+/// how many go unanswered before the kernel drops the connection.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(60), Duration::from_secs(10), 3);
+
+/// Socket options of an accepted client: no Nagle delay (the writer batches
+/// itself), and TCP keepalive, because a client whose host vanished without
+/// closing (power loss, a pulled cable) would otherwise hold its connection
+/// slot for ever on an idle connection (nothing is ever written to it).
+fn configure(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (time, interval, retries) = KEEPALIVE;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(interval)
+        .with_retries(retries);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
@@ -145,4 +163,25 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     .encode(&mut buf);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        configure(&stream).unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE.0);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE.1);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE.2);
+        assert!(stream.nodelay().unwrap());
+    }
 }
