@@ -841,3 +841,72 @@ async fn sigterm_flushes_healthy_subscribers_despite_a_stuck_one() {
     }
     drop(stuck);
 }
+
+/// A flood of connections far above --max-connections: every one over the
+/// limit is told why and closed, the clients inside the limit keep being
+/// served, and the slots come back once the flood leaves.
+#[tokio::test]
+async fn a_connection_flood_is_refused_without_disturbing_clients() {
+    const MAX: usize = 20;
+    const FLOOD: usize = 1500;
+    let b = start(&["--max-connections", "20", "--handshake-timeout", "30"]);
+    let mut sub = Client::connect(b.addr()).await;
+    sub.subscribe(1, "steady").await;
+    let mut p = Client::connect(b.addr()).await;
+    let addr = b.addr();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| tokio::spawn(async move { Client::raw(addr).await }))
+        .collect();
+    let mut held = Vec::new();
+    for f in flood {
+        held.push(f.await.unwrap());
+    }
+    // Meanwhile the admitted clients are served.
+    for i in 0..10 {
+        p.publish("steady", format!("m{i}")).await;
+    }
+    for i in 0..10 {
+        assert_eq!(sub.message().await.payload, Bytes::from(format!("m{i}")));
+    }
+    // Every connection beyond the limit got the reason, then EOF. (The
+    // start-up probe may have held a slot for a moment.)
+    let checks: Vec<_> = held
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let got = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
+                (c, got.ok())
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    let mut admitted = Vec::new();
+    for check in checks {
+        match check.await.unwrap() {
+            (_, Some(Some(r))) => {
+                assert_error(&r, ErrorCode::Limit, &["--max-connections"]);
+                refused += 1;
+            }
+            (_, Some(None)) => panic!("closed without a reason"),
+            (c, None) => admitted.push(c), // inside the limit, waiting for Hello
+        }
+    }
+    assert!(admitted.len() <= MAX - 2, "{} admitted", admitted.len());
+    assert_eq!(refused + admitted.len(), FLOOD);
+    assert!(metric(&b, "ordo_client_connections_refused_total") >= refused as f64);
+    drop(admitted);
+    // The slots come back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect_with_token(b.addr(), None).await {
+            Ok(_) => break,
+            Err(r) => {
+                assert_error(&r, ErrorCode::Limit, &["--max-connections"]);
+                assert!(Instant::now() < deadline, "slots never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    p.publish("steady", "after").await;
+    assert_eq!(sub.message().await.payload, Bytes::from("after"));
+}
