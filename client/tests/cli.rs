@@ -483,3 +483,38 @@ fn pub_refuses_an_endless_stdin_line_with_exit_4() {
     assert_eq!(sub.finish().0, 0);
     writer.join().unwrap();
 }
+
+/// Output commands whose reader went away (`ordo topic list | head -0`)
+/// exit 0, like `sub`: the reader is done. They used to panic (exit 101).
+#[test]
+fn commands_exit_zero_when_stdout_is_closed() {
+    let b = broker();
+    let out = run(ordo(&b).args(["topic", "create", "closed.out", "--ordering", "fifo"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for args in [
+        &["topic", "list"][..],
+        &["topic", "list", "--json"],
+        &["cluster"],
+        &["cluster", "--json"],
+        &["topic", "create", "closed.out", "--ordering", "fifo"],
+    ] {
+        let mut child = ordo(&b)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the command can have written anything.
+        drop(child.stdout.take());
+        let code = wait_bounded(&mut child);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(code, 0, "ordo {args:?} with stdout closed: {err}");
+    }
+}

@@ -1,5 +1,9 @@
 //! `ordo cluster`: the view the connected broker is in.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::Context;
 use clap::Args;
 use ordo_client::Origin;
 
@@ -30,24 +34,42 @@ pub async fn run(conn: &Connection, args: ClusterArgs) -> anyhow::Result<()> {
             "coordinator": view.coordinator.0,
             "sequencer": view.sequencer.map(|s| s.0),
         });
-        println!("{v}");
+        emit(&format!("{v}\n"))?;
     } else {
         let members: Vec<String> = view
             .members
             .iter()
             .map(|m| format!("{} (incarnation {})", m.node, m.incarnation))
             .collect();
-        println!("view         {}", view.view_id);
-        println!(
+        // Writing to a String cannot fail.
+        let mut text = String::new();
+        let _ = writeln!(text, "view         {}", view.view_id);
+        let _ = writeln!(
+            text,
             "this broker  {} (incarnation {})",
             view.this.node, view.this.incarnation
         );
-        println!("members      {}", members.join(", "));
-        println!("coordinator  {}", view.coordinator);
+        let _ = writeln!(text, "members      {}", members.join(", "));
+        let _ = writeln!(text, "coordinator  {}", view.coordinator);
         match view.sequencer {
-            Some(s) => println!("sequencer    {s}"),
-            None => println!("sequencer    none"),
+            Some(s) => {
+                let _ = writeln!(text, "sequencer    {s}");
+            }
+            None => text.push_str("sequencer    none\n"),
         }
+        emit(&text)?;
     }
     Ok(())
+}
+
+/// Writes `text` to stdout. A closed pipe (`| head -1`) means the reader is
+/// done, which is success, as for `ordo sub`; `println!` would panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
 }

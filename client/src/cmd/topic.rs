@@ -1,5 +1,8 @@
 //! `ordo topic create|list`.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
 use anyhow::Context;
 use clap::Subcommand;
 use ordo_client::Ordering;
@@ -42,7 +45,7 @@ pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot declare topic {name} as {ordering}"))?;
             let safe = if safe { ", safe" } else { "" };
-            println!("topic {name} declared ({ordering}{safe})");
+            emit(&format!("topic {name} declared ({ordering}{safe})\n"))?;
         }
         TopicCommand::List { json } => {
             let mut topics = client.list_topics().await?;
@@ -58,16 +61,31 @@ pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                emit(&format!("{}\n", serde_json::Value::Array(rows)))?;
             } else {
                 let width = topics.iter().map(|t| t.name.len()).max().unwrap_or(0);
+                // Writing to a String cannot fail.
+                let mut text = String::new();
                 for t in &topics {
                     let safe = if t.safe { "  safe" } else { "" };
-                    println!("{:width$}  {}{safe}", t.name, t.ordering);
+                    let _ = writeln!(text, "{:width$}  {}{safe}", t.name, t.ordering);
                 }
+                emit(&text)?;
             }
         }
     }
     client.close().await?;
     Ok(())
+}
+
+/// Writes `text` to stdout. A closed pipe (`| head -1`) means the reader is
+/// done, which is success, as for `ordo sub`; `println!` would panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
 }
