@@ -911,3 +911,31 @@ async fn a_connection_flood_is_refused_without_disturbing_clients() {
     p.publish("steady", "after").await;
     assert_eq!(sub.message().await.payload, Bytes::from("after"));
 }
+
+/// A client that floods pings and never reads the pongs overflows its own
+/// queue: it is a slow consumer like any other (told why, counted), not a
+/// silent close.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_a_counted_slow_consumer() {
+    let b = start(&["--client-queue-frames", "100"]);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = Client::from_stream(sock.connect(b.addr()).await.unwrap());
+    c.send(&Request::Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+        name: "pinger".into(),
+    })
+    .await;
+    assert!(matches!(c.recv().await, Some(Reply::Welcome { .. })));
+    let mut pings = BytesMut::new();
+    for nonce in 0..200_000 {
+        Request::Ping { nonce }.encode(&mut pings);
+    }
+    // The broker may close before it read everything; that is the point.
+    let _ = c.stream.write_all(&pings).await;
+    let frames = c.drain_to_eof().await;
+    let last = frames.last().expect("no frames");
+    assert_error(last, ErrorCode::SlowConsumer, &["slow consumer"]);
+    assert_eq!(metric(&b, "ordo_slow_consumer_disconnects_total"), 1.0);
+}

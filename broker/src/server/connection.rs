@@ -248,10 +248,12 @@ impl Reader<'_> {
 
     /// A request-level error; the connection stays open.
     fn refuse(&self, req: u64, code: ErrorCode, message: String) -> Flow {
-        match self
-            .outbox
-            .push(Out::Reply(Reply::Error { req, code, message }))
-        {
+        self.answer(Reply::Error { req, code, message })
+    }
+
+    /// Queues an answer the reader gives itself (an error, a pong).
+    fn answer(&self, reply: Reply) -> Flow {
+        match self.outbox.push(Out::Reply(reply)) {
             Ok(()) => Flow::Continue,
             Err(PushError::Full) => {
                 // Our own answers overflowing the queue is slow consumption too.
@@ -375,10 +377,7 @@ impl Reader<'_> {
             }
             Request::ListTopics { req } => self.to_driver(Command::ListTopics { conn, req }).await,
             Request::Cluster { req } => self.to_driver(Command::Cluster { conn, req }).await,
-            Request::Ping { nonce } => match self.outbox.push(Out::Reply(Reply::Pong { nonce })) {
-                Ok(()) => Flow::Continue,
-                Err(_) => Flow::Stop(false),
-            },
+            Request::Ping { nonce } => self.answer(Reply::Pong { nonce }),
             Request::Pong { .. } => Flow::Continue,
         }
     }
