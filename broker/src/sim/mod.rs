@@ -26,12 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ordo_wire::{Incarnation, NodeId, Ordering, Origin};
+use ordo_wire::{CausalContext, Incarnation, NodeId, Ordering, Origin};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::engine::{Engine, EngineConfig, Event, Publish, PublishError, Stats};
-use check::{Life, Published, ViewKey};
+use check::{Life, Past, Published, ViewKey};
 use net::{Corrupt, Duplicate, Jitter, Loss, Network, Partition, PartitionWindow};
 use workload::PlannedPublish;
 
@@ -249,6 +249,32 @@ pub struct Sim {
     retired: Vec<Stats>,
     publisher_ids: u64,
     bound_breaches: BTreeSet<String>,
+    /// Each causal message's past, computed from the history.
+    past: BTreeMap<(u64, u32), Past>,
+    /// Responses planned by the responder: their context and past.
+    responses: BTreeMap<(u64, u32), (CausalContext, Past)>,
+    responded: u32,
+}
+
+/// The topics the workload uses, one per ordering: publisher `p` publishes
+/// on `TOPICS[p % 4]` (and `safe` when `p % 3 == 0`, so safe messages occur
+/// on every ordering).
+pub const TOPICS: [(&str, Ordering); 4] = [
+    ("sim.fifo", Ordering::Fifo),
+    ("sim.causal", Ordering::Causal),
+    ("sim.isis", Ordering::TotalIsis),
+    ("sim.seq", Ordering::TotalSeq),
+];
+
+/// The responder's publisher id at a slot: it listens at slot 0 and, after
+/// some causal deliveries there, publishes at slot 1 carrying the delivery's
+/// context (a receive-then-publish chain across brokers). `≡ 1 (mod 4)`: causal.
+const RESPONDER: u64 = 4_000_001;
+/// Most responses per run.
+const MAX_RESPONSES: u32 = 24;
+
+fn topic_of(publisher: u64) -> (&'static str, Ordering) {
+    TOPICS[(publisher % 4) as usize]
 }
 
 impl Sim {
@@ -299,6 +325,9 @@ impl Sim {
             retired: Vec::new(),
             publisher_ids: 0,
             bound_breaches: BTreeSet::new(),
+            past: BTreeMap::new(),
+            responses: BTreeMap::new(),
+            responded: 0,
             cfg,
         }
     }
@@ -339,6 +368,7 @@ impl Sim {
         let give_up = self.now + Duration::from_secs(10);
         while self.now < give_up {
             if self.converged() {
+                self.declare_topics();
                 self.net.faults_from(self.now);
                 self.plan_partitions();
                 return true;
@@ -352,6 +382,21 @@ impl Sim {
             self.views_summary()
         ));
         false
+    }
+
+    /// Declares the workload's topics at the first engine (cluster-wide).
+    fn declare_topics(&mut self) {
+        let first = self.slots.iter().position(|s| s.engine.is_some());
+        let Some(i) = first else { return };
+        if let Some(e) = self.slots[i].engine.as_mut() {
+            for (t, o) in TOPICS {
+                let token = crate::engine::ConfirmToken { conn: 0, req: 0 };
+                if let Err(err) = e.declare(t, o, false, token) {
+                    self.violations.push(format!("declaring {t} failed: {err}"));
+                }
+            }
+        }
+        self.drain(i);
     }
 
     /// Plans traffic: `publishers_per_node` publishers on each of `slots`,
@@ -510,19 +555,37 @@ impl Sim {
                     break;
                 }
                 let view = view_key(e);
+                let (topic, ordering) = topic_of(publisher);
+                let (context, mut past) = self
+                    .responses
+                    .get(&(publisher, p.index))
+                    .cloned()
+                    .unwrap_or_default();
                 let msg = Publish {
-                    topic: "sim.topic".into(),
-                    ordering: Ordering::Fifo,
+                    topic: topic.into(),
+                    ordering,
                     // Every third publisher publishes `safe` messages.
                     safe: publisher % 3 == 0,
                     publisher,
-                    context: Default::default(),
+                    context,
                     payload: workload::payload(publisher, p.index, p.size),
                     confirm: None,
                     published_at_us: 0,
                 };
                 match e.publish(msg, now) {
                     Ok(()) => {
+                        if ordering == Ordering::Causal {
+                            // Its past: the publisher's earlier messages,
+                            // everything delivered at this broker (the
+                            // broker's clock goes with every publish) and
+                            // what the client carried in.
+                            past.insert(publisher, p.index);
+                            if let Some(l) = self.lives.get(life) {
+                                check::merge(&mut past, &l.clock);
+                            }
+                            self.past.insert((publisher, p.index), past);
+                            self.responses.remove(&(publisher, p.index));
+                        }
                         self.published.push(Published {
                             publisher,
                             index: p.index,
@@ -574,6 +637,7 @@ impl Sim {
                 .send(i, live.iter().copied(), &d, now, &mut self.rng);
         }
         let mut safe = Vec::new();
+        let mut respond = Vec::new();
         while let Some(ev) = e.poll_event() {
             let Some(rec) = self.lives.get_mut(life) else {
                 continue;
@@ -585,6 +649,27 @@ impl Sim {
                             .entry(tag.publisher)
                             .or_default()
                             .push(tag.index);
+                        let m = (tag.publisher, tag.index);
+                        match d.ordering {
+                            Ordering::Causal => {
+                                rec.causal.push(m);
+                                if let Some(p) = self.past.get(&m) {
+                                    check::merge(&mut rec.clock, p);
+                                }
+                                check::merge(&mut rec.clock, &Past::from([(m.0, m.1 + 1)]));
+                                if i == 0 && m.0 != RESPONDER && (m.1 % 7 == 3) {
+                                    respond.push((d.context.clone(), m));
+                                }
+                            }
+                            Ordering::TotalIsis | Ordering::TotalSeq => {
+                                rec.total.entry(d.topic.to_string()).or_default().push((
+                                    m.0,
+                                    m.1,
+                                    d.gseq.map(|g| g.0),
+                                ));
+                            }
+                            Ordering::Fifo => {}
+                        }
                         if tag.publisher % 3 == 0 {
                             safe.push((d.origin, d.seq, e.view().id));
                         }
@@ -606,9 +691,18 @@ impl Sim {
                         "slot {i} reported a discontinuity from view {from} to {to}: {reason}"
                     ));
                 }
-                Event::Confirmed(_) => {}
+                Event::Confirmed(_) | Event::TopicDeclared { .. } => {}
             }
         }
+        for (context, m) in respond {
+            self.respond(context, m);
+        }
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some(e) = slot.engine.as_mut() else {
+            return;
+        };
         if slot.leaving && e.has_left() {
             self.retired.push(e.stats().clone());
             slot.engine = None;
@@ -633,6 +727,32 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The responder received `m` at slot 0: it publishes at slot 1 with the
+    /// delivery's context, so its message causally follows `m` everywhere.
+    fn respond(&mut self, context: CausalContext, m: (u64, u32)) {
+        if self.responded >= MAX_RESPONSES || self.slots.len() < 2 {
+            return;
+        }
+        if self.slots[1].engine.is_none() || self.slots[1].leaving {
+            return;
+        }
+        let index = self.responded;
+        self.responded += 1;
+        let mut past = self.past.get(&m).cloned().unwrap_or_default();
+        check::merge(&mut past, &Past::from([(m.0, m.1 + 1)]));
+        self.responses.insert((RESPONDER, index), (context, past));
+        self.blocked
+            .entry(RESPONDER)
+            .or_default()
+            .push_back(PlannedPublish {
+                at: self.now,
+                node: 1,
+                publisher: RESPONDER,
+                index,
+                size: 40,
+            });
     }
 
     fn act(&mut self, a: Action) {
@@ -739,6 +859,14 @@ impl Sim {
                     st.unstable_own_bytes
                 ));
             }
+            if st.causal_holdback_messages > 2 * st.ordering_limit
+                || st.total_pending_messages > 2 * st.ordering_limit
+            {
+                found.push(format!(
+                    "slot {i}: ordering layers hold {} causal / {} total messages, above twice their bound {} B",
+                    st.causal_holdback_messages, st.total_pending_messages, st.ordering_limit
+                ));
+            }
             if st.reassembly_bytes > reassembly_bound {
                 found.push(format!(
                     "slot {i}: reassembly {} B above its bound {reassembly_bound} B",
@@ -814,6 +942,13 @@ impl Sim {
     fn finish(mut self) -> SimReport {
         let mut v = std::mem::take(&mut self.violations);
         v.extend(check::deliveries(&self.lives, &self.published));
+        v.extend(check::causal(&self.lives, &self.past));
+        v.extend(check::total(&self.lives));
+        let tables: BTreeSet<Vec<(String, Ordering, bool)>> =
+            self.live().map(Engine::agreed_topics).collect();
+        if tables.len() > 1 {
+            v.push(format!("TOPICS: brokers disagree on the topic table: {tables:?}"));
+        }
         if !self.converged() {
             v.push(format!(
                 "members do not share one view: {}",
