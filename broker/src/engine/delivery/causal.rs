@@ -46,7 +46,12 @@ impl Causal {
 
     /// The clock of what this member delivered, for a local publish's context.
     pub(crate) fn clock(&self) -> CausalContext {
-        CausalContext::from_entries(self.delivered.iter().map(|(o, s)| (*o, *s)))
+        CausalContext::from_entries(
+            self.delivered
+                .iter()
+                .filter(|(_, s)| s.0 > 0)
+                .map(|(o, s)| (*o, *s)),
+        )
     }
 
     /// Messages and payload bytes held back.
