@@ -136,9 +136,15 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_fragments_sent_total", "", |s| s.fragments),
     ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
     ("ordo_causal_forced_total", "", |s| s.causal_forced),
-    ("ordo_ordering_control_sent_total", "", |s| s.control_messages_sent),
-    ("ordo_ordering_control_unknown_total", "", |s| s.control_unknown),
-    ("ordo_datagrams_dropped_total", "bad_control", |s| s.control_malformed),
+    ("ordo_ordering_control_sent_total", "", |s| {
+        s.control_messages_sent
+    }),
+    ("ordo_ordering_control_unknown_total", "", |s| {
+        s.control_unknown
+    }),
+    ("ordo_datagrams_dropped_total", "bad_control", |s| {
+        s.control_malformed
+    }),
 ];
 
 /// Gauges copied from each snapshot: (name, help, field).
@@ -168,10 +174,26 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "Bytes of fragments waiting for the rest of their message.",
         |s| s.reassembly_bytes,
     ),
-    ("ordo_causal_holdback_messages", "Causal messages held back until their context is delivered.", |s| s.causal_holdback_messages),
-    ("ordo_causal_holdback_bytes", "Payload bytes of causal messages held back.", |s| s.causal_holdback_bytes),
-    ("ordo_total_pending_messages", "Total-order messages waiting for their place (final priority or sequencer order).", |s| s.total_pending_messages),
-    ("ordo_ordering_limit_messages", "Bound on causal hold-back and on pending total-order messages (publishes wait beyond it).", |s| s.ordering_limit),
+    (
+        "ordo_causal_holdback_messages",
+        "Causal messages held back until their context is delivered.",
+        |s| s.causal_holdback_messages,
+    ),
+    (
+        "ordo_causal_holdback_bytes",
+        "Payload bytes of causal messages held back.",
+        |s| s.causal_holdback_bytes,
+    ),
+    (
+        "ordo_total_pending_messages",
+        "Total-order messages waiting for their place (final priority or sequencer order).",
+        |s| s.total_pending_messages,
+    ),
+    (
+        "ordo_ordering_limit_messages",
+        "Bound on causal hold-back and on pending total-order messages (publishes wait beyond it).",
+        |s| s.ordering_limit,
+    ),
 ];
 
 /// Every metric the broker exports, registered in its own registry.

@@ -18,10 +18,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::buf::put_str;
 use crate::buf::{
     causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
 };
-use crate::buf::put_str;
 use crate::types::{CausalContext, NodeId, Ordering, Origin, Seq, ViewId};
 use crate::WireError;
 
@@ -933,7 +933,10 @@ mod tests {
                 any::<u64>(),
                 proptest::collection::vec(origin(), 0..4),
                 seqs(),
-                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()), 0..3)
+                proptest::collection::vec(
+                    ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()),
+                    0..3
+                )
             )
                 .prop_map(|(v, members, digest, st)| Body::Install(Install {
                     view: ViewId(v),
@@ -964,20 +967,23 @@ mod tests {
             node: NodeId(n),
         });
         prop_oneof![
-            proptest::collection::vec((origin(), any::<u64>(), prio.clone()), 0..4).prop_map(
-                |v| Control::IsisProposal(v.into_iter().map(|(o, s, p)| (o, Seq(s), p)).collect())
-            ),
-            proptest::collection::vec((any::<u64>(), prio), 0..4)
-                .prop_map(|v| Control::IsisFinal(v.into_iter().map(|(s, p)| (Seq(s), p)).collect())),
-            seqs().prop_map(Control::SequencerOrder),
-            ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()).prop_map(|(name, o, safe, req)| {
-                Control::Declare {
-                    name,
-                    ordering: Ordering::from_code(o).unwrap(),
-                    safe,
-                    req,
-                }
+            proptest::collection::vec((origin(), any::<u64>(), prio.clone()), 0..4).prop_map(|v| {
+                Control::IsisProposal(v.into_iter().map(|(o, s, p)| (o, Seq(s), p)).collect())
             }),
+            proptest::collection::vec((any::<u64>(), prio), 0..4).prop_map(|v| Control::IsisFinal(
+                v.into_iter().map(|(s, p)| (Seq(s), p)).collect()
+            )),
+            seqs().prop_map(Control::SequencerOrder),
+            ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()).prop_map(
+                |(name, o, safe, req)| {
+                    Control::Declare {
+                        name,
+                        ordering: Ordering::from_code(o).unwrap(),
+                        safe,
+                        req,
+                    }
+                }
+            ),
         ]
     }
 

@@ -451,9 +451,7 @@ impl Engine {
                 payload,
             });
             self.stats.control_messages_sent += 1;
-            let n = self
-                .delivery
-                .sent(&c, &mut self.topics, &mut self.events);
+            let n = self.delivery.sent(&c, &mut self.topics, &mut self.events);
             self.stats.delivered += n as u64;
             self.stats.messages_delivered += n as u64;
         }
@@ -924,7 +922,10 @@ fn fresh_delivery(config: &EngineConfig, me: Origin) -> delivery::Delivery {
     let room = config
         .max_datagram
         .saturating_sub(DATA_FRAME_OVERHEAD + DataMsg::FIXED_LEN + Control::HEADER_LEN);
-    let batch = room / Control::PROPOSAL_LEN.max(Control::FINAL_LEN).max(Control::ORDER_LEN);
+    let batch = room
+        / Control::PROPOSAL_LEN
+            .max(Control::FINAL_LEN)
+            .max(Control::ORDER_LEN);
     #[allow(unused_mut)]
     let mut d = delivery::Delivery::new(me, batch);
     #[cfg(feature = "bug-injection")]

@@ -474,10 +474,7 @@ impl Driver {
                     return;
                 }
                 let token = ConfirmToken { conn, req };
-                match self
-                    .engine
-                    .declare(&topic, spec.ordering, spec.safe, token)
-                {
+                match self.engine.declare(&topic, spec.ordering, spec.safe, token) {
                     Ok(()) => {}
                     Err(PublishError::WouldBlock) => {
                         self.await_input = true;

@@ -947,7 +947,9 @@ impl Sim {
         let tables: BTreeSet<Vec<(String, Ordering, bool)>> =
             self.live().map(Engine::agreed_topics).collect();
         if tables.len() > 1 {
-            v.push(format!("TOPICS: brokers disagree on the topic table: {tables:?}"));
+            v.push(format!(
+                "TOPICS: brokers disagree on the topic table: {tables:?}"
+            ));
         }
         if !self.converged() {
             v.push(format!(

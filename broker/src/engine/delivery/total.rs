@@ -393,8 +393,7 @@ impl Total {
     pub(crate) fn state(&self) -> Vec<TopicState> {
         // Every topic in use was declared (the driver declares a topic on
         // its first use), so the table covers every gseq.
-        self
-            .agreed
+        self.agreed
             .iter()
             .map(|(name, (ordering, safe))| TopicState {
                 name: name.clone(),
