@@ -71,6 +71,9 @@ pub struct SimConfig {
     pub faults: FaultPlan,
     /// Every payload this size (bytes) instead of random sizes.
     pub payload_size: Option<usize>,
+    /// Every publish on this ordering (and `safe` as given) instead of the
+    /// mix by publisher id (throughput mode).
+    pub only: Option<(Ordering, bool)>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -92,6 +95,7 @@ impl SimConfig {
             base_latency: Duration::from_micros(200),
             faults: FaultPlan::default(),
             payload_size: None,
+            only: None,
             deadline: Duration::from_secs(120),
             #[cfg(feature = "bug-injection")]
             bugs: crate::engine::Bugs::default(),
@@ -168,6 +172,10 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// How to replay it, for the randomized runs.
     pub replay: Option<String>,
+    /// Delivery latency in virtual time (publish to each delivery,
+    /// everywhere): median and 99th percentile.
+    pub latency_p50: Duration,
+    pub latency_p99: Duration,
 }
 
 impl SimReport {
@@ -254,6 +262,9 @@ pub struct Sim {
     /// Responses planned by the responder: their context and past.
     responses: BTreeMap<(u64, u32), (CausalContext, Past)>,
     responded: u32,
+    /// Virtual publish time of each message, and delivery latencies seen.
+    sent_at: BTreeMap<(u64, u32), Instant>,
+    latencies: Vec<Duration>,
 }
 
 /// The topics the workload uses, one per ordering: publisher `p` publishes
@@ -328,6 +339,8 @@ impl Sim {
             past: BTreeMap::new(),
             responses: BTreeMap::new(),
             responded: 0,
+            sent_at: BTreeMap::new(),
+            latencies: Vec::new(),
             cfg,
         }
     }
@@ -555,7 +568,20 @@ impl Sim {
                     break;
                 }
                 let view = view_key(e);
-                let (topic, ordering) = topic_of(publisher);
+                let (topic, ordering, safe) = match self.cfg.only {
+                    Some((o, safe)) => {
+                        let t = TOPICS
+                            .iter()
+                            .find(|(_, to)| *to == o)
+                            .map_or("sim.fifo", |t| t.0);
+                        (t, o, safe)
+                    }
+                    None => {
+                        let (t, o) = topic_of(publisher);
+                        // Every third publisher publishes `safe` messages.
+                        (t, o, publisher % 3 == 0)
+                    }
+                };
                 let (context, mut past) = self
                     .responses
                     .get(&(publisher, p.index))
@@ -564,8 +590,7 @@ impl Sim {
                 let msg = Publish {
                     topic: topic.into(),
                     ordering,
-                    // Every third publisher publishes `safe` messages.
-                    safe: publisher % 3 == 0,
+                    safe,
                     publisher,
                     context,
                     payload: workload::payload(publisher, p.index, p.size),
@@ -574,6 +599,7 @@ impl Sim {
                 };
                 match e.publish(msg, now) {
                     Ok(()) => {
+                        self.sent_at.insert((publisher, p.index), now);
                         if ordering == Ordering::Causal {
                             // Its past: the publisher's earlier messages,
                             // everything delivered at this broker (the
@@ -650,6 +676,9 @@ impl Sim {
                             .or_default()
                             .push(tag.index);
                         let m = (tag.publisher, tag.index);
+                        if let Some(t) = self.sent_at.get(&m) {
+                            self.latencies.push(now - *t);
+                        }
                         match d.ordering {
                             Ordering::Causal => {
                                 rec.causal.push(m);
@@ -670,7 +699,11 @@ impl Sim {
                             }
                             Ordering::Fifo => {}
                         }
-                        if tag.publisher % 3 == 0 {
+                        let is_safe = match self.cfg.only {
+                            Some((_, safe)) => safe,
+                            None => tag.publisher % 3 == 0,
+                        };
+                        if is_safe {
                             safe.push((d.origin, d.seq, e.view().id));
                         }
                     }
@@ -998,7 +1031,17 @@ impl Sim {
         for s in &all {
             add_stats(&mut totals, s);
         }
+        let mut lat = std::mem::take(&mut self.latencies);
+        lat.sort();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         SimReport {
+            latency_p50,
+            latency_p99,
             seed: self.cfg.seed,
             config: self.cfg.describe(),
             violations: v,

@@ -420,3 +420,147 @@ impl Total {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::engine::topics::TopicCache;
+    use crate::engine::Event;
+    use ordo_wire::group::DataMsg;
+    use ordo_wire::{CausalContext, Incarnation};
+
+    fn o(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    fn msg(origin: u32, seq: u64, ordering: Ordering) -> Ready {
+        Ready {
+            origin: o(origin),
+            seq: Seq(seq),
+            msg: DataMsg {
+                seq: Seq(seq),
+                topic: Bytes::from_static(b"t"),
+                ordering,
+                safe: false,
+                publisher: 1,
+                context: CausalContext::new(),
+                published_at_us: 0,
+                fragment: None,
+                payload: Bytes::from(format!("{origin}:{seq}")),
+            },
+        }
+    }
+
+    fn delivered(events: &mut VecDeque<Event>) -> Vec<(String, u64)> {
+        events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::Deliver(d) => Some((
+                    String::from_utf8_lossy(&d.payload).into_owned(),
+                    d.gseq.map_or(0, |g| g.0),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn p(counter: u64, node: u32) -> Priority {
+        Priority {
+            counter,
+            node: NodeId(node),
+        }
+    }
+
+    #[test]
+    fn isis_origin_fixes_the_maximum_and_keeps_its_own_order() {
+        let mut t = Total::new(o(1), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), &mut out);
+        t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out);
+        t.accept_isis(msg(1, 2, Ordering::TotalIsis), &mut out);
+        // Node 2 proposes high for the first and low for the second.
+        t.on_control(
+            o(2),
+            Control::IsisProposal(vec![(o(1), Seq(1), p(9, 2)), (o(1), Seq(2), p(1, 2))]),
+            &mut out,
+        );
+        let c = t.next_control().unwrap();
+        // The second's final is raised above the first's, keeping FIFO.
+        assert_eq!(
+            c,
+            Control::IsisFinal(vec![(Seq(1), p(9, 2)), (Seq(2), p(10, 1))])
+        );
+        assert_eq!(out.delivered, 0, "finals apply once in our stream");
+        t.sent(&c, &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("1:1".into(), 1), ("1:2".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn isis_waits_while_a_tentative_priority_is_lower() {
+        let mut t = Total::new(o(3), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out); // we propose 1.3
+        t.accept_isis(msg(2, 1, Ordering::TotalIsis), &mut out); // we propose 2.3
+        t.on_control(o(2), Control::IsisFinal(vec![(Seq(1), p(2, 3))]), &mut out);
+        assert_eq!(out.delivered, 0, "1:1 (tentative 1.3) may still come first");
+        t.on_control(o(1), Control::IsisFinal(vec![(Seq(1), p(2, 2))]), &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("1:1".into(), 1), ("2:1".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn sequenced_messages_wait_for_data_and_order_and_resolve_at_a_view_change() {
+        let mut t = Total::new(o(2), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.on_control(
+            o(1),
+            Control::SequencerOrder(vec![(o(3), Seq(1)), (o(2), Seq(1))]),
+            &mut out,
+        );
+        t.accept_seq(msg(2, 1, Ordering::TotalSeq), &mut out);
+        assert_eq!(out.delivered, 0, "3:1 comes first and is not here yet");
+        // Orders from a member that is not the sequencer are ignored.
+        t.on_control(
+            o(3),
+            Control::SequencerOrder(vec![(o(2), Seq(1))]),
+            &mut out,
+        );
+        assert_eq!(t.unknown, 1);
+        t.accept_seq(msg(3, 1, Ordering::TotalSeq), &mut out);
+        t.accept_seq(msg(3, 2, Ordering::TotalSeq), &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("3:1".into(), 1), ("2:1".into(), 2)]
+        );
+        // 3:2 was never ordered: the view change delivers it, gseq continuing.
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), &mut out);
+        assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
+        assert_eq!(t.state(), vec![]);
+    }
+}
