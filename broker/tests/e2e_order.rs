@@ -305,3 +305,102 @@ async fn conflicting_declarations_resolve_the_same_everywhere_and_reach_a_joiner
     wait_members(&brokers, 4);
     wait_tables_agree(&brokers, &want).await;
 }
+
+/// Figures for the closing note (not a timed assertion): throughput and
+/// p50/p99 delivery latency of each ordering on 3 real brokers, relative to
+/// fifo in the same run.
+/// `cargo test --release -p ordo-broker --test e2e_order -- --ignored figures --nocapture`
+/// (`ORDO_FIGURES_MSGS` messages per publisher, default 3000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let per: usize = std::env::var("ORDO_FIGURES_MSGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let micros = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    };
+    let cluster = ClusterSpec::new();
+    let brokers = start_cluster(&cluster, 1..=3);
+    wait_members(&brokers, 3);
+    let admin = connect(&brokers[0]).await;
+    let cases = [
+        ("f.fifo", Ordering::Fifo, false),
+        ("f.causal", Ordering::Causal, false),
+        ("f.isis", Ordering::TotalIsis, false),
+        ("f.seq", Ordering::TotalSeq, false),
+        ("f.fifo.safe", Ordering::Fifo, true),
+        ("f.seq.safe", Ordering::TotalSeq, true),
+    ];
+    let mut fifo_rate = 0.0;
+    for (topic, ordering, safe) in cases {
+        admin.declare(topic, ordering, safe).await.unwrap();
+        wait_tables_agree(&brokers, &[(topic, ordering)]).await;
+        let mut subs = Vec::new();
+        for b in &brokers {
+            let c = connect(b).await;
+            let s = c.subscribe(topic).await.unwrap();
+            subs.push((c, s));
+        }
+        let started = Instant::now();
+        let mut pubs = Vec::new();
+        for b in &brokers {
+            let c = connect(b).await;
+            pubs.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    c.publish(topic, micros().to_be_bytes().to_vec())
+                        .await
+                        .unwrap();
+                }
+                c.flush().await.unwrap();
+                c
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut readers = Vec::new();
+        for (c, mut s) in subs {
+            readers.push(tokio::spawn(async move {
+                let mut l = Vec::with_capacity(3 * per);
+                while l.len() < 3 * per {
+                    match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
+                        Ok(Some(Ok(Event::Message(m)))) => {
+                            let sent = u64::from_be_bytes(m.payload[..8].try_into().unwrap());
+                            l.push(micros().saturating_sub(sent));
+                        }
+                        other => panic!("after {}: {other:?}", l.len()),
+                    }
+                }
+                drop(c);
+                l
+            }));
+        }
+        for r in readers {
+            lat.extend(r.await.unwrap());
+        }
+        let wall = started.elapsed();
+        for p in pubs {
+            p.await.unwrap();
+        }
+        lat.sort_unstable();
+        let rate = (3 * per) as f64 / wall.as_secs_f64();
+        if ordering == Ordering::Fifo && !safe {
+            fifo_rate = rate;
+        }
+        println!(
+            "{:<12} {:<10}{:<5}: {:>6} msgs in {:>7.2?} = {:>7.0} msg/s ({:.2}x fifo); latency p50 {:>6} us p99 {:>7} us",
+            topic,
+            ordering.to_string(),
+            if safe { "safe" } else { "" },
+            3 * per,
+            wall,
+            rate,
+            rate / fifo_rate,
+            lat[lat.len() / 2],
+            lat[lat.len() * 99 / 100]
+        );
+    }
+}

@@ -765,7 +765,7 @@ impl Sim {
     /// The responder received `m` at slot 0: it publishes at slot 1 with the
     /// delivery's context, so its message causally follows `m` everywhere.
     fn respond(&mut self, context: CausalContext, m: (u64, u32)) {
-        if self.responded >= MAX_RESPONSES || self.slots.len() < 2 {
+        if self.responded >= MAX_RESPONSES || self.slots.len() < 2 || self.cfg.only.is_some() {
             return;
         }
         if self.slots[1].engine.is_none() || self.slots[1].leaving {

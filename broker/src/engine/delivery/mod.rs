@@ -147,7 +147,11 @@ impl Delivery {
             return;
         }
         match ready.msg.ordering {
-            Ordering::Fifo => self.fifo.accept(ready, out.topics, out.events),
+            Ordering::Fifo => {
+                let before = out.events.len();
+                self.fifo.accept(ready, out.topics, out.events);
+                out.delivered += out.events.len() - before;
+            }
             Ordering::Causal => self.causal.accept(ready, out),
             Ordering::TotalIsis => self.total.accept_isis(ready, out),
             Ordering::TotalSeq => self.total.accept_seq(ready, out),
