@@ -335,7 +335,6 @@ impl Engine {
             },
         };
         self.enter_local(local);
-        self.pump_control();
         self.refresh_gauges();
         Ok(())
     }
@@ -394,7 +393,6 @@ impl Engine {
             seq,
             msg,
         });
-        self.pump_control();
         self.refresh_gauges();
         Ok(())
     }
@@ -427,7 +425,10 @@ impl Engine {
 
     /// Puts the ordering layers' control messages (proposals, finals,
     /// orders) into our stream while our window has room; never during a
-    /// flush (the stream must end at the flushed point).
+    /// flush (the stream must end at the flushed point). Called when the
+    /// driver asks for datagrams, so everything the inputs since the last
+    /// call produced goes out batched: one control message carries many
+    /// entries, and many control messages share a frame with data.
     fn pump_control(&mut self) {
         if !self.in_view || self.membership.flushing() {
             return;
@@ -565,6 +566,7 @@ impl Engine {
         let datagram = match self.transmit.pop_front() {
             Some(d) => d,
             None => {
+                self.pump_control();
                 if !self.data_allowed() || !self.rel.has_unsent() {
                     return None;
                 }
@@ -788,7 +790,6 @@ impl Engine {
                 self.rel.advance_stability(&mut self.stats)
             };
             self.events.extend(done.into_iter().map(Event::Confirmed));
-            self.pump_control();
         }
         self.coordinator_progress(now);
         self.refresh_gauges();

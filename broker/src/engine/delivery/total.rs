@@ -60,6 +60,8 @@ pub(crate) struct Total {
     /// Our own messages collecting proposals, in stream order.
     collecting: BTreeMap<Seq, BTreeMap<Origin, Priority>>,
     last_final: Priority,
+    /// Our last message with a final (finals are fixed in stream order).
+    final_upto: Seq,
     proposals_out: Vec<(Origin, Seq, Priority)>,
     finals_out: Vec<(Seq, Priority)>,
     // ----- sequencer -----
@@ -151,6 +153,11 @@ impl Total {
                     if o != self.me {
                         continue;
                     }
+                    if s <= self.final_upto {
+                        // Already final: a peer that proposes twice is broken.
+                        self.unknown += 1;
+                        continue;
+                    }
                     // Our message may not be in the layer yet (held until
                     // stable behind a safe one): its proposals wait for it.
                     self.collecting.entry(s).or_default().insert(sender, p);
@@ -230,9 +237,23 @@ impl Total {
     /// Fixes the final priority of our oldest messages that have every proposal.
     fn try_finalize(&mut self) {
         while let Some((&s, props)) = self.collecting.first_key_value() {
-            if !self.isis.contains_key(&(self.me, s))
-                || !self.members.iter().all(|m| props.contains_key(m))
-            {
+            if !self.isis.contains_key(&(self.me, s)) {
+                // Our messages enter in stream order: if a later one is here,
+                // this seq is no ISIS message of ours (a broken peer's
+                // proposal); otherwise it has not entered yet.
+                let later = self
+                    .collecting
+                    .keys()
+                    .skip(1)
+                    .any(|k| self.isis.contains_key(&(self.me, *k)));
+                if later {
+                    self.collecting.remove(&s);
+                    self.unknown += 1;
+                    continue;
+                }
+                return;
+            }
+            if !self.members.iter().all(|m| props.contains_key(m)) {
                 return;
             }
             let max = if self.skip_max {
@@ -250,6 +271,7 @@ impl Total {
                 }
             };
             self.last_final = fin;
+            self.final_upto = s;
             self.counter = self.counter.max(fin.counter);
             self.finals_out.push((s, fin));
             self.collecting.remove(&s);
