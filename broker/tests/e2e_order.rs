@@ -168,3 +168,47 @@ async fn figures() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_topics_go_through_the_same_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, ordering: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("[[topics]]\nname = \"cfg.a\"\nordering = \"{ordering}\"\n[[topics]]\nname = \"cfg.{name}\"\nordering = \"total-isis\"\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // Two brokers configured differently for one topic: the group agrees on
+    // one of the two, and each broker's own topic reaches the other.
+    let (one, two) = (file("one", "total-seq"), file("two", "causal"));
+    let cluster = ClusterSpec::new();
+    let brokers: Vec<BrokerProcess> = [(1, one), (2, two)]
+        .into_iter()
+        .map(|(id, cfg)| {
+            broker()
+                .cluster(&cluster)
+                .args([
+                    "--node-id".to_string(),
+                    id.to_string(),
+                    "--config".into(),
+                    cfg,
+                ])
+                .start()
+        })
+        .collect();
+    wait_members(&brokers, 2);
+    let want = [
+        ("cfg.one", Ordering::TotalIsis),
+        ("cfg.two", Ordering::TotalIsis),
+    ];
+    wait_tables_agree(&brokers, &want).await;
+    let table = connect(&brokers[0]).await.list_topics().await.unwrap();
+    let a = table.iter().find(|t| t.name == "cfg.a").unwrap();
+    assert!(
+        matches!(a.ordering, Ordering::TotalSeq | Ordering::Causal),
+        "{table:?}"
+    );
+}
