@@ -85,6 +85,8 @@ pub struct SimConfig {
     /// Every publish on this ordering (and `safe` as given) instead of the
     /// mix by publisher id (throughput mode).
     pub only: Option<(Ordering, bool)>,
+    /// The engines' bound on causal hold-back and pending total messages.
+    pub ordering_limit: Option<usize>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -107,6 +109,7 @@ impl SimConfig {
             faults: FaultPlan::default(),
             payload_size: None,
             only: None,
+            ordering_limit: None,
             deadline: Duration::from_secs(120),
             #[cfg(feature = "bug-injection")]
             bugs: crate::engine::Bugs::default(),
@@ -187,6 +190,9 @@ pub struct SimReport {
     /// everywhere): median and 99th percentile.
     pub latency_p50: Duration,
     pub latency_p99: Duration,
+    /// The most messages any engine's ordering layers held at once (causal
+    /// hold-back or pending total order).
+    pub peak_ordering_held: u64,
 }
 
 impl SimReport {
@@ -276,6 +282,7 @@ pub struct Sim {
     /// Virtual publish time of each message, and delivery latencies seen.
     sent_at: BTreeMap<(u64, u32), Instant>,
     latencies: Vec<Duration>,
+    peak_ordering_held: u64,
 }
 
 /// The topics the workload uses, one per ordering: publisher `p` publishes
@@ -352,6 +359,7 @@ impl Sim {
             responded: 0,
             sent_at: BTreeMap::new(),
             latencies: Vec::new(),
+            peak_ordering_held: 0,
             cfg,
         }
     }
@@ -849,6 +857,9 @@ impl Sim {
             .wrapping_add((s as u64) << 32 | slot.incarnation);
         c.max_datagram = self.cfg.max_datagram;
         c.retransmit_buffer_bytes = self.cfg.retransmit_buffer_bytes;
+        if let Some(l) = self.cfg.ordering_limit {
+            c.ordering_limit = l;
+        }
         #[cfg(feature = "bug-injection")]
         {
             c.bugs = self.cfg.bugs;
@@ -903,14 +914,13 @@ impl Sim {
                     st.unstable_own_bytes
                 ));
             }
-            if st.causal_holdback_messages > 2 * st.ordering_limit
-                || st.total_pending_messages > 2 * st.ordering_limit
-            {
-                found.push(format!(
-                    "slot {i}: ordering layers hold {} causal / {} total messages, above twice their bound {} B",
-                    st.causal_holdback_messages, st.total_pending_messages, st.ordering_limit
-                ));
-            }
+            // The ordering layers' bound is one of admission (a broker
+            // takes no publish while its layers hold `ordering_limit`), not a
+            // hard cap on what others send: recorded, reported, not failed.
+            self.peak_ordering_held = self
+                .peak_ordering_held
+                .max(st.causal_holdback_messages)
+                .max(st.total_pending_messages);
             if st.reassembly_bytes > reassembly_bound {
                 found.push(format!(
                     "slot {i}: reassembly {} B above its bound {reassembly_bound} B",
@@ -1051,6 +1061,7 @@ impl Sim {
         };
         let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         SimReport {
+            peak_ordering_held: self.peak_ordering_held,
             latency_p50,
             latency_p99,
             seed: self.cfg.seed,
