@@ -51,7 +51,10 @@ pub struct EngineConfig {
     /// Messages further than this beyond the contiguous prefix are dropped.
     pub max_receive_ahead: u64,
     /// Bound on the causal hold-back queue and on pending total-order
-    /// messages (each); while either is reached new publishes wait.
+    /// messages (each), enforced at admission: while either is reached, new
+    /// publishes at this broker wait (flow control). Messages from other
+    /// brokers are never dropped for it, so a member that lags (repairing a
+    /// loss) can hold more for a while; the gauges show how much.
     pub ordering_limit: usize,
     /// Planted bugs for the simulator's self-tests; all off by default.
     #[cfg(feature = "bug-injection")]

@@ -88,7 +88,8 @@ pub struct Stats {
     pub causal_holdback_bytes: u64,
     /// Gauge: total-order messages waiting for their place (final priority or order).
     pub total_pending_messages: u64,
-    /// Gauge: the bound on each of the two counts above (publishes wait beyond it).
+    /// Gauge: the admission bound on each of the two counts above (local
+    /// publishes wait while it is reached; see `EngineConfig::ordering_limit`).
     pub ordering_limit: u64,
     /// Causal messages delivered at a view change with a context no member could meet.
     pub causal_forced: u64,
