@@ -1020,6 +1020,12 @@ impl Sim {
                     st.retransmit_buffer_bytes
                 ));
             }
+            if st.causal_forced > 0 || st.control_unknown > 0 || st.control_malformed > 0 {
+                v.push(format!(
+                    "slot {i}: ordering anomalies: {} causal message(s) forced at a view change, {} control entries for unknown messages, {} undecodable control messages",
+                    st.causal_forced, st.control_unknown, st.control_malformed
+                ));
+            }
             if st.unrecoverable > 0 {
                 v.push(format!(
                     "slot {i}: {} unrecoverable message(s)",
