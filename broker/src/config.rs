@@ -121,6 +121,10 @@ pub struct Args {
     /// How long a new client may take to send its Hello before it is dropped, in seconds [default: 10].
     #[arg(long, env = "ORDO_HANDSHAKE_TIMEOUT", value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
+    /// Testing only: drop this percentage of received group datagrams before
+    /// the engine sees them, to exercise NAK repair without root [default: 0].
+    #[arg(long, env = "ORDO_INJECT_LOSS_PERCENT", value_name = "PERCENT")]
+    pub inject_loss_percent: Option<u8>,
 }
 
 /// The TOML file: the same keys as the flags, plus topic declarations.
@@ -149,6 +153,7 @@ pub struct FileConfig {
     pub send_buffer: Option<ByteSize>,
     pub shutdown_timeout: Option<u64>,
     pub handshake_timeout: Option<u64>,
+    pub inject_loss_percent: Option<u8>,
     #[serde(default)]
     pub topics: Vec<FileTopic>,
 }
@@ -198,6 +203,8 @@ pub struct Config {
     pub send_buffer: usize,
     pub shutdown_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Percentage of received group datagrams dropped on purpose (testing).
+    pub inject_loss_percent: u8,
     pub topics: Vec<TopicDecl>,
 }
 
@@ -448,6 +455,18 @@ impl Config {
             10,
         )?;
 
+        let inject_loss_percent = args
+            .inject_loss_percent
+            .or(file.inject_loss_percent)
+            .unwrap_or(0);
+        if inject_loss_percent > 100 {
+            return Err(invalid(
+                "--inject-loss-percent",
+                inject_loss_percent,
+                "a percentage is at most 100",
+            ));
+        }
+
         let mut topics: Vec<TopicDecl> = Vec::with_capacity(file.topics.len());
         for t in file.topics {
             validate_topic(&t.name).map_err(|e| invalid("topic name", &t.name, e.to_string()))?;
@@ -497,6 +516,7 @@ impl Config {
             send_buffer: usize::try_from(send_buffer.0).unwrap_or(usize::MAX),
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
             handshake_timeout: Duration::from_secs(handshake_timeout as u64),
+            inject_loss_percent,
             topics,
         })
     }

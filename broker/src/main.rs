@@ -65,6 +65,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, so logs redirected to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -92,6 +94,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the listen address")?;
 
+    let metrics = Arc::new(Metrics::new());
     let transport = Transport::open(&TransportConfig {
         group: config.group,
         iface: config.iface,
@@ -104,7 +107,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "cannot open the multicast group {} on interface {} (check --group and --iface)",
             config.group, config.iface
         )
-    })?;
+    })?
+    .with_injected_loss(config.inject_loss_percent, rand::random(), metrics.clone());
+    if config.inject_loss_percent > 0 {
+        tracing::warn!(
+            percent = config.inject_loss_percent,
+            "--inject-loss-percent: dropping received group datagrams on purpose (testing only)"
+        );
+    }
 
     let mut engine_config = EngineConfig::new(config.node_id, incarnation, config.cluster.clone());
     engine_config.seed = rand::random();
@@ -112,7 +122,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.retransmit_buffer_bytes = config.retransmit_buffer_bytes;
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
-    let metrics = Arc::new(Metrics::new());
     let (health_tx, health_rx) = watch::channel(Health::NotReady {
         node_id: config.node_id,
         reason: "starting: not in a view yet".into(),

@@ -196,6 +196,23 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
     ),
 ];
 
+/// Labels of `ordo_protocol_errors_total`: every way a client can break
+/// the protocol, created at zero so the first occurrence shows as a rate.
+pub const PROTOCOL_ERROR_REASONS: [&str; 9] = [
+    "handshake_timeout",
+    "truncated_frame",
+    "frame_too_large",
+    "undecodable_frame",
+    "not_hello",
+    "repeated_hello",
+    "payload_too_large",
+    "version",
+    "not_authorized",
+];
+
+/// Reasons the shell (not the engine) drops a group datagram.
+pub const SHELL_DROP_REASONS: [&str; 2] = ["truncated", "injected"];
+
 /// Every metric the broker exports, registered in its own registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -302,6 +319,14 @@ impl Metrics {
             "Client protocol errors, by reason.",
             "reason",
         );
+        // Every series exists from the start at zero, so Prometheus sees the
+        // first error as an increase rather than a series appearing at 1.
+        for reason in PROTOCOL_ERROR_REASONS {
+            protocol_errors.with_label_values(&[reason]);
+        }
+        for reason in SHELL_DROP_REASONS {
+            datagrams_dropped.with_label_values(&[reason]);
+        }
 
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -402,9 +427,13 @@ impl Metrics {
         self.latency(ordering).observe(latency.as_secs_f64());
     }
 
-    /// Counts a datagram the shell itself dropped before the engine saw it
-    /// (e.g. `"truncated"`). `reason` must come from a fixed set in code.
+    /// Counts a datagram the shell itself dropped before the engine saw it;
+    /// `reason` is one of [`SHELL_DROP_REASONS`].
     pub fn datagram_dropped(&self, reason: &'static str) {
+        debug_assert!(
+            SHELL_DROP_REASONS.contains(&reason),
+            "unlisted drop reason {reason}"
+        );
         self.datagrams_dropped.with_label_values(&[reason]).inc();
     }
 
@@ -433,9 +462,13 @@ impl Metrics {
         self.slow_consumer_disconnects.inc();
     }
 
-    /// A client sent something the protocol does not allow. `reason` must be
-    /// one of a fixed set of names chosen in code (it becomes a label).
+    /// A client sent something the protocol does not allow; `reason` is one
+    /// of [`PROTOCOL_ERROR_REASONS`].
     pub fn protocol_error(&self, reason: &'static str) {
+        debug_assert!(
+            PROTOCOL_ERROR_REASONS.contains(&reason),
+            "unlisted protocol error reason {reason}"
+        );
         self.protocol_errors.with_label_values(&[reason]).inc();
     }
 
@@ -633,8 +666,8 @@ mod tests {
         m.subscription_added();
         m.subscription_removed();
         m.slow_consumer();
-        m.protocol_error("bad_frame");
-        m.protocol_error("bad_frame");
+        m.protocol_error("undecodable_frame");
+        m.protocol_error("undecodable_frame");
         m.datagram_dropped("truncated");
         m.observe_publish(Ordering::Causal);
         m.observe_delivery(Ordering::TotalSeq, Duration::from_millis(3));
@@ -646,7 +679,10 @@ mod tests {
         assert_eq!(sample(&t, "ordo_subscriptions"), 2.0);
         assert_eq!(sample(&t, "ordo_slow_consumer_disconnects_total"), 1.0);
         assert_eq!(
-            sample(&t, r#"ordo_protocol_errors_total{reason="bad_frame"}"#),
+            sample(
+                &t,
+                r#"ordo_protocol_errors_total{reason="undecodable_frame"}"#
+            ),
             2.0
         );
         assert_eq!(
@@ -755,7 +791,7 @@ mod tests {
     fn render_is_valid_text_format() {
         let m = Metrics::new();
         m.observe_delivery(Ordering::Fifo, Duration::from_micros(150));
-        m.protocol_error("oversized_frame");
+        m.protocol_error("frame_too_large");
         let text = m.render();
         assert!(text.ends_with('\n'));
 
@@ -853,7 +889,7 @@ mod tests {
         };
         let m = Metrics::new();
         m.observe_delivery(Ordering::Causal, Duration::from_millis(1));
-        m.protocol_error("bad_frame");
+        m.protocol_error("undecodable_frame");
         let mut child = Command::new(promtool)
             .args(["check", "metrics"])
             .stdin(Stdio::piped())

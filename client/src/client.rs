@@ -322,6 +322,13 @@ impl Client {
         make: impl FnOnce(u64) -> Request,
         barrier: bool,
     ) -> Result<Waiter, Error> {
+        let waiter = self.waiter(barrier).await?;
+        self.send(Command::Request(make(waiter.req))).await?;
+        Ok(waiter)
+    }
+
+    /// Takes an in-flight slot and registers a waiter under a fresh request id.
+    async fn waiter(&self, barrier: bool) -> Result<Waiter, Error> {
         let permit = self
             .inner
             .in_flight
@@ -331,16 +338,14 @@ impl Client {
             .map_err(|_| self.inner.shared.gone())?;
         let req = self.next_id();
         let rx = self.inner.shared.register(req, barrier)?;
-        let waiter = Waiter {
+        Ok(Waiter {
             _client: self.clone(),
             req,
             rx: Some(rx),
             shared: self.inner.shared.clone(),
             timeout: self.inner.options.request_timeout,
             _permit: permit,
-        };
-        self.send(Command::Request(make(req))).await?;
-        Ok(waiter)
+        })
     }
 
     /// Declares `topic` with its ordering (and `safe` delivery). Declaring it
@@ -400,25 +405,9 @@ impl Client {
     ) -> Result<Confirmation, Error> {
         let payload = payload.into();
         self.check_payload(&payload)?;
-        let permit = self
-            .inner
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.inner.shared.gone())?;
-        let req = self.next_id();
-        let rx = self.inner.shared.register(req, false)?;
-        let waiter = Waiter {
-            _client: self.clone(),
-            req,
-            rx: Some(rx),
-            shared: self.inner.shared.clone(),
-            timeout: self.inner.options.request_timeout,
-            _permit: permit,
-        };
+        let waiter = self.waiter(false).await?;
         self.send(Command::Publish {
-            confirm: Some(req),
+            confirm: Some(waiter.req),
             topic: topic.to_string(),
             payload,
         })

@@ -18,9 +18,13 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::metrics::Metrics;
 
 /// The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); a receive slot
 /// of this size can never truncate a datagram.
@@ -49,6 +53,33 @@ pub struct TransportConfig {
 pub struct Transport {
     socket: tokio::net::UdpSocket,
     group: SocketAddrV4,
+    loss: Option<InjectedLoss>,
+}
+
+/// Deliberate receive loss for tests (`--inject-loss-percent`), in the
+/// spirit of JGroups' DISCARD: lets NAK repair be exercised on loopback
+/// without root. Every drop is counted as reason `injected`.
+#[derive(Debug)]
+struct InjectedLoss {
+    percent: u64,
+    /// xorshift64 state; a datagram's fate needs no better randomness.
+    state: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl InjectedLoss {
+    fn drop_next(&self) -> bool {
+        let mut x = self.state.load(AtomicOrdering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.store(x, AtomicOrdering::Relaxed);
+        let dropped = x % 100 < self.percent;
+        if dropped {
+            self.metrics.datagram_dropped("injected");
+        }
+        dropped
+    }
 }
 
 impl Transport {
@@ -139,7 +170,27 @@ impl Transport {
         let socket = tokio::net::UdpSocket::from_std(socket.into())
             .map_err(|e| context(e, "registering the socket with tokio"))?;
         tracing::debug!(%group, iface = %config.iface, ttl = config.ttl, "multicast transport open");
-        Ok(Transport { socket, group })
+        Ok(Transport {
+            socket,
+            group,
+            loss: None,
+        })
+    }
+
+    /// Testing only: drops `percent`% of received datagrams before they are
+    /// returned, counting each in `metrics` as reason `injected`.
+    pub fn with_injected_loss(mut self, percent: u8, seed: u64, metrics: Arc<Metrics>) -> Self {
+        self.loss = (percent > 0).then(|| InjectedLoss {
+            percent: u64::from(percent.min(100)),
+            // xorshift must not start at zero.
+            state: AtomicU64::new(seed | 1),
+            metrics,
+        });
+        self
+    }
+
+    fn injected_drop(&self) -> bool {
+        self.loss.as_ref().is_some_and(InjectedLoss::drop_next)
     }
 
     /// The group address and port datagrams are sent to (with the port the
@@ -151,13 +202,18 @@ impl Transport {
     /// Receives one datagram into `buf`, returning its length. A datagram
     /// longer than `buf` is truncated (use [`MAX_DATAGRAM`] to rule that out).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let (n, _from) = self.socket.recv_from(buf).await?;
+        let (n, _from) = self.recv_from(buf).await?;
         Ok(n)
     }
 
     /// Receives one datagram into `buf`, returning its length and sender.
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf).await
+        loop {
+            let got = self.socket.recv_from(buf).await?;
+            if !self.injected_drop() {
+                return Ok(got);
+            }
+        }
     }
 
     /// Multicasts one datagram to the group.
@@ -203,6 +259,7 @@ impl Transport {
                 let start = batch.lens.len() * batch.slot_size;
                 let slot = &mut batch.storage[start..start + batch.slot_size];
                 match self.socket.try_recv_from(slot) {
+                    Ok(_) if self.injected_drop() => {}
                     Ok((n, _from)) => batch.lens.push(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
