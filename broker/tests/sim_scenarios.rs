@@ -113,7 +113,8 @@ fn brokers_started_together_converge_to_one_view() {
     for seed in seeds() {
         let nodes = 2 + (seed as usize % 5);
         let mut c = lossy(seed, nodes, loss(0.05).min(0.1));
-        c.messages_per_publisher = 10;
+        // Enough traffic that 5% loss surely drops something (2 brokers, too).
+        c.messages_per_publisher = 25;
         // Too little traffic to be sure a duplicate happens.
         c.faults.duplicate = 0.0;
         let mut sim = Sim::new(c);
