@@ -29,7 +29,11 @@ use crate::WireError;
 pub const MAGIC: u16 = 0x4f72;
 
 /// The inter-broker protocol version this build speaks.
-pub const GROUP_PROTOCOL_VERSION: u8 = 1;
+///
+/// 2: installs carry the agreed state (topics, gseq); ordering control
+/// messages ride in the data streams. A version-1 broker is refused, counted
+/// as `bad_version`, rather than misreading an install.
+pub const GROUP_PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8;
