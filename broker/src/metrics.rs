@@ -68,6 +68,9 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_fragmented_messages_total", "Messages split into fragments on send."),
     ("ordo_fragments_sent_total", "Fragments sent for fragmented messages."),
     ("ordo_heartbeats_sent_total", "Heartbeat (digest) frames sent."),
+    ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
+    ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
+    ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
 ];
 
 /// Which `Stats` field feeds which counter: (metric, `reason` label for
@@ -132,6 +135,16 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     }),
     ("ordo_fragments_sent_total", "", |s| s.fragments),
     ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
+    ("ordo_causal_forced_total", "", |s| s.causal_forced),
+    ("ordo_ordering_control_sent_total", "", |s| {
+        s.control_messages_sent
+    }),
+    ("ordo_ordering_control_unknown_total", "", |s| {
+        s.control_unknown
+    }),
+    ("ordo_datagrams_dropped_total", "bad_control", |s| {
+        s.control_malformed
+    }),
 ];
 
 /// Gauges copied from each snapshot: (name, help, field).
@@ -160,6 +173,26 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "ordo_reassembly_bytes",
         "Bytes of fragments waiting for the rest of their message.",
         |s| s.reassembly_bytes,
+    ),
+    (
+        "ordo_causal_holdback_messages",
+        "Causal messages held back until their context is delivered.",
+        |s| s.causal_holdback_messages,
+    ),
+    (
+        "ordo_causal_holdback_bytes",
+        "Payload bytes of causal messages held back.",
+        |s| s.causal_holdback_bytes,
+    ),
+    (
+        "ordo_total_pending_messages",
+        "Total-order messages waiting for their place (final priority or sequencer order).",
+        |s| s.total_pending_messages,
+    ),
+    (
+        "ordo_ordering_limit_messages",
+        "Bound on causal hold-back and on pending total-order messages (publishes wait beyond it).",
+        |s| s.ordering_limit,
     ),
 ];
 

@@ -1,10 +1,10 @@
 //! The topic registry: each topic's ordering and safe flag, declared
 //! explicitly or created with the default ordering on first use.
 //!
-//! Today the registry is local to one broker. The seam for cluster-wide
-//! agreement is [`Declared::New`]: the driver learns which declarations are
-//! new, and a later issue carries those through the engine so every broker
-//! applies the same table (conflicts then resolved by the engine's order).
+//! The registry mirrors the table the group agreed on: the driver carries a
+//! new declaration through the engine's total order and applies what every
+//! broker agreed ([`TopicRegistry::apply_agreed`]); a topic first used here
+//! is created at once with the default ordering and declared the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub struct Topic {
 /// The outcome of a successful declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Declared {
-    /// The topic did not exist; it must be agreed cluster-wide (later issue).
+    /// The topic did not exist here.
     New,
     /// The topic existed with the same settings; nothing changed.
     Existing,
@@ -144,6 +144,17 @@ impl TopicRegistry {
         let name: Arc<str> = Arc::from(name);
         self.topics.insert(Arc::clone(&name), spec);
         Ok(Topic { name, spec })
+    }
+
+    /// Sets a topic as the group agreed it (overriding a local guess made
+    /// before the agreement reached us).
+    pub fn apply_agreed(&mut self, name: &str, spec: TopicSpec) {
+        match self.topics.get_mut(name) {
+            Some(s) => *s = spec,
+            None => {
+                self.topics.insert(Arc::from(name), spec);
+            }
+        }
     }
 
     /// The settings of a known topic.

@@ -71,35 +71,62 @@ fn a_seed_replays_exactly() {
 }
 
 /// Engine throughput on one core, simulator included (not a timed
-/// assertion): `cargo test --release -p ordo-broker --features sim --test sim
-/// -- --ignored throughput --nocapture`.
+/// assertion), and delivery latency in virtual time, for each ordering (and
+/// `safe`) relative to fifo in the same run, on 3 brokers:
+/// `cargo test --release -p ordo-broker --features sim --test sim -- --ignored throughput --nocapture`.
 #[test]
 #[ignore]
 fn throughput() {
     use ordo_broker::sim::{Sim, SimConfig};
+    use ordo_wire::Ordering;
     use std::time::Duration;
+    let per: u32 = std::env::var("ORDO_SIM_THROUGHPUT_MSGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     for loss in [0.0, 0.1] {
-        let mut c = SimConfig::basic(1, 3);
-        c.publishers_per_node = 1;
-        c.messages_per_publisher = 30_000;
-        c.traffic_span = Duration::from_secs(1);
-        c.retransmit_buffer_bytes = 64 << 20;
-        c.faults.loss = loss;
-        c.payload_size = Some(128);
-        let mut sim = Sim::new(c);
-        assert!(sim.form_group());
-        sim.plan_traffic(Duration::from_millis(1), &[0]);
-        let started = Instant::now();
-        let r = sim.run();
-        let wall = started.elapsed();
-        assert!(r.ok(), "{}", r.render());
-        println!(
-            "loss {:.0}%: {} deliveries of 128-byte messages in {:?} wall ({:.0}/s), {} datagrams",
-            loss * 100.0,
-            r.totals.messages_delivered,
-            wall,
-            r.totals.messages_delivered as f64 / wall.as_secs_f64(),
-            r.totals.datagrams_sent
-        );
+        let mut fifo_rate = 0.0;
+        for (ordering, safe) in [
+            (Ordering::Fifo, false),
+            (Ordering::Causal, false),
+            (Ordering::TotalIsis, false),
+            (Ordering::TotalSeq, false),
+            (Ordering::Fifo, true),
+            (Ordering::TotalSeq, true),
+        ] {
+            let mut c = SimConfig::basic(1, 3);
+            c.publishers_per_node = 1;
+            c.messages_per_publisher = per;
+            c.traffic_span = Duration::from_secs(1);
+            c.retransmit_buffer_bytes = 64 << 20;
+            c.faults.loss = loss;
+            c.payload_size = Some(128);
+            c.only = Some((ordering, safe));
+            let mut sim = Sim::new(c);
+            assert!(sim.form_group());
+            // A publisher at every broker, concurrently.
+            sim.plan_traffic(Duration::from_millis(1), &[0, 1, 2]);
+            let started = Instant::now();
+            let r = sim.run();
+            let wall = started.elapsed();
+            assert!(r.ok(), "{}", r.render());
+            let rate = r.totals.messages_delivered as f64 / wall.as_secs_f64();
+            if ordering == Ordering::Fifo && !safe {
+                fifo_rate = rate;
+            }
+            println!(
+                "loss {:>2.0}% {:<10}{:<5}: {:>7} deliveries in {:>8.2?} wall = {:>7.0}/s ({:>5.2}x fifo); virtual latency p50 {:>9.2?} p99 {:>9.2?}; {} datagrams",
+                loss * 100.0,
+                ordering.to_string(),
+                if safe { "safe" } else { "" },
+                r.totals.messages_delivered,
+                wall,
+                rate,
+                rate / fifo_rate,
+                r.latency_p50,
+                r.latency_p99,
+                r.totals.datagrams_sent
+            );
+        }
     }
 }

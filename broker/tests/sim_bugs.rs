@@ -87,3 +87,30 @@ fn delivering_safe_messages_early_is_reported() {
     });
     assert_reported(&reports, "does not hold");
 }
+
+#[test]
+fn delivering_causal_without_hold_back_is_reported() {
+    let reports = with_bug(Bugs {
+        causal_no_holdback: true,
+        ..Bugs::default()
+    });
+    assert_reported(&reports, "CAUSAL VIOLATION");
+}
+
+#[test]
+fn skipping_the_max_over_isis_proposals_is_reported() {
+    let reports = with_bug(Bugs {
+        isis_skip_max: true,
+        ..Bugs::default()
+    });
+    assert_reported(&reports, "TOTAL ORDER");
+}
+
+#[test]
+fn two_sequencers_are_reported() {
+    let reports = with_bug(Bugs {
+        two_sequencers: true,
+        ..Bugs::default()
+    });
+    assert_reported(&reports, "TOTAL ORDER");
+}

@@ -247,8 +247,6 @@ fn sub_json_has_exactly_the_contract_keys() {
 }
 
 #[test]
-#[ignore = "the broker's total-seq delivery layer is not built yet (it logs the topic as \
-            partly inactive and delivers without gseq); enable with the total-order issue"]
 fn sub_json_carries_gseq_on_total_topics() {
     let b = broker();
     let out = run(ordo(&b).args(["topic", "create", "tot", "--ordering", "total-seq"]));

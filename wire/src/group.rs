@@ -18,17 +18,22 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::buf::put_str;
 use crate::buf::{
     causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
 };
-use crate::types::{CausalContext, Ordering, Origin, Seq, ViewId};
+use crate::types::{CausalContext, NodeId, Ordering, Origin, Seq, ViewId};
 use crate::WireError;
 
 /// First two bytes of every frame ("Or").
 pub const MAGIC: u16 = 0x4f72;
 
 /// The inter-broker protocol version this build speaks.
-pub const GROUP_PROTOCOL_VERSION: u8 = 1;
+///
+/// 2: installs carry the agreed state (topics, gseq); ordering control
+/// messages ride in the data streams. A version-1 broker is refused, counted
+/// as `bad_version`, rather than misreading an install.
+pub const GROUP_PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8;
@@ -80,9 +85,10 @@ impl Flags {
     }
 }
 
-/// Frame kind codes. Codes 0x20..=0x2f are reserved for the ordering layers
-/// of a later issue; this build decodes them (and anything else unknown) as
-/// [`WireError::UnknownKind`].
+/// Frame kind codes. Codes 0x20..=0x2f name the ordering layers' control
+/// messages: they travel inside the reliable stream of their sender as
+/// [`DataMsg`]s on the empty topic (see [`Control`]), never as frames of their
+/// own, so a frame of such a kind is decoded as [`WireError::UnknownKind`].
 pub mod kind {
     pub const DATA: u8 = 0x01;
     pub const HEARTBEAT: u8 = 0x02;
@@ -94,12 +100,14 @@ pub mod kind {
     pub const INSTALL: u8 = 0x13;
     pub const INSTALL_ACK: u8 = 0x14;
     pub const LEAVE: u8 = 0x15;
-    /// Reserved: ISIS priority proposal.
+    /// Control tag: ISIS priority proposals.
     pub const ISIS_PROPOSAL: u8 = 0x20;
-    /// Reserved: ISIS final priority.
+    /// Control tag: ISIS final priorities.
     pub const ISIS_FINAL: u8 = 0x21;
-    /// Reserved: sequencer order.
+    /// Control tag: sequencer order.
     pub const SEQUENCER_ORDER: u8 = 0x22;
+    /// Control tag: a topic declaration (carried in total order).
+    pub const TOPIC_DECLARE: u8 = 0x23;
 }
 
 /// The fixed header every frame starts with.
@@ -321,6 +329,154 @@ pub struct Install {
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
     pub digest: Vec<(Origin, Seq)>,
+    /// The group's agreed state a joiner starts from: every declared topic
+    /// and, for total topics, the `gseq` of its last message before this view.
+    pub state: Vec<TopicState>,
+}
+
+/// One agreed topic in an [`Install`]'s state transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicState {
+    pub name: String,
+    pub ordering: Ordering,
+    pub safe: bool,
+    /// The last `gseq` delivered on the topic (0 for none or non-total topics).
+    pub gseq: u64,
+}
+
+/// An ISIS priority: a counter, ties broken by the proposing node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Priority {
+    pub counter: u64,
+    pub node: NodeId,
+}
+
+/// An ordering layer's control message. It rides in its sender's reliable
+/// stream as a [`DataMsg`] whose topic is empty (no client topic may be) and
+/// whose payload is [`Control::encode`]; a declaration is ordered like a
+/// `total-seq` message, the others are acted on in stream order. Each
+/// carries a batch: many messages' proposals, finals or places per frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The sender's proposed priority for each (origin, seq) message.
+    IsisProposal(Vec<(Origin, Seq, Priority)>),
+    /// The final priority of each of the sender's own messages, by seq.
+    IsisFinal(Vec<(Seq, Priority)>),
+    /// The sequencer's next places in the total order.
+    SequencerOrder(Vec<(Origin, Seq)>),
+    /// A topic declaration; the first one in total order wins.
+    Declare {
+        name: String,
+        ordering: Ordering,
+        safe: bool,
+        /// The declaring client's request id at the origin.
+        req: u64,
+    },
+}
+
+impl Control {
+    /// Bytes of a proposal entry, a final entry and an order entry.
+    pub const PROPOSAL_LEN: usize = ORIGIN_LEN + 8 + 12;
+    pub const FINAL_LEN: usize = 8 + 12;
+    pub const ORDER_LEN: usize = ORIGIN_LEN + 8;
+    /// Bytes before the entries (tag and count).
+    pub const HEADER_LEN: usize = 1 + 4;
+
+    /// The payload carrying this control message.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        match self {
+            Control::IsisProposal(v) => {
+                out.put_u8(kind::ISIS_PROPOSAL);
+                out.put_u32(v.len() as u32);
+                for (o, s, p) in v {
+                    put_origin(&mut out, *o);
+                    out.put_u64(s.0);
+                    put_priority(&mut out, *p);
+                }
+            }
+            Control::IsisFinal(v) => {
+                out.put_u8(kind::ISIS_FINAL);
+                out.put_u32(v.len() as u32);
+                for (s, p) in v {
+                    out.put_u64(s.0);
+                    put_priority(&mut out, *p);
+                }
+            }
+            Control::SequencerOrder(v) => {
+                out.put_u8(kind::SEQUENCER_ORDER);
+                put_seq_vector(&mut out, v);
+            }
+            Control::Declare {
+                name,
+                ordering,
+                safe,
+                req,
+            } => {
+                out.put_u8(kind::TOPIC_DECLARE);
+                put_str(&mut out, name);
+                out.put_u8(ordering.code());
+                put_bool(&mut out, *safe);
+                out.put_u64(*req);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes a control payload. Never panics.
+    pub fn decode(b: &[u8]) -> Result<Control, WireError> {
+        let mut r = Reader::new(b);
+        let c = match r.u8("control tag")? {
+            kind::ISIS_PROPOSAL => {
+                let n = r.count(Self::PROPOSAL_LEN, "isis proposals")?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let o = r.origin()?;
+                    let s = Seq(r.u64("seq")?);
+                    v.push((o, s, priority(&mut r)?));
+                }
+                Control::IsisProposal(v)
+            }
+            kind::ISIS_FINAL => {
+                let n = r.count(Self::FINAL_LEN, "isis finals")?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let s = Seq(r.u64("seq")?);
+                    v.push((s, priority(&mut r)?));
+                }
+                Control::IsisFinal(v)
+            }
+            kind::SEQUENCER_ORDER => Control::SequencerOrder(seq_vector(&mut r)?),
+            kind::TOPIC_DECLARE => {
+                let name = r.str("topic")?.to_string();
+                let code = r.u8("ordering")?;
+                let ordering = Ordering::from_code(code).ok_or_else(|| {
+                    WireError::malformed("ordering", format!("unknown code {code}"))
+                })?;
+                Control::Declare {
+                    name,
+                    ordering,
+                    safe: r.bool("safe")?,
+                    req: r.u64("req")?,
+                }
+            }
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+fn put_priority(out: &mut impl BufMut, p: Priority) {
+    out.put_u64(p.counter);
+    out.put_u32(p.node.0);
+}
+
+fn priority(r: &mut Reader<'_>) -> Result<Priority, WireError> {
+    Ok(Priority {
+        counter: r.u64("priority")?,
+        node: NodeId(r.u32("priority node")?),
+    })
 }
 
 impl Frame {
@@ -373,6 +529,13 @@ impl Frame {
                 out.put_u64(i.view.0);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
+                out.put_u32(i.state.len() as u32);
+                for t in &i.state {
+                    put_str(&mut out, &t.name);
+                    out.put_u8(t.ordering.code());
+                    put_bool(&mut out, t.safe);
+                    out.put_u64(t.gseq);
+                }
             }
             Body::InstallAck(v) => out.put_u64(v.0),
             Body::Leave => {}
@@ -461,6 +624,7 @@ impl Frame {
                 view: ViewId(r.u64("view")?),
                 members: members(&mut r)?,
                 digest: seq_vector(&mut r)?,
+                state: topic_states(&mut r)?,
             }),
             kind::INSTALL_ACK => Body::InstallAck(ViewId(r.u64("view")?)),
             kind::LEAVE => Body::Leave,
@@ -614,6 +778,24 @@ fn slice(
     Ok(frame.slice(start..start + n))
 }
 
+fn topic_states(r: &mut Reader<'_>) -> Result<Vec<TopicState>, WireError> {
+    let n = r.count(2 + 1 + 1 + 8, "topic states")?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.str("topic")?.to_string();
+        let code = r.u8("ordering")?;
+        let ordering = Ordering::from_code(code)
+            .ok_or_else(|| WireError::malformed("ordering", format!("unknown code {code}")))?;
+        v.push(TopicState {
+            name,
+            ordering,
+            safe: r.bool("safe")?,
+            gseq: r.u64("gseq")?,
+        });
+    }
+    Ok(v)
+}
+
 fn put_members(out: &mut BytesMut, members: &[Origin]) {
     out.put_u32(members.len() as u32);
     for m in members {
@@ -754,12 +936,25 @@ mod tests {
             (
                 any::<u64>(),
                 proptest::collection::vec(origin(), 0..4),
-                seqs()
+                seqs(),
+                proptest::collection::vec(
+                    ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()),
+                    0..3
+                )
             )
-                .prop_map(|(v, members, digest)| Body::Install(Install {
+                .prop_map(|(v, members, digest, st)| Body::Install(Install {
                     view: ViewId(v),
                     members,
-                    digest
+                    digest,
+                    state: st
+                        .into_iter()
+                        .map(|(name, o, safe, gseq)| TopicState {
+                            name,
+                            ordering: Ordering::from_code(o).unwrap(),
+                            safe,
+                            gseq
+                        })
+                        .collect()
                 })),
             any::<u64>().prop_map(|v| Body::InstallAck(ViewId(v))),
             Just(Body::Leave),
@@ -770,7 +965,48 @@ mod tests {
         (header(), body()).prop_map(|(header, body)| Frame { header, body })
     }
 
+    fn control() -> impl Strategy<Value = Control> {
+        let prio = (any::<u64>(), any::<u32>()).prop_map(|(counter, n)| Priority {
+            counter,
+            node: NodeId(n),
+        });
+        prop_oneof![
+            proptest::collection::vec((origin(), any::<u64>(), prio.clone()), 0..4).prop_map(|v| {
+                Control::IsisProposal(v.into_iter().map(|(o, s, p)| (o, Seq(s), p)).collect())
+            }),
+            proptest::collection::vec((any::<u64>(), prio), 0..4).prop_map(|v| Control::IsisFinal(
+                v.into_iter().map(|(s, p)| (Seq(s), p)).collect()
+            )),
+            seqs().prop_map(Control::SequencerOrder),
+            ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()).prop_map(
+                |(name, o, safe, req)| {
+                    Control::Declare {
+                        name,
+                        ordering: Ordering::from_code(o).unwrap(),
+                        safe,
+                        req,
+                    }
+                }
+            ),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn every_control_round_trips_and_truncations_error(
+            c in control(), cut in any::<prop::sample::Index>()
+        ) {
+            let b = c.encode();
+            prop_assert_eq!(Control::decode(&b), Ok(c));
+            let n = cut.index(b.len());
+            prop_assert!(Control::decode(&b[..n]).is_err());
+        }
+
+        #[test]
+        fn random_control_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Control::decode(&b);
+        }
+
         #[test]
         fn every_frame_round_trips(f in frame()) {
             let bytes = f.encode();

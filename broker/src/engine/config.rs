@@ -50,6 +50,12 @@ pub struct EngineConfig {
     pub send_window: usize,
     /// Messages further than this beyond the contiguous prefix are dropped.
     pub max_receive_ahead: u64,
+    /// Bound on the causal hold-back queue and on pending total-order
+    /// messages (each), enforced at admission: while either is reached, new
+    /// publishes at this broker wait (flow control). Messages from other
+    /// brokers are never dropped for it, so a member that lags (repairing a
+    /// loss) can hold more for a while; the gauges show how much.
+    pub ordering_limit: usize,
     /// Planted bugs for the simulator's self-tests; all off by default.
     #[cfg(feature = "bug-injection")]
     pub bugs: Bugs,
@@ -69,6 +75,12 @@ pub struct Bugs {
     pub premature_free: bool,
     /// Deliver `safe` messages as soon as they arrive, before every member holds them.
     pub early_safe: bool,
+    /// Deliver causal messages at once, without waiting for their context.
+    pub causal_no_holdback: bool,
+    /// ISIS: fix the origin's own proposal as final instead of the maximum.
+    pub isis_skip_max: bool,
+    /// Total-seq: the second member also acts as a sequencer and its orders are obeyed.
+    pub two_sequencers: bool,
 }
 
 impl EngineConfig {
@@ -93,6 +105,7 @@ impl EngineConfig {
             ack_delay: Duration::from_millis(1),
             send_window: 64 * 1024,
             max_receive_ahead: 1 << 20,
+            ordering_limit: 16 * 1024,
             #[cfg(feature = "bug-injection")]
             bugs: Bugs::default(),
         }
@@ -110,6 +123,7 @@ impl EngineConfig {
         self.max_datagram = self.max_datagram.max(MIN_DATAGRAM);
         self.send_window = self.send_window.max(1);
         self.max_receive_ahead = self.max_receive_ahead.max(1);
+        self.ordering_limit = self.ordering_limit.max(1);
         self
     }
 

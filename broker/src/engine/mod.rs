@@ -10,7 +10,8 @@
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
 //! `membership` (agreed views: discovery, join, flush, install, leave),
 //! `reliability` (per-origin streams, NAKs, repairs, stability, flow
-//! control) and `delivery` (one layer per ordering; FIFO today).
+//! control) and `delivery` (one layer per ordering: fifo, causal,
+//! total-isis, total-seq; plus the agreed topic table and `gseq`).
 
 mod config;
 mod delivery;
@@ -26,8 +27,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ordo_wire::group::{
-    Body, ClusterId, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header, Stable,
-    DATA_FRAME_OVERHEAD,
+    Body, ClusterId, Control, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header,
+    Stable, DATA_FRAME_OVERHEAD,
 };
 use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq, ViewId, WireError};
 use rand::rngs::SmallRng;
@@ -76,8 +77,8 @@ pub struct Delivered {
     pub seq: Seq,
     /// On causal topics, the context after this message; empty otherwise.
     pub context: CausalContext,
-    /// On total topics, the message's position in the topic's order (the
-    /// total-order layers are a later issue: `None` until they exist).
+    /// On total topics, the message's position in the topic's order: the
+    /// same on every broker, one more than the topic's previous message.
     pub gseq: Option<GlobalSeq>,
     pub payload: Bytes,
     /// Copied from [`Publish::published_at_us`] at the origin.
@@ -109,6 +110,17 @@ pub enum Event {
         from: ViewId,
         to: ViewId,
         reason: String,
+    },
+    /// A topic declaration reached its place in the group's total order (or
+    /// came with the state a joiner received). The first declaration of a
+    /// name wins everywhere: `agreed` is what the topic is; `requested` what
+    /// this declaration asked for (a conflict if they differ). `token` names
+    /// the local client that declared it, which waits for this answer.
+    TopicDeclared {
+        name: Arc<str>,
+        requested: (Ordering, bool),
+        agreed: (Ordering, bool),
+        token: Option<ConfirmToken>,
     },
 }
 
@@ -144,7 +156,7 @@ pub struct Engine {
     last_ack: Option<Instant>,
     /// Our own messages waiting for every member to hold them (a `safe`
     /// one and everything published after it), with their last sequence number.
-    local_pending: VecDeque<(Seq, Delivered)>,
+    local_pending: VecDeque<(Seq, delivery::Ready)>,
     newer_self_warned: bool,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
@@ -162,12 +174,7 @@ impl Engine {
             node: config.node,
             incarnation: config.incarnation,
         };
-        #[allow(unused_mut)]
-        let mut delivery = delivery::Delivery::default();
-        #[cfg(feature = "bug-injection")]
-        if config.bugs.reorder_delivery {
-            delivery.plant_reorder_bug();
-        }
+        let delivery = fresh_delivery(&config, me);
         let mut engine = Engine {
             cluster: ClusterId::from_name(&config.cluster),
             rng: SmallRng::seed_from_u64(config.seed),
@@ -191,6 +198,7 @@ impl Engine {
             newer_self_warned: false,
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
+                ordering_limit: config.ordering_limit as u64,
                 ..Stats::default()
             },
             me,
@@ -219,6 +227,29 @@ impl Engine {
                 "topic of {} bytes is longer than the 65535 the protocol carries",
                 msg.topic.len()
             )));
+        }
+        if self.ordering_full() {
+            self.stats.flow_control_stalls += 1;
+            return Err(PublishError::WouldBlock);
+        }
+        let mut msg = msg;
+        if msg.ordering == Ordering::Causal {
+            // Everything delivered here happened before (the connection's
+            // deliveries are among them), plus what the client carried from
+            // other brokers; contexts naming no member are dropped (nothing
+            // can be waited for from them) and our own entry is ours to know.
+            let mut ctx = self.delivery.causal_clock();
+            let last = self.rel.last_seq();
+            for &(o, s) in msg.context.entries() {
+                if o == self.me {
+                    ctx.observe(o, s.min(last));
+                } else if self.view.members.contains(&o) {
+                    ctx.observe(o, s);
+                }
+            }
+            msg.context = ctx;
+        } else {
+            msg.context = CausalContext::new();
         }
         let topic = self.topics.bytes(&msg.topic);
         let len = msg.payload.len();
@@ -288,34 +319,152 @@ impl Engine {
         }
         self.stats.published += 1;
         self.stats.messages_published += 1;
-        let context = if msg.ordering == Ordering::Causal {
-            let mut c = msg.context;
-            c.observe(self.me, first);
-            c
-        } else {
-            CausalContext::new()
-        };
-        let local = Delivered {
-            topic: msg.topic,
-            ordering: msg.ordering,
-            publisher: msg.publisher,
+        let local = delivery::Ready {
             origin: self.me,
             seq: first,
-            context,
-            gseq: None,
-            payload: msg.payload,
-            published_at_us: msg.published_at_us,
+            msg: DataMsg {
+                seq: first,
+                topic,
+                ordering: msg.ordering,
+                safe: msg.safe,
+                publisher: msg.publisher,
+                context: msg.context,
+                published_at_us: msg.published_at_us,
+                fragment: None,
+                payload: msg.payload,
+            },
         };
+        self.enter_local(local);
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// Declares a topic cluster-wide: the declaration is ordered like a
+    /// `total-seq` message and [`Event::TopicDeclared`] (with `token`) tells,
+    /// on every member, whether it was the first for its name.
+    pub fn declare(
+        &mut self,
+        name: &str,
+        ordering: Ordering,
+        safe: bool,
+        token: ConfirmToken,
+    ) -> Result<(), PublishError> {
+        if self.membership.has_left() {
+            return Err(PublishError::Unavailable(
+                "this broker left the group".into(),
+            ));
+        }
+        if !self.sending_allowed() {
+            self.stats.flow_control_stalls += 1;
+            return Err(PublishError::WouldBlock);
+        }
+        let payload = Control::Declare {
+            name: name.to_string(),
+            ordering,
+            safe,
+            req: token.req,
+        }
+        .encode();
+        if DATA_FRAME_OVERHEAD + DataMsg::FIXED_LEN + payload.len() > self.config.max_datagram {
+            return Err(PublishError::Unavailable(format!(
+                "a declaration of {} bytes does not fit a datagram",
+                payload.len()
+            )));
+        }
+        if !self.rel.reserve_own(payload.len(), 1, &mut self.stats) {
+            self.stats.flow_control_stalls += 1;
+            return Err(PublishError::WouldBlock);
+        }
+        let seq = self.rel.last_seq().next();
+        let msg = DataMsg {
+            seq,
+            topic: Bytes::new(),
+            ordering: Ordering::TotalSeq,
+            safe: false,
+            publisher: token.conn,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload,
+        };
+        self.rel.push_own(msg.clone());
+        self.enter_local(delivery::Ready {
+            origin: self.me,
+            seq,
+            msg,
+        });
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// The topic table every member agreed on (name, ordering, safe), sorted by name.
+    pub fn agreed_topics(&self) -> Vec<(String, Ordering, bool)> {
+        self.delivery.agreed_topics()
+    }
+
+    /// Hands one of our messages to its delivery layer, or holds it (and
+    /// every later one, for our order) until every member holds it.
+    fn enter_local(&mut self, local: delivery::Ready) {
         let early = self.config.bugs().early_safe;
-        if (msg.safe && !early) || !self.local_pending.is_empty() {
+        if (local.msg.safe && !early) || !self.local_pending.is_empty() {
             // Safe: delivered nowhere, here included, until every member holds it.
             self.local_pending.push_back((self.rel.last_seq(), local));
             self.deliver_local(false);
         } else {
-            self.push_delivery(local);
+            self.layer_local(local);
         }
-        self.refresh_gauges();
-        Ok(())
+    }
+
+    fn layer_local(&mut self, local: delivery::Ready) {
+        let n = self
+            .delivery
+            .accept_local(local, &mut self.topics, &mut self.events);
+        self.stats.delivered += n as u64;
+        self.stats.messages_delivered += n as u64;
+    }
+
+    /// Puts the ordering layers' control messages (proposals, finals,
+    /// orders) into our stream while our window has room; never during a
+    /// flush (the stream must end at the flushed point). Called when the
+    /// driver asks for datagrams, so everything the inputs since the last
+    /// call produced goes out batched: one control message carries many
+    /// entries, and many control messages share a frame with data.
+    fn pump_control(&mut self) {
+        if !self.in_view || self.membership.flushing() {
+            return;
+        }
+        while let Some(c) = self.delivery.next_control() {
+            let payload = c.encode();
+            if !self.rel.reserve_own(payload.len(), 1, &mut self.stats) {
+                self.delivery.unsent(c);
+                return;
+            }
+            let seq = self.rel.last_seq().next();
+            self.rel.push_own(DataMsg {
+                seq,
+                topic: Bytes::new(),
+                ordering: Ordering::Fifo,
+                safe: false,
+                publisher: 0,
+                context: CausalContext::new(),
+                published_at_us: 0,
+                fragment: None,
+                payload,
+            });
+            self.stats.control_messages_sent += 1;
+            let n = self.delivery.sent(&c, &mut self.topics, &mut self.events);
+            self.stats.delivered += n as u64;
+            self.stats.messages_delivered += n as u64;
+        }
+    }
+
+    /// Whether the ordering layers hold as much as their bound: new
+    /// publishes wait (flow control) until they drain.
+    fn ordering_full(&self) -> bool {
+        let (held, held_bytes, pending) = self.delivery.occupancy();
+        held >= self.config.ordering_limit
+            || pending >= self.config.ordering_limit
+            || held_bytes >= self.config.retransmit_buffer_bytes / 4
     }
 
     /// Whether [`Engine::publish`] would accept a message now: a small one,
@@ -324,7 +473,7 @@ impl Engine {
         // Capped by the window: a message that can never fit (the view grew
         // and the window shrank) is let through to be refused as unavailable.
         let need = self.wanted.clamp(1, self.rel.own_limit().max(1));
-        self.sending_allowed() && self.rel.window_open(need)
+        self.sending_allowed() && self.rel.window_open(need) && !self.ordering_full()
     }
 
     /// A datagram arrived from the group (copied once; see
@@ -417,6 +566,7 @@ impl Engine {
         let datagram = match self.transmit.pop_front() {
             Some(d) => d,
             None => {
+                self.pump_control();
                 if !self.data_allowed() || !self.rel.has_unsent() {
                     return None;
                 }
@@ -621,15 +771,9 @@ impl Engine {
                 break;
             }
             if let Some((_, d)) = self.local_pending.pop_front() {
-                self.push_delivery(d);
+                self.layer_local(d);
             }
         }
-    }
-
-    fn push_delivery(&mut self, d: Delivered) {
-        self.stats.delivered += 1;
-        self.stats.messages_delivered += 1;
-        self.events.push_back(Event::Deliver(Arc::new(d)));
     }
 
     /// Stability, confirmations, view-change progress and gauges after any input.
@@ -655,6 +799,14 @@ impl Engine {
         self.stats.retransmit_buffer_bytes = self.rel.held_bytes() as u64;
         self.stats.unstable_own_bytes = self.rel.own_unstable_bytes() as u64;
         self.stats.reassembly_bytes = self.delivery.reassembly_bytes() as u64;
+        let (held, held_bytes, pending) = self.delivery.occupancy();
+        self.stats.causal_holdback_messages = held as u64;
+        self.stats.causal_holdback_bytes = held_bytes as u64;
+        self.stats.total_pending_messages = pending as u64;
+        let (forced, unknown) = self.delivery.anomalies();
+        self.stats.causal_forced = forced;
+        self.stats.control_unknown = unknown;
+        self.stats.control_malformed = self.delivery.bad_control;
     }
 
     /// Whether new publishes are admitted (in a view, not flushing, not leaving).
@@ -763,6 +915,23 @@ impl Engine {
     pub fn has_gaps(&self) -> bool {
         self.rel.has_gaps()
     }
+}
+
+/// The delivery layers of a new engine (or incarnation), bugs planted.
+fn fresh_delivery(config: &EngineConfig, me: Origin) -> delivery::Delivery {
+    // Control entries per message: what fits one datagram beside the headers.
+    let room = config
+        .max_datagram
+        .saturating_sub(DATA_FRAME_OVERHEAD + DataMsg::FIXED_LEN + Control::HEADER_LEN);
+    let batch = room
+        / Control::PROPOSAL_LEN
+            .max(Control::FINAL_LEN)
+            .max(Control::ORDER_LEN);
+    #[allow(unused_mut)]
+    let mut d = delivery::Delivery::new(me, batch);
+    #[cfg(feature = "bug-injection")]
+    d.plant_bugs(config.bugs);
+    d
 }
 
 /// Hands one message of `origin`'s stream to the delivery layers.

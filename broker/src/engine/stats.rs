@@ -82,4 +82,21 @@ pub struct Stats {
     pub out_of_order_messages: u64,
     /// Gauge: bytes of fragments waiting for the rest of their message.
     pub reassembly_bytes: u64,
+    /// Gauge: causal messages held back until their context is delivered.
+    pub causal_holdback_messages: u64,
+    /// Gauge: payload bytes of those messages.
+    pub causal_holdback_bytes: u64,
+    /// Gauge: total-order messages waiting for their place (final priority or order).
+    pub total_pending_messages: u64,
+    /// Gauge: the admission bound on each of the two counts above (local
+    /// publishes wait while it is reached; see `EngineConfig::ordering_limit`).
+    pub ordering_limit: u64,
+    /// Causal messages delivered at a view change with a context no member could meet.
+    pub causal_forced: u64,
+    /// Ordering control messages (proposal, final, order batches) sent.
+    pub control_messages_sent: u64,
+    /// Control entries naming a message we do not hold (ignored).
+    pub control_unknown: u64,
+    /// Control messages that did not decode (dropped).
+    pub control_malformed: u64,
 }

@@ -166,6 +166,9 @@ pub struct Driver {
     /// large message can exceed what is left of the window): retry only
     /// after the next input, which is what can free room, so as not to spin.
     await_input: bool,
+    /// Declarations (configured ones, and topics created by first use)
+    /// still to be carried through the engine's total order.
+    configured: Vec<(String, TopicSpec)>,
     io_errors: IoErrorLog,
     last_metrics: Instant,
 }
@@ -181,25 +184,29 @@ impl Driver {
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
         let mut registry = TopicRegistry::new(config.default_ordering);
-        if let Some(missing) = unbuilt(TopicSpec {
-            ordering: config.default_ordering,
-            safe: false,
-        }) {
-            tracing::warn!(
-                "--default-ordering {} is inactive: {missing}",
-                config.default_ordering
-            );
-        }
+        // Configured topics are checked here and declared cluster-wide
+        // through the engine once it is in a view (see `declare_configured`);
+        // until then they apply locally.
         for t in &config.topics {
             let spec = TopicSpec {
                 ordering: t.ordering,
                 safe: t.safe,
             };
             registry.declare(&t.name, spec)?;
-            if let Some(missing) = unbuilt(spec) {
-                tracing::warn!(topic = %t.name, "configured topic is {spec}, partly inactive: {missing}");
-            }
         }
+        let configured = config
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    TopicSpec {
+                        ordering: t.ordering,
+                        safe: t.safe,
+                    },
+                )
+            })
+            .collect();
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue.max(1));
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         let budget_max = u32::try_from(config.command_queue_bytes.max(1)).unwrap_or(u32::MAX);
@@ -222,6 +229,7 @@ impl Driver {
             slow: Vec::new(),
             stalled: VecDeque::new(),
             await_input: false,
+            configured,
             io_errors: IoErrorLog::default(),
             last_metrics: Instant::now(),
         };
@@ -352,7 +360,34 @@ impl Driver {
     }
 
     /// Sends every datagram the engine has queued and dispatches every event.
+    /// Carries pending declarations (configured topics, topics created by
+    /// first use) through the engine once it can take them.
+    fn declare_configured(&mut self) {
+        while let Some((name, spec)) = self.configured.first().cloned() {
+            if !self.engine.in_view() || !self.engine.can_publish() {
+                return;
+            }
+            let agreed = self
+                .engine
+                .agreed_topics()
+                .iter()
+                .any(|(n, _, _)| *n == name);
+            if !agreed {
+                let token = ConfirmToken { conn: 0, req: 0 };
+                if self
+                    .engine
+                    .declare(&name, spec.ordering, spec.safe, token)
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            self.configured.remove(0);
+        }
+    }
+
     async fn flush(&mut self) {
+        self.declare_configured();
         loop {
             while let Some(d) = self.engine.poll_transmit() {
                 self.transmit.push(d);
@@ -384,7 +419,8 @@ impl Driver {
     /// each client's order) while the engine cannot take a publish.
     fn command(&mut self, cmd: Command, now: Instant) {
         let blocked = !self.stalled.is_empty()
-            || (matches!(cmd, Command::Publish { .. }) && !self.publish_open());
+            || (matches!(cmd, Command::Publish { .. } | Command::Declare { .. })
+                && !self.publish_open());
         if blocked {
             self.stalled.push_back(cmd);
             return;
@@ -423,18 +459,41 @@ impl Driver {
                 topic,
                 spec,
             } => {
-                let reply = match self.registry.declare(&topic, spec) {
-                    Ok(Declared::New) => {
-                        tracing::info!(topic = %topic, ordering = %spec.ordering, safe = spec.safe, "topic declared");
-                        if let Some(missing) = unbuilt(spec) {
-                            tracing::warn!(topic = %topic, "topic declared {spec}, partly inactive: {missing}");
-                        }
-                        Reply::Ok { req }
+                // Known (agreed, or created here) topics answer at once;
+                // a new one is answered once the group agreed on it.
+                if let Err(e) = crate::topics::validate_topic(&topic) {
+                    self.reply(conn, topic_error(req, e));
+                    return;
+                }
+                if self.registry.get(&topic).is_some() {
+                    let reply = match self.registry.declare(&topic, spec) {
+                        Ok(Declared::Existing | Declared::New) => Reply::Ok { req },
+                        Err(e) => topic_error(req, e),
+                    };
+                    self.reply(conn, reply);
+                    return;
+                }
+                let token = ConfirmToken { conn, req };
+                match self.engine.declare(&topic, spec.ordering, spec.safe, token) {
+                    Ok(()) => {}
+                    Err(PublishError::WouldBlock) => {
+                        self.await_input = true;
+                        self.stalled.push_back(Command::Declare {
+                            conn,
+                            req,
+                            topic,
+                            spec,
+                        });
                     }
-                    Ok(Declared::Existing) => Reply::Ok { req },
-                    Err(e) => topic_error(req, e),
-                };
-                self.reply(conn, reply);
+                    Err(PublishError::Unavailable(reason)) => self.reply(
+                        conn,
+                        Reply::Error {
+                            req,
+                            code: ErrorCode::Unavailable,
+                            message: format!("cannot declare now: {reason}; retry later"),
+                        },
+                    ),
+                }
             }
             Command::Subscribe {
                 conn,
@@ -526,6 +585,15 @@ impl Driver {
         // The budget goes back unless the publish stalls again (then it
         // stays charged until it is finally taken).
         let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
+        if self.registry.get(topic).is_none() && crate::topics::validate_topic(topic).is_ok() {
+            // First use: created with the default ordering here at once, and
+            // declared to the group so every broker agrees on it.
+            let spec = TopicSpec {
+                ordering: self.config.default_ordering,
+                safe: false,
+            };
+            self.configured.push((topic.to_string(), spec));
+        }
         let topic = match self.registry.resolve(topic) {
             Ok(t) => t,
             Err(e) => {
@@ -618,6 +686,42 @@ impl Driver {
                     }
                 }
             }
+            Event::TopicDeclared {
+                name,
+                requested,
+                agreed,
+                token,
+            } => {
+                let agreed = TopicSpec {
+                    ordering: agreed.0,
+                    safe: agreed.1,
+                };
+                let requested = TopicSpec {
+                    ordering: requested.0,
+                    safe: requested.1,
+                };
+                if self.registry.get(&name) != Some(agreed) {
+                    tracing::info!(topic = %name, spec = %agreed, "topic agreed");
+                }
+                self.registry.apply_agreed(&name, agreed);
+                if let Some(ConfirmToken { conn, req }) = token.filter(|t| t.conn != 0) {
+                    let reply = if requested == agreed {
+                        Reply::Ok { req }
+                    } else {
+                        topic_error(
+                            req,
+                            TopicError::Conflict {
+                                name: name.to_string(),
+                                existing: agreed,
+                                requested,
+                            },
+                        )
+                    };
+                    self.reply(conn, reply);
+                } else if requested != agreed && token.is_some() {
+                    tracing::warn!(topic = %name, "declared {requested} here, but the group agreed on {agreed} first");
+                }
+            }
             Event::ViewInstalled(view) => {
                 self.metrics.set_view(view.id, view.members.len());
                 let node_id = self.engine.origin().node;
@@ -676,30 +780,6 @@ impl Driver {
                 self.metrics.subscription_removed();
             }
         }
-    }
-}
-
-/// What of a topic's guarantee the engine does not provide yet, if anything.
-///
-/// Mirrors the engine's delivery layers (`engine/delivery/mod.rs`,
-/// `layer_for`): today every ordering is served FIFO and safe topics only
-/// delay confirmations. Update this as the causal, total and safe layers land.
-fn unbuilt(spec: TopicSpec) -> Option<String> {
-    let ordering = match spec.ordering {
-        ordo_wire::Ordering::Fifo => None,
-        o => Some(format!(
-            "the {o} delivery layer is not built yet, so its messages are delivered FIFO per publisher{}",
-            if o.is_total() { " without a gseq" } else { "" }
-        )),
-    };
-    let safe = spec.safe.then_some(
-        "safe delivery (held until every member has the message) is not built yet; only confirmations wait for every member",
-    );
-    match (ordering, safe) {
-        (None, None) => None,
-        (Some(o), None) => Some(o),
-        (None, Some(s)) => Some(s.to_string()),
-        (Some(o), Some(s)) => Some(format!("{o}; {s}")),
     }
 }
 
@@ -971,16 +1051,5 @@ mod tests {
         stop.send(true).unwrap();
         task.await.unwrap();
         drop(slow_rx);
-    }
-
-    #[test]
-    fn unbuilt_guarantees_are_named() {
-        let spec = |ordering, safe| TopicSpec { ordering, safe };
-        assert_eq!(unbuilt(spec(Ordering::Fifo, false)), None);
-        let total = unbuilt(spec(Ordering::TotalSeq, true)).unwrap();
-        assert!(total.contains("total-seq") && total.contains("gseq") && total.contains("safe"));
-        assert!(!unbuilt(spec(Ordering::Causal, false))
-            .unwrap()
-            .contains("gseq"));
     }
 }

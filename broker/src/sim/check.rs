@@ -33,6 +33,101 @@ pub struct Life {
     pub deliveries: BTreeMap<u64, Vec<u32>>,
     pub crashed: bool,
     pub discontinuities: u64,
+    /// Per total topic, (publisher, index, gseq) in delivery order.
+    pub total: BTreeMap<String, Vec<(u64, u32, Option<u64>)>>,
+    /// Causal messages (publisher, index) in delivery order.
+    pub causal: Vec<(u64, u32)>,
+    /// What happened before everything this life delivered so far:
+    /// per publisher, how many of its first messages (a prefix).
+    pub clock: BTreeMap<u64, u32>,
+}
+
+/// A causal message's past: per publisher, how many of its first messages
+/// happened before it (computed by the harness from the run's history).
+pub type Past = BTreeMap<u64, u32>;
+
+/// Merges `b` into `a` (entry-wise maximum).
+pub fn merge(a: &mut Past, b: &Past) {
+    for (p, n) in b {
+        let e = a.entry(*p).or_default();
+        *e = (*e).max(*n);
+    }
+}
+
+/// Causal order: every life delivered each causal message after every
+/// message that happened before it (if it delivered that one at all; a
+/// missing one is the loss check's to report).
+pub fn causal(lives: &[Life], past: &BTreeMap<(u64, u32), Past>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, life) in lives.iter().enumerate() {
+        let pos: BTreeMap<(u64, u32), usize> = life
+            .causal
+            .iter()
+            .enumerate()
+            .map(|(k, m)| (*m, k))
+            .collect();
+        'msgs: for (k, m) in life.causal.iter().enumerate() {
+            let Some(hb) = past.get(m) else { continue };
+            for (q, n) in hb {
+                if *n == 0 {
+                    continue;
+                }
+                let pred = (*q, n - 1);
+                if let Some(&pp) = pos.get(&pred) {
+                    if pp > k {
+                        out.push(format!(
+                            "CAUSAL VIOLATION: life {i} ({}) delivered {m:?} before {pred:?}, which happened before it",
+                            life.origin
+                        ));
+                        break 'msgs;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Total order: each message of a total topic carries the same `gseq` on
+/// every life that delivered it, and each life's `gseq`s of a topic grow by
+/// exactly one (so all lives deliver the topic in one order).
+pub fn total(lives: &[Life]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<(&str, u64, u32), (u64, usize)> = BTreeMap::new();
+    for (i, life) in lives.iter().enumerate() {
+        for (topic, seq) in &life.total {
+            let mut prev: Option<u64> = None;
+            for &(p, idx, g) in seq {
+                let Some(g) = g else {
+                    out.push(format!(
+                        "TOTAL: life {i} delivered {topic} message {p}/{idx} without a gseq"
+                    ));
+                    break;
+                };
+                if prev.is_some_and(|pg| g != pg + 1) {
+                    out.push(format!(
+                        "TOTAL ORDER: life {i} ({}) on {topic}: gseq {g} after {prev:?} ({p}/{idx})",
+                        life.origin
+                    ));
+                    break;
+                }
+                prev = Some(g);
+                match seen.get(&(topic.as_str(), p, idx)) {
+                    Some((og, j)) if *og != g => {
+                        out.push(format!(
+                            "TOTAL ORDER: {topic} message {p}/{idx} has gseq {g} on life {i} but {og} on life {j}"
+                        ));
+                        break;
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((topic.as_str(), p, idx), (g, i));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Checks deliveries against publishes; returns one line per violation.

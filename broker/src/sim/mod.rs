@@ -12,11 +12,22 @@
 //! ORDO_SIM_SCENARIO_SEEDS=300 ORDO_SIM_SCENARIO_LOSS=0.3 cargo test -p ordo-broker --features sim --test sim_scenarios
 //! ```
 //!
+//! The workload mixes every ordering: publisher `p` publishes on
+//! [`TOPICS`]`[p % 4]` (fifo, causal, total-isis, total-seq), every third
+//! publisher `safe`, and a responder reads causal messages at slot 0 and
+//! republishes at slot 1 with the delivery's causal context, so causal
+//! chains cross brokers.
+//!
 //! Checked on every run: no loss, no duplicates, FIFO per publisher, the
-//! virtual-synchrony delivery sets (see [`check`]), safe messages delivered
-//! only once every member holds them, every buffer within its bound at every
-//! step, no datagram above the maximum, retransmit buffers drained once
-//! traffic stops, every member in one view, every planned fault fired.
+//! virtual-synchrony delivery sets (see [`check`]), causal order against
+//! the happened-before relation computed from the run's history (each
+//! publisher's order, everything delivered at the publishing broker, the
+//! responder's chains), total order (each total message has the same `gseq`
+//! on every broker, and each broker's `gseq`s of a topic grow by one), one
+//! agreed topic table, safe messages delivered only once every member holds
+//! them, every buffer within its bound at every step, no datagram above the
+//! maximum, retransmit buffers drained once traffic stops, every member in
+//! one view, every planned fault fired.
 
 pub mod check;
 pub mod net;
@@ -26,12 +37,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ordo_wire::{Incarnation, NodeId, Ordering, Origin};
+use ordo_wire::{CausalContext, Incarnation, NodeId, Ordering, Origin};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::engine::{Engine, EngineConfig, Event, Publish, PublishError, Stats};
-use check::{Life, Published, ViewKey};
+use check::{Life, Past, Published, ViewKey};
 use net::{Corrupt, Duplicate, Jitter, Loss, Network, Partition, PartitionWindow};
 use workload::PlannedPublish;
 
@@ -71,6 +82,11 @@ pub struct SimConfig {
     pub faults: FaultPlan,
     /// Every payload this size (bytes) instead of random sizes.
     pub payload_size: Option<usize>,
+    /// Every publish on this ordering (and `safe` as given) instead of the
+    /// mix by publisher id (throughput mode).
+    pub only: Option<(Ordering, bool)>,
+    /// The engines' bound on causal hold-back and pending total messages.
+    pub ordering_limit: Option<usize>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -92,6 +108,8 @@ impl SimConfig {
             base_latency: Duration::from_micros(200),
             faults: FaultPlan::default(),
             payload_size: None,
+            only: None,
+            ordering_limit: None,
             deadline: Duration::from_secs(120),
             #[cfg(feature = "bug-injection")]
             bugs: crate::engine::Bugs::default(),
@@ -168,6 +186,13 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// How to replay it, for the randomized runs.
     pub replay: Option<String>,
+    /// Delivery latency in virtual time (publish to each delivery,
+    /// everywhere): median and 99th percentile.
+    pub latency_p50: Duration,
+    pub latency_p99: Duration,
+    /// The most messages any engine's ordering layers held at once (causal
+    /// hold-back or pending total order).
+    pub peak_ordering_held: u64,
 }
 
 impl SimReport {
@@ -249,6 +274,36 @@ pub struct Sim {
     retired: Vec<Stats>,
     publisher_ids: u64,
     bound_breaches: BTreeSet<String>,
+    /// Each causal message's past, computed from the history.
+    past: BTreeMap<(u64, u32), Past>,
+    /// Responses planned by the responder: their context and past.
+    responses: BTreeMap<(u64, u32), (CausalContext, Past)>,
+    responded: u32,
+    /// Virtual publish time of each message, and delivery latencies seen.
+    sent_at: BTreeMap<(u64, u32), Instant>,
+    latencies: Vec<Duration>,
+    peak_ordering_held: u64,
+}
+
+/// The topics the workload uses, one per ordering: publisher `p` publishes
+/// on `TOPICS[p % 4]` (and `safe` when `p % 3 == 0`, so safe messages occur
+/// on every ordering).
+pub const TOPICS: [(&str, Ordering); 4] = [
+    ("sim.fifo", Ordering::Fifo),
+    ("sim.causal", Ordering::Causal),
+    ("sim.isis", Ordering::TotalIsis),
+    ("sim.seq", Ordering::TotalSeq),
+];
+
+/// The responder's publisher id at a slot: it listens at slot 0 and, after
+/// some causal deliveries there, publishes at slot 1 carrying the delivery's
+/// context (a receive-then-publish chain across brokers). `≡ 1 (mod 4)`: causal.
+const RESPONDER: u64 = 4_000_001;
+/// Most responses per run.
+const MAX_RESPONSES: u32 = 24;
+
+fn topic_of(publisher: u64) -> (&'static str, Ordering) {
+    TOPICS[(publisher % 4) as usize]
 }
 
 impl Sim {
@@ -299,6 +354,12 @@ impl Sim {
             retired: Vec::new(),
             publisher_ids: 0,
             bound_breaches: BTreeSet::new(),
+            past: BTreeMap::new(),
+            responses: BTreeMap::new(),
+            responded: 0,
+            sent_at: BTreeMap::new(),
+            latencies: Vec::new(),
+            peak_ordering_held: 0,
             cfg,
         }
     }
@@ -339,6 +400,7 @@ impl Sim {
         let give_up = self.now + Duration::from_secs(10);
         while self.now < give_up {
             if self.converged() {
+                self.declare_topics();
                 self.net.faults_from(self.now);
                 self.plan_partitions();
                 return true;
@@ -352,6 +414,21 @@ impl Sim {
             self.views_summary()
         ));
         false
+    }
+
+    /// Declares the workload's topics at the first engine (cluster-wide).
+    fn declare_topics(&mut self) {
+        let first = self.slots.iter().position(|s| s.engine.is_some());
+        let Some(i) = first else { return };
+        if let Some(e) = self.slots[i].engine.as_mut() {
+            for (t, o) in TOPICS {
+                let token = crate::engine::ConfirmToken { conn: 0, req: 0 };
+                if let Err(err) = e.declare(t, o, false, token) {
+                    self.violations.push(format!("declaring {t} failed: {err}"));
+                }
+            }
+        }
+        self.drain(i);
     }
 
     /// Plans traffic: `publishers_per_node` publishers on each of `slots`,
@@ -510,19 +587,50 @@ impl Sim {
                     break;
                 }
                 let view = view_key(e);
+                let (topic, ordering, safe) = match self.cfg.only {
+                    Some((o, safe)) => {
+                        let t = TOPICS
+                            .iter()
+                            .find(|(_, to)| *to == o)
+                            .map_or("sim.fifo", |t| t.0);
+                        (t, o, safe)
+                    }
+                    None => {
+                        let (t, o) = topic_of(publisher);
+                        // Every third publisher publishes `safe` messages.
+                        (t, o, publisher % 3 == 0)
+                    }
+                };
+                let (context, mut past) = self
+                    .responses
+                    .get(&(publisher, p.index))
+                    .cloned()
+                    .unwrap_or_default();
                 let msg = Publish {
-                    topic: "sim.topic".into(),
-                    ordering: Ordering::Fifo,
-                    // Every third publisher publishes `safe` messages.
-                    safe: publisher % 3 == 0,
+                    topic: topic.into(),
+                    ordering,
+                    safe,
                     publisher,
-                    context: Default::default(),
+                    context,
                     payload: workload::payload(publisher, p.index, p.size),
                     confirm: None,
                     published_at_us: 0,
                 };
                 match e.publish(msg, now) {
                     Ok(()) => {
+                        self.sent_at.insert((publisher, p.index), now);
+                        if ordering == Ordering::Causal {
+                            // Its past: the publisher's earlier messages,
+                            // everything delivered at this broker (the
+                            // broker's clock goes with every publish) and
+                            // what the client carried in.
+                            past.insert(publisher, p.index);
+                            if let Some(l) = self.lives.get(life) {
+                                check::merge(&mut past, &l.clock);
+                            }
+                            self.past.insert((publisher, p.index), past);
+                            self.responses.remove(&(publisher, p.index));
+                        }
                         self.published.push(Published {
                             publisher,
                             index: p.index,
@@ -574,6 +682,7 @@ impl Sim {
                 .send(i, live.iter().copied(), &d, now, &mut self.rng);
         }
         let mut safe = Vec::new();
+        let mut respond = Vec::new();
         while let Some(ev) = e.poll_event() {
             let Some(rec) = self.lives.get_mut(life) else {
                 continue;
@@ -585,7 +694,35 @@ impl Sim {
                             .entry(tag.publisher)
                             .or_default()
                             .push(tag.index);
-                        if tag.publisher % 3 == 0 {
+                        let m = (tag.publisher, tag.index);
+                        if let Some(t) = self.sent_at.get(&m) {
+                            self.latencies.push(now - *t);
+                        }
+                        match d.ordering {
+                            Ordering::Causal => {
+                                rec.causal.push(m);
+                                if let Some(p) = self.past.get(&m) {
+                                    check::merge(&mut rec.clock, p);
+                                }
+                                check::merge(&mut rec.clock, &Past::from([(m.0, m.1 + 1)]));
+                                if i == 0 && m.0 != RESPONDER && (m.1 % 7 == 3) {
+                                    respond.push((d.context.clone(), m));
+                                }
+                            }
+                            Ordering::TotalIsis | Ordering::TotalSeq => {
+                                rec.total.entry(d.topic.to_string()).or_default().push((
+                                    m.0,
+                                    m.1,
+                                    d.gseq.map(|g| g.0),
+                                ));
+                            }
+                            Ordering::Fifo => {}
+                        }
+                        let is_safe = match self.cfg.only {
+                            Some((_, safe)) => safe,
+                            None => tag.publisher % 3 == 0,
+                        };
+                        if is_safe {
                             safe.push((d.origin, d.seq, e.view().id));
                         }
                     }
@@ -606,9 +743,18 @@ impl Sim {
                         "slot {i} reported a discontinuity from view {from} to {to}: {reason}"
                     ));
                 }
-                Event::Confirmed(_) => {}
+                Event::Confirmed(_) | Event::TopicDeclared { .. } => {}
             }
         }
+        for (context, m) in respond {
+            self.respond(context, m);
+        }
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some(e) = slot.engine.as_mut() else {
+            return;
+        };
         if slot.leaving && e.has_left() {
             self.retired.push(e.stats().clone());
             slot.engine = None;
@@ -633,6 +779,32 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The responder received `m` at slot 0: it publishes at slot 1 with the
+    /// delivery's context, so its message causally follows `m` everywhere.
+    fn respond(&mut self, context: CausalContext, m: (u64, u32)) {
+        if self.responded >= MAX_RESPONSES || self.slots.len() < 2 || self.cfg.only.is_some() {
+            return;
+        }
+        if self.slots[1].engine.is_none() || self.slots[1].leaving {
+            return;
+        }
+        let index = self.responded;
+        self.responded += 1;
+        let mut past = self.past.get(&m).cloned().unwrap_or_default();
+        check::merge(&mut past, &Past::from([(m.0, m.1 + 1)]));
+        self.responses.insert((RESPONDER, index), (context, past));
+        self.blocked
+            .entry(RESPONDER)
+            .or_default()
+            .push_back(PlannedPublish {
+                at: self.now,
+                node: 1,
+                publisher: RESPONDER,
+                index,
+                size: 40,
+            });
     }
 
     fn act(&mut self, a: Action) {
@@ -685,6 +857,9 @@ impl Sim {
             .wrapping_add((s as u64) << 32 | slot.incarnation);
         c.max_datagram = self.cfg.max_datagram;
         c.retransmit_buffer_bytes = self.cfg.retransmit_buffer_bytes;
+        if let Some(l) = self.cfg.ordering_limit {
+            c.ordering_limit = l;
+        }
         #[cfg(feature = "bug-injection")]
         {
             c.bugs = self.cfg.bugs;
@@ -739,6 +914,13 @@ impl Sim {
                     st.unstable_own_bytes
                 ));
             }
+            // The ordering layers' bound is one of admission (a broker
+            // takes no publish while its layers hold `ordering_limit`), not a
+            // hard cap on what others send: recorded, reported, not failed.
+            self.peak_ordering_held = self
+                .peak_ordering_held
+                .max(st.causal_holdback_messages)
+                .max(st.total_pending_messages);
             if st.reassembly_bytes > reassembly_bound {
                 found.push(format!(
                     "slot {i}: reassembly {} B above its bound {reassembly_bound} B",
@@ -814,6 +996,15 @@ impl Sim {
     fn finish(mut self) -> SimReport {
         let mut v = std::mem::take(&mut self.violations);
         v.extend(check::deliveries(&self.lives, &self.published));
+        v.extend(check::causal(&self.lives, &self.past));
+        v.extend(check::total(&self.lives));
+        let tables: BTreeSet<Vec<(String, Ordering, bool)>> =
+            self.live().map(Engine::agreed_topics).collect();
+        if tables.len() > 1 {
+            v.push(format!(
+                "TOPICS: brokers disagree on the topic table: {tables:?}"
+            ));
+        }
         if !self.converged() {
             v.push(format!(
                 "members do not share one view: {}",
@@ -827,6 +1018,12 @@ impl Sim {
                 v.push(format!(
                     "slot {i}: retransmit buffer not drained after traffic stopped ({} B)",
                     st.retransmit_buffer_bytes
+                ));
+            }
+            if st.causal_forced > 0 || st.control_unknown > 0 || st.control_malformed > 0 {
+                v.push(format!(
+                    "slot {i}: ordering anomalies: {} causal message(s) forced at a view change, {} control entries for unknown messages, {} undecodable control messages",
+                    st.causal_forced, st.control_unknown, st.control_malformed
                 ));
             }
             if st.unrecoverable > 0 {
@@ -861,7 +1058,18 @@ impl Sim {
         for s in &all {
             add_stats(&mut totals, s);
         }
+        let mut lat = std::mem::take(&mut self.latencies);
+        lat.sort();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         SimReport {
+            peak_ordering_held: self.peak_ordering_held,
+            latency_p50,
+            latency_p99,
             seed: self.cfg.seed,
             config: self.cfg.describe(),
             violations: v,

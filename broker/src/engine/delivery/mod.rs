@@ -2,22 +2,27 @@
 //! deliveries, in the order the topic's ordering requires.
 //!
 //! Reliability hands every message to [`Delivery::accept`] exactly once, in
-//! its origin's sequence order. Each ordering gets its layer through
-//! [`Layer`]; today every ordering is served FIFO, and the causal and total
-//! layers (a later issue) slot into [`Delivery::layer_for`] without touching
-//! reliability.
+//! its origin's sequence order (our own through [`Delivery::accept_local`]).
+//! Fragments are joined first; then each message goes to its ordering's
+//! layer: `fifo` delivers at once, `causal` holds back until its context is
+//! delivered, `total` orders by ISIS priorities or by the sequencer.
+//! Messages on the empty topic are the layers' own control traffic.
 
+mod causal;
 mod fifo;
+mod total;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ordo_wire::group::DataMsg;
-use ordo_wire::{CausalContext, Ordering, Origin, Seq};
+use ordo_wire::group::{Control, DataMsg, TopicState};
+use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq};
 
 use super::topics::TopicCache;
-use super::{Delivered, Event};
+use super::{ConfirmToken, Delivered, Event};
+use causal::Causal;
 pub(crate) use fifo::Fifo;
+use total::Total;
 
 /// A complete message (fragments joined) in its origin's order.
 #[derive(Debug)]
@@ -26,6 +31,40 @@ pub(crate) struct Ready {
     /// The sequence number of its first fragment.
     pub(crate) seq: Seq,
     pub(crate) msg: DataMsg,
+}
+
+/// Where layers put what they deliver.
+pub(crate) struct Out<'a> {
+    pub(crate) events: &'a mut VecDeque<Event>,
+    pub(crate) topics: &'a mut TopicCache,
+    /// Messages delivered through this `Out`.
+    pub(crate) delivered: usize,
+}
+
+impl Out<'_> {
+    /// Delivers a message to subscribers, with its `gseq` on a total topic.
+    pub(crate) fn deliver(&mut self, ready: Ready, gseq: Option<u64>) {
+        let mut d = delivered(ready, self.topics);
+        d.gseq = gseq.map(GlobalSeq);
+        self.delivered += 1;
+        self.events.push_back(Event::Deliver(Arc::new(d)));
+    }
+
+    /// A topic declaration reached its place in the total order.
+    pub(crate) fn declared(
+        &mut self,
+        name: String,
+        requested: (Ordering, bool),
+        agreed: (Ordering, bool),
+        token: Option<ConfirmToken>,
+    ) {
+        self.events.push_back(Event::TopicDeclared {
+            name: Arc::from(name),
+            requested,
+            agreed,
+            token,
+        });
+    }
 }
 
 /// One ordering's delivery layer.
@@ -38,9 +77,21 @@ pub(crate) trait Layer {
 #[derive(Debug, Default)]
 pub(crate) struct Delivery {
     fifo: Fifo,
+    causal: Causal,
+    total: Total,
+    /// Control payloads that did not decode (a broken peer): counted, dropped.
+    pub(crate) bad_control: u64,
 }
 
 impl Delivery {
+    /// The layers of `me`; control batches hold at most `batch` entries.
+    pub(crate) fn new(me: Origin, batch: usize) -> Self {
+        Delivery {
+            total: Total::new(me, batch),
+            ..Delivery::default()
+        }
+    }
+
     /// Takes the next message (or fragment) of `origin`'s stream. Returns the
     /// number of messages delivered.
     pub(crate) fn accept(
@@ -48,15 +99,156 @@ impl Delivery {
         origin: Origin,
         msg: DataMsg,
         topics: &mut TopicCache,
-        out: &mut VecDeque<Event>,
+        events: &mut VecDeque<Event>,
     ) -> Result<usize, fifo::ReassemblyError> {
         let Some(ready) = self.fifo.reassemble(origin, msg)? else {
             return Ok(0);
         };
-        let before = out.len();
-        let layer = self.layer_for(ready.msg.ordering);
-        layer.accept(ready, topics, out);
-        Ok(out.len() - before)
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.dispatch(ready, &mut out);
+        Ok(out.delivered)
+    }
+
+    /// Takes one of our own complete messages (published here).
+    pub(crate) fn accept_local(
+        &mut self,
+        ready: Ready,
+        topics: &mut TopicCache,
+        events: &mut VecDeque<Event>,
+    ) -> usize {
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.dispatch(ready, &mut out);
+        out.delivered
+    }
+
+    fn dispatch(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if ready.msg.topic.is_empty() {
+            // Control: a declaration is ordered like total-seq data; the
+            // rest acts at once, in the sender's stream order.
+            if ready.msg.ordering == Ordering::TotalSeq {
+                self.total.accept_seq(ready, out);
+                return;
+            }
+            match Control::decode(&ready.msg.payload) {
+                Ok(c) => self.total.on_control(ready.origin, c, out),
+                Err(e) => {
+                    self.bad_control += 1;
+                    tracing::warn!(origin = %ready.origin, error = %e, "undecodable control message");
+                }
+            }
+            return;
+        }
+        match ready.msg.ordering {
+            Ordering::Fifo => {
+                let before = out.events.len();
+                self.fifo.accept(ready, out.topics, out.events);
+                out.delivered += out.events.len() - before;
+            }
+            Ordering::Causal => self.causal.accept(ready, out),
+            Ordering::TotalIsis => self.total.accept_isis(ready, out),
+            Ordering::TotalSeq => self.total.accept_seq(ready, out),
+        }
+    }
+
+    /// The next control message for our stream; hand it back with
+    /// [`Delivery::unsent`] if it did not fit, confirm with [`Delivery::sent`].
+    pub(crate) fn next_control(&mut self) -> Option<Control> {
+        self.total.next_control()
+    }
+
+    pub(crate) fn unsent(&mut self, c: Control) {
+        self.total.unsent(c);
+    }
+
+    pub(crate) fn sent(
+        &mut self,
+        c: &Control,
+        topics: &mut TopicCache,
+        events: &mut VecDeque<Event>,
+    ) -> usize {
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.total.sent(c, &mut out);
+        out.delivered
+    }
+
+    /// Our causal clock: what we delivered of each origin's causal messages.
+    pub(crate) fn causal_clock(&self) -> CausalContext {
+        self.causal.clock()
+    }
+
+    /// A new view (after every old-view message was handed over): resolves
+    /// what the ordering layers still hold, identically on every member.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn install(
+        &mut self,
+        me: Origin,
+        members: &[Origin],
+        sequencer: Option<NodeId>,
+        digest: &BTreeMap<Origin, Seq>,
+        topics: &mut TopicCache,
+        events: &mut VecDeque<Event>,
+    ) -> usize {
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.causal.install(members, digest, &mut out);
+        self.total.install(me, members, sequencer, &mut out);
+        out.delivered
+    }
+
+    /// The agreed state for a joiner.
+    pub(crate) fn state(&self) -> Vec<TopicState> {
+        self.total.state()
+    }
+
+    /// Loads the group's agreed state (we joined).
+    pub(crate) fn load_state(
+        &mut self,
+        state: &[TopicState],
+        topics: &mut TopicCache,
+        events: &mut VecDeque<Event>,
+    ) {
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.total.load(state, &mut out);
+    }
+
+    /// The agreed topic table.
+    pub(crate) fn agreed_topics(&self) -> Vec<(String, Ordering, bool)> {
+        self.total
+            .agreed()
+            .iter()
+            .map(|(n, (o, s))| (n.clone(), *o, *s))
+            .collect()
+    }
+
+    /// Occupancy: causal hold-back (messages, bytes) and total-order pending messages.
+    pub(crate) fn occupancy(&self) -> (usize, usize, usize) {
+        let (n, b) = self.causal.held();
+        (n, b, self.total.pending())
+    }
+
+    /// Counters: causal messages forced at a view change, control entries
+    /// naming unknown messages.
+    pub(crate) fn anomalies(&self) -> (u64, u64) {
+        (self.causal.forced, self.total.unknown)
     }
 
     /// Forgets a departed origin's partial messages.
@@ -70,18 +262,13 @@ impl Delivery {
     }
 
     #[cfg(feature = "bug-injection")]
-    pub(crate) fn plant_reorder_bug(&mut self) {
-        self.fifo.plant_reorder_bug();
-    }
-
-    fn layer_for(&mut self, ordering: Ordering) -> &mut dyn Layer {
-        match ordering {
-            // Causal and total layers are a later issue; until they exist
-            // these topics get FIFO, which they also require.
-            Ordering::Fifo | Ordering::Causal | Ordering::TotalIsis | Ordering::TotalSeq => {
-                &mut self.fifo
-            }
+    pub(crate) fn plant_bugs(&mut self, bugs: super::Bugs) {
+        if bugs.reorder_delivery {
+            self.fifo.plant_reorder_bug();
         }
+        self.causal.no_holdback = bugs.causal_no_holdback;
+        self.total.skip_max = bugs.isis_skip_max;
+        self.total.two_sequencers = bugs.two_sequencers;
     }
 }
 

@@ -134,10 +134,9 @@ impl Engine {
         };
         self.rel = Reliability::new(self.me, Seq(0), self.config.reliability());
         self.local_pending.clear();
-        let members = self.view.members.clone();
-        for m in members {
-            self.delivery.forget(m);
-        }
+        // A new incarnation starts with fresh layers; the group's agreed
+        // state (topics, gseq) comes with the install that admits it.
+        self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
         self.in_view = false;
         self.membership.flush = None;
         self.membership.change = None;

@@ -190,10 +190,17 @@ impl Engine {
         // waiting safe messages are delivered), then where joiners start.
         let mut digest: Vec<(Origin, Seq)> = cut.into_iter().collect();
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
+        let members = c.members.clone();
+        let view = c.view;
+        // Settle the old view here first, so the state a joiner receives
+        // (topics, gseq) is the state after every old-view message.
+        let map: BTreeMap<Origin, Seq> = digest.iter().copied().collect();
+        self.settle_view(&members, &map);
         let install = Install {
-            view: c.view,
-            members: c.members.clone(),
+            view,
+            members,
             digest,
+            state: self.delivery.state(),
         };
         if let Some(c) = &mut self.membership.change {
             c.install = Some(install.clone());
@@ -242,12 +249,14 @@ impl Engine {
 
     /// Installs a view (or, if it leaves us out, completes our leave).
     pub(crate) fn apply_install(&mut self, i: Install, now: Instant) {
-        // The flush proved every member holds everything up to the cut:
-        // deliver what waited for that (safe messages) in the old view.
-        for &(origin, cut) in &i.digest {
-            self.deliver_waiting(origin, cut);
+        let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+        let joining = !self.in_view;
+        if joining {
+            self.delivery
+                .load_state(&i.state, &mut self.topics, &mut self.events);
+        } else {
+            self.settle_view(&i.members, &digest);
         }
-        self.deliver_local(true);
         if !i.members.contains(&self.me) {
             self.in_view = false;
             self.membership.flush = None;
@@ -258,8 +267,29 @@ impl Engine {
             tracing::info!(view = %i.view, "left the group");
             return;
         }
-        let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
         self.install_view(i.view, i.members, &digest, now);
+    }
+
+    /// Ends the old view: the flush proved every member holds everything
+    /// up to the cut, so deliver what waited for that (safe messages), then
+    /// let the ordering layers resolve what they hold, the same way on every
+    /// member, so nothing pending crosses into the new view.
+    pub(crate) fn settle_view(&mut self, members: &[Origin], digest: &BTreeMap<Origin, Seq>) {
+        for (&origin, &cut) in digest {
+            self.deliver_waiting(origin, cut);
+        }
+        self.deliver_local(true);
+        let sequencer = members.first().map(|m| m.node);
+        let n = self.delivery.install(
+            self.me,
+            members,
+            sequencer,
+            digest,
+            &mut self.topics,
+            &mut self.events,
+        );
+        self.stats.delivered += n as u64;
+        self.stats.messages_delivered += n as u64;
     }
 
     pub(crate) fn install_view(
@@ -274,10 +304,15 @@ impl Engine {
         }
         self.membership.note_departed(&self.view.members, &members);
         let coordinator = members.first().copied().unwrap_or(self.me);
+        // Idempotent after `settle_view`; here for the first view of a
+        // singleton or a joiner, which had nothing to settle.
+        self.settle_view(&members, digest);
         self.view = View {
             id,
             coordinator: coordinator.node,
-            // The total-seq sequencer is elected by a later issue; the coordinator stands in.
+            // The total-seq sequencer: the coordinator (first member) of the
+            // installed view, so it moves only with a view change, whose
+            // flush hands its order over with no gap and no duplicate.
             sequencer: Some(coordinator.node),
             members,
         };

@@ -1,0 +1,588 @@
+//! Total order, two ways, and what total order carries: `gseq` and the
+//! agreed topic table.
+//!
+//! **total-isis** (Birman 1987). Every member that receives a message
+//! proposes a priority above any it proposed or saw agreed (ties broken by
+//! node id) and queues the message under it; the origin collects every
+//! member's proposal, fixes the maximum (raised above its previous final, so
+//! each origin's order is kept) and sends the final; a member delivers while
+//! the head of its queue is final. Keys are (priority, origin, seq), unique.
+//!
+//! **total-seq**. The view's sequencer appends every total-seq message it
+//! receives to its order; members deliver in that order once they hold the
+//! data (an order can arrive before the data; it waits).
+//!
+//! Proposals, finals and orders are control messages batched into the
+//! sender's own reliable stream (see `ordo_wire::group::Control`), so they
+//! are repaired like data, and a view change's flush makes every member hold
+//! the same ones. At the install every member resolves what is pending
+//! identically: ISIS messages with a final in final order, then the rest
+//! by (origin, seq); sequenced messages in order, then the rest by (origin,
+//! seq). Whatever a member delivered before is a prefix of that.
+//!
+//! `gseq` counts a topic's messages in the agreed order; a joiner receives
+//! every topic's count in the install. Topic declarations ride as
+//! total-seq control messages: the first declaration of a name wins
+//! everywhere.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use ordo_wire::group::{Control, Priority, TopicState};
+use ordo_wire::{NodeId, Ordering, Origin, Seq};
+
+use super::{Out, Ready};
+
+type Key = (Priority, Origin, Seq);
+
+#[derive(Debug)]
+struct IsisEntry {
+    ready: Ready,
+    key: Key,
+}
+
+/// The agreed settings of a topic.
+pub(crate) type Spec = (Ordering, bool);
+
+/// Both total-order layers, the per-topic `gseq` and the agreed topic table.
+#[derive(Debug, Default)]
+pub(crate) struct Total {
+    me: Origin,
+    members: Vec<Origin>,
+    sequencer: Option<NodeId>,
+    /// Largest entries per control message (fits one datagram).
+    batch: usize,
+    // ----- ISIS -----
+    counter: u64,
+    isis: BTreeMap<(Origin, Seq), IsisEntry>,
+    /// Every pending ISIS message by key; true once final.
+    queue: BTreeMap<Key, bool>,
+    /// Our own messages collecting proposals, in stream order.
+    collecting: BTreeMap<Seq, BTreeMap<Origin, Priority>>,
+    last_final: Priority,
+    /// Our last message with a final (finals are fixed in stream order).
+    final_upto: Seq,
+    proposals_out: Vec<(Origin, Seq, Priority)>,
+    finals_out: Vec<(Seq, Priority)>,
+    // ----- sequencer -----
+    seq_data: BTreeMap<(Origin, Seq), Ready>,
+    seq_order: VecDeque<(Origin, Seq)>,
+    /// Per origin, the last sequenced message delivered (orders are FIFO per origin).
+    seq_done: BTreeMap<Origin, Seq>,
+    order_out: Vec<(Origin, Seq)>,
+    /// Control messages built and not yet in our stream.
+    ctl: VecDeque<Control>,
+    // ----- agreed state -----
+    gseq: BTreeMap<Bytes, u64>,
+    agreed: BTreeMap<String, Spec>,
+    /// Planted bugs.
+    pub(crate) skip_max: bool,
+    pub(crate) two_sequencers: bool,
+    /// Control entries naming a message we do not hold (counted, ignored).
+    pub(crate) unknown: u64,
+}
+
+impl Total {
+    pub(crate) fn new(me: Origin, batch: usize) -> Self {
+        Total {
+            me,
+            batch: batch.max(1),
+            ..Total::default()
+        }
+    }
+
+    /// Messages pending in both layers and control entries not yet sent.
+    pub(crate) fn pending(&self) -> usize {
+        self.isis.len() + self.seq_data.len() + self.seq_order.len()
+    }
+
+    /// The agreed topic table.
+    pub(crate) fn agreed(&self) -> &BTreeMap<String, Spec> {
+        &self.agreed
+    }
+
+    /// Whether we act as sequencer in this view.
+    fn sequencing(&self) -> bool {
+        self.sequencer == Some(self.me.node)
+            || (self.two_sequencers && self.members.get(1).is_some_and(|m| *m == self.me))
+    }
+
+    fn accepts_order_from(&self, sender: Origin) -> bool {
+        self.sequencer == Some(sender.node)
+            || (self.two_sequencers && self.members.get(1) == Some(&sender))
+    }
+
+    // ----- data -----
+
+    /// A complete total-isis message (ours included), in its stream order.
+    pub(crate) fn accept_isis(&mut self, ready: Ready, out: &mut Out<'_>) {
+        self.counter += 1;
+        let p = Priority {
+            counter: self.counter,
+            node: self.me.node,
+        };
+        let (o, s) = (ready.origin, ready.seq);
+        let key = (p, o, s);
+        self.queue.insert(key, false);
+        self.isis.insert((o, s), IsisEntry { ready, key });
+        if o == self.me {
+            self.collecting.entry(s).or_default().insert(self.me, p);
+            self.try_finalize();
+        } else {
+            self.proposals_out.push((o, s, p));
+        }
+        self.deliver_isis(out);
+    }
+
+    /// A complete total-seq message (or declaration), ours included.
+    pub(crate) fn accept_seq(&mut self, ready: Ready, out: &mut Out<'_>) {
+        let k = (ready.origin, ready.seq);
+        self.seq_data.insert(k, ready);
+        if self.sequencing() {
+            self.order_out.push(k);
+        }
+        self.deliver_seq(out);
+    }
+
+    // ----- control received from another member's stream -----
+
+    pub(crate) fn on_control(&mut self, sender: Origin, c: Control, out: &mut Out<'_>) {
+        match c {
+            Control::IsisProposal(v) => {
+                for (o, s, p) in v {
+                    if o != self.me {
+                        continue;
+                    }
+                    if s <= self.final_upto {
+                        // Already final: a peer that proposes twice is broken.
+                        self.unknown += 1;
+                        continue;
+                    }
+                    // Our message may not be in the layer yet (held until
+                    // stable behind a safe one): its proposals wait for it.
+                    self.collecting.entry(s).or_default().insert(sender, p);
+                }
+                self.try_finalize();
+            }
+            Control::IsisFinal(v) => {
+                for (s, p) in v {
+                    self.apply_final(sender, s, p);
+                }
+                self.deliver_isis(out);
+            }
+            Control::SequencerOrder(v) => {
+                if self.accepts_order_from(sender) {
+                    self.seq_order.extend(v);
+                    self.deliver_seq(out);
+                } else {
+                    self.unknown += v.len() as u64;
+                }
+            }
+            // Declarations are data of the total-seq layer, not handled here.
+            Control::Declare { .. } => self.unknown += 1,
+        }
+    }
+
+    // ----- control we send -----
+
+    /// The next control message to put in our stream (see [`Total::sent`]).
+    pub(crate) fn next_control(&mut self) -> Option<Control> {
+        self.build();
+        self.ctl.pop_front()
+    }
+
+    /// A control message from [`Total::next_control`] did not fit our window: keep it.
+    pub(crate) fn unsent(&mut self, c: Control) {
+        self.ctl.push_front(c);
+    }
+
+    /// A control message is in our stream: apply it here as the others will.
+    pub(crate) fn sent(&mut self, c: &Control, out: &mut Out<'_>) {
+        match c {
+            Control::IsisFinal(v) => {
+                for (s, p) in v {
+                    self.apply_final(self.me, *s, *p);
+                }
+                self.deliver_isis(out);
+            }
+            Control::SequencerOrder(v) => {
+                self.seq_order.extend(v.iter().copied());
+                self.deliver_seq(out);
+            }
+            Control::IsisProposal(_) | Control::Declare { .. } => {}
+        }
+    }
+
+    fn build(&mut self) {
+        let b = self.batch;
+        while !self.proposals_out.is_empty() {
+            let n = self.proposals_out.len().min(b);
+            let v: Vec<_> = self.proposals_out.drain(..n).collect();
+            self.ctl.push_back(Control::IsisProposal(v));
+        }
+        while !self.finals_out.is_empty() {
+            let n = self.finals_out.len().min(b);
+            let v: Vec<_> = self.finals_out.drain(..n).collect();
+            self.ctl.push_back(Control::IsisFinal(v));
+        }
+        while !self.order_out.is_empty() {
+            let n = self.order_out.len().min(b);
+            let v: Vec<_> = self.order_out.drain(..n).collect();
+            self.ctl.push_back(Control::SequencerOrder(v));
+        }
+    }
+
+    // ----- ISIS internals -----
+
+    /// Fixes the final priority of our oldest messages that have every proposal.
+    fn try_finalize(&mut self) {
+        while let Some((&s, props)) = self.collecting.first_key_value() {
+            if !self.isis.contains_key(&(self.me, s)) {
+                // Our messages enter in stream order: if a later one is here,
+                // this seq is no ISIS message of ours (a broken peer's
+                // proposal); otherwise it has not entered yet.
+                let later = self
+                    .collecting
+                    .keys()
+                    .skip(1)
+                    .any(|k| self.isis.contains_key(&(self.me, *k)));
+                if later {
+                    self.collecting.remove(&s);
+                    self.unknown += 1;
+                    continue;
+                }
+                return;
+            }
+            if !self.members.iter().all(|m| props.contains_key(m)) {
+                return;
+            }
+            let max = if self.skip_max {
+                props.get(&self.me).copied().unwrap_or_default()
+            } else {
+                props.values().max().copied().unwrap_or_default()
+            };
+            // Above our previous final, so our messages keep their order.
+            let fin = if max > self.last_final {
+                max
+            } else {
+                Priority {
+                    counter: self.last_final.counter + 1,
+                    node: self.me.node,
+                }
+            };
+            self.last_final = fin;
+            self.final_upto = s;
+            self.counter = self.counter.max(fin.counter);
+            self.finals_out.push((s, fin));
+            self.collecting.remove(&s);
+        }
+    }
+
+    fn apply_final(&mut self, origin: Origin, s: Seq, p: Priority) {
+        self.counter = self.counter.max(p.counter);
+        let Some(e) = self.isis.get_mut(&(origin, s)) else {
+            self.unknown += 1;
+            return;
+        };
+        self.queue.remove(&e.key);
+        e.key = (p, origin, s);
+        self.queue.insert(e.key, true);
+    }
+
+    fn deliver_isis(&mut self, out: &mut Out<'_>) {
+        while let Some((&(_, o, s), &fin)) = self.queue.first_key_value() {
+            if !fin {
+                return;
+            }
+            self.queue.pop_first();
+            if let Some(e) = self.isis.remove(&(o, s)) {
+                self.emit(e.ready, out);
+            }
+        }
+    }
+
+    // ----- sequencer internals -----
+
+    fn deliver_seq(&mut self, out: &mut Out<'_>) {
+        while let Some(&(o, s)) = self.seq_order.front() {
+            if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
+                // Already delivered (only a second sequencer can order it twice).
+                self.seq_order.pop_front();
+                continue;
+            }
+            let Some(r) = self.seq_data.remove(&(o, s)) else {
+                return; // the order came before the data
+            };
+            self.seq_order.pop_front();
+            self.seq_done.insert(o, s);
+            self.emit(r, out);
+        }
+    }
+
+    // ----- delivery, gseq and declarations -----
+
+    fn emit(&mut self, r: Ready, out: &mut Out<'_>) {
+        if r.msg.topic.is_empty() {
+            self.declaration(r, out);
+            return;
+        }
+        let g = self.gseq.entry(r.msg.topic.clone()).or_default();
+        *g += 1;
+        let g = *g;
+        out.deliver(r, Some(g));
+    }
+
+    fn declaration(&mut self, r: Ready, out: &mut Out<'_>) {
+        let Ok(Control::Declare {
+            name,
+            ordering,
+            safe,
+            req,
+        }) = Control::decode(&r.msg.payload)
+        else {
+            self.unknown += 1;
+            return;
+        };
+        let requested = (ordering, safe);
+        let agreed = *self.agreed.entry(name.clone()).or_insert(requested);
+        let token = (r.origin == self.me).then_some(super::super::ConfirmToken {
+            conn: r.msg.publisher,
+            req,
+        });
+        out.declared(name, requested, agreed, token);
+    }
+
+    // ----- views -----
+
+    /// A new view: resolve everything pending the same way on every member
+    /// (the flush made them hold the same messages and control), then start
+    /// afresh under the new members and sequencer.
+    pub(crate) fn install(
+        &mut self,
+        me: Origin,
+        members: &[Origin],
+        sequencer: Option<NodeId>,
+        out: &mut Out<'_>,
+    ) {
+        // ISIS: finals in final order, then the rest by (origin, seq).
+        let mut finals: Vec<Key> = self
+            .queue
+            .iter()
+            .filter(|(_, f)| **f)
+            .map(|(k, _)| *k)
+            .collect();
+        finals.sort();
+        for (_, o, s) in finals {
+            if let Some(e) = self.isis.remove(&(o, s)) {
+                self.emit(e.ready, out);
+            }
+        }
+        let rest: Vec<(Origin, Seq)> = self.isis.keys().copied().collect();
+        for k in rest {
+            if let Some(e) = self.isis.remove(&k) {
+                self.emit(e.ready, out);
+            }
+        }
+        self.queue.clear();
+        self.collecting.clear();
+        self.proposals_out.clear();
+        self.finals_out.clear();
+        self.last_final = Priority::default();
+        // Sequencer: its order, then the rest by (origin, seq).
+        while let Some((o, s)) = self.seq_order.pop_front() {
+            if let Some(r) = self.seq_data.remove(&(o, s)) {
+                self.seq_done.insert(o, s);
+                self.emit(r, out);
+            }
+        }
+        let rest: Vec<(Origin, Seq)> = self.seq_data.keys().copied().collect();
+        for k in rest {
+            if let Some(r) = self.seq_data.remove(&k) {
+                self.seq_done.insert(k.0, k.1);
+                self.emit(r, out);
+            }
+        }
+        self.order_out.clear();
+        self.ctl.clear();
+        self.me = me;
+        self.members = members.to_vec();
+        self.sequencer = sequencer;
+        let keep = &self.members;
+        self.seq_done.retain(|o, _| keep.contains(o));
+    }
+
+    /// The agreed state a joiner needs: topics and their `gseq`.
+    pub(crate) fn state(&self) -> Vec<TopicState> {
+        // Every topic in use was declared (the driver declares a topic on
+        // its first use), so the table covers every gseq.
+        self.agreed
+            .iter()
+            .map(|(name, (ordering, safe))| TopicState {
+                name: name.clone(),
+                ordering: *ordering,
+                safe: *safe,
+                gseq: self.gseq.get(name.as_bytes()).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// A joiner takes the group's state from its first install.
+    pub(crate) fn load(&mut self, state: &[TopicState], out: &mut Out<'_>) {
+        for t in state {
+            if t.gseq > 0 {
+                self.gseq
+                    .insert(Bytes::copy_from_slice(t.name.as_bytes()), t.gseq);
+            }
+            if self.agreed.contains_key(&t.name) {
+                continue;
+            }
+            let spec = (t.ordering, t.safe);
+            self.agreed.insert(t.name.clone(), spec);
+            out.declared(t.name.clone(), spec, spec, None);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::engine::topics::TopicCache;
+    use crate::engine::Event;
+    use ordo_wire::group::DataMsg;
+    use ordo_wire::{CausalContext, Incarnation};
+
+    fn o(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    fn msg(origin: u32, seq: u64, ordering: Ordering) -> Ready {
+        Ready {
+            origin: o(origin),
+            seq: Seq(seq),
+            msg: DataMsg {
+                seq: Seq(seq),
+                topic: Bytes::from_static(b"t"),
+                ordering,
+                safe: false,
+                publisher: 1,
+                context: CausalContext::new(),
+                published_at_us: 0,
+                fragment: None,
+                payload: Bytes::from(format!("{origin}:{seq}")),
+            },
+        }
+    }
+
+    fn delivered(events: &mut VecDeque<Event>) -> Vec<(String, u64)> {
+        events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::Deliver(d) => Some((
+                    String::from_utf8_lossy(&d.payload).into_owned(),
+                    d.gseq.map_or(0, |g| g.0),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn p(counter: u64, node: u32) -> Priority {
+        Priority {
+            counter,
+            node: NodeId(node),
+        }
+    }
+
+    #[test]
+    fn isis_origin_fixes_the_maximum_and_keeps_its_own_order() {
+        let mut t = Total::new(o(1), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), &mut out);
+        t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out);
+        t.accept_isis(msg(1, 2, Ordering::TotalIsis), &mut out);
+        // Node 2 proposes high for the first and low for the second.
+        t.on_control(
+            o(2),
+            Control::IsisProposal(vec![(o(1), Seq(1), p(9, 2)), (o(1), Seq(2), p(1, 2))]),
+            &mut out,
+        );
+        let c = t.next_control().unwrap();
+        // The second's final is raised above the first's, keeping FIFO.
+        assert_eq!(
+            c,
+            Control::IsisFinal(vec![(Seq(1), p(9, 2)), (Seq(2), p(10, 1))])
+        );
+        assert_eq!(out.delivered, 0, "finals apply once in our stream");
+        t.sent(&c, &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("1:1".into(), 1), ("1:2".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn isis_waits_while_a_tentative_priority_is_lower() {
+        let mut t = Total::new(o(3), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out); // we propose 1.3
+        t.accept_isis(msg(2, 1, Ordering::TotalIsis), &mut out); // we propose 2.3
+        t.on_control(o(2), Control::IsisFinal(vec![(Seq(1), p(2, 3))]), &mut out);
+        assert_eq!(out.delivered, 0, "1:1 (tentative 1.3) may still come first");
+        t.on_control(o(1), Control::IsisFinal(vec![(Seq(1), p(2, 2))]), &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("1:1".into(), 1), ("2:1".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn sequenced_messages_wait_for_data_and_order_and_resolve_at_a_view_change() {
+        let mut t = Total::new(o(2), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out {
+            events: &mut ev,
+            topics: &mut topics,
+            delivered: 0,
+        };
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.on_control(
+            o(1),
+            Control::SequencerOrder(vec![(o(3), Seq(1)), (o(2), Seq(1))]),
+            &mut out,
+        );
+        t.accept_seq(msg(2, 1, Ordering::TotalSeq), &mut out);
+        assert_eq!(out.delivered, 0, "3:1 comes first and is not here yet");
+        // Orders from a member that is not the sequencer are ignored.
+        t.on_control(
+            o(3),
+            Control::SequencerOrder(vec![(o(2), Seq(1))]),
+            &mut out,
+        );
+        assert_eq!(t.unknown, 1);
+        t.accept_seq(msg(3, 1, Ordering::TotalSeq), &mut out);
+        t.accept_seq(msg(3, 2, Ordering::TotalSeq), &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("3:1".into(), 1), ("2:1".into(), 2)]
+        );
+        // 3:2 was never ordered: the view change delivers it, gseq continuing.
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), &mut out);
+        assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
+        assert_eq!(t.state(), vec![]);
+    }
+}
