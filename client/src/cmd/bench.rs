@@ -398,7 +398,11 @@ fn plan(conn: &Connection, args: &BenchArgs) -> anyhow::Result<Plan> {
             }
             let each = total / pubs as u64;
             let extra = total % pubs as u64;
-            Some((0..pubs as u64).map(|p| each + u64::from(p < extra)).collect())
+            Some(
+                (0..pubs as u64)
+                    .map(|p| each + u64::from(p < extra))
+                    .collect(),
+            )
         }
     };
     let interval_us = (args.rate > 0).then(|| pubs as f64 * 1e6 / args.rate as f64);
@@ -742,7 +746,11 @@ fn publish_all(
     p: usize,
     out: &mut PubOut,
 ) -> anyhow::Result<()> {
-    let client = rt.block_on(connect(plan.server_of_pub(p), &plan.token, &format!("pub{p}")))?;
+    let client = rt.block_on(connect(
+        plan.server_of_pub(p),
+        &plan.token,
+        &format!("pub{p}"),
+    ))?;
     let mut sender = Sender {
         client: client.clone(),
         topic: plan.topic.clone(),
@@ -834,7 +842,9 @@ async fn send_one(
         seq,
         sent_us: now,
     };
-    sender.send(payload::make(plan.size, plan.run, &stamp)).await?;
+    sender
+        .send(payload::make(plan.size, plan.run, &stamp))
+        .await?;
     out.warmup += u64::from(warm);
     Ok(())
 }
@@ -1214,7 +1224,13 @@ mod tests {
         assert!(on_payload(&plan, &sh, 0, &mut out, &msg(FLAG_WARMUP, 0)));
         assert!(on_payload(&plan, &sh, 0, &mut out, &msg(0, 1)));
         assert!(!on_payload(&plan, &sh, 0, &mut out, &msg(0, 1)));
-        assert!(!on_payload(&plan, &sh, 0, &mut out, &Bytes::from_static(b"x")));
+        assert!(!on_payload(
+            &plan,
+            &sh,
+            0,
+            &mut out,
+            &Bytes::from_static(b"x")
+        ));
         let other_pub = Bytes::from(payload::make(
             64,
             plan.run,

@@ -110,7 +110,10 @@ mod tests {
         let p = make(HEADER_LEN, 1, &s);
         assert_eq!(parse(&p, 2), Parsed::Foreign);
         assert_eq!(parse(&p[..HEADER_LEN - 1], 1), Parsed::Foreign);
-        assert_eq!(parse(b"hello, this is not a bench payload!!", 1), Parsed::Foreign);
+        assert_eq!(
+            parse(b"hello, this is not a bench payload!!", 1),
+            Parsed::Foreign
+        );
         assert_eq!(parse(&p, 1), Parsed::Ours(s));
     }
 
