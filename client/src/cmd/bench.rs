@@ -71,7 +71,7 @@ pub struct BenchArgs {
     /// Messages to publish in total, split over the publishers [default: 100000 without --duration].
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     msgs: Option<u64>,
-    /// Publish for this long instead of a message count (e.g. 10s, 500ms, 2m).
+    /// Publish for this long (after the warm-up) instead of a message count (e.g. 10s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Total publish rate in msg/s over all publishers, for latency; 0 = as fast as flow control allows.
@@ -793,7 +793,9 @@ fn publish_all(
     let t0 = shared.go_us.load(Mem::Acquire);
     let limit = Limit {
         count: plan.counts.as_ref().and_then(|c| c.get(p).copied()),
-        end_us: plan.duration.map(|d| t0 + d.as_micros() as u64),
+        end_us: plan
+            .duration
+            .map(|d| t0 + plan.warmup_us + d.as_micros() as u64),
         warm_end_us: t0 + plan.warmup_us,
     };
     match plan.interval_us {
