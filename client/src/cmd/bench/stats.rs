@@ -74,13 +74,16 @@ pub fn mean_min(rates: &[f64]) -> (f64, f64) {
 /// `1234567.8` as `1,234,568`.
 pub fn thousands(v: f64) -> String {
     let n = v.round().max(0.0) as u64;
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    let first = match digits.len() % 3 {
+        0 => 3,
+        r => r,
+    };
+    out.push_str(&digits[..first.min(digits.len())]);
+    for chunk in digits.as_bytes()[first.min(digits.len())..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
     }
     out
 }
