@@ -172,7 +172,8 @@ if [ -n "${PEERS:-}" ]; then
   mkdir -p "$PEERS_OUT"
   say "# NATS 3-node cluster via $PEERS/run.sh (RUNS=$RUNS SECS=$SECS SIZE=$SIZE RATE=$RATE), load $(load)"
   for mode in tput lat; do
-    RUNS=$RUNS SECS=$SECS SIZE=$SIZE RATE=$RATE WINDOW=$WINDOW "$PEERS/run.sh" nats3 "$mode" \
+    CARGO_TARGET_DIR=$PEERS_OUT/target RUNS=$RUNS SECS=$SECS SIZE=$SIZE RATE=$RATE WINDOW=$WINDOW \
+      "$PEERS/run.sh" nats3 "$mode" \
       > "$OUT/nats3-$mode.txt" 2>&1 || echo "# nats3 $mode exited $? (see $OUT/nats3-$mode.txt)"
     grep '^SUMMARY ' "$OUT/nats3-$mode.txt" | tail -1 | sed 's/^SUMMARY //' > "$OUT/nats3-$mode.json" || true
   done
