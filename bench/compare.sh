@@ -19,6 +19,9 @@
 #   OUT             where logs and JSON go (default: target/bench-results/<UTC time>)
 #   BROKER_ARGS     extra flags for every ordo-broker
 #   SKIP_BUILD=1    use the release binaries as they are
+#   QUIET_PCT (8), QUIET_WAIT (90), MAX_OTHER (15): as the peer harness, wait for
+#                   a quiet machine before each run and redo runs during which
+#                   other processes used more than MAX_OTHER % of one core
 #
 # The brokers listen on loopback only, on a multicast group and cluster name of
 # their own (TTL 0), and are stopped by PID on exit. Numbers are disturbed by
@@ -121,19 +124,67 @@ print(sum(json.load(open(f))[sys.argv[1]] for f in sys.argv[2:]))
 EOF
 }
 
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+pid_ticks() { # pids... -> summed utime+stime of the ones alive
+  local p t=0 f
+  for p in "$@"; do
+    f=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}') || f=0
+    t=$((t + ${f:-0}))
+  done
+  echo "$t"
+}
+wait_quiet() { # as the peer harness: until others use <= QUIET_PCT % of the cpus (at most QUIET_WAIT s)
+  local i a b pct
+  for i in $(seq "${QUIET_WAIT:-90}"); do
+    a=$(busy_ticks); sleep 1; b=$(busy_ticks)
+    set -- $a $b; pct=$(( 100 * ($3 - $1) / ($4 - $2 + 1) ))
+    [ "$pct" -le "${QUIET_PCT:-8}" ] && return 0
+    [ $((i % 10)) = 1 ] && echo "# machine busy (${pct}% of all cpus), waiting..." >&2
+  done
+  echo "# WARNING: machine still busy (${pct}%) — measuring anyway" >&2
+}
+
 ordo_bench() { # name ordering extra-args... ; writes $OUT/name-N.json
+  # A run during which other processes used more than MAX_OTHER % of one core
+  # is discarded and redone (at most 3 x RUNS attempts), as the peer harness does.
   local name=$1 ordering=$2; shift 2
-  local r
-  for r in $(seq "$RUNS"); do
-    local f="$OUT/$name-$r.json"
-    echo "# $name run $r/$RUNS, load $(load): ordo bench --servers $S --pub 1 --sub 3 --size $SIZE --ordering $ordering $*" | tee -a "$OUT/log.txt"
-    if ! timeout $((SECS * 3 + 60)) "$BIN/ordo" bench --servers "$S" --pub 1 --sub 3 --size "$SIZE" \
-        --ordering "$ordering" --topic "bench.$ordering.$name.$r" --json "$@" > "$f" 2>> "$OUT/log.txt"; then
-      echo "# $name run $r FAILED (correctness or client error); see $f and $OUT/log.txt" | tee -a "$OUT/log.txt"
-      FAILED=1
+  local r=0 attempt=0 hz; hz=$(getconf CLK_TCK)
+  while [ "$r" -lt "$RUNS" ] && [ "$attempt" -lt $((RUNS * 3)) ]; do
+    attempt=$((attempt + 1))
+    wait_quiet
+    local f="$OUT/$name-$((r + 1)).json"
+    echo "# $name run $((r + 1))/$RUNS (attempt $attempt), load $(load): ordo bench --servers $S --pub 1 --sub 3 --size $SIZE --ordering $ordering $*" | tee -a "$OUT/log.txt"
+    local b0 o0 b1 o1 t0 t1 rc=0
+    b0=$(busy_ticks); o0=$(pid_ticks "${PIDS[@]}"); t0=$(date +%s%N)
+    "$BIN/ordo" bench --servers "$S" --pub 1 --sub 3 --size "$SIZE" \
+        --ordering "$ordering" --topic "bench.$ordering.$name.$attempt" --json "$@" > "$f.tmp" 2>> "$OUT/log.txt" &
+    local bp=$!
+    local bt=0 x
+    while kill -0 "$bp" 2>/dev/null; do x=$(pid_ticks "$bp"); [ "$x" -gt 0 ] && bt=$x; sleep 0.2; done
+    wait "$bp" || rc=$?
+    b1=$(busy_ticks); o1=$(pid_ticks "${PIDS[@]}"); t1=$(date +%s%N)
+    # others = machine busy - brokers - bench (kernel softirq work done for us
+    # outside our processes counts as "other" too: an upper bound)
+    local other
+    other=$(python3 -c "
+b0,tot0,b1,tot1=map(int,'$b0 $b1'.split())
+ncpu=$(nproc); hz=$hz; secs=($t1-$t0)/1e9
+busy=(b1-b0)/(tot1-tot0+1)*ncpu*100
+ours=($o1-$o0+$bt)/hz/secs*100
+print(f'{max(0.0,busy-ours):.0f}')")
+    echo "#   other processes: ${other}% of a core; brokers+bench $(awk -v t=$((o1 - o0 + bt)) -v hz="$hz" 'BEGIN{printf "%.1f", t/hz}') cpu-seconds" | tee -a "$OUT/log.txt"
+    if [ "$rc" != 0 ]; then
+      echo "# $name run FAILED (rc=$rc: correctness or client error); see $f and $OUT/log.txt" | tee -a "$OUT/log.txt"
+      mv "$f.tmp" "$f"; FAILED=1; r=$((r + 1)); continue
     fi
+    if [ "$other" -gt "${MAX_OTHER:-15}" ]; then
+      echo "#   discarded: other processes used more than MAX_OTHER=${MAX_OTHER:-15}% of a core" | tee -a "$OUT/log.txt"
+      rm -f "$f.tmp"; continue
+    fi
+    mv "$f.tmp" "$f"; r=$((r + 1))
     sleep 0.5
   done
+  [ "$r" -ge "$RUNS" ] || say "# $name: only $r undisturbed runs of $RUNS in $attempt attempts"
 }
 FAILED=0
 
@@ -144,6 +195,7 @@ for o in "${ORDERINGS[@]}"; do
   ordo_bench "tput-$o" "$o" --duration "${SECS}s" --window "$WINDOW"
   ordo_bench "lat-$o" "$o" --duration "${SECS}s" --rate "$RATE" --warmup "${WARMUP}s"
   t=("$OUT"/tput-"$o"-*.json); l=("$OUT"/lat-"$o"-*.json)
+  if [ ! -e "${t[0]}" ] || [ ! -e "${l[0]}" ]; then say "ordo $o: no undisturbed runs"; continue; fi
   pending=""
   if grep -q "partly inactive" "$OUT"/broker*.log 2>/dev/null && grep "partly inactive" "$OUT"/broker*.log | grep -q "bench.$o."; then
     pending=" (ordering layer pending in the broker: delivered FIFO)"
