@@ -42,7 +42,8 @@ enum Command {
     Sub(cmd::subscribe::SubArgs),
     /// Show the current view: id, members, coordinator, sequencer.
     Cluster(cmd::cluster::ClusterArgs),
-    // `bench` (load generator with latency percentiles) comes with its own issue.
+    /// Load generator: publishers and subscribers over --servers, rates, latency percentiles, loss/order checks.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
             Command::Pub(a) => cmd::publish::run(&conn, a).await,
             Command::Sub(a) => cmd::subscribe::run(&conn, a).await,
             Command::Cluster(a) => cmd::cluster::run(&conn, a).await,
+            Command::Bench(a) => cmd::bench::run(&conn, a).await,
         }
     });
     // A stdin reader may still be blocked in read(); do not wait for it.

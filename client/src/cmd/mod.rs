@@ -1,5 +1,6 @@
 //! The `ordo` subcommands, and what they share: connecting, error words, exit codes.
 
+pub mod bench;
 pub mod cluster;
 pub mod publish;
 pub mod subscribe;
