@@ -23,6 +23,31 @@ use crate::buf::{
     causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
 };
 use crate::types::{CausalContext, NodeId, Ordering, Origin, Seq, ViewId};
+
+/// Every sequence number, view id, global seq and ISIS counter on the wire
+/// must be below this (2^63). A peer cannot send a value near `u64::MAX`, so
+/// the `+ 1` the engine does on such values can never overflow, whatever a
+/// forged or garbled frame says; such a frame is malformed (a counted drop).
+pub const COUNTER_LIMIT: u64 = 1 << 63;
+
+/// Reads a protocol counter (seq, view id, gseq), refusing values at or above
+/// [`COUNTER_LIMIT`].
+trait ReadCounter {
+    fn counter(&mut self, what: &'static str) -> Result<u64, WireError>;
+}
+
+impl ReadCounter for Reader<'_> {
+    fn counter(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let v = self.u64(what)?;
+        if v >= COUNTER_LIMIT {
+            return Err(WireError::malformed(
+                what,
+                format!("{v} is beyond the counter limit"),
+            ));
+        }
+        Ok(v)
+    }
+}
 use crate::WireError;
 
 /// First two bytes of every frame ("Or").
@@ -224,7 +249,7 @@ impl DataMsg {
     }
 
     fn decode(r: &mut Reader<'_>, frame: &Bytes) -> Result<DataMsg, WireError> {
-        let seq = Seq(r.u64("seq")?);
+        let seq = Seq(r.counter("seq")?);
         let topic_len = usize::from(r.u16("topic")?);
         let topic = slice(r, frame, topic_len, "topic")?;
         if std::str::from_utf8(&topic).is_err() {
@@ -236,6 +261,12 @@ impl DataMsg {
         let safe = r.bool("safe")?;
         let publisher = r.u64("publisher")?;
         let context = r.causal_context()?;
+        if let Some((o, s)) = context.entries().iter().find(|(_, s)| s.0 >= COUNTER_LIMIT) {
+            return Err(WireError::malformed(
+                "causal context",
+                format!("seq {s} for {o} is beyond the counter limit"),
+            ));
+        }
         let published_at_us = r.u64("published_at_us")?;
         let fragment = r.opt("fragment", |r| {
             let index = r.u32("fragment index")?;
@@ -432,7 +463,7 @@ impl Control {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let o = r.origin()?;
-                    let s = Seq(r.u64("seq")?);
+                    let s = Seq(r.counter("seq")?);
                     v.push((o, s, priority(&mut r)?));
                 }
                 Control::IsisProposal(v)
@@ -441,7 +472,7 @@ impl Control {
                 let n = r.count(Self::FINAL_LEN, "isis finals")?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let s = Seq(r.u64("seq")?);
+                    let s = Seq(r.counter("seq")?);
                     v.push((s, priority(&mut r)?));
                 }
                 Control::IsisFinal(v)
@@ -474,7 +505,7 @@ fn put_priority(out: &mut impl BufMut, p: Priority) {
 
 fn priority(r: &mut Reader<'_>) -> Result<Priority, WireError> {
     Ok(Priority {
-        counter: r.u64("priority")?,
+        counter: r.counter("priority")?,
         node: NodeId(r.u32("priority node")?),
     })
 }
@@ -582,8 +613,8 @@ impl Frame {
                 for _ in 0..n {
                     entries.push(DigestEntry {
                         origin: r.origin()?,
-                        contiguous: Seq(r.u64("contiguous")?),
-                        highest: Seq(r.u64("highest")?),
+                        contiguous: Seq(r.counter("contiguous")?),
+                        highest: Seq(r.counter("highest")?),
                     });
                 }
                 Body::Heartbeat(Digest {
@@ -596,8 +627,8 @@ impl Frame {
                 let n = r.count(16, "nak ranges")?;
                 let mut ranges = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let a = Seq(r.u64("nak from")?);
-                    let b = Seq(r.u64("nak to")?);
+                    let a = Seq(r.counter("nak from")?);
+                    let b = Seq(r.counter("nak to")?);
                     if a.0 == 0 || a > b {
                         return Err(WireError::malformed("nak range", format!("{a}..={b}")));
                     }
@@ -610,23 +641,23 @@ impl Frame {
             }),
             kind::JOIN => Body::Join(Join {
                 target: r.opt("join target", |r| r.origin())?,
-                last_seq: Seq(r.u64("join last seq")?),
+                last_seq: Seq(r.counter("join last seq")?),
             }),
             kind::PROPOSE => Body::Propose(Propose {
-                view: ViewId(r.u64("view")?),
+                view: ViewId(r.counter("view")?),
                 members: members(&mut r)?,
             }),
             kind::FLUSH_ACK => Body::FlushAck(FlushAck {
-                view: ViewId(r.u64("view")?),
-                last_seq: Seq(r.u64("flush last seq")?),
+                view: ViewId(r.counter("view")?),
+                last_seq: Seq(r.counter("flush last seq")?),
             }),
             kind::INSTALL => Body::Install(Install {
-                view: ViewId(r.u64("view")?),
+                view: ViewId(r.counter("view")?),
                 members: members(&mut r)?,
                 digest: seq_vector(&mut r)?,
                 state: topic_states(&mut r)?,
             }),
-            kind::INSTALL_ACK => Body::InstallAck(ViewId(r.u64("view")?)),
+            kind::INSTALL_ACK => Body::InstallAck(ViewId(r.counter("view")?)),
             kind::LEAVE => Body::Leave,
             k => return Err(WireError::UnknownKind(k)),
         };
@@ -744,7 +775,7 @@ fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
         flags,
         cluster: ClusterId(r.u64("cluster")?),
         sender: r.origin()?,
-        view: ViewId(r.u64("view")?),
+        view: ViewId(r.counter("view")?),
     };
     Ok((header, kind, r.position(), body_end))
 }
@@ -790,7 +821,7 @@ fn topic_states(r: &mut Reader<'_>) -> Result<Vec<TopicState>, WireError> {
             name,
             ordering,
             safe: r.bool("safe")?,
-            gseq: r.u64("gseq")?,
+            gseq: r.counter("gseq")?,
         });
     }
     Ok(v)
@@ -825,7 +856,7 @@ fn seq_vector(r: &mut Reader<'_>) -> Result<Vec<(Origin, Seq)>, WireError> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let o = r.origin()?;
-        v.push((o, Seq(r.u64("seq")?)));
+        v.push((o, Seq(r.counter("seq")?)));
     }
     Ok(v)
 }
@@ -837,6 +868,11 @@ mod tests {
     use crate::types::{Incarnation, NodeId};
     use proptest::prelude::*;
 
+    /// Any protocol counter the decoder accepts.
+    fn ctr() -> impl Strategy<Value = u64> + Clone {
+        0..COUNTER_LIMIT
+    }
+
     fn origin() -> impl Strategy<Value = Origin> {
         (any::<u32>(), any::<u64>()).prop_map(|(n, i)| Origin {
             node: NodeId(n),
@@ -845,7 +881,7 @@ mod tests {
     }
 
     fn header() -> impl Strategy<Value = Header> {
-        (0u8..4, any::<u64>(), origin(), any::<u64>()).prop_map(|(f, c, s, v)| Header {
+        (0u8..4, any::<u64>(), origin(), ctr()).prop_map(|(f, c, s, v)| Header {
             flags: Flags(f),
             cluster: ClusterId(c),
             sender: s,
@@ -854,13 +890,13 @@ mod tests {
     }
 
     fn context() -> impl Strategy<Value = CausalContext> {
-        proptest::collection::vec((origin(), any::<u64>()), 0..3)
+        proptest::collection::vec((origin(), ctr()), 0..3)
             .prop_map(|v| CausalContext::from_entries(v.into_iter().map(|(o, s)| (o, Seq(s)))))
     }
 
     fn msg() -> impl Strategy<Value = DataMsg> {
         (
-            any::<u64>(),
+            ctr(),
             "[a-z.]{0,12}",
             0u8..4,
             any::<bool>(),
@@ -886,7 +922,7 @@ mod tests {
     }
 
     fn seqs() -> impl Strategy<Value = Vec<(Origin, Seq)>> {
-        proptest::collection::vec((origin(), any::<u64>().prop_map(Seq)), 0..4)
+        proptest::collection::vec((origin(), ctr().prop_map(Seq)), 0..4)
     }
 
     fn body() -> impl Strategy<Value = Body> {
@@ -895,7 +931,7 @@ mod tests {
                 .prop_map(|(origin, msgs)| Body::Data(DataFrame { origin, msgs })),
             (
                 origin(),
-                proptest::collection::vec((origin(), any::<u64>(), any::<u64>()), 0..4)
+                proptest::collection::vec((origin(), ctr(), ctr()), 0..4)
             )
                 .prop_map(|(coordinator, e)| Body::Heartbeat(Digest {
                     coordinator,
@@ -917,30 +953,25 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), any::<u64>()).prop_map(|(target, s)| Body::Join(
-                Join {
-                    target,
-                    last_seq: Seq(s)
-                }
-            )),
-            (any::<u64>(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
+            (proptest::option::of(origin()), ctr()).prop_map(|(target, s)| Body::Join(Join {
+                target,
+                last_seq: Seq(s)
+            })),
+            (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
                     view: ViewId(v),
                     members,
                 })
             }),
-            (any::<u64>(), any::<u64>()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
+            (ctr(), ctr()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
                 view: ViewId(v),
                 last_seq: Seq(s)
             })),
             (
-                any::<u64>(),
+                ctr(),
                 proptest::collection::vec(origin(), 0..4),
                 seqs(),
-                proptest::collection::vec(
-                    ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()),
-                    0..3
-                )
+                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3)
             )
                 .prop_map(|(v, members, digest, st)| Body::Install(Install {
                     view: ViewId(v),
@@ -956,7 +987,7 @@ mod tests {
                         })
                         .collect()
                 })),
-            any::<u64>().prop_map(|v| Body::InstallAck(ViewId(v))),
+            ctr().prop_map(|v| Body::InstallAck(ViewId(v))),
             Just(Body::Leave),
         ]
     }
@@ -966,15 +997,15 @@ mod tests {
     }
 
     fn control() -> impl Strategy<Value = Control> {
-        let prio = (any::<u64>(), any::<u32>()).prop_map(|(counter, n)| Priority {
+        let prio = (ctr(), any::<u32>()).prop_map(|(counter, n)| Priority {
             counter,
             node: NodeId(n),
         });
         prop_oneof![
-            proptest::collection::vec((origin(), any::<u64>(), prio.clone()), 0..4).prop_map(|v| {
+            proptest::collection::vec((origin(), ctr(), prio.clone()), 0..4).prop_map(|v| {
                 Control::IsisProposal(v.into_iter().map(|(o, s, p)| (o, Seq(s), p)).collect())
             }),
-            proptest::collection::vec((any::<u64>(), prio), 0..4).prop_map(|v| Control::IsisFinal(
+            proptest::collection::vec((ctr(), prio), 0..4).prop_map(|v| Control::IsisFinal(
                 v.into_iter().map(|(s, p)| (Seq(s), p)).collect()
             )),
             seqs().prop_map(Control::SequencerOrder),
@@ -1128,6 +1159,119 @@ mod tests {
         ));
         assert!(matches!(patched(4, 0x40), Err(WireError::Malformed { .. })));
         assert!(patched(4, 0).is_ok());
+    }
+
+    #[test]
+    fn counters_at_or_beyond_two_to_the_63_are_malformed() {
+        let h = |view: u64| Header {
+            flags: Flags::default(),
+            cluster: ClusterId(1),
+            sender: Origin::default(),
+            view: ViewId(view),
+        };
+        let encode = |view: u64, body: Body| {
+            Frame {
+                header: h(view),
+                body,
+            }
+            .encode()
+        };
+        let max = COUNTER_LIMIT - 1;
+        // The largest accepted value still decodes.
+        assert!(Frame::decode(&encode(max, Body::InstallAck(ViewId(max)))).is_ok());
+        let bad = [
+            encode(COUNTER_LIMIT, Body::Leave),
+            encode(1, Body::InstallAck(ViewId(u64::MAX))),
+            encode(
+                1,
+                Body::Install(Install {
+                    view: ViewId(u64::MAX),
+                    members: vec![Origin::default()],
+                    digest: vec![],
+                    state: vec![],
+                }),
+            ),
+            encode(
+                1,
+                Body::Install(Install {
+                    view: ViewId(2),
+                    members: vec![Origin::default()],
+                    digest: vec![(Origin::default(), Seq(u64::MAX))],
+                    state: vec![TopicState {
+                        name: "t".into(),
+                        ordering: Ordering::TotalSeq,
+                        safe: false,
+                        gseq: 0,
+                    }],
+                }),
+            ),
+            encode(
+                1,
+                Body::Heartbeat(Digest {
+                    coordinator: Origin::default(),
+                    entries: vec![DigestEntry {
+                        origin: Origin::default(),
+                        contiguous: Seq(1),
+                        highest: Seq(COUNTER_LIMIT),
+                    }],
+                }),
+            ),
+            encode(
+                1,
+                Body::Join(Join {
+                    target: None,
+                    last_seq: Seq(u64::MAX),
+                }),
+            ),
+        ];
+        for f in bad {
+            assert!(
+                matches!(Frame::decode(&f), Err(WireError::Malformed { .. })),
+                "{:?}",
+                Frame::decode(&f)
+            );
+        }
+        let mut m = DataMsg {
+            seq: Seq(u64::MAX),
+            topic: Bytes::from_static(b"t"),
+            ordering: Ordering::Fifo,
+            safe: false,
+            publisher: 1,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload: Bytes::new(),
+        };
+        let data = |m: &DataMsg| {
+            encode(
+                1,
+                Body::Data(DataFrame {
+                    origin: Origin::default(),
+                    msgs: vec![m.clone()],
+                }),
+            )
+        };
+        assert!(matches!(
+            Frame::decode(&data(&m)),
+            Err(WireError::Malformed { .. })
+        ));
+        m.seq = Seq(1);
+        m.context = CausalContext::from_entries([(Origin::default(), Seq(u64::MAX))]);
+        assert!(matches!(
+            Frame::decode(&data(&m)),
+            Err(WireError::Malformed { .. })
+        ));
+        let c = Control::IsisFinal(vec![(
+            Seq(1),
+            Priority {
+                counter: u64::MAX,
+                node: NodeId(1),
+            },
+        )]);
+        assert!(matches!(
+            Control::decode(&c.encode()),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -39,6 +39,14 @@ impl Seq {
     }
 }
 
+impl ViewId {
+    /// The view id after this one, or `None` once ids are exhausted (peers
+    /// never send an id at or above 2^63, so this only fails on a bug).
+    pub fn checked_next(self) -> Option<ViewId> {
+        self.0.checked_add(1).map(ViewId)
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

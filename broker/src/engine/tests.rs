@@ -350,3 +350,42 @@ fn a_graceful_leave_installs_a_view_without_the_leaver() {
         assert!(!v.members.contains(&leaver));
     }
 }
+
+#[test]
+fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(2), now);
+    let me = e.origin();
+    let forger = Origin {
+        node: NodeId(7),
+        incarnation: Incarnation(1),
+    };
+    let install = |view: u64| Frame {
+        header: Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: forger,
+            view: ViewId(1),
+        },
+        body: Body::Install(ordo_wire::group::Install {
+            view: ViewId(view),
+            members: vec![forger, me],
+            digest: vec![],
+            state: vec![],
+        }),
+    };
+    // While joining, an install listing us would be taken as is.
+    e.handle_datagram(&install(u64::MAX).encode(), now);
+    e.handle_datagram(&install(1 << 63).encode(), now);
+    assert_eq!(e.stats().dropped_malformed, 2);
+    // The engine goes on to form its own view with small ids, and lives.
+    let mut t = now;
+    for _ in 0..200 {
+        t += Duration::from_millis(5);
+        e.handle_timeout(t);
+        while e.poll_transmit().is_some() {}
+        while e.poll_event().is_some() {}
+    }
+    assert!(e.in_view());
+    assert!(e.view().id.0 < 10, "{:?}", e.view());
+}

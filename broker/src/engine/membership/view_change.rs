@@ -65,7 +65,10 @@ impl Engine {
             .filter(|o| !dead.contains(o))
             .copied()
             .collect();
-        let view = ViewId(self.view.id.0 + 1);
+        let Some(view) = self.view.id.checked_next() else {
+            tracing::error!(view = %self.view.id, "view ids exhausted");
+            return;
+        };
         tracing::info!(%view, ?members, "proposing a view");
         let mut acks = BTreeMap::new();
         let last_seq = self.rel.last_seq();
@@ -88,7 +91,7 @@ impl Engine {
     }
 
     pub(crate) fn on_propose(&mut self, sender: Origin, p: Propose, now: Instant) {
-        if !self.in_view || p.view != ViewId(self.view.id.0 + 1) {
+        if !self.in_view || Some(p.view) != self.view.id.checked_next() {
             return;
         }
         // Only the first live member may propose: everyone ranked before the
@@ -223,7 +226,7 @@ impl Engine {
             return;
         }
         let next = self.in_view
-            && i.view == ViewId(self.view.id.0 + 1)
+            && Some(i.view) == self.view.id.checked_next()
             && self.view.members.contains(&sender)
             && self
                 .membership
