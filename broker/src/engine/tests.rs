@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ordo_wire::group::{Body, ClusterId, Flags, Frame, Header};
-use ordo_wire::{Incarnation, NodeId, Ordering, Origin, ViewId};
+use ordo_wire::{Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
 
 use super::*;
 
@@ -388,4 +388,47 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
     }
     assert!(e.in_view());
     assert!(e.view().id.0 < 10, "{:?}", e.view());
+}
+
+#[test]
+fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
+    let mut g = Group::new(2);
+    let a = g.engines[0].origin();
+    let b = g.engines[1].origin();
+    // B "claims" to hold 1000 of A's messages, though A sent none.
+    let forged = Frame {
+        header: Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: b,
+            view: g.engines[0].view().id,
+        },
+        body: Body::Heartbeat(ordo_wire::group::Digest {
+            coordinator: g.engines[0].view().members[0],
+            entries: vec![ordo_wire::group::DigestEntry {
+                origin: a,
+                contiguous: Seq(1000),
+                highest: Seq(1000),
+            }],
+        }),
+    };
+    let now = g.now;
+    g.engines[0].handle_datagram(&forged.encode(), now);
+    let token = ConfirmToken { conn: 1, req: 1 };
+    g.engines[0].publish(msg(b"m", Some(token)), now).unwrap();
+    g.engines[0].handle_timeout(now);
+    // B never receives A's data, so it really holds nothing.
+    g.run(Duration::from_millis(300), |from, _, dg| {
+        !(from == 0 && is_data(dg))
+    });
+    let confirmed = g.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Confirmed(t) if *t == token));
+    assert!(!confirmed, "confirmed a message nobody else holds");
+    assert!(g.engines[0].stats().retransmit_buffer_bytes > 0);
+    // Once B really has it, it is confirmed.
+    g.run(Duration::from_millis(500), |_, _, _| true);
+    assert!(g.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Confirmed(t) if *t == token)));
 }
