@@ -120,6 +120,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.seed = rand::random();
     engine_config.max_datagram = config.max_datagram;
     engine_config.retransmit_buffer_bytes = config.retransmit_buffer_bytes;
+    engine_config.max_message = config.max_payload as usize;
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let (health_tx, health_rx) = watch::channel(Health::NotReady {

@@ -68,6 +68,7 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_fragmented_messages_total", "Messages split into fragments on send."),
     ("ordo_fragments_sent_total", "Fragments sent for fragmented messages."),
     ("ordo_heartbeats_sent_total", "Heartbeat (digest) frames sent."),
+    ("ordo_oversized_messages_dropped_total", "Fragmented messages from other brokers dropped: larger than the maximum message size, or beyond the reassembly bound."),
     ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
     ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
     ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
@@ -136,6 +137,9 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_fragments_sent_total", "", |s| s.fragments),
     ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
     ("ordo_causal_forced_total", "", |s| s.causal_forced),
+    ("ordo_oversized_messages_dropped_total", "", |s| {
+        s.dropped_oversized
+    }),
     ("ordo_ordering_control_sent_total", "", |s| {
         s.control_messages_sent
     }),
@@ -173,6 +177,11 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "ordo_reassembly_bytes",
         "Bytes of fragments waiting for the rest of their message.",
         |s| s.reassembly_bytes,
+    ),
+    (
+        "ordo_reassembly_limit_bytes",
+        "Bound on bytes of partial fragmented messages (messages beyond it are dropped).",
+        |s| s.reassembly_limit,
     ),
     (
         "ordo_causal_holdback_messages",

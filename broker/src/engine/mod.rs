@@ -199,6 +199,7 @@ impl Engine {
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ordering_limit: config.ordering_limit as u64,
+                reassembly_limit: config.reassembly_limit as u64,
                 ..Stats::default()
             },
             me,
@@ -253,6 +254,12 @@ impl Engine {
         }
         let topic = self.topics.bytes(&msg.topic);
         let len = msg.payload.len();
+        if len > self.config.max_message {
+            return Err(PublishError::Unavailable(format!(
+                "a message of {len} bytes exceeds the maximum of {} bytes",
+                self.config.max_message
+            )));
+        }
         let whole = DataMsg::overhead(topic.len(), &msg.context, false) + len;
         let units = if DATA_FRAME_OVERHEAD + whole <= self.config.max_datagram {
             1
@@ -928,7 +935,7 @@ fn fresh_delivery(config: &EngineConfig, me: Origin) -> delivery::Delivery {
             .max(Control::FINAL_LEN)
             .max(Control::ORDER_LEN);
     #[allow(unused_mut)]
-    let mut d = delivery::Delivery::new(me, batch);
+    let mut d = delivery::Delivery::new(me, batch, config.max_message, config.reassembly_limit);
     #[cfg(feature = "bug-injection")]
     d.plant_bugs(config.bugs);
     d
@@ -948,9 +955,14 @@ fn deliver_remote(
             stats.delivered += n as u64;
             stats.messages_delivered += n as u64;
         }
-        Err(e) => {
+        Err(e @ delivery::ReassemblyError::OutOfPlace { .. }) => {
             stats.dropped_malformed += 1;
             tracing::warn!(%origin, error = %e, "origin broke fragmentation");
+        }
+        Err(e) => {
+            // Every member with the same limits drops it alike.
+            stats.dropped_oversized += 1;
+            tracing::warn!(%origin, error = %e, "dropped a message too large to join");
         }
     }
 }

@@ -432,3 +432,27 @@ fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
         .iter()
         .any(|e| matches!(e, Event::Confirmed(t) if *t == token)));
 }
+
+#[test]
+fn a_message_beyond_the_local_maximum_is_dropped_and_counted() {
+    let mut g = Group::with(2, |i| {
+        let mut c = config(i);
+        if i == 2 {
+            c.max_message = 3000;
+        }
+        c
+    });
+    assert_eq!(g.engines[1].stats().reassembly_limit, 64 * 1024 * 1024);
+    let big = vec![5u8; 5000];
+    g.publish(0, &big).unwrap();
+    g.publish(0, b"small").unwrap();
+    g.run(Duration::from_millis(50), |_, _, _| true);
+    assert_eq!(g.delivered(1), vec![Bytes::from_static(b"small")]);
+    assert_eq!(g.engines[1].stats().dropped_oversized, 1);
+    assert_eq!(g.engines[1].stats().reassembly_bytes, 0);
+    // Refused when published at a broker with that maximum.
+    assert!(matches!(
+        g.publish(1, &big),
+        Err(PublishError::Unavailable(_))
+    ));
+}
