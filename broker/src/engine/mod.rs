@@ -239,15 +239,22 @@ impl Engine {
             // deliveries are among them), plus what the client carried from
             // other brokers; contexts naming no member are dropped (nothing
             // can be waited for from them) and our own entry is ours to know.
+            // So the context sent holds at most one entry per member, however
+            // many the client sent, and each below the wire's counter limit
+            // (a larger one would make every peer drop the frame).
             let mut ctx = self.delivery.causal_clock();
             let last = self.rel.last_seq();
+            let mut members = self.view.members.clone();
+            members.sort_unstable();
+            let mut extra = Vec::new();
             for &(o, s) in msg.context.entries() {
                 if o == self.me {
-                    ctx.observe(o, s.min(last));
-                } else if self.view.members.contains(&o) {
-                    ctx.observe(o, s);
+                    extra.push((o, s.min(last)));
+                } else if members.binary_search(&o).is_ok() && s > ctx.get(o) {
+                    extra.push((o, s.min(Seq(ordo_wire::group::COUNTER_LIMIT - 1))));
                 }
             }
+            ctx.merge(&CausalContext::from_entries(extra));
             msg.context = ctx;
         } else {
             msg.context = CausalContext::new();

@@ -456,3 +456,38 @@ fn a_message_beyond_the_local_maximum_is_dropped_and_counted() {
         Err(PublishError::Unavailable(_))
     ));
 }
+
+#[test]
+fn a_client_context_is_cut_to_members_and_to_what_the_wire_carries() {
+    let mut g = Group::new(2);
+    let b = g.engines[1].origin();
+    let mut m = msg(b"c", None);
+    m.ordering = Ordering::Causal;
+    // Many entries naming no member, and an impossible one for B.
+    m.context = CausalContext::from_entries((0..10_000u32).map(|i| {
+        (
+            Origin {
+                node: NodeId(1000 + i),
+                incarnation: Incarnation(1),
+            },
+            Seq(5),
+        )
+    }));
+    m.context.observe(b, Seq(u64::MAX));
+    let now = g.now;
+    g.engines[0].publish(m, now).unwrap();
+    let mut sent = Vec::new();
+    g.run(Duration::from_millis(20), |from, _, dg| {
+        if from == 0 && is_data(dg) {
+            sent.push(dg.clone());
+        }
+        true
+    });
+    assert_eq!(g.engines[1].stats().dropped_malformed, 0);
+    let Body::Data(d) = Frame::decode(&sent[0]).unwrap().body else {
+        unreachable!()
+    };
+    let ctx = &d.msgs[0].context;
+    assert!(ctx.len() <= 2, "{ctx:?}");
+    assert_eq!(ctx.get(b), Seq(ordo_wire::group::COUNTER_LIMIT - 1));
+}
