@@ -133,6 +133,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         DriverConfig {
             default_ordering: config.default_ordering,
             max_subscriptions: config.max_subscriptions,
+            max_topics: config.max_topics,
+            max_frame: config.max_frame as usize,
             topics: config.topics.clone(),
             command_queue: COMMAND_QUEUE,
             command_queue_bytes: COMMAND_QUEUE_BYTES,

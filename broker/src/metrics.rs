@@ -239,6 +239,7 @@ pub struct Metrics {
     client_connections: IntGauge,
     subscriptions: IntGauge,
     slow_consumer_disconnects: IntCounter,
+    topics_refused: IntCounter,
     protocol_errors: IntCounterVec,
 
     /// Engine counters fed from [`Stats`], resolved from [`ENGINE_COUNTERS`].
@@ -323,6 +324,11 @@ impl Metrics {
             "ordo_slow_consumer_disconnects_total",
             "Clients disconnected because their queue hit its bound.",
         );
+        let topics_refused = counter(
+            r,
+            "ordo_topics_refused_total",
+            "New topics refused because this broker holds --max-topics topics.",
+        );
         let protocol_errors = counter_vec(
             r,
             "ordo_protocol_errors_total",
@@ -387,6 +393,7 @@ impl Metrics {
             client_connections,
             subscriptions,
             slow_consumer_disconnects,
+            topics_refused,
             protocol_errors,
             engine_counters,
             engine_gauges,
@@ -470,6 +477,11 @@ impl Metrics {
     /// A client was disconnected because its queue hit its bound.
     pub fn slow_consumer(&self) {
         self.slow_consumer_disconnects.inc();
+    }
+
+    /// A new topic was refused: the registry is full.
+    pub fn topic_refused(&self) {
+        self.topics_refused.inc();
     }
 
     /// A client sent something the protocol does not allow; `reason` is one
