@@ -356,6 +356,13 @@ pub struct FlushAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Install {
     pub view: ViewId,
+    /// This frame's share of `state`, from 0 (see [`Install::into_parts`]):
+    /// an install whose state does not fit one datagram is sent as `parts`
+    /// frames, identical but for their slice of `state`; it takes effect
+    /// once every part arrived.
+    pub part: u32,
+    /// How many frames carry this install (at least 1).
+    pub parts: u32,
     pub members: Vec<Origin>,
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
@@ -363,6 +370,58 @@ pub struct Install {
     /// The group's agreed state a joiner starts from: every declared topic
     /// and, for total topics, the `gseq` of its last message before this view.
     pub state: Vec<TopicState>,
+}
+
+impl Install {
+    /// Encoded size of one [`TopicState`].
+    fn state_len(t: &TopicState) -> usize {
+        2 + t.name.len().min(usize::from(u16::MAX)) + 1 + 1 + 8
+    }
+
+    /// Splits the install into frames of at most `max_datagram` bytes each
+    /// (one topic larger than that still goes alone). Every part repeats
+    /// the view, members and digest.
+    pub fn into_parts(self, max_datagram: usize) -> Vec<Install> {
+        let base = HEADER_LEN
+            + 1
+            + 8
+            + 4
+            + 4
+            + 4
+            + self.members.len() * ORIGIN_LEN
+            + 4
+            + self.digest.len() * (ORIGIN_LEN + 8)
+            + 4
+            + TRAILER_LEN;
+        let room = max_datagram.saturating_sub(base);
+        let mut chunks: Vec<Vec<TopicState>> = vec![Vec::new()];
+        let mut used = 0;
+        for t in self.state {
+            let len = Self::state_len(&t);
+            let last_empty = chunks.last().is_none_or(Vec::is_empty);
+            if used + len > room && !last_empty {
+                chunks.push(Vec::new());
+                used = 0;
+            }
+            used += len;
+            if let Some(c) = chunks.last_mut() {
+                c.push(t);
+            }
+        }
+        let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| Install {
+                view: self.view,
+                part: u32::try_from(i).unwrap_or(u32::MAX),
+                parts,
+                members: self.members.clone(),
+                digest: self.digest.clone(),
+                state,
+            })
+            .collect()
+    }
 }
 
 /// One agreed topic in an [`Install`]'s state transfer.
@@ -558,6 +617,8 @@ impl Frame {
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
+                out.put_u32(i.part);
+                out.put_u32(i.parts);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
                 out.put_u32(i.state.len() as u32);
@@ -651,12 +712,25 @@ impl Frame {
                 view: ViewId(r.counter("view")?),
                 last_seq: Seq(r.counter("flush last seq")?),
             }),
-            kind::INSTALL => Body::Install(Install {
-                view: ViewId(r.counter("view")?),
-                members: members(&mut r)?,
-                digest: seq_vector(&mut r)?,
-                state: topic_states(&mut r)?,
-            }),
+            kind::INSTALL => {
+                let view = ViewId(r.counter("view")?);
+                let part = r.u32("install part")?;
+                let parts = r.u32("install parts")?;
+                if part >= parts {
+                    return Err(WireError::malformed(
+                        "install part",
+                        format!("part {part} of {parts}"),
+                    ));
+                }
+                Body::Install(Install {
+                    view,
+                    part,
+                    parts,
+                    members: members(&mut r)?,
+                    digest: seq_vector(&mut r)?,
+                    state: topic_states(&mut r)?,
+                })
+            }
             kind::INSTALL_ACK => Body::InstallAck(ViewId(r.counter("view")?)),
             kind::LEAVE => Body::Leave,
             k => return Err(WireError::UnknownKind(k)),
@@ -975,6 +1049,8 @@ mod tests {
             )
                 .prop_map(|(v, members, digest, st)| Body::Install(Install {
                     view: ViewId(v),
+                    part: 0,
+                    parts: 1,
                     members,
                     digest,
                     state: st
@@ -1186,6 +1262,8 @@ mod tests {
                 1,
                 Body::Install(Install {
                     view: ViewId(u64::MAX),
+                    part: 0,
+                    parts: 1,
                     members: vec![Origin::default()],
                     digest: vec![],
                     state: vec![],
@@ -1195,6 +1273,8 @@ mod tests {
                 1,
                 Body::Install(Install {
                     view: ViewId(2),
+                    part: 0,
+                    parts: 1,
                     members: vec![Origin::default()],
                     digest: vec![(Origin::default(), Seq(u64::MAX))],
                     state: vec![TopicState {
@@ -1270,6 +1350,69 @@ mod tests {
         )]);
         assert!(matches!(
             Control::decode(&c.encode()),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_large_install_is_split_into_parts_that_fit_a_datagram() {
+        let h = Header {
+            flags: Flags::default(),
+            cluster: ClusterId(1),
+            sender: Origin::default(),
+            view: ViewId(3),
+        };
+        let state: Vec<TopicState> = (0..1000)
+            .map(|i| TopicState {
+                name: format!("orders.region.{i:06}"),
+                ordering: Ordering::TotalSeq,
+                safe: i % 2 == 0,
+                gseq: i,
+            })
+            .collect();
+        let install = Install {
+            view: ViewId(4),
+            part: 0,
+            parts: 1,
+            members: vec![Origin::default(); 3],
+            digest: vec![(Origin::default(), Seq(9)); 3],
+            state: state.clone(),
+        };
+        for max in [512, 1400, 8192] {
+            let parts = install.clone().into_parts(max);
+            assert!(parts.len() > 1);
+            let mut joined = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let f = Frame {
+                    header: h,
+                    body: Body::Install(p.clone()),
+                }
+                .encode();
+                assert!(f.len() <= max, "part {i} is {} > {max}", f.len());
+                let Ok(Frame {
+                    body: Body::Install(d),
+                    ..
+                }) = Frame::decode(&f)
+                else {
+                    panic!("part {i} does not decode")
+                };
+                assert_eq!((d.part, d.parts), (i as u32, parts.len() as u32));
+                joined.extend(d.state);
+            }
+            assert_eq!(joined, state);
+        }
+        let one = install.clone().into_parts(1 << 20);
+        assert_eq!(one, vec![install.clone()]);
+        let mut bad = install;
+        bad.part = 2;
+        bad.parts = 2;
+        let f = Frame {
+            header: h,
+            body: Body::Install(bad),
+        }
+        .encode();
+        assert!(matches!(
+            Frame::decode(&f),
             Err(WireError::Malformed { .. })
         ));
     }

@@ -538,7 +538,7 @@ impl Engine {
             Body::Join(j) => self.on_join(h.sender, j, now),
             Body::Propose(p) => self.on_propose(h.sender, p, now),
             Body::FlushAck(f) => self.on_flush_ack(h.sender, f, now),
-            Body::Install(i) => self.on_install(h.sender, i, now),
+            Body::Install(i) => self.on_install_part(h.sender, i, now),
             Body::InstallAck(v) => self.on_install_ack(h.sender, v, now),
             Body::Leave => self.on_leave(h.sender, now),
         }

@@ -369,6 +369,8 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
         },
         body: Body::Install(ordo_wire::group::Install {
             view: ViewId(view),
+            part: 0,
+            parts: 1,
             members: vec![forger, me],
             digest: vec![],
             state: vec![],
@@ -490,4 +492,43 @@ fn a_client_context_is_cut_to_members_and_to_what_the_wire_carries() {
     let ctx = &d.msgs[0].context;
     assert!(ctx.len() <= 2, "{ctx:?}");
     assert_eq!(ctx.get(b), Seq(ordo_wire::group::COUNTER_LIMIT - 1));
+}
+
+#[test]
+fn a_joiner_receives_a_topic_table_larger_than_a_datagram_in_parts() {
+    let mut g = Group::new(2);
+    for i in 0..300 {
+        let name = format!("orders.region.{i:04}");
+        let token = ConfirmToken { conn: 0, req: i };
+        g.engines[0]
+            .declare(&name, Ordering::TotalSeq, false, token)
+            .unwrap();
+        g.run(Duration::from_millis(2), |_, _, _| true);
+    }
+    g.run(Duration::from_millis(200), |_, _, _| true);
+    assert_eq!(g.engines[1].agreed_topics().len(), 300);
+    let now = g.now;
+    g.engines.push(Engine::new(config(3), now));
+    g.events.push(Vec::new());
+    let mut too_big = 0;
+    let mut lost_one = false;
+    g.run(Duration::from_millis(1000), |_, to, dg| {
+        if dg.len() > 1400 {
+            too_big += 1;
+        }
+        // Lose one part on the way to the joiner: the retry fills it in.
+        let part = matches!(
+            Frame::decode(dg).map(|f| f.body),
+            Ok(Body::Install(i)) if i.part == 1
+        );
+        if part && to == 2 && !lost_one {
+            lost_one = true;
+            return false;
+        }
+        true
+    });
+    assert!(lost_one);
+    assert_eq!(too_big, 0, "datagrams beyond max_datagram were sent");
+    assert_eq!(g.engines[2].view().members.len(), 3);
+    assert_eq!(g.engines[2].agreed_topics(), g.engines[0].agreed_topics());
 }

@@ -201,6 +201,8 @@ impl Engine {
         self.settle_view(&members, &map);
         let install = Install {
             view,
+            part: 0,
+            parts: 1,
             members,
             digest,
             state: self.delivery.state(),
@@ -208,9 +210,71 @@ impl Engine {
         if let Some(c) = &mut self.membership.change {
             c.install = Some(install.clone());
         }
-        self.send(Flags::default(), Body::Install(install.clone()));
+        self.send_install(install.clone());
         self.apply_install(install, now);
         self.coordinator_progress(now);
+    }
+
+    /// Multicasts an install, split into frames that fit a datagram.
+    pub(crate) fn send_install(&mut self, install: Install) {
+        for part in install.into_parts(self.config.max_datagram) {
+            self.send(Flags::default(), Body::Install(part));
+        }
+    }
+
+    /// One frame of an install: a whole one is handled at once, parts are
+    /// collected until every one arrived.
+    pub(crate) fn on_install_part(&mut self, sender: Origin, i: Install, now: Instant) {
+        if i.parts <= 1 || (self.in_view && i.view <= self.view.id) {
+            // Whole, or a retry of an installed view (only acknowledged).
+            self.on_install(sender, i, now);
+            return;
+        }
+        let len: usize = i.state.iter().map(|t| t.name.len() + 12).sum();
+        let fresh = self.membership.install_parts.as_ref().is_none_or(|p| {
+            p.sender != sender
+                || p.first.view != i.view
+                || p.first.parts != i.parts
+                || p.first.members != i.members
+                || p.first.digest != i.digest
+        });
+        if fresh {
+            self.membership.install_parts = Some(super::InstallParts {
+                sender,
+                first: Install {
+                    state: Vec::new(),
+                    ..i.clone()
+                },
+                parts: BTreeMap::new(),
+                bytes: 0,
+            });
+        }
+        let Some(p) = self.membership.install_parts.as_mut() else {
+            return;
+        };
+        if p.parts.contains_key(&i.part) {
+            return;
+        }
+        if p.bytes + len > super::MAX_INSTALL_BYTES {
+            self.stats.dropped_buffer_full += 1;
+            self.membership.install_parts = None;
+            return;
+        }
+        p.bytes += len;
+        p.parts.insert(i.part, i.state);
+        if p.parts.len() < p.first.parts as usize {
+            return;
+        }
+        let Some(p) = self.membership.install_parts.take() else {
+            return;
+        };
+        let whole = Install {
+            part: 0,
+            parts: 1,
+            state: p.parts.into_values().flatten().collect(),
+            ..p.first
+        };
+        self.on_install(sender, whole, now);
     }
 
     pub(crate) fn on_install(&mut self, sender: Origin, i: Install, now: Instant) {
