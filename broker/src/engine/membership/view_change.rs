@@ -230,7 +230,9 @@ impl Engine {
             self.on_install(sender, i, now);
             return;
         }
-        let len: usize = i.state.iter().map(|t| t.name.len() + 12).sum();
+        // Each part counts at least a fixed cost, so a forged `parts` count
+        // with empty parts is bounded too.
+        let len: usize = 64 + i.state.iter().map(|t| t.name.len() + 12).sum::<usize>();
         let fresh = self.membership.install_parts.as_ref().is_none_or(|p| {
             p.sender != sender
                 || p.first.view != i.view
