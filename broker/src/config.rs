@@ -86,6 +86,9 @@ pub struct Args {
     /// Most subscriptions per client connection [default: 10000].
     #[arg(long, env = "ORDO_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
+    /// Most topics this broker creates (declared or first used); beyond it a new topic is refused with `limit` [default: 100000].
+    #[arg(long, env = "ORDO_MAX_TOPICS", value_name = "N")]
+    pub max_topics: Option<usize>,
     /// Bound on bytes queued for one client; a client above it is disconnected as a slow consumer [default: 64MiB].
     #[arg(long, env = "ORDO_CLIENT_QUEUE_BYTES", value_name = "BYTES")]
     pub client_queue_bytes: Option<ByteSize>,
@@ -144,6 +147,7 @@ pub struct FileConfig {
     pub max_frame: Option<ByteSize>,
     pub max_connections: Option<usize>,
     pub max_subscriptions: Option<usize>,
+    pub max_topics: Option<usize>,
     pub client_queue_bytes: Option<ByteSize>,
     pub client_queue_frames: Option<usize>,
     pub default_ordering: Option<String>,
@@ -194,6 +198,8 @@ pub struct Config {
     pub max_frame: u32,
     pub max_connections: usize,
     pub max_subscriptions: usize,
+    /// Most topics created here.
+    pub max_topics: usize,
     pub client_queue_bytes: usize,
     pub client_queue_frames: usize,
     pub default_ordering: Ordering,
@@ -386,6 +392,7 @@ impl Config {
             args.max_subscriptions.or(file.max_subscriptions),
             10_000,
         )?;
+        let max_topics = positive("--max-topics", args.max_topics.or(file.max_topics), 100_000)?;
         let client_queue_bytes = args
             .client_queue_bytes
             .or(file.client_queue_bytes)
@@ -506,6 +513,7 @@ impl Config {
             max_frame: max_frame_u32,
             max_connections,
             max_subscriptions,
+            max_topics,
             client_queue_bytes: usize::try_from(client_queue_bytes.0).unwrap_or(usize::MAX),
             client_queue_frames,
             default_ordering,
@@ -714,6 +722,27 @@ mod tests {
         assert_eq!(c.max_subscriptions, 77, "env wins over file");
         let c = Config::resolve(from_flag, file).unwrap();
         assert_eq!(c.max_subscriptions, 5, "flag wins over env");
+    }
+
+    #[test]
+    fn max_topics_comes_from_flag_env_or_file() {
+        let c = Config::resolve(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.max_topics, 100_000);
+        std::env::set_var("ORDO_MAX_TOPICS", "40");
+        let from_env = args(&[]);
+        std::env::remove_var("ORDO_MAX_TOPICS");
+        let file = FileConfig::parse("max-topics = 7").unwrap();
+        assert_eq!(
+            Config::resolve(args(&[]), file.clone()).unwrap().max_topics,
+            7
+        );
+        assert_eq!(
+            Config::resolve(from_env, file.clone()).unwrap().max_topics,
+            40
+        );
+        let c = Config::resolve(args(&["--max-topics", "9"]), file).unwrap();
+        assert_eq!(c.max_topics, 9);
+        assert!(Config::resolve(args(&["--max-topics", "0"]), FileConfig::default()).is_err());
     }
 
     #[test]

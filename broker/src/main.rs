@@ -120,6 +120,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.seed = rand::random();
     engine_config.max_datagram = config.max_datagram;
     engine_config.retransmit_buffer_bytes = config.retransmit_buffer_bytes;
+    engine_config.max_message = config.max_payload as usize;
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let (health_tx, health_rx) = watch::channel(Health::NotReady {
@@ -132,6 +133,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         DriverConfig {
             default_ordering: config.default_ordering,
             max_subscriptions: config.max_subscriptions,
+            max_topics: config.max_topics,
+            max_frame: config.max_frame as usize,
             topics: config.topics.clone(),
             command_queue: COMMAND_QUEUE,
             command_queue_bytes: COMMAND_QUEUE_BYTES,

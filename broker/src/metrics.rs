@@ -68,6 +68,7 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_fragmented_messages_total", "Messages split into fragments on send."),
     ("ordo_fragments_sent_total", "Fragments sent for fragmented messages."),
     ("ordo_heartbeats_sent_total", "Heartbeat (digest) frames sent."),
+    ("ordo_oversized_messages_dropped_total", "Fragmented messages from other brokers dropped: larger than the maximum message size, or beyond the reassembly bound."),
     ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
     ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
     ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
@@ -136,6 +137,9 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_fragments_sent_total", "", |s| s.fragments),
     ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
     ("ordo_causal_forced_total", "", |s| s.causal_forced),
+    ("ordo_oversized_messages_dropped_total", "", |s| {
+        s.dropped_oversized
+    }),
     ("ordo_ordering_control_sent_total", "", |s| {
         s.control_messages_sent
     }),
@@ -173,6 +177,11 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "ordo_reassembly_bytes",
         "Bytes of fragments waiting for the rest of their message.",
         |s| s.reassembly_bytes,
+    ),
+    (
+        "ordo_reassembly_limit_bytes",
+        "Bound on bytes of partial fragmented messages (messages beyond it are dropped).",
+        |s| s.reassembly_limit,
     ),
     (
         "ordo_causal_holdback_messages",
@@ -230,6 +239,7 @@ pub struct Metrics {
     client_connections: IntGauge,
     subscriptions: IntGauge,
     slow_consumer_disconnects: IntCounter,
+    topics_refused: IntCounter,
     protocol_errors: IntCounterVec,
 
     /// Engine counters fed from [`Stats`], resolved from [`ENGINE_COUNTERS`].
@@ -314,6 +324,11 @@ impl Metrics {
             "ordo_slow_consumer_disconnects_total",
             "Clients disconnected because their queue hit its bound.",
         );
+        let topics_refused = counter(
+            r,
+            "ordo_topics_refused_total",
+            "New topics refused because this broker holds --max-topics topics.",
+        );
         let protocol_errors = counter_vec(
             r,
             "ordo_protocol_errors_total",
@@ -378,6 +393,7 @@ impl Metrics {
             client_connections,
             subscriptions,
             slow_consumer_disconnects,
+            topics_refused,
             protocol_errors,
             engine_counters,
             engine_gauges,
@@ -461,6 +477,11 @@ impl Metrics {
     /// A client was disconnected because its queue hit its bound.
     pub fn slow_consumer(&self) {
         self.slow_consumer_disconnects.inc();
+    }
+
+    /// A new topic was refused: the registry is full.
+    pub fn topic_refused(&self) {
+        self.topics_refused.inc();
     }
 
     /// A client sent something the protocol does not allow; `reason` is one

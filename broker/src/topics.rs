@@ -5,6 +5,11 @@
 //! new declaration through the engine's total order and applies what every
 //! broker agreed ([`TopicRegistry::apply_agreed`]); a topic first used here
 //! is created at once with the default ordering and declared the same way.
+//!
+//! The registry is bounded: a declaration or first use beyond `max_topics`
+//! is refused ([`TopicError::Limit`]). A topic the group agreed on is always
+//! applied (every broker must hold the same table), so the table can exceed
+//! the bound by what other brokers admitted under theirs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,6 +67,9 @@ pub enum TopicError {
         existing: TopicSpec,
         requested: TopicSpec,
     },
+    /// The registry holds as many topics as it may; no new one is created.
+    #[error("this broker already knows {max} topics (--max-topics); no new topic is created")]
+    Limit { max: usize },
 }
 
 /// Checks a topic name: non-empty `.`-separated tokens of printable
@@ -98,15 +106,28 @@ pub fn validate_topic(name: &str) -> Result<(), TopicError> {
 pub struct TopicRegistry {
     topics: HashMap<Arc<str>, TopicSpec>,
     default_ordering: Ordering,
+    max_topics: usize,
 }
 
 impl TopicRegistry {
-    /// An empty registry; topics used before declaration get `default_ordering`.
-    pub fn new(default_ordering: Ordering) -> Self {
+    /// An empty registry; topics used before declaration get
+    /// `default_ordering`; at most `max_topics` are created here.
+    pub fn new(default_ordering: Ordering, max_topics: usize) -> Self {
         TopicRegistry {
             topics: HashMap::new(),
             default_ordering,
+            max_topics,
         }
+    }
+
+    /// Refuses a new topic once the registry is full.
+    pub fn check_room(&self) -> Result<(), TopicError> {
+        if self.topics.len() >= self.max_topics {
+            return Err(TopicError::Limit {
+                max: self.max_topics,
+            });
+        }
+        Ok(())
     }
 
     /// Declares a topic. Declaring it again with the same settings succeeds;
@@ -121,6 +142,7 @@ impl TopicRegistry {
                 requested: spec,
             }),
             None => {
+                self.check_room()?;
                 self.topics.insert(Arc::from(name), spec);
                 Ok(Declared::New)
             }
@@ -137,6 +159,7 @@ impl TopicRegistry {
             });
         }
         validate_topic(name)?;
+        self.check_room()?;
         let spec = TopicSpec {
             ordering: self.default_ordering,
             safe: false,
@@ -200,7 +223,7 @@ mod tests {
 
     #[test]
     fn redeclaring_the_same_way_succeeds_otherwise_names_both() {
-        let mut r = TopicRegistry::new(Ordering::Fifo);
+        let mut r = TopicRegistry::new(Ordering::Fifo, 100);
         assert_eq!(r.declare("orders", FIFO), Ok(Declared::New));
         assert_eq!(r.declare("orders", FIFO), Ok(Declared::Existing));
         let err = r
@@ -221,7 +244,7 @@ mod tests {
 
     #[test]
     fn first_use_creates_with_default_ordering() {
-        let mut r = TopicRegistry::new(Ordering::Causal);
+        let mut r = TopicRegistry::new(Ordering::Causal, 100);
         let t = r.resolve("a.b").unwrap();
         assert_eq!(t.spec.ordering, Ordering::Causal);
         assert!(r.declare("a.b", FIFO).is_err(), "used topic is now causal");
@@ -234,6 +257,24 @@ mod tests {
     }
 
     #[test]
+    fn no_topic_is_created_beyond_the_limit_but_agreed_ones_apply() {
+        let mut r = TopicRegistry::new(Ordering::Fifo, 2);
+        r.resolve("a").unwrap();
+        r.declare("b", FIFO).unwrap();
+        assert_eq!(r.resolve("c").unwrap_err(), TopicError::Limit { max: 2 });
+        assert_eq!(
+            r.declare("c", FIFO).unwrap_err(),
+            TopicError::Limit { max: 2 }
+        );
+        // Known topics still resolve and redeclare.
+        assert!(r.resolve("a").is_ok());
+        assert_eq!(r.declare("b", FIFO), Ok(Declared::Existing));
+        assert_eq!(r.len(), 2);
+        r.apply_agreed("c", FIFO);
+        assert_eq!(r.get("c"), Some(FIFO));
+    }
+
+    #[test]
     fn names_are_validated() {
         for bad in ["", ".", "a.", ".a", "a..b", "a.*", "a.>", "a b", "a\tb"] {
             assert!(validate_topic(bad).is_err(), "{bad:?}");
@@ -242,7 +283,7 @@ mod tests {
         for good in ["a", "orders.eu.paris", "x-1_2", "ünïcode.ok"] {
             assert!(validate_topic(good).is_ok(), "{good:?}");
         }
-        let mut r = TopicRegistry::new(Ordering::Fifo);
+        let mut r = TopicRegistry::new(Ordering::Fifo, 100);
         assert!(r.resolve("a..b").is_err());
         assert!(r.is_empty());
     }

@@ -23,6 +23,31 @@ use crate::buf::{
     causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
 };
 use crate::types::{CausalContext, NodeId, Ordering, Origin, Seq, ViewId};
+
+/// Every sequence number, view id, global seq and ISIS counter on the wire
+/// must be below this (2^63). A peer cannot send a value near `u64::MAX`, so
+/// the `+ 1` the engine does on such values can never overflow, whatever a
+/// forged or garbled frame says; such a frame is malformed (a counted drop).
+pub const COUNTER_LIMIT: u64 = 1 << 63;
+
+/// Reads a protocol counter (seq, view id, gseq), refusing values at or above
+/// [`COUNTER_LIMIT`].
+trait ReadCounter {
+    fn counter(&mut self, what: &'static str) -> Result<u64, WireError>;
+}
+
+impl ReadCounter for Reader<'_> {
+    fn counter(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let v = self.u64(what)?;
+        if v >= COUNTER_LIMIT {
+            return Err(WireError::malformed(
+                what,
+                format!("{v} is beyond the counter limit"),
+            ));
+        }
+        Ok(v)
+    }
+}
 use crate::WireError;
 
 /// First two bytes of every frame ("Or").
@@ -224,7 +249,7 @@ impl DataMsg {
     }
 
     fn decode(r: &mut Reader<'_>, frame: &Bytes) -> Result<DataMsg, WireError> {
-        let seq = Seq(r.u64("seq")?);
+        let seq = Seq(r.counter("seq")?);
         let topic_len = usize::from(r.u16("topic")?);
         let topic = slice(r, frame, topic_len, "topic")?;
         if std::str::from_utf8(&topic).is_err() {
@@ -236,6 +261,12 @@ impl DataMsg {
         let safe = r.bool("safe")?;
         let publisher = r.u64("publisher")?;
         let context = r.causal_context()?;
+        if let Some((o, s)) = context.entries().iter().find(|(_, s)| s.0 >= COUNTER_LIMIT) {
+            return Err(WireError::malformed(
+                "causal context",
+                format!("seq {s} for {o} is beyond the counter limit"),
+            ));
+        }
         let published_at_us = r.u64("published_at_us")?;
         let fragment = r.opt("fragment", |r| {
             let index = r.u32("fragment index")?;
@@ -325,6 +356,13 @@ pub struct FlushAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Install {
     pub view: ViewId,
+    /// This frame's share of `state`, from 0 (see [`Install::into_parts`]):
+    /// an install whose state does not fit one datagram is sent as `parts`
+    /// frames, identical but for their slice of `state`; it takes effect
+    /// once every part arrived.
+    pub part: u32,
+    /// How many frames carry this install (at least 1).
+    pub parts: u32,
     pub members: Vec<Origin>,
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
@@ -332,6 +370,58 @@ pub struct Install {
     /// The group's agreed state a joiner starts from: every declared topic
     /// and, for total topics, the `gseq` of its last message before this view.
     pub state: Vec<TopicState>,
+}
+
+impl Install {
+    /// Encoded size of one [`TopicState`].
+    fn state_len(t: &TopicState) -> usize {
+        2 + t.name.len().min(usize::from(u16::MAX)) + 1 + 1 + 8
+    }
+
+    /// Splits the install into frames of at most `max_datagram` bytes each
+    /// (one topic larger than that still goes alone). Every part repeats
+    /// the view, members and digest.
+    pub fn into_parts(self, max_datagram: usize) -> Vec<Install> {
+        let base = HEADER_LEN
+            + 1
+            + 8
+            + 4
+            + 4
+            + 4
+            + self.members.len() * ORIGIN_LEN
+            + 4
+            + self.digest.len() * (ORIGIN_LEN + 8)
+            + 4
+            + TRAILER_LEN;
+        let room = max_datagram.saturating_sub(base);
+        let mut chunks: Vec<Vec<TopicState>> = vec![Vec::new()];
+        let mut used = 0;
+        for t in self.state {
+            let len = Self::state_len(&t);
+            let last_empty = chunks.last().is_none_or(Vec::is_empty);
+            if used + len > room && !last_empty {
+                chunks.push(Vec::new());
+                used = 0;
+            }
+            used += len;
+            if let Some(c) = chunks.last_mut() {
+                c.push(t);
+            }
+        }
+        let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| Install {
+                view: self.view,
+                part: u32::try_from(i).unwrap_or(u32::MAX),
+                parts,
+                members: self.members.clone(),
+                digest: self.digest.clone(),
+                state,
+            })
+            .collect()
+    }
 }
 
 /// One agreed topic in an [`Install`]'s state transfer.
@@ -432,7 +522,7 @@ impl Control {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     let o = r.origin()?;
-                    let s = Seq(r.u64("seq")?);
+                    let s = Seq(r.counter("seq")?);
                     v.push((o, s, priority(&mut r)?));
                 }
                 Control::IsisProposal(v)
@@ -441,7 +531,7 @@ impl Control {
                 let n = r.count(Self::FINAL_LEN, "isis finals")?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let s = Seq(r.u64("seq")?);
+                    let s = Seq(r.counter("seq")?);
                     v.push((s, priority(&mut r)?));
                 }
                 Control::IsisFinal(v)
@@ -474,7 +564,7 @@ fn put_priority(out: &mut impl BufMut, p: Priority) {
 
 fn priority(r: &mut Reader<'_>) -> Result<Priority, WireError> {
     Ok(Priority {
-        counter: r.u64("priority")?,
+        counter: r.counter("priority")?,
         node: NodeId(r.u32("priority node")?),
     })
 }
@@ -527,6 +617,8 @@ impl Frame {
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
+                out.put_u32(i.part);
+                out.put_u32(i.parts);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
                 out.put_u32(i.state.len() as u32);
@@ -582,8 +674,8 @@ impl Frame {
                 for _ in 0..n {
                     entries.push(DigestEntry {
                         origin: r.origin()?,
-                        contiguous: Seq(r.u64("contiguous")?),
-                        highest: Seq(r.u64("highest")?),
+                        contiguous: Seq(r.counter("contiguous")?),
+                        highest: Seq(r.counter("highest")?),
                     });
                 }
                 Body::Heartbeat(Digest {
@@ -596,8 +688,8 @@ impl Frame {
                 let n = r.count(16, "nak ranges")?;
                 let mut ranges = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let a = Seq(r.u64("nak from")?);
-                    let b = Seq(r.u64("nak to")?);
+                    let a = Seq(r.counter("nak from")?);
+                    let b = Seq(r.counter("nak to")?);
                     if a.0 == 0 || a > b {
                         return Err(WireError::malformed("nak range", format!("{a}..={b}")));
                     }
@@ -610,23 +702,36 @@ impl Frame {
             }),
             kind::JOIN => Body::Join(Join {
                 target: r.opt("join target", |r| r.origin())?,
-                last_seq: Seq(r.u64("join last seq")?),
+                last_seq: Seq(r.counter("join last seq")?),
             }),
             kind::PROPOSE => Body::Propose(Propose {
-                view: ViewId(r.u64("view")?),
+                view: ViewId(r.counter("view")?),
                 members: members(&mut r)?,
             }),
             kind::FLUSH_ACK => Body::FlushAck(FlushAck {
-                view: ViewId(r.u64("view")?),
-                last_seq: Seq(r.u64("flush last seq")?),
+                view: ViewId(r.counter("view")?),
+                last_seq: Seq(r.counter("flush last seq")?),
             }),
-            kind::INSTALL => Body::Install(Install {
-                view: ViewId(r.u64("view")?),
-                members: members(&mut r)?,
-                digest: seq_vector(&mut r)?,
-                state: topic_states(&mut r)?,
-            }),
-            kind::INSTALL_ACK => Body::InstallAck(ViewId(r.u64("view")?)),
+            kind::INSTALL => {
+                let view = ViewId(r.counter("view")?);
+                let part = r.u32("install part")?;
+                let parts = r.u32("install parts")?;
+                if part >= parts {
+                    return Err(WireError::malformed(
+                        "install part",
+                        format!("part {part} of {parts}"),
+                    ));
+                }
+                Body::Install(Install {
+                    view,
+                    part,
+                    parts,
+                    members: members(&mut r)?,
+                    digest: seq_vector(&mut r)?,
+                    state: topic_states(&mut r)?,
+                })
+            }
+            kind::INSTALL_ACK => Body::InstallAck(ViewId(r.counter("view")?)),
             kind::LEAVE => Body::Leave,
             k => return Err(WireError::UnknownKind(k)),
         };
@@ -744,7 +849,7 @@ fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
         flags,
         cluster: ClusterId(r.u64("cluster")?),
         sender: r.origin()?,
-        view: ViewId(r.u64("view")?),
+        view: ViewId(r.counter("view")?),
     };
     Ok((header, kind, r.position(), body_end))
 }
@@ -790,7 +895,7 @@ fn topic_states(r: &mut Reader<'_>) -> Result<Vec<TopicState>, WireError> {
             name,
             ordering,
             safe: r.bool("safe")?,
-            gseq: r.u64("gseq")?,
+            gseq: r.counter("gseq")?,
         });
     }
     Ok(v)
@@ -825,7 +930,7 @@ fn seq_vector(r: &mut Reader<'_>) -> Result<Vec<(Origin, Seq)>, WireError> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let o = r.origin()?;
-        v.push((o, Seq(r.u64("seq")?)));
+        v.push((o, Seq(r.counter("seq")?)));
     }
     Ok(v)
 }
@@ -837,6 +942,11 @@ mod tests {
     use crate::types::{Incarnation, NodeId};
     use proptest::prelude::*;
 
+    /// Any protocol counter the decoder accepts.
+    fn ctr() -> impl Strategy<Value = u64> + Clone {
+        0..COUNTER_LIMIT
+    }
+
     fn origin() -> impl Strategy<Value = Origin> {
         (any::<u32>(), any::<u64>()).prop_map(|(n, i)| Origin {
             node: NodeId(n),
@@ -845,7 +955,7 @@ mod tests {
     }
 
     fn header() -> impl Strategy<Value = Header> {
-        (0u8..4, any::<u64>(), origin(), any::<u64>()).prop_map(|(f, c, s, v)| Header {
+        (0u8..4, any::<u64>(), origin(), ctr()).prop_map(|(f, c, s, v)| Header {
             flags: Flags(f),
             cluster: ClusterId(c),
             sender: s,
@@ -854,13 +964,13 @@ mod tests {
     }
 
     fn context() -> impl Strategy<Value = CausalContext> {
-        proptest::collection::vec((origin(), any::<u64>()), 0..3)
+        proptest::collection::vec((origin(), ctr()), 0..3)
             .prop_map(|v| CausalContext::from_entries(v.into_iter().map(|(o, s)| (o, Seq(s)))))
     }
 
     fn msg() -> impl Strategy<Value = DataMsg> {
         (
-            any::<u64>(),
+            ctr(),
             "[a-z.]{0,12}",
             0u8..4,
             any::<bool>(),
@@ -886,7 +996,7 @@ mod tests {
     }
 
     fn seqs() -> impl Strategy<Value = Vec<(Origin, Seq)>> {
-        proptest::collection::vec((origin(), any::<u64>().prop_map(Seq)), 0..4)
+        proptest::collection::vec((origin(), ctr().prop_map(Seq)), 0..4)
     }
 
     fn body() -> impl Strategy<Value = Body> {
@@ -895,7 +1005,7 @@ mod tests {
                 .prop_map(|(origin, msgs)| Body::Data(DataFrame { origin, msgs })),
             (
                 origin(),
-                proptest::collection::vec((origin(), any::<u64>(), any::<u64>()), 0..4)
+                proptest::collection::vec((origin(), ctr(), ctr()), 0..4)
             )
                 .prop_map(|(coordinator, e)| Body::Heartbeat(Digest {
                     coordinator,
@@ -917,33 +1027,30 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), any::<u64>()).prop_map(|(target, s)| Body::Join(
-                Join {
-                    target,
-                    last_seq: Seq(s)
-                }
-            )),
-            (any::<u64>(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
+            (proptest::option::of(origin()), ctr()).prop_map(|(target, s)| Body::Join(Join {
+                target,
+                last_seq: Seq(s)
+            })),
+            (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
                     view: ViewId(v),
                     members,
                 })
             }),
-            (any::<u64>(), any::<u64>()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
+            (ctr(), ctr()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
                 view: ViewId(v),
                 last_seq: Seq(s)
             })),
             (
-                any::<u64>(),
+                ctr(),
                 proptest::collection::vec(origin(), 0..4),
                 seqs(),
-                proptest::collection::vec(
-                    ("[a-z.]{1,8}", 0u8..4, any::<bool>(), any::<u64>()),
-                    0..3
-                )
+                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3)
             )
                 .prop_map(|(v, members, digest, st)| Body::Install(Install {
                     view: ViewId(v),
+                    part: 0,
+                    parts: 1,
                     members,
                     digest,
                     state: st
@@ -956,7 +1063,7 @@ mod tests {
                         })
                         .collect()
                 })),
-            any::<u64>().prop_map(|v| Body::InstallAck(ViewId(v))),
+            ctr().prop_map(|v| Body::InstallAck(ViewId(v))),
             Just(Body::Leave),
         ]
     }
@@ -966,15 +1073,15 @@ mod tests {
     }
 
     fn control() -> impl Strategy<Value = Control> {
-        let prio = (any::<u64>(), any::<u32>()).prop_map(|(counter, n)| Priority {
+        let prio = (ctr(), any::<u32>()).prop_map(|(counter, n)| Priority {
             counter,
             node: NodeId(n),
         });
         prop_oneof![
-            proptest::collection::vec((origin(), any::<u64>(), prio.clone()), 0..4).prop_map(|v| {
+            proptest::collection::vec((origin(), ctr(), prio.clone()), 0..4).prop_map(|v| {
                 Control::IsisProposal(v.into_iter().map(|(o, s, p)| (o, Seq(s), p)).collect())
             }),
-            proptest::collection::vec((any::<u64>(), prio), 0..4).prop_map(|v| Control::IsisFinal(
+            proptest::collection::vec((ctr(), prio), 0..4).prop_map(|v| Control::IsisFinal(
                 v.into_iter().map(|(s, p)| (Seq(s), p)).collect()
             )),
             seqs().prop_map(Control::SequencerOrder),
@@ -1128,6 +1235,186 @@ mod tests {
         ));
         assert!(matches!(patched(4, 0x40), Err(WireError::Malformed { .. })));
         assert!(patched(4, 0).is_ok());
+    }
+
+    #[test]
+    fn counters_at_or_beyond_two_to_the_63_are_malformed() {
+        let h = |view: u64| Header {
+            flags: Flags::default(),
+            cluster: ClusterId(1),
+            sender: Origin::default(),
+            view: ViewId(view),
+        };
+        let encode = |view: u64, body: Body| {
+            Frame {
+                header: h(view),
+                body,
+            }
+            .encode()
+        };
+        let max = COUNTER_LIMIT - 1;
+        // The largest accepted value still decodes.
+        assert!(Frame::decode(&encode(max, Body::InstallAck(ViewId(max)))).is_ok());
+        let bad = [
+            encode(COUNTER_LIMIT, Body::Leave),
+            encode(1, Body::InstallAck(ViewId(u64::MAX))),
+            encode(
+                1,
+                Body::Install(Install {
+                    view: ViewId(u64::MAX),
+                    part: 0,
+                    parts: 1,
+                    members: vec![Origin::default()],
+                    digest: vec![],
+                    state: vec![],
+                }),
+            ),
+            encode(
+                1,
+                Body::Install(Install {
+                    view: ViewId(2),
+                    part: 0,
+                    parts: 1,
+                    members: vec![Origin::default()],
+                    digest: vec![(Origin::default(), Seq(u64::MAX))],
+                    state: vec![TopicState {
+                        name: "t".into(),
+                        ordering: Ordering::TotalSeq,
+                        safe: false,
+                        gseq: 0,
+                    }],
+                }),
+            ),
+            encode(
+                1,
+                Body::Heartbeat(Digest {
+                    coordinator: Origin::default(),
+                    entries: vec![DigestEntry {
+                        origin: Origin::default(),
+                        contiguous: Seq(1),
+                        highest: Seq(COUNTER_LIMIT),
+                    }],
+                }),
+            ),
+            encode(
+                1,
+                Body::Join(Join {
+                    target: None,
+                    last_seq: Seq(u64::MAX),
+                }),
+            ),
+        ];
+        for f in bad {
+            assert!(
+                matches!(Frame::decode(&f), Err(WireError::Malformed { .. })),
+                "{:?}",
+                Frame::decode(&f)
+            );
+        }
+        let mut m = DataMsg {
+            seq: Seq(u64::MAX),
+            topic: Bytes::from_static(b"t"),
+            ordering: Ordering::Fifo,
+            safe: false,
+            publisher: 1,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload: Bytes::new(),
+        };
+        let data = |m: &DataMsg| {
+            encode(
+                1,
+                Body::Data(DataFrame {
+                    origin: Origin::default(),
+                    msgs: vec![m.clone()],
+                }),
+            )
+        };
+        assert!(matches!(
+            Frame::decode(&data(&m)),
+            Err(WireError::Malformed { .. })
+        ));
+        m.seq = Seq(1);
+        m.context = CausalContext::from_entries([(Origin::default(), Seq(u64::MAX))]);
+        assert!(matches!(
+            Frame::decode(&data(&m)),
+            Err(WireError::Malformed { .. })
+        ));
+        let c = Control::IsisFinal(vec![(
+            Seq(1),
+            Priority {
+                counter: u64::MAX,
+                node: NodeId(1),
+            },
+        )]);
+        assert!(matches!(
+            Control::decode(&c.encode()),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_large_install_is_split_into_parts_that_fit_a_datagram() {
+        let h = Header {
+            flags: Flags::default(),
+            cluster: ClusterId(1),
+            sender: Origin::default(),
+            view: ViewId(3),
+        };
+        let state: Vec<TopicState> = (0..1000)
+            .map(|i| TopicState {
+                name: format!("orders.region.{i:06}"),
+                ordering: Ordering::TotalSeq,
+                safe: i % 2 == 0,
+                gseq: i,
+            })
+            .collect();
+        let install = Install {
+            view: ViewId(4),
+            part: 0,
+            parts: 1,
+            members: vec![Origin::default(); 3],
+            digest: vec![(Origin::default(), Seq(9)); 3],
+            state: state.clone(),
+        };
+        for max in [512, 1400, 8192] {
+            let parts = install.clone().into_parts(max);
+            assert!(parts.len() > 1);
+            let mut joined = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let f = Frame {
+                    header: h,
+                    body: Body::Install(p.clone()),
+                }
+                .encode();
+                assert!(f.len() <= max, "part {i} is {} > {max}", f.len());
+                let Ok(Frame {
+                    body: Body::Install(d),
+                    ..
+                }) = Frame::decode(&f)
+                else {
+                    panic!("part {i} does not decode")
+                };
+                assert_eq!((d.part, d.parts), (i as u32, parts.len() as u32));
+                joined.extend(d.state);
+            }
+            assert_eq!(joined, state);
+        }
+        let one = install.clone().into_parts(1 << 20);
+        assert_eq!(one, vec![install.clone()]);
+        let mut bad = install;
+        bad.part = 2;
+        bad.parts = 2;
+        let f = Frame {
+            header: h,
+            body: Body::Install(bad),
+        }
+        .encode();
+        assert!(matches!(
+            Frame::decode(&f),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]

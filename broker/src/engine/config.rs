@@ -9,6 +9,13 @@ use super::reliability::RelConfig;
 /// Smallest datagram the engine accepts to work with (headers plus a useful message).
 pub const MIN_DATAGRAM: usize = 512;
 
+/// Default [`EngineConfig::max_message`]: the broker's default `--max-payload`.
+pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Default [`EngineConfig::reassembly_limit`]: 64 origins each mid-way
+/// through a largest message.
+pub const DEFAULT_REASSEMBLY_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Everything the engine needs to start; no field is read from the environment.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -56,6 +63,14 @@ pub struct EngineConfig {
     /// brokers are never dropped for it, so a member that lags (repairing a
     /// loss) can hold more for a while; the gauges show how much.
     pub ordering_limit: usize,
+    /// Largest message (payload bytes) joined from fragments; a larger one is
+    /// dropped and counted (`Stats::dropped_oversized`), and refused when
+    /// published here. Set it to the broker's `--max-payload`.
+    pub max_message: usize,
+    /// Bound on the bytes of partially received fragmented messages, all
+    /// origins together; a message that would exceed it is dropped and
+    /// counted like an oversized one.
+    pub reassembly_limit: usize,
     /// Planted bugs for the simulator's self-tests; all off by default.
     #[cfg(feature = "bug-injection")]
     pub bugs: Bugs,
@@ -106,6 +121,8 @@ impl EngineConfig {
             send_window: 64 * 1024,
             max_receive_ahead: 1 << 20,
             ordering_limit: 16 * 1024,
+            max_message: DEFAULT_MAX_MESSAGE,
+            reassembly_limit: DEFAULT_REASSEMBLY_LIMIT,
             #[cfg(feature = "bug-injection")]
             bugs: Bugs::default(),
         }
@@ -124,6 +141,8 @@ impl EngineConfig {
         self.send_window = self.send_window.max(1);
         self.max_receive_ahead = self.max_receive_ahead.max(1);
         self.ordering_limit = self.ordering_limit.max(1);
+        self.max_message = self.max_message.max(1);
+        self.reassembly_limit = self.reassembly_limit.max(self.max_message);
         self
     }
 

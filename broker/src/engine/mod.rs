@@ -199,6 +199,7 @@ impl Engine {
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ordering_limit: config.ordering_limit as u64,
+                reassembly_limit: config.reassembly_limit as u64,
                 ..Stats::default()
             },
             me,
@@ -238,21 +239,34 @@ impl Engine {
             // deliveries are among them), plus what the client carried from
             // other brokers; contexts naming no member are dropped (nothing
             // can be waited for from them) and our own entry is ours to know.
+            // So the context sent holds at most one entry per member, however
+            // many the client sent, and each below the wire's counter limit
+            // (a larger one would make every peer drop the frame).
             let mut ctx = self.delivery.causal_clock();
             let last = self.rel.last_seq();
+            let mut members = self.view.members.clone();
+            members.sort_unstable();
+            let mut extra = Vec::new();
             for &(o, s) in msg.context.entries() {
                 if o == self.me {
-                    ctx.observe(o, s.min(last));
-                } else if self.view.members.contains(&o) {
-                    ctx.observe(o, s);
+                    extra.push((o, s.min(last)));
+                } else if members.binary_search(&o).is_ok() && s > ctx.get(o) {
+                    extra.push((o, s.min(Seq(ordo_wire::group::COUNTER_LIMIT - 1))));
                 }
             }
+            ctx.merge(&CausalContext::from_entries(extra));
             msg.context = ctx;
         } else {
             msg.context = CausalContext::new();
         }
         let topic = self.topics.bytes(&msg.topic);
         let len = msg.payload.len();
+        if len > self.config.max_message {
+            return Err(PublishError::Unavailable(format!(
+                "a message of {len} bytes exceeds the maximum of {} bytes",
+                self.config.max_message
+            )));
+        }
         let whole = DataMsg::overhead(topic.len(), &msg.context, false) + len;
         let units = if DATA_FRAME_OVERHEAD + whole <= self.config.max_datagram {
             1
@@ -524,7 +538,7 @@ impl Engine {
             Body::Join(j) => self.on_join(h.sender, j, now),
             Body::Propose(p) => self.on_propose(h.sender, p, now),
             Body::FlushAck(f) => self.on_flush_ack(h.sender, f, now),
-            Body::Install(i) => self.on_install(h.sender, i, now),
+            Body::Install(i) => self.on_install_part(h.sender, i, now),
             Body::InstallAck(v) => self.on_install_ack(h.sender, v, now),
             Body::Leave => self.on_leave(h.sender, now),
         }
@@ -928,7 +942,7 @@ fn fresh_delivery(config: &EngineConfig, me: Origin) -> delivery::Delivery {
             .max(Control::FINAL_LEN)
             .max(Control::ORDER_LEN);
     #[allow(unused_mut)]
-    let mut d = delivery::Delivery::new(me, batch);
+    let mut d = delivery::Delivery::new(me, batch, config.max_message, config.reassembly_limit);
     #[cfg(feature = "bug-injection")]
     d.plant_bugs(config.bugs);
     d
@@ -948,9 +962,14 @@ fn deliver_remote(
             stats.delivered += n as u64;
             stats.messages_delivered += n as u64;
         }
-        Err(e) => {
+        Err(e @ delivery::ReassemblyError::OutOfPlace { .. }) => {
             stats.dropped_malformed += 1;
             tracing::warn!(%origin, error = %e, "origin broke fragmentation");
+        }
+        Err(e) => {
+            // Every member with the same limits drops it alike.
+            stats.dropped_oversized += 1;
+            tracing::warn!(%origin, error = %e, "dropped a message too large to join");
         }
     }
 }

@@ -82,6 +82,11 @@ pub struct Stats {
     pub out_of_order_messages: u64,
     /// Gauge: bytes of fragments waiting for the rest of their message.
     pub reassembly_bytes: u64,
+    /// Gauge: the bound on `reassembly_bytes` (`EngineConfig::reassembly_limit`).
+    pub reassembly_limit: u64,
+    /// Fragmented messages dropped: larger than `EngineConfig::max_message`,
+    /// or beyond the reassembly bound.
+    pub dropped_oversized: u64,
     /// Gauge: causal messages held back until their context is delivered.
     pub causal_holdback_messages: u64,
     /// Gauge: payload bytes of those messages.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ordo_wire::group::{Body, ClusterId, Flags, Frame, Header};
-use ordo_wire::{Incarnation, NodeId, Ordering, Origin, ViewId};
+use ordo_wire::{Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
 
 use super::*;
 
@@ -349,4 +349,186 @@ fn a_graceful_leave_installs_a_view_without_the_leaver() {
         assert_eq!(v.members.len(), 2);
         assert!(!v.members.contains(&leaver));
     }
+}
+
+#[test]
+fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(2), now);
+    let me = e.origin();
+    let forger = Origin {
+        node: NodeId(7),
+        incarnation: Incarnation(1),
+    };
+    let install = |view: u64| Frame {
+        header: Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: forger,
+            view: ViewId(1),
+        },
+        body: Body::Install(ordo_wire::group::Install {
+            view: ViewId(view),
+            part: 0,
+            parts: 1,
+            members: vec![forger, me],
+            digest: vec![],
+            state: vec![],
+        }),
+    };
+    // While joining, an install listing us would be taken as is.
+    e.handle_datagram(&install(u64::MAX).encode(), now);
+    e.handle_datagram(&install(1 << 63).encode(), now);
+    assert_eq!(e.stats().dropped_malformed, 2);
+    // The engine goes on to form its own view with small ids, and lives.
+    let mut t = now;
+    for _ in 0..200 {
+        t += Duration::from_millis(5);
+        e.handle_timeout(t);
+        while e.poll_transmit().is_some() {}
+        while e.poll_event().is_some() {}
+    }
+    assert!(e.in_view());
+    assert!(e.view().id.0 < 10, "{:?}", e.view());
+}
+
+#[test]
+fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
+    let mut g = Group::new(2);
+    let a = g.engines[0].origin();
+    let b = g.engines[1].origin();
+    // B "claims" to hold 1000 of A's messages, though A sent none.
+    let forged = Frame {
+        header: Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: b,
+            view: g.engines[0].view().id,
+        },
+        body: Body::Heartbeat(ordo_wire::group::Digest {
+            coordinator: g.engines[0].view().members[0],
+            entries: vec![ordo_wire::group::DigestEntry {
+                origin: a,
+                contiguous: Seq(1000),
+                highest: Seq(1000),
+            }],
+        }),
+    };
+    let now = g.now;
+    g.engines[0].handle_datagram(&forged.encode(), now);
+    let token = ConfirmToken { conn: 1, req: 1 };
+    g.engines[0].publish(msg(b"m", Some(token)), now).unwrap();
+    g.engines[0].handle_timeout(now);
+    // B never receives A's data, so it really holds nothing.
+    g.run(Duration::from_millis(300), |from, _, dg| {
+        !(from == 0 && is_data(dg))
+    });
+    let confirmed = g.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Confirmed(t) if *t == token));
+    assert!(!confirmed, "confirmed a message nobody else holds");
+    assert!(g.engines[0].stats().retransmit_buffer_bytes > 0);
+    // Once B really has it, it is confirmed.
+    g.run(Duration::from_millis(500), |_, _, _| true);
+    assert!(g.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Confirmed(t) if *t == token)));
+}
+
+#[test]
+fn a_message_beyond_the_local_maximum_is_dropped_and_counted() {
+    let mut g = Group::with(2, |i| {
+        let mut c = config(i);
+        if i == 2 {
+            c.max_message = 3000;
+        }
+        c
+    });
+    assert_eq!(g.engines[1].stats().reassembly_limit, 64 * 1024 * 1024);
+    let big = vec![5u8; 5000];
+    g.publish(0, &big).unwrap();
+    g.publish(0, b"small").unwrap();
+    g.run(Duration::from_millis(50), |_, _, _| true);
+    assert_eq!(g.delivered(1), vec![Bytes::from_static(b"small")]);
+    assert_eq!(g.engines[1].stats().dropped_oversized, 1);
+    assert_eq!(g.engines[1].stats().reassembly_bytes, 0);
+    // Refused when published at a broker with that maximum.
+    assert!(matches!(
+        g.publish(1, &big),
+        Err(PublishError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn a_client_context_is_cut_to_members_and_to_what_the_wire_carries() {
+    let mut g = Group::new(2);
+    let b = g.engines[1].origin();
+    let mut m = msg(b"c", None);
+    m.ordering = Ordering::Causal;
+    // Many entries naming no member, and an impossible one for B.
+    m.context = CausalContext::from_entries((0..10_000u32).map(|i| {
+        (
+            Origin {
+                node: NodeId(1000 + i),
+                incarnation: Incarnation(1),
+            },
+            Seq(5),
+        )
+    }));
+    m.context.observe(b, Seq(u64::MAX));
+    let now = g.now;
+    g.engines[0].publish(m, now).unwrap();
+    let mut sent = Vec::new();
+    g.run(Duration::from_millis(20), |from, _, dg| {
+        if from == 0 && is_data(dg) {
+            sent.push(dg.clone());
+        }
+        true
+    });
+    assert_eq!(g.engines[1].stats().dropped_malformed, 0);
+    let Body::Data(d) = Frame::decode(&sent[0]).unwrap().body else {
+        unreachable!()
+    };
+    let ctx = &d.msgs[0].context;
+    assert!(ctx.len() <= 2, "{ctx:?}");
+    assert_eq!(ctx.get(b), Seq(ordo_wire::group::COUNTER_LIMIT - 1));
+}
+
+#[test]
+fn a_joiner_receives_a_topic_table_larger_than_a_datagram_in_parts() {
+    let mut g = Group::new(2);
+    for i in 0..300 {
+        let name = format!("orders.region.{i:04}");
+        let token = ConfirmToken { conn: 0, req: i };
+        g.engines[0]
+            .declare(&name, Ordering::TotalSeq, false, token)
+            .unwrap();
+        g.run(Duration::from_millis(2), |_, _, _| true);
+    }
+    g.run(Duration::from_millis(200), |_, _, _| true);
+    assert_eq!(g.engines[1].agreed_topics().len(), 300);
+    let now = g.now;
+    g.engines.push(Engine::new(config(3), now));
+    g.events.push(Vec::new());
+    let mut too_big = 0;
+    let mut lost_one = false;
+    g.run(Duration::from_millis(1000), |_, to, dg| {
+        if dg.len() > 1400 {
+            too_big += 1;
+        }
+        // Lose one part on the way to the joiner: the retry fills it in.
+        let part = matches!(
+            Frame::decode(dg).map(|f| f.body),
+            Ok(Body::Install(i)) if i.part == 1
+        );
+        if part && to == 2 && !lost_one {
+            lost_one = true;
+            return false;
+        }
+        true
+    });
+    assert!(lost_one);
+    assert_eq!(too_big, 0, "datagrams beyond max_datagram were sent");
+    assert_eq!(g.engines[2].view().members.len(), 3);
+    assert_eq!(g.engines[2].agreed_topics(), g.engines[0].agreed_topics());
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ordo_wire::client::{ClusterView, ErrorCode, Reply};
+use ordo_wire::client::{ClusterView, ErrorCode, Reply, TopicInfo};
 use ordo_wire::CausalContext;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -128,6 +128,11 @@ pub struct DriverConfig {
     pub command_queue_bytes: usize,
     /// Largest datagram accepted from the group.
     pub max_datagram: usize,
+    /// Most topics created here (declared or first used).
+    pub max_topics: usize,
+    /// Largest reply frame sent to a client (the broker's `--max-frame`,
+    /// which clients accept).
+    pub max_frame: usize,
 }
 
 /// Per-connection state held by the driver.
@@ -183,7 +188,7 @@ impl Driver {
         metrics: Arc<Metrics>,
         health: watch::Sender<Health>,
     ) -> Result<(Driver, DriverHandle), TopicError> {
-        let mut registry = TopicRegistry::new(config.default_ordering);
+        let mut registry = TopicRegistry::new(config.default_ordering, config.max_topics);
         // Configured topics are checked here and declared cluster-wide
         // through the engine once it is in a view (see `declare_configured`);
         // until then they apply locally.
@@ -473,6 +478,11 @@ impl Driver {
                     self.reply(conn, reply);
                     return;
                 }
+                if let Err(e) = self.registry.check_room() {
+                    self.metrics.topic_refused();
+                    self.reply(conn, topic_error(req, e));
+                    return;
+                }
                 let token = ConfirmToken { conn, req };
                 match self.engine.declare(&topic, spec.ordering, spec.safe, token) {
                     Ok(()) => {}
@@ -520,8 +530,8 @@ impl Driver {
                 self.reply(conn, reply);
             }
             Command::ListTopics { conn, req } => {
-                let topics = self.registry.list();
-                self.reply(conn, Reply::Topics { req, topics });
+                let reply = topics_reply(req, self.registry.list(), self.config.max_frame);
+                self.reply(conn, reply);
             }
             Command::Cluster { conn, req } => {
                 let view = cluster_view(self.engine.view(), self.engine.origin());
@@ -585,24 +595,24 @@ impl Driver {
         // The budget goes back unless the publish stalls again (then it
         // stays charged until it is finally taken).
         let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
-        if self.registry.get(topic).is_none() && crate::topics::validate_topic(topic).is_ok() {
-            // First use: created with the default ordering here at once, and
-            // declared to the group so every broker agrees on it.
-            let spec = TopicSpec {
-                ordering: self.config.default_ordering,
-                safe: false,
-            };
-            self.configured.push((topic.to_string(), spec));
-        }
+        let first_use = self.registry.get(topic).is_none();
         let topic = match self.registry.resolve(topic) {
             Ok(t) => t,
             Err(e) => {
+                if matches!(e, TopicError::Limit { .. }) {
+                    self.metrics.topic_refused();
+                }
                 self.budget.add_permits(charge as usize);
                 let reply = topic_error(confirm.unwrap_or(0), e);
                 self.reply(conn, reply);
                 return;
             }
         };
+        if first_use {
+            // First use: created with the default ordering here at once, and
+            // declared to the group so every broker agrees on it.
+            self.configured.push((topic.name.to_string(), topic.spec));
+        }
         // Kept (cheap: reference counts, and the context is usually empty)
         // because a refused publish is handed back to us by value only.
         let retry = (context.clone(), payload.clone());
@@ -787,11 +797,31 @@ fn topic_error(req: u64, e: TopicError) -> Reply {
     let code = match e {
         TopicError::InvalidName { .. } => ErrorCode::InvalidName,
         TopicError::Conflict { .. } => ErrorCode::Conflict,
+        TopicError::Limit { .. } => ErrorCode::Limit,
     };
     Reply::Error {
         req,
         code,
         message: e.to_string(),
+    }
+}
+
+/// The topic table as one reply, or a `limit` error when it would not fit a
+/// frame of `max_frame` bytes (clients refuse larger frames).
+fn topics_reply(req: u64, topics: Vec<TopicInfo>, max_frame: usize) -> Reply {
+    // kind, req, count; then per topic a length-prefixed name, ordering, safe.
+    let size = 1 + 8 + 4 + topics.iter().map(|t| 2 + t.name.len() + 2).sum::<usize>();
+    if size <= max_frame {
+        return Reply::Topics { req, topics };
+    }
+    Reply::Error {
+        req,
+        code: ErrorCode::Limit,
+        message: format!(
+            "the topic table ({} topics, {size} bytes) exceeds the largest reply frame of {max_frame} bytes; \
+             raise --max-frame on the broker and the client",
+            topics.len()
+        ),
     }
 }
 
@@ -861,12 +891,25 @@ mod tests {
     use crate::server::outbox::{outbox, OutboxReceiver};
     use crate::shell::transport::TransportConfig;
     use crate::testkit::ClusterSpec;
+    use bytes::BytesMut;
     use ordo_wire::{Incarnation, NodeId, Ordering};
+    use std::collections::BTreeMap;
 
     /// A driver alone in its own cluster on loopback, with a small
     /// retransmit buffer so flow control engages.
     async fn driver(
         retransmit: usize,
+    ) -> (
+        DriverHandle,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        driver_with(retransmit, 1000).await
+    }
+
+    async fn driver_with(
+        retransmit: usize,
+        max_topics: usize,
     ) -> (
         DriverHandle,
         watch::Sender<bool>,
@@ -897,6 +940,8 @@ mod tests {
                 command_queue: 64,
                 command_queue_bytes: 256 * 1024,
                 max_datagram: 8192,
+                max_topics,
+                max_frame: 1 << 20,
             },
             engine,
             transport,
@@ -1000,6 +1045,93 @@ mod tests {
         assert_eq!(sids, vec![1, 2]);
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_topic_is_created_beyond_max_topics() {
+        let (h, stop, task) = driver_with(64 << 20, 2).await;
+        let (tx, mut rx) = outbox(10_000, 64 << 20);
+        h.send(Command::Register {
+            conn: 1,
+            outbox: tx,
+        })
+        .await
+        .unwrap();
+        for (req, topic) in [(1, "a"), (2, "b"), (3, "c"), (4, "a")] {
+            h.send(Command::Publish {
+                conn: 1,
+                confirm: Some(req),
+                topic: topic.into(),
+                context: CausalContext::new(),
+                payload: Bytes::from_static(b"x"),
+            })
+            .await
+            .unwrap();
+        }
+        h.send(Command::Declare {
+            conn: 1,
+            req: 5,
+            topic: "d".into(),
+            spec: TopicSpec {
+                ordering: Ordering::Fifo,
+                safe: false,
+            },
+        })
+        .await
+        .unwrap();
+        let mut replies = BTreeMap::new();
+        while replies.len() < 5 {
+            match next(&mut rx).await {
+                Out::Reply(Reply::Ok { req }) => {
+                    replies.insert(req, None);
+                }
+                Out::Reply(Reply::Error { req, code, .. }) => {
+                    replies.insert(req, Some(code));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(replies[&1], None);
+        assert_eq!(replies[&2], None);
+        assert_eq!(replies[&3], Some(ErrorCode::Limit));
+        assert_eq!(replies[&4], None, "a known topic still takes publishes");
+        assert_eq!(replies[&5], Some(ErrorCode::Limit));
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn a_topic_list_beyond_the_frame_is_a_limit_error() {
+        let topics: Vec<TopicInfo> = (0..1000)
+            .map(|i| TopicInfo {
+                name: format!("topic.{i:05}"),
+                ordering: Ordering::Fifo,
+                safe: false,
+            })
+            .collect();
+        let fits = topics_reply(7, topics.clone(), 1 << 20);
+        let mut out = BytesMut::new();
+        fits.encode(&mut out);
+        // The size computed is the encoded size (plus the 4-byte prefix).
+        let Reply::Topics { .. } = fits else {
+            panic!("{fits:?}")
+        };
+        let exact = out.len() - 4;
+        assert!(matches!(
+            topics_reply(7, topics.clone(), exact),
+            Reply::Topics { .. }
+        ));
+        match topics_reply(7, topics, exact - 1) {
+            Reply::Error {
+                req: 7,
+                code,
+                message,
+            } => {
+                assert_eq!(code, ErrorCode::Limit);
+                assert!(message.contains("1000 topics"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,10 @@
 //! Reliability already releases each origin's stream in order, so FIFO
 //! delivers a complete message at once; what it owns is reassembly: the
 //! fragments of a large message arrive as consecutive sequence numbers and
-//! are joined here, one partial message per origin at most.
+//! are joined here, one partial message per origin at most. A message is
+//! never joined beyond the largest this broker accepts, and all partial
+//! messages together stay below a configured bound (see
+//! `EngineConfig::max_message` and `reassembly_limit`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,14 +18,19 @@ use super::{delivered, event, Layer, Ready};
 use crate::engine::topics::TopicCache;
 use crate::engine::Event;
 
-/// A fragment that does not continue its origin's partial message: the
-/// origin broke the protocol (the stream itself is reliable and ordered).
+/// Why a fragmented message was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("fragment {index} of {count} at seq {seq} does not continue the partial message")]
-pub(crate) struct ReassemblyError {
-    pub(crate) seq: Seq,
-    pub(crate) index: u32,
-    pub(crate) count: u32,
+pub(crate) enum ReassemblyError {
+    /// A fragment that does not continue its origin's partial message: the
+    /// origin broke the protocol (the stream itself is reliable and ordered).
+    #[error("fragment {index} of {count} at seq {seq} does not continue the partial message")]
+    OutOfPlace { seq: Seq, index: u32, count: u32 },
+    /// The message grows beyond the largest this broker accepts.
+    #[error("message at seq {seq} exceeds the maximum message size of {max} bytes")]
+    TooLarge { seq: Seq, max: usize },
+    /// All partial messages together would exceed the reassembly bound.
+    #[error("message at seq {seq} would take reassembly beyond its bound of {limit} bytes")]
+    Full { seq: Seq, limit: usize },
 }
 
 #[derive(Debug)]
@@ -34,16 +42,42 @@ struct Partial {
 }
 
 /// The FIFO layer and the reassembly every layer shares.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Fifo {
     partial: BTreeMap<Origin, Partial>,
     partial_bytes: usize,
+    /// Largest message joined.
+    max_message: usize,
+    /// Bound on `partial_bytes`.
+    limit: usize,
     /// Planted bug: hold one message back and deliver it after the next.
     #[cfg(feature = "bug-injection")]
     reorder_bug: Option<BTreeMap<Origin, Ready>>,
 }
 
+impl Default for Fifo {
+    fn default() -> Self {
+        Fifo::new(
+            crate::engine::config::DEFAULT_MAX_MESSAGE,
+            crate::engine::config::DEFAULT_REASSEMBLY_LIMIT,
+        )
+    }
+}
+
 impl Fifo {
+    /// Joins messages of up to `max_message` bytes, holding at most `limit`
+    /// bytes of partial messages in all.
+    pub(crate) fn new(max_message: usize, limit: usize) -> Self {
+        Fifo {
+            partial: BTreeMap::new(),
+            partial_bytes: 0,
+            max_message,
+            limit,
+            #[cfg(feature = "bug-injection")]
+            reorder_bug: None,
+        }
+    }
+
     /// Adds one unit of `origin`'s stream; returns a message once complete.
     pub(crate) fn reassemble(
         &mut self,
@@ -53,7 +87,7 @@ impl Fifo {
         let Some(frag) = msg.fragment else {
             if self.partial.contains_key(&origin) {
                 self.forget(origin);
-                return Err(ReassemblyError {
+                return Err(ReassemblyError::OutOfPlace {
                     seq: msg.seq,
                     index: 0,
                     count: 1,
@@ -65,7 +99,7 @@ impl Fifo {
                 msg,
             }));
         };
-        let bad = ReassemblyError {
+        let bad = ReassemblyError::OutOfPlace {
             seq: msg.seq,
             index: frag.index,
             count: frag.count,
@@ -75,6 +109,9 @@ impl Fifo {
                 self.forget(origin);
                 return Err(bad);
             }
+            // The rest of the message is dropped with it: its fragments
+            // find no partial and are refused as out of place.
+            self.check_room(msg.seq, 0, msg.payload.len())?;
             self.partial_bytes += msg.payload.len();
             self.partial.insert(
                 origin,
@@ -94,6 +131,14 @@ impl Fifo {
             self.forget(origin);
             return Err(bad);
         }
+        let (first_seq, have) = (p.first.seq, p.bytes);
+        if let Err(e) = self.check_room(first_seq, have, msg.payload.len()) {
+            self.forget(origin);
+            return Err(e);
+        }
+        let Some(p) = self.partial.get_mut(&origin) else {
+            return Err(bad);
+        };
         p.parts.push(msg.payload);
         p.bytes += p.parts.last().map_or(0, Bytes::len);
         self.partial_bytes += p.parts.last().map_or(0, Bytes::len);
@@ -116,6 +161,23 @@ impl Fifo {
             seq: first.seq,
             msg: first,
         }))
+    }
+
+    /// Whether `add` more bytes fit a message holding `have` and the bound.
+    fn check_room(&self, seq: Seq, have: usize, add: usize) -> Result<(), ReassemblyError> {
+        if have.saturating_add(add) > self.max_message {
+            return Err(ReassemblyError::TooLarge {
+                seq,
+                max: self.max_message,
+            });
+        }
+        if self.partial_bytes.saturating_add(add) > self.limit {
+            return Err(ReassemblyError::Full {
+                seq,
+                limit: self.limit,
+            });
+        }
+        Ok(())
     }
 
     /// Drops an origin's partial message (it left the view).
@@ -199,6 +261,70 @@ mod tests {
         assert_eq!(&r.msg.payload[..], b"abcde");
         assert_eq!(f.partial_bytes(), 0);
         assert!(f.reassemble(o, unit(7, None, b"x")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_message_beyond_the_maximum_size_is_refused_and_its_rest_dropped() {
+        let o = Origin::default();
+        let mut f = Fifo::new(5, 100);
+        assert!(f
+            .reassemble(o, unit(1, Some((0, 4)), b"ab"))
+            .unwrap()
+            .is_none());
+        assert!(f
+            .reassemble(o, unit(2, Some((1, 4)), b"cd"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            f.reassemble(o, unit(3, Some((2, 4)), b"ef")),
+            Err(ReassemblyError::TooLarge {
+                seq: Seq(1),
+                max: 5
+            })
+        ));
+        assert_eq!(f.partial_bytes(), 0);
+        // The last fragment finds no partial message.
+        assert!(matches!(
+            f.reassemble(o, unit(4, Some((3, 4)), b"g")),
+            Err(ReassemblyError::OutOfPlace { .. })
+        ));
+        // A first fragment alone beyond the maximum.
+        assert!(f.reassemble(o, unit(5, Some((0, 2)), b"abcdef")).is_err());
+        // Small messages still pass.
+        let r = f.reassemble(o, unit(6, Some((0, 2)), b"ab")).unwrap();
+        assert!(r.is_none());
+        let r = f
+            .reassemble(o, unit(7, Some((1, 2)), b"c"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&r.msg.payload[..], b"abc");
+    }
+
+    #[test]
+    fn partial_messages_together_stay_below_the_bound() {
+        let mut f = Fifo::new(100, 6);
+        let o = |n: u32| Origin {
+            node: ordo_wire::NodeId(n),
+            incarnation: ordo_wire::Incarnation(1),
+        };
+        // Fragment counts come from the wire: a huge one allocates nothing.
+        assert!(f
+            .reassemble(o(1), unit(1, Some((0, u32::MAX)), b"abcd"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            f.reassemble(o(2), unit(1, Some((0, 2)), b"xyz")),
+            Err(ReassemblyError::Full { limit: 6, .. })
+        ));
+        assert!(f
+            .reassemble(o(2), unit(1, Some((0, 2)), b"xy"))
+            .unwrap()
+            .is_none());
+        assert_eq!(f.partial_bytes(), 6);
+        assert!(f
+            .reassemble(o(1), unit(2, Some((1, u32::MAX)), b"e"))
+            .is_err());
+        assert_eq!(f.partial_bytes(), 2);
     }
 
     #[test]

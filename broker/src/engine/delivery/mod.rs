@@ -21,7 +21,7 @@ use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq};
 use super::topics::TopicCache;
 use super::{ConfirmToken, Delivered, Event};
 use causal::Causal;
-pub(crate) use fifo::Fifo;
+pub(crate) use fifo::{Fifo, ReassemblyError};
 use total::Total;
 
 /// A complete message (fragments joined) in its origin's order.
@@ -84,9 +84,17 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// The layers of `me`; control batches hold at most `batch` entries.
-    pub(crate) fn new(me: Origin, batch: usize) -> Self {
+    /// The layers of `me`; control batches hold at most `batch` entries;
+    /// reassembly joins messages up to `max_message` bytes and holds at
+    /// most `reassembly_limit` bytes of partial ones.
+    pub(crate) fn new(
+        me: Origin,
+        batch: usize,
+        max_message: usize,
+        reassembly_limit: usize,
+    ) -> Self {
         Delivery {
+            fifo: Fifo::new(max_message, reassembly_limit),
             total: Total::new(me, batch),
             ..Delivery::default()
         }
@@ -100,7 +108,7 @@ impl Delivery {
         msg: DataMsg,
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
-    ) -> Result<usize, fifo::ReassemblyError> {
+    ) -> Result<usize, ReassemblyError> {
         let Some(ready) = self.fifo.reassemble(origin, msg)? else {
             return Ok(0);
         };

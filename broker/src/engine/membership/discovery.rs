@@ -32,7 +32,10 @@ impl Engine {
 
     pub(crate) fn form_singleton(&mut self, now: Instant) {
         let digest = BTreeMap::from([(self.me, self.rel.last_seq())]);
-        let view = ViewId(self.view.id.0 + 1);
+        let Some(view) = self.view.id.checked_next() else {
+            tracing::error!(view = %self.view.id, "view ids exhausted");
+            return;
+        };
         self.install_view(view, vec![self.me], &digest, now);
     }
 

@@ -81,7 +81,23 @@ pub(crate) struct Membership {
     /// Members that left our view: a joiner that still names one of them
     /// as the coordinator to ask is asking our group.
     departed: BTreeSet<Origin>,
+    /// The parts of a multi-frame install received so far (one install at
+    /// a time: a newer one replaces it).
+    install_parts: Option<InstallParts>,
 }
+
+/// A multi-frame install being collected (see [`Install::into_parts`]).
+#[derive(Debug)]
+struct InstallParts {
+    sender: Origin,
+    first: Install,
+    parts: BTreeMap<u32, Vec<ordo_wire::group::TopicState>>,
+    bytes: usize,
+}
+
+/// Bound on the bytes of install parts held (a forged `parts` count must
+/// not make us hold an unbounded amount).
+const MAX_INSTALL_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most departed members remembered.
 const MAX_DEPARTED: usize = 1024;
@@ -168,13 +184,19 @@ impl Engine {
                 }
                 if let Some(c) = &self.membership.change {
                     let body = match &c.install {
-                        None => Body::Propose(Propose {
+                        None => Some(Body::Propose(Propose {
                             view: c.view,
                             members: c.members.clone(),
-                        }),
-                        Some(i) => Body::Install(i.clone()),
+                        })),
+                        Some(i) => {
+                            let i = i.clone();
+                            self.send_install(i);
+                            None
+                        }
                     };
-                    self.send(Flags::default(), body);
+                    if let Some(body) = body {
+                        self.send(Flags::default(), body);
+                    }
                 }
                 if let Some(f) = &self.membership.flush {
                     // Keep the coordinator's view of our flush fresh.

@@ -65,7 +65,10 @@ impl Engine {
             .filter(|o| !dead.contains(o))
             .copied()
             .collect();
-        let view = ViewId(self.view.id.0 + 1);
+        let Some(view) = self.view.id.checked_next() else {
+            tracing::error!(view = %self.view.id, "view ids exhausted");
+            return;
+        };
         tracing::info!(%view, ?members, "proposing a view");
         let mut acks = BTreeMap::new();
         let last_seq = self.rel.last_seq();
@@ -88,7 +91,7 @@ impl Engine {
     }
 
     pub(crate) fn on_propose(&mut self, sender: Origin, p: Propose, now: Instant) {
-        if !self.in_view || p.view != ViewId(self.view.id.0 + 1) {
+        if !self.in_view || Some(p.view) != self.view.id.checked_next() {
             return;
         }
         // Only the first live member may propose: everyone ranked before the
@@ -198,6 +201,8 @@ impl Engine {
         self.settle_view(&members, &map);
         let install = Install {
             view,
+            part: 0,
+            parts: 1,
             members,
             digest,
             state: self.delivery.state(),
@@ -205,9 +210,73 @@ impl Engine {
         if let Some(c) = &mut self.membership.change {
             c.install = Some(install.clone());
         }
-        self.send(Flags::default(), Body::Install(install.clone()));
+        self.send_install(install.clone());
         self.apply_install(install, now);
         self.coordinator_progress(now);
+    }
+
+    /// Multicasts an install, split into frames that fit a datagram.
+    pub(crate) fn send_install(&mut self, install: Install) {
+        for part in install.into_parts(self.config.max_datagram) {
+            self.send(Flags::default(), Body::Install(part));
+        }
+    }
+
+    /// One frame of an install: a whole one is handled at once, parts are
+    /// collected until every one arrived.
+    pub(crate) fn on_install_part(&mut self, sender: Origin, i: Install, now: Instant) {
+        if i.parts <= 1 || (self.in_view && i.view <= self.view.id) {
+            // Whole, or a retry of an installed view (only acknowledged).
+            self.on_install(sender, i, now);
+            return;
+        }
+        // Each part counts at least a fixed cost, so a forged `parts` count
+        // with empty parts is bounded too.
+        let len: usize = 64 + i.state.iter().map(|t| t.name.len() + 12).sum::<usize>();
+        let fresh = self.membership.install_parts.as_ref().is_none_or(|p| {
+            p.sender != sender
+                || p.first.view != i.view
+                || p.first.parts != i.parts
+                || p.first.members != i.members
+                || p.first.digest != i.digest
+        });
+        if fresh {
+            self.membership.install_parts = Some(super::InstallParts {
+                sender,
+                first: Install {
+                    state: Vec::new(),
+                    ..i.clone()
+                },
+                parts: BTreeMap::new(),
+                bytes: 0,
+            });
+        }
+        let Some(p) = self.membership.install_parts.as_mut() else {
+            return;
+        };
+        if p.parts.contains_key(&i.part) {
+            return;
+        }
+        if p.bytes + len > super::MAX_INSTALL_BYTES {
+            self.stats.dropped_buffer_full += 1;
+            self.membership.install_parts = None;
+            return;
+        }
+        p.bytes += len;
+        p.parts.insert(i.part, i.state);
+        if p.parts.len() < p.first.parts as usize {
+            return;
+        }
+        let Some(p) = self.membership.install_parts.take() else {
+            return;
+        };
+        let whole = Install {
+            part: 0,
+            parts: 1,
+            state: p.parts.into_values().flatten().collect(),
+            ..p.first
+        };
+        self.on_install(sender, whole, now);
     }
 
     pub(crate) fn on_install(&mut self, sender: Origin, i: Install, now: Instant) {
@@ -223,7 +292,7 @@ impl Engine {
             return;
         }
         let next = self.in_view
-            && i.view == ViewId(self.view.id.0 + 1)
+            && Some(i.view) == self.view.id.checked_next()
             && self.view.members.contains(&sender)
             && self
                 .membership

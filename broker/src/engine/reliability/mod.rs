@@ -145,12 +145,18 @@ impl Reliability {
         }
         self.members = members.len();
         self.peers.clear();
+        // The agreed cut for us never exceeds what we sent.
+        let sent = self.sent;
+        let me = self.me;
         for p in members.iter().filter(|p| **p != self.me) {
             self.peers.insert(
                 *p,
                 members
                     .iter()
-                    .map(|o| (*o, digest.get(o).copied().unwrap_or_default()))
+                    .map(|o| {
+                        let cut = digest.get(o).copied().unwrap_or_default();
+                        (*o, if *o == me { cut.min(sent) } else { cut })
+                    })
                     .collect(),
             );
         }

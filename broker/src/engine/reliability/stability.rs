@@ -20,15 +20,8 @@ impl Reliability {
         rng: &mut SmallRng,
         stats: &mut Stats,
     ) {
-        let Some(peer) = self.peers.get_mut(&from) else {
+        if !self.peers.contains_key(&from) {
             return;
-        };
-        for e in entries {
-            if let Some(have) = peer.get_mut(&e.origin) {
-                if e.contiguous > *have {
-                    *have = e.contiguous;
-                }
-            }
         }
         let mut gaps = Vec::new();
         for e in entries {
@@ -46,9 +39,39 @@ impl Reliability {
                 }
             }
         }
+        // What the peer holds, capped by what each origin has sent as far
+        // as we know (after the gap check above raised `highest`): for us,
+        // our last sent seq. A bogus claim must neither free our repairs
+        // early nor confirm publishes that nobody holds.
+        let caps: Vec<(Origin, Seq)> = entries
+            .iter()
+            .map(|e| (e.origin, self.known_sent(e.origin)))
+            .collect();
+        if let Some(peer) = self.peers.get_mut(&from) {
+            for (e, (_, cap)) in entries.iter().zip(caps) {
+                if let Some(have) = peer.get_mut(&e.origin) {
+                    let claim = e.contiguous.min(cap);
+                    if claim > *have {
+                        *have = claim;
+                    }
+                }
+            }
+        }
         for o in gaps {
             self.schedule_nak(o, now, rng);
         }
+    }
+
+    /// The highest seq `origin` has sent as far as we know: for us, our
+    /// last sent; for another member, the highest we have heard of.
+    pub(crate) fn known_sent(&self, origin: Origin) -> Seq {
+        if origin == self.me {
+            return self.sent;
+        }
+        self.logs
+            .get(&origin)
+            .map(|l| l.highest.max(l.contiguous))
+            .unwrap_or_default()
     }
 
     /// Frees what every member has; returns the confirmations now due.
