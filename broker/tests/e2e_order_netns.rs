@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use netns::Netns;
-use ordo_broker::testkit::BrokerProcess;
 
 const BROKERS: usize = 3;
 
@@ -33,33 +32,8 @@ async fn every_ordering_holds_under_10_percent_loss() {
     };
     let group = unique_group();
     let cluster = format!("order-netns-{}", std::process::id());
-    let bin = env!("CARGO_BIN_EXE_ordo-broker");
     // Declared after `net`, so dropped (killed) before the namespaces go.
-    let brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|i| {
-            let addr = net.addr(i);
-            BrokerProcess::builder()
-                .binary("ip")
-                .args(["netns", "exec", net.nodes()[i].ns.as_str(), bin])
-                .args([
-                    "--node-id".to_string(),
-                    (i + 1).to_string(),
-                    "--cluster".into(),
-                    cluster.clone(),
-                    "--group".into(),
-                    group.to_string(),
-                    "--iface".into(),
-                    addr.to_string(),
-                    "--ttl".into(),
-                    "1".into(),
-                    "--listen".into(),
-                    format!("{addr}:7411"),
-                    "--metrics".into(),
-                    format!("{addr}:9411"),
-                ])
-                .start()
-        })
-        .collect();
+    let brokers = net.start_brokers(&cluster, group);
     e2e_order_check::wait_members(&brokers, BROKERS);
     net.set_loss_all(group, 10);
     // Padded payloads span many datagrams, so the loss hits data and control.

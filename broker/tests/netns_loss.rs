@@ -169,33 +169,8 @@ async fn three_brokers_deliver_everything_under_10_and_30_percent_loss() {
     };
     let group = unique_group();
     let cluster = format!("netns-loss-{}", std::process::id());
-    let bin = env!("CARGO_BIN_EXE_ordo-broker");
     // Declared after `net`, so dropped (killed) before the namespaces go.
-    let brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|i| {
-            let addr = net.addr(i);
-            BrokerProcess::builder()
-                .binary("ip")
-                .args(["netns", "exec", net.nodes()[i].ns.as_str(), bin])
-                .args([
-                    "--node-id".to_string(),
-                    (i + 1).to_string(),
-                    "--cluster".into(),
-                    cluster.clone(),
-                    "--group".into(),
-                    group.to_string(),
-                    "--iface".into(),
-                    addr.to_string(),
-                    "--ttl".into(),
-                    "1".into(),
-                    "--listen".into(),
-                    format!("{addr}:7411"),
-                    "--metrics".into(),
-                    format!("{addr}:9411"),
-                ])
-                .start()
-        })
-        .collect();
+    let brokers = net.start_brokers(&cluster, group);
     wait_for_full_view(&brokers);
 
     let mut before = (0.0, 0.0);

@@ -367,3 +367,42 @@ fn run_stdin(program: &str, args: &[&str], input: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl Netns {
+    /// Starts one `ordo-broker` in each namespace (node ids 1..=n) on
+    /// `group`, joined on the namespace's own address with TTL 1, clients on
+    /// `<addr>:7411` and metrics on `<addr>:9411`. Keep the result declared
+    /// after the `Netns`, so the brokers are killed before the namespaces go.
+    pub fn start_brokers(
+        &self,
+        cluster: &str,
+        group: SocketAddrV4,
+    ) -> Vec<ordo_broker::testkit::BrokerProcess> {
+        let bin = env!("CARGO_BIN_EXE_ordo-broker");
+        (0..self.nodes().len())
+            .map(|i| {
+                let addr = self.addr(i);
+                ordo_broker::testkit::BrokerProcess::builder()
+                    .binary("ip")
+                    .args(["netns", "exec", self.nodes()[i].ns.as_str(), bin])
+                    .args([
+                        "--node-id".to_string(),
+                        (i + 1).to_string(),
+                        "--cluster".into(),
+                        cluster.to_string(),
+                        "--group".into(),
+                        group.to_string(),
+                        "--iface".into(),
+                        addr.to_string(),
+                        "--ttl".into(),
+                        "1".into(),
+                        "--listen".into(),
+                        format!("{addr}:7411"),
+                        "--metrics".into(),
+                        format!("{addr}:9411"),
+                    ])
+                    .start()
+            })
+            .collect()
+    }
+}
