@@ -28,20 +28,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::Args;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::StreamExt;
 use hdrhistogram::Histogram;
 use ordo_client::{Client, ClientOptions, Error, Event, Ordering};
 
 use self::check::{Arrival, Counts, OrderCheck};
 use self::payload::{Parsed, Stamp, FLAG_PROBE, FLAG_WARMUP, HEADER_LEN};
 use self::stats::Percentiles;
-use super::Connection;
+use super::{Connection, OrderedPublisher};
 
 /// Messages published back to back between flow-control checks (as broker-bench's `--batch`).
 const BATCH: u64 = 64;
-/// Confirmations awaited at once per publisher with `--confirm`.
-const CONFIRM_WINDOW: usize = 1024;
 /// How long connecting, subscribing and the readiness probes may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval between readiness probes.
@@ -670,51 +667,6 @@ fn on_payload(plan: &Plan, shared: &Shared, s: usize, out: &mut SubOut, payload:
 
 // ---------------------------------------------------------------- publisher
 
-/// Publishes in order, keeping up to [`CONFIRM_WINDOW`] confirmations in flight.
-struct Sender {
-    client: Client,
-    topic: String,
-    confirm: bool,
-    pending: FuturesOrdered<BoxFuture<'static, Result<(), Error>>>,
-}
-
-impl Sender {
-    async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
-        if self.confirm {
-            if self.pending.len() >= CONFIRM_WINDOW {
-                self.confirmed().await?;
-            }
-            let c = self
-                .client
-                .publish_with_confirmation(&self.topic, payload)
-                .await?;
-            self.pending.push_back(Box::pin(c.wait()));
-        } else {
-            self.client.publish(&self.topic, payload).await?;
-        }
-        Ok(())
-    }
-
-    async fn confirmed(&mut self) -> anyhow::Result<()> {
-        if let Some(res) = self.pending.next().await {
-            res.context("a publish was not confirmed")?;
-        }
-        Ok(())
-    }
-
-    /// Waits for every confirmation and for the broker to take everything.
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        while !self.pending.is_empty() {
-            self.confirmed().await?;
-        }
-        self.client
-            .flush()
-            .await
-            .context("the broker did not acknowledge the messages")?;
-        Ok(())
-    }
-}
-
 fn publisher(plan: &Plan, shared: &Shared, p: usize) -> PubOut {
     let mut out = PubOut::default();
     // Rate mode sleeps between publishes on this thread, so the connection
@@ -751,12 +703,7 @@ fn publish_all(
         &plan.token,
         &format!("pub{p}"),
     ))?;
-    let mut sender = Sender {
-        client: client.clone(),
-        topic: plan.topic.clone(),
-        confirm: plan.confirm,
-        pending: FuturesOrdered::new(),
-    };
+    let mut sender = OrderedPublisher::new(client.clone(), plan.topic.clone(), plan.confirm);
     // Probe until every subscriber has seen one of ours: from then on each
     // of our messages reaches each of them (per-publisher FIFO).
     let deadline = Instant::now() + SETUP_TIMEOUT;
@@ -830,7 +777,7 @@ impl Limit {
 /// Stamps and sends message `seq`.
 async fn send_one(
     plan: &Plan,
-    sender: &mut Sender,
+    sender: &mut OrderedPublisher,
     p: usize,
     seq: u64,
     now: u64,
@@ -857,7 +804,7 @@ async fn flat_out(
     plan: &Plan,
     shared: &Shared,
     p: usize,
-    sender: &mut Sender,
+    sender: &mut OrderedPublisher,
     limit: &Limit,
     out: &mut PubOut,
 ) -> anyhow::Result<()> {
@@ -897,7 +844,7 @@ fn paced(
     plan: &Plan,
     shared: &Shared,
     p: usize,
-    sender: &mut Sender,
+    sender: &mut OrderedPublisher,
     limit: &Limit,
     interval: f64,
     out: &mut PubOut,

@@ -6,7 +6,78 @@ pub mod publish;
 pub mod subscribe;
 pub mod topic;
 
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use ordo_client::{Client, ClientOptions, Error};
+
+/// Confirmations awaited at once; the next publish waits for the oldest.
+const CONFIRM_WINDOW: usize = 1024;
+
+/// Publishes in order to one topic, keeping up to [`CONFIRM_WINDOW`]
+/// confirmations in flight (`ordo pub` and `ordo bench` share it).
+pub(crate) struct OrderedPublisher {
+    pub(crate) client: Client,
+    topic: String,
+    confirm: bool,
+    pending: FuturesOrdered<BoxFuture<'static, Result<(), Error>>>,
+    /// Messages handed to the client so far.
+    pub(crate) sent: u64,
+}
+
+impl OrderedPublisher {
+    pub(crate) fn new(client: Client, topic: String, confirm: bool) -> Self {
+        OrderedPublisher {
+            client,
+            topic,
+            confirm,
+            pending: FuturesOrdered::new(),
+            sent: 0,
+        }
+    }
+
+    pub(crate) async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+        if self.confirm {
+            if self.pending.len() >= CONFIRM_WINDOW {
+                self.confirmed().await?;
+            }
+            let c = self
+                .client
+                .publish_with_confirmation(&self.topic, payload)
+                .await?;
+            self.pending.push_back(Box::pin(c.wait()));
+        } else {
+            self.client.publish(&self.topic, payload).await?;
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Whether confirmations are outstanding.
+    pub(crate) fn awaiting_confirmation(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Waits for the oldest outstanding confirmation (cancel-safe).
+    pub(crate) async fn confirmed(&mut self) -> anyhow::Result<()> {
+        if let Some(res) = self.pending.next().await {
+            res.with_context(|| format!("publish on {} was not confirmed", self.topic))?;
+        }
+        Ok(())
+    }
+
+    /// Returns once every message was handed to the broker (and confirmed).
+    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            self.confirmed().await?;
+        }
+        self.client
+            .flush()
+            .await
+            .context("the broker did not acknowledge the messages")?;
+        Ok(())
+    }
+}
 
 /// Where and how to connect, from the global flags.
 #[derive(Debug)]

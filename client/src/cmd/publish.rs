@@ -4,15 +4,9 @@ use std::io::{BufRead, Read};
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesOrdered, StreamExt};
-use ordo_client::{Client, Error};
 use tokio::sync::mpsc;
 
-use super::Connection;
-
-/// Confirmations awaited at once; the next publish waits for the oldest.
-const CONFIRM_WINDOW: usize = 1024;
+use super::{Connection, OrderedPublisher};
 
 /// Stdin lines read ahead of the publisher.
 const STDIN_QUEUE: usize = 64;
@@ -32,65 +26,10 @@ pub struct PubArgs {
     confirm: bool,
 }
 
-/// Publishes in order, keeping up to [`CONFIRM_WINDOW`] confirmations in flight.
-struct Publisher {
-    client: Client,
-    topic: String,
-    confirm: bool,
-    pending: FuturesOrdered<BoxFuture<'static, Result<(), Error>>>,
-    sent: u64,
-}
-
-impl Publisher {
-    async fn send(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
-        if self.confirm {
-            if self.pending.len() >= CONFIRM_WINDOW {
-                self.confirmed().await?;
-            }
-            let c = self
-                .client
-                .publish_with_confirmation(&self.topic, payload)
-                .await?;
-            self.pending.push_back(Box::pin(c.wait()));
-        } else {
-            self.client.publish(&self.topic, payload).await?;
-        }
-        self.sent += 1;
-        Ok(())
-    }
-
-    /// Waits for the oldest outstanding confirmation.
-    async fn confirmed(&mut self) -> anyhow::Result<()> {
-        if let Some(res) = self.pending.next().await {
-            res.with_context(|| format!("publish on {} was not confirmed", self.topic))?;
-        }
-        Ok(())
-    }
-
-    /// Returns once every message was handed to the broker (and confirmed).
-    async fn finish(mut self) -> anyhow::Result<u64> {
-        while !self.pending.is_empty() {
-            self.confirmed().await?;
-        }
-        self.client
-            .flush()
-            .await
-            .context("the broker did not acknowledge the messages")?;
-        self.client.close().await?;
-        Ok(self.sent)
-    }
-}
-
 /// Publishes, and returns once everything was handed over (and confirmed).
 pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
     let client = conn.connect().await?;
-    let mut publisher = Publisher {
-        client,
-        topic: args.topic.clone(),
-        confirm: args.confirm,
-        pending: FuturesOrdered::new(),
-        sent: 0,
-    };
+    let mut publisher = OrderedPublisher::new(client, args.topic.clone(), args.confirm);
     if let Err(e) = feed(&mut publisher, &args).await {
         // What was handed over before the failure (a refused stdin line,
         // say) still goes out: a bad line must not silently take the valid
@@ -99,14 +38,16 @@ pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let topic = args.topic;
-    let sent = publisher.finish().await?;
+    publisher.finish().await?;
+    publisher.client.close().await?;
+    let sent = publisher.sent;
     let how = if args.confirm { "confirmed" } else { "sent" };
     eprintln!("{how} {sent} message(s) to {topic}");
     Ok(())
 }
 
 /// Publishes MESSAGE --count times, or each stdin line.
-async fn feed(publisher: &mut Publisher, args: &PubArgs) -> anyhow::Result<()> {
+async fn feed(publisher: &mut OrderedPublisher, args: &PubArgs) -> anyhow::Result<()> {
     match &args.message {
         Some(template) => {
             let count = args.count.unwrap_or(1);
@@ -129,15 +70,13 @@ async fn feed(publisher: &mut Publisher, args: &PubArgs) -> anyhow::Result<()> {
                 }
                 // Observe confirmations while waiting for input, so a refusal
                 // surfaces at once rather than at end of input.
-                let line = if publisher.pending.is_empty() {
+                let line = if !publisher.awaiting_confirmation() {
                     lines.recv().await
                 } else {
                     tokio::select! {
                         line = lines.recv() => line,
-                        res = publisher.pending.next() => {
-                            if let Some(res) = res {
-                                res.with_context(|| format!("publish on {} was not confirmed", args.topic))?;
-                            }
+                        res = publisher.confirmed() => {
+                            res?;
                             continue;
                         }
                     }
