@@ -433,6 +433,19 @@ async fn connect(server: &str, token: &Option<String>, role: &str) -> Result<Cli
 
 type Outcome = (Vec<PubOut>, Vec<SubOut>, u64);
 
+/// Waits until `count` reaches `n`; on abort or after [`SETUP_TIMEOUT`],
+/// sets the abort flag so every thread gives up.
+fn wait_ready(shared: &Shared, count: &AtomicUsize, n: usize, poll: Duration) {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    while count.load(Mem::Acquire) < n {
+        if shared.abort.load(Mem::Acquire) || Instant::now() > deadline {
+            shared.abort.store(true, Mem::Release);
+            return;
+        }
+        thread::sleep(poll);
+    }
+}
+
 /// Runs subscribers, then publishers, each on its own thread; waits for all.
 fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared::new(plan.pubs, plan.subs));
@@ -446,14 +459,12 @@ fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
                 .context("cannot start a subscriber thread")?,
         );
     }
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    while shared.subscribed.load(Mem::Acquire) < plan.subs {
-        if shared.abort.load(Mem::Acquire) || Instant::now() > deadline {
-            shared.abort.store(true, Mem::Release);
-            break;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_ready(
+        &shared,
+        &shared.subscribed,
+        plan.subs,
+        Duration::from_millis(5),
+    );
     let mut pub_threads = Vec::with_capacity(plan.pubs);
     if !shared.abort.load(Mem::Acquire) {
         for p in 0..plan.pubs {
@@ -465,14 +476,12 @@ fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
                     .context("cannot start a publisher thread")?,
             );
         }
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        while shared.pubs_ready.load(Mem::Acquire) < plan.pubs {
-            if shared.abort.load(Mem::Acquire) || Instant::now() > deadline {
-                shared.abort.store(true, Mem::Release);
-                break;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
+        wait_ready(
+            &shared,
+            &shared.pubs_ready,
+            plan.pubs,
+            Duration::from_millis(1),
+        );
     }
     shared.go_us.store(now_us(), Mem::Release);
     shared.go.store(true, Mem::Release);
