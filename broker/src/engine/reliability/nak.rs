@@ -1,6 +1,19 @@
-//! NAKs: when to ask for a gap (random first delay, exponential backoff,
-//! suppression by another member's NAK for the same), the rate cap, and
-//! what a holder does with a NAK it receives.
+//! NAKs: when to ask for a gap (a short random first delay, retries after
+//! a few NAK-to-repair times with exponential backoff, suppression by
+//! another member's NAK for the same), the rate cap, and what a holder does
+//! with a NAK it receives.
+//!
+//! Timing adapts to how fast repairs come back. Each stream measures the
+//! time from its NAK to the repair of the first gap it named (smoothed like
+//! TCP's SRTT). The first NAK of a gap waits a random time up to that
+//! estimate (capped by `nak_delay_max`): the delay exists so that one NAK
+//! can stand for several members missing the same datagram, and waiting
+//! longer than an answer takes buys nothing. An unanswered NAK is repeated
+//! after [`RETRY_RTTS`] estimates (at least [`MIN_RETRY`], at most
+//! `nak_backoff_initial`), doubling per retry up to `nak_backoff_max`. A gap
+//! found while a retry of an already repaired gap is pending does not wait
+//! for that retry. Before the first measurement the configured delays apply.
+//! The token bucket bounds the NAK rate whatever the estimate says.
 
 use std::time::{Duration, Instant};
 
@@ -8,22 +21,61 @@ use ordo_wire::group::Nak;
 use ordo_wire::{Origin, Seq};
 use rand::rngs::SmallRng;
 
-use super::{random_upto, Reliability};
+use super::{random_upto, RelConfig, Reliability};
 use crate::engine::Stats;
 
 /// Most ranges one NAK names.
 const MAX_NAK_RANGES: usize = 32;
 /// Most sequence numbers acted on per NAK received.
 const MAX_REPAIR_PER_NAK: u64 = 1024;
+/// An unanswered NAK is repeated after this many NAK-to-repair times.
+const RETRY_RTTS: u32 = 3;
+/// Shortest wait before repeating a NAK, whatever the estimate (so a
+/// repair in flight is not asked for again). Holders ignore a repeated
+/// NAK for a message they repaired within half of it.
+const MIN_RETRY: Duration = Duration::from_millis(2);
+
+/// Upper bound of the random delay before a gap's first NAK.
+fn first_delay(cfg: &RelConfig, srtt: Option<Duration>) -> Duration {
+    srtt.map_or(cfg.nak_delay_max, |r| r.min(cfg.nak_delay_max))
+}
+
+/// Wait before repeating a NAK that got no answer (before any backoff).
+fn retry_base(cfg: &RelConfig, srtt: Option<Duration>) -> Duration {
+    let initial = cfg.nak_backoff_initial;
+    srtt.map_or(initial, |r| {
+        (r * RETRY_RTTS).clamp(MIN_RETRY.min(initial), initial)
+    })
+}
 
 impl Reliability {
+    /// A stream may have a new gap, or progressed: arms its NAK timer.
     pub(super) fn schedule_nak(&mut self, origin: Origin, now: Instant, rng: &mut SmallRng) {
-        let max = self.cfg.nak_delay_max;
-        if let Some(log) = self.logs.get_mut(&origin) {
-            if log.nak.due.is_none() && log.has_gap() {
-                let delay = random_upto(rng, max);
-                log.nak.due = Some(now + delay);
+        let cfg = &self.cfg;
+        let Some(log) = self.logs.get_mut(&origin) else {
+            return;
+        };
+        // The first gap our last NAK named is filled: that NAK was answered.
+        let answered = log.contiguous > log.nak.asked;
+        if answered {
+            if let Some(sent) = log.nak.sent_at.take() {
+                // With a timer still armed the gap never closed in between,
+                // so the answer is what arrived just now: a clean sample.
+                if log.nak.due.is_some() {
+                    log.nak.sample(now.saturating_duration_since(sent));
+                }
             }
+        }
+        if !log.has_gap() {
+            return;
+        }
+        let delay = random_upto(rng, first_delay(cfg, log.nak.srtt));
+        match log.nak.due {
+            None => log.nak.due = Some(now + delay),
+            // What is armed is a retry of a gap since repaired: the gaps
+            // still open need not wait for it.
+            Some(due) if answered && due > now + delay => log.nak.due = Some(now + delay),
+            Some(_) => {}
         }
     }
 
@@ -35,8 +87,8 @@ impl Reliability {
         stats: &mut Stats,
     ) -> Vec<Nak> {
         let mut out = Vec::new();
-        let max_backoff = self.cfg.nak_backoff_max;
-        let forget = self.cfg.bugs.forget_nak;
+        let cfg = &self.cfg;
+        let forget = cfg.bugs.forget_nak;
         for (origin, log) in &mut self.logs {
             if log.nak.due.is_none_or(|d| d > now) {
                 continue;
@@ -56,10 +108,20 @@ impl Reliability {
                 log.nak.due = Some(at);
                 continue;
             }
-            let backoff = log.nak.backoff;
-            log.nak.due = Some(now + backoff + random_upto(rng, backoff / 2));
-            log.nak.backoff = (backoff * 2).min(max_backoff);
+            // A repeat of an unanswered NAK backs off; a NAK for a new gap
+            // starts from the estimate.
+            let repeat = log.nak.sent_at.is_some() && log.contiguous <= log.nak.asked;
+            let base = retry_base(cfg, log.nak.srtt);
+            let wait = if repeat {
+                (log.nak.backoff * 2).min(cfg.nak_backoff_max).max(base)
+            } else {
+                base
+            };
+            log.nak.backoff = wait;
+            log.nak.due = Some(now + wait + random_upto(rng, wait / 2));
             log.nak.head = if forget { log.highest } else { log.contiguous };
+            log.nak.asked = log.contiguous;
+            log.nak.sent_at = Some(now);
             tracing::trace!(%origin, ?ranges, "nak");
             out.push(Nak {
                 origin: *origin,
@@ -80,10 +142,14 @@ impl Reliability {
         stats: &mut Stats,
     ) -> Option<Seq> {
         let mut gone = None;
-        let repair_delay = self.cfg.repair_delay;
-        let holdoff = self.cfg.nak_backoff_initial / 2;
+        let cfg = &self.cfg;
+        let repair_delay = cfg.repair_delay;
+        // A NAK for a message repaired this recently crossed the repair
+        // (or is another member's NAK for the same loss): the repair covers it.
+        let holdoff = (MIN_RETRY / 2).min(cfg.nak_backoff_initial / 2);
         let log = self.logs.get_mut(&nak.origin)?;
-        // Suppression: someone asked for everything we miss.
+        // Suppression: someone asked for everything we miss. Their answer
+        // reaches us too; we ask ourselves if it does not come in time.
         if nak.origin != self.me && log.nak.due.is_some() {
             let mine = log.missing(MAX_NAK_RANGES);
             let covered = mine
@@ -91,10 +157,14 @@ impl Reliability {
                 .all(|(a, b)| nak.ranges.iter().any(|(x, y)| x <= a && b <= y));
             if covered && !mine.is_empty() {
                 stats.naks_suppressed += 1;
-                let later = now + log.nak.backoff;
+                let later = now + retry_base(cfg, log.nak.srtt);
                 if log.nak.due.is_some_and(|d| d < later) {
                     log.nak.due = Some(later);
                 }
+                // Their NAK counts as ours: its answer is timed, and our
+                // next NAK for the same gap is a repeat.
+                log.nak.asked = log.contiguous;
+                log.nak.sent_at = Some(now);
             }
         }
         let mut budget = MAX_REPAIR_PER_NAK;
