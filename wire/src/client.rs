@@ -170,6 +170,59 @@ pub struct Delivery {
     pub payload: Bytes,
 }
 
+/// A delivery whose fields are borrowed: encodes the same frame as
+/// `Reply::Message(Box::new(Delivery { .. }))` without building one, so a
+/// broker encoding one message for many subscribers allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryRef<'a> {
+    pub sid: u64,
+    pub topic: &'a str,
+    pub ordering: Ordering,
+    pub publisher: u64,
+    pub origin: Origin,
+    pub seq: Seq,
+    pub context: &'a CausalContext,
+    pub gseq: Option<GlobalSeq>,
+    pub payload: &'a [u8],
+}
+
+impl DeliveryRef<'_> {
+    /// Appends the frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        put_frame(out, |out| self.put_body(out));
+    }
+
+    fn put_body(&self, out: &mut BytesMut) {
+        out.reserve(
+            1 + 8
+                + 2
+                + self.topic.len()
+                + 1
+                + 8
+                + ORIGIN_LEN
+                + 8
+                + causal_context_len(self.context)
+                + 9
+                + 4
+                + self.payload.len(),
+        );
+        out.put_u8(K_MESSAGE);
+        out.put_u64(self.sid);
+        put_str(out, self.topic);
+        out.put_u8(self.ordering.code());
+        out.put_u64(self.publisher);
+        put_origin(out, self.origin);
+        out.put_u64(self.seq.0);
+        put_causal_context(out, self.context);
+        put_bool(out, self.gseq.is_some());
+        if let Some(g) = self.gseq {
+            out.put_u64(g.0);
+        }
+        out.put_u32(self.payload.len() as u32);
+        out.put_slice(self.payload);
+    }
+}
+
 /// One row of the topic table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -537,34 +590,18 @@ impl Reply {
                 out.put_u16(code.code());
                 put_str(out, message);
             }
-            Reply::Message(d) => {
-                out.reserve(
-                    1 + 8
-                        + 2
-                        + d.topic.len()
-                        + 1
-                        + 8
-                        + ORIGIN_LEN
-                        + 8
-                        + causal_context_len(&d.context)
-                        + 9
-                        + 4
-                        + d.payload.len(),
-                );
-                out.put_u8(K_MESSAGE);
-                out.put_u64(d.sid);
-                put_str(out, &d.topic);
-                out.put_u8(d.ordering.code());
-                out.put_u64(d.publisher);
-                put_origin(out, d.origin);
-                out.put_u64(d.seq.0);
-                put_causal_context(out, &d.context);
-                put_bool(out, d.gseq.is_some());
-                if let Some(g) = d.gseq {
-                    out.put_u64(g.0);
-                }
-                put_bytes(out, &d.payload);
+            Reply::Message(d) => DeliveryRef {
+                sid: d.sid,
+                topic: &d.topic,
+                ordering: d.ordering,
+                publisher: d.publisher,
+                origin: d.origin,
+                seq: d.seq,
+                context: &d.context,
+                gseq: d.gseq,
+                payload: &d.payload,
             }
+            .put_body(out),
             Reply::Discontinuity {
                 sid,
                 from_view,
@@ -755,8 +792,24 @@ mod tests {
             gseq: Some(GlobalSeq(5)),
             payload: Bytes::from_static(b"hello"),
         };
+        let mut by_ref = BytesMut::new();
+        DeliveryRef {
+            sid: d.sid,
+            topic: &d.topic,
+            ordering: d.ordering,
+            publisher: d.publisher,
+            origin: d.origin,
+            seq: d.seq,
+            context: &d.context,
+            gseq: d.gseq,
+            payload: &d.payload,
+        }
+        .encode(&mut by_ref);
         let mut buf = BytesMut::new();
-        Reply::Message(Box::new(d)).encode(&mut buf);
+        Reply::Message(Box::new(d.clone())).encode(&mut buf);
         assert_eq!(buf.len(), LEN_PREFIX + delivery_len(9, 1, 5));
+        assert_eq!(by_ref, buf, "the borrowed encoder writes the same frame");
+        let back = Reply::decode(&mut by_ref, 1 << 20).unwrap().unwrap();
+        assert_eq!(back, Reply::Message(Box::new(d)));
     }
 }

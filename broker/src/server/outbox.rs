@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use ordo_wire::client::{Delivery, Reply};
+use ordo_wire::client::{DeliveryRef, Reply};
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::Delivered;
@@ -51,22 +51,18 @@ impl Out {
     pub fn encode(&self, out: &mut BytesMut) -> bool {
         match self {
             Out::Reply(r) => r.encode(out),
-            Out::Deliver { sid, msg } => {
-                // TODO(perf, issue 7): a borrowed encoder in ordo-wire would avoid
-                // building this owned Delivery (topic String, context clone).
-                Reply::Message(Box::new(Delivery {
-                    sid: *sid,
-                    topic: msg.topic.to_string(),
-                    ordering: msg.ordering,
-                    publisher: msg.publisher,
-                    origin: msg.origin,
-                    seq: msg.seq,
-                    context: msg.context.clone(),
-                    gseq: msg.gseq,
-                    payload: msg.payload.clone(),
-                }))
-                .encode(out)
+            Out::Deliver { sid, msg } => DeliveryRef {
+                sid: *sid,
+                topic: &msg.topic,
+                ordering: msg.ordering,
+                publisher: msg.publisher,
+                origin: msg.origin,
+                seq: msg.seq,
+                context: &msg.context,
+                gseq: msg.gseq,
+                payload: &msg.payload,
             }
+            .encode(out),
             Out::Close => return false,
         }
         true

@@ -284,8 +284,8 @@ impl Driver {
                 r = self.transport.recv_batch(&mut recv) => match r {
                     Ok(_) => {
                         let now = Instant::now();
-                        for datagram in recv.iter() {
-                            self.engine.handle_datagram(datagram, now);
+                        for datagram in recv.drain() {
+                            self.engine.handle_datagram_bytes(datagram, now);
                         }
                         self.await_input = false;
                     }
@@ -347,8 +347,8 @@ impl Driver {
                 r = self.transport.recv_batch(recv) => {
                     if r.is_ok() {
                         let now = Instant::now();
-                        for datagram in recv.iter() {
-                            self.engine.handle_datagram(datagram, now);
+                        for datagram in recv.drain() {
+                            self.engine.handle_datagram_bytes(datagram, now);
                         }
                     }
                 }
