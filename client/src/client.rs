@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{self, Command, ReplyResult, Shared, SubSender};
+use crate::connection::{self, ByteBudget, Command, ReplyResult, Shared, SubSender};
 use crate::error::Error;
 use crate::subscription::Subscription;
 
@@ -455,22 +455,17 @@ impl Client {
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let sid = self.next_id();
         let (tx, rx) = mpsc::channel(self.inner.options.subscription_capacity.max(1));
-        // Semaphore permits are counted in u32 when taken many at once.
-        let budget = self
-            .inner
-            .options
-            .subscription_bytes
-            .clamp(1, u32::MAX as usize >> 4);
+        let bytes = Arc::new(ByteBudget::new(self.inner.options.subscription_bytes));
         let sender = SubSender {
             tx,
-            bytes: Arc::new(Semaphore::new(budget)),
-            budget,
+            bytes: Arc::clone(&bytes),
         };
         self.inner.shared.add_subscription(sid, sender)?;
         let mut sub = Subscription {
             sid,
             pattern: pattern.to_string(),
             rx,
+            bytes,
             shared: self.inner.shared.clone(),
             client: self.clone(),
             unsubscribed: false,

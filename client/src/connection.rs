@@ -9,7 +9,7 @@
 //! what happens next (rather than this process buffering without bound).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -17,7 +17,7 @@ use ordo_wire::client::{ErrorCode, Reply, Request};
 use ordo_wire::CausalContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::Error;
 use crate::subscription::{Discontinuity, Event, Message};
@@ -57,17 +57,80 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub(crate) struct SubSender {
     pub(crate) tx: mpsc::Sender<Queued>,
-    pub(crate) bytes: Arc<Semaphore>,
-    /// The budget's size; a larger payload takes all of it.
-    pub(crate) budget: usize,
+    pub(crate) bytes: Arc<ByteBudget>,
 }
 
-/// An event in a subscription's channel, holding its share of the byte
-/// budget until the subscription takes it out.
+/// An event in a subscription's channel with the bytes it holds of the
+/// budget; the subscription gives them back when it takes the event out.
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) event: Event,
-    pub(crate) _bytes: Option<OwnedSemaphorePermit>,
+    pub(crate) bytes: usize,
+}
+
+/// Payload bytes waiting in one subscription's channel, bounded: one atomic
+/// add per event on each side (a semaphore permit per event cost a lock on
+/// release), and a wake-up only when the connection reader waits for room.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    used: AtomicUsize,
+    max: usize,
+    /// Set by a reader about to wait; the next release wakes it.
+    waiting: AtomicBool,
+    room: Notify,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        ByteBudget {
+            used: AtomicUsize::new(0),
+            max: max.max(1),
+            waiting: AtomicBool::new(false),
+            room: Notify::new(),
+        }
+    }
+
+    /// What an event of `size` payload bytes is charged: at most the whole
+    /// budget, so one large message always fits an empty channel.
+    pub(crate) fn charge(&self, size: usize) -> usize {
+        size.min(self.max)
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub(crate) fn try_take(&self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let before = self.used.fetch_add(n, AtomicOrdering::SeqCst);
+        if before + n <= self.max {
+            return true;
+        }
+        self.release(n);
+        false
+    }
+
+    /// Takes `n` bytes (at most `max`), waiting for the subscription to make room.
+    pub(crate) async fn take(&self, n: usize) {
+        loop {
+            self.waiting.store(true, AtomicOrdering::SeqCst);
+            if self.try_take(n) {
+                return;
+            }
+            // A release after the failed take stored a wake-up in `room`.
+            self.room.notified().await;
+        }
+    }
+
+    /// Gives back `n` bytes.
+    pub(crate) fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.used.fetch_sub(n, AtomicOrdering::SeqCst);
+        if self.waiting.swap(false, AtomicOrdering::SeqCst) {
+            self.room.notify_one();
+        }
+    }
 }
 
 /// The answer to one request.
@@ -388,45 +451,35 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
                 return Ok(());
             }
             Some(sub) => {
-                let need = size.min(sub.budget) as u32;
-                let permit = match need {
-                    0 => Some(None),
-                    n => sub.bytes.clone().try_acquire_many_owned(n).ok().map(Some),
-                };
-                match permit {
-                    Some(permit) => {
-                        let queued = Queued {
-                            event,
-                            _bytes: permit,
-                        };
-                        match sub.tx.try_send(queued) {
-                            Ok(()) => None,
-                            Err(mpsc::error::TrySendError::Full(q)) => {
-                                Some((sub.clone(), q.event, need, q._bytes))
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                bump(&shared.stats.dropped_unsubscribed);
-                                None
-                            }
+                let need = sub.bytes.charge(size);
+                if sub.bytes.try_take(need) {
+                    let queued = Queued { event, bytes: need };
+                    match sub.tx.try_send(queued) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(q)) => {
+                            Some((sub.clone(), q.event, need, true))
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            sub.bytes.release(need);
+                            bump(&shared.stats.dropped_unsubscribed);
+                            None
                         }
                     }
-                    None => Some((sub.clone(), event, need, None)),
+                } else {
+                    Some((sub.clone(), event, need, false))
                 }
             }
         }
     };
     // Slow path: wait for room, which stops this reader and so the socket.
-    if let Some((sub, event, need, mut permit)) = blocked {
+    if let Some((sub, event, need, taken)) = blocked {
         bump(&shared.stats.backpressure_waits);
-        if need > 0 && permit.is_none() {
-            // The semaphore is never closed, so this only waits.
-            permit = sub.bytes.clone().acquire_many_owned(need).await.ok();
+        if !taken {
+            sub.bytes.take(need).await;
         }
-        let queued = Queued {
-            event,
-            _bytes: permit,
-        };
+        let queued = Queued { event, bytes: need };
         if sub.tx.send(queued).await.is_err() {
+            sub.bytes.release(need);
             bump(&shared.stats.dropped_unsubscribed);
         }
     }

@@ -10,7 +10,7 @@ use ordo_wire::client::Delivery;
 use ordo_wire::{CausalContext, GlobalSeq, Ordering, Origin, Seq, ViewId};
 use tokio::sync::mpsc;
 
-use crate::connection::{Queued, Shared};
+use crate::connection::{ByteBudget, Queued, Shared};
 use crate::error::Error;
 use crate::Client;
 
@@ -85,6 +85,8 @@ pub struct Subscription {
     pub(crate) sid: u64,
     pub(crate) pattern: String,
     pub(crate) rx: mpsc::Receiver<Queued>,
+    /// The payload bytes waiting in `rx`, given back as events are taken.
+    pub(crate) bytes: Arc<ByteBudget>,
     pub(crate) shared: Arc<Shared>,
     /// Keeps the connection open while the subscription lives.
     pub(crate) client: Client,
@@ -104,6 +106,18 @@ impl Subscription {
     pub fn sid(&self) -> u64 {
         self.sid
     }
+
+    /// The next event if one is already queued, without waiting; `None`
+    /// when nothing is (the end of the stream, too, is reported by the
+    /// [`Stream`]). Lets a consumer drain a burst in one wake-up.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let q = self.rx.try_recv().ok()?;
+        self.bytes.release(q.bytes);
+        Some(q.event)
+    }
 }
 
 impl Stream for Subscription {
@@ -115,8 +129,10 @@ impl Stream for Subscription {
             return Poll::Ready(None);
         }
         match this.rx.poll_recv(cx) {
-            // Dropping `Queued` returns its bytes to the budget.
-            Poll::Ready(Some(q)) => Poll::Ready(Some(Ok(q.event))),
+            Poll::Ready(Some(q)) => {
+                this.bytes.release(q.bytes);
+                Poll::Ready(Some(Ok(q.event)))
+            }
             Poll::Ready(None) => {
                 // The connection dropped our sender: it has ended. Say why once.
                 this.done = true;

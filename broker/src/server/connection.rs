@@ -486,9 +486,11 @@ async fn write_loop(
         }
         let mut close = false;
         let mut released = 0;
+        let mut frames = 0;
         'fill: loop {
             for item in batch.drain(..) {
                 released += item.charge();
+                frames += item.frames();
                 if !item.encode(&mut out) {
                     close = true;
                     break 'fill;
@@ -510,7 +512,7 @@ async fn write_loop(
         }
         batch.clear();
         // One atomic update per batch, not per frame.
-        rx.release(released);
+        rx.release(released, frames);
         while !out.is_empty() {
             tokio::select! {
                 biased;

@@ -24,6 +24,10 @@ pub enum Out {
     /// A delivery for subscription `sid`; the message is shared by every
     /// subscriber and encoded by each connection's writer.
     Deliver { sid: u64, msg: Arc<Delivered> },
+    /// Deliveries in order, queued at once: the driver hands a connection
+    /// everything one pass produced for it in one push (one wake-up of the
+    /// writer). Counts as one frame per delivery against the frame bound.
+    Deliveries(Vec<(u64, Arc<Delivered>)>),
     /// Flush what was queued before, then close (after a fatal error reply).
     Close,
 }
@@ -33,10 +37,8 @@ impl Out {
     /// encoded size, without encoding it.
     pub fn charge(&self) -> usize {
         match self {
-            Out::Deliver { msg, .. } => {
-                // Fixed fields plus topic, payload and context entries.
-                96 + msg.topic.len() + msg.payload.len() + msg.context.len() * 24
-            }
+            Out::Deliver { msg, .. } => delivery_charge(msg),
+            Out::Deliveries(items) => items.iter().map(|(_, m)| delivery_charge(m)).sum(),
             Out::Reply(Reply::Error { message, .. }) => 32 + message.len(),
             Out::Reply(Reply::Topics { topics, .. }) => {
                 32 + topics.iter().map(|t| 8 + t.name.len()).sum::<usize>()
@@ -47,26 +49,48 @@ impl Out {
         }
     }
 
-    /// Appends the frame to `out`; returns false for [`Out::Close`].
+    /// Frames this item counts against the frame bound.
+    pub fn frames(&self) -> usize {
+        match self {
+            Out::Deliveries(items) => items.len(),
+            _ => 1,
+        }
+    }
+
+    /// Appends the frame(s) to `out`; returns false for [`Out::Close`].
     pub fn encode(&self, out: &mut BytesMut) -> bool {
         match self {
             Out::Reply(r) => r.encode(out),
-            Out::Deliver { sid, msg } => DeliveryRef {
-                sid: *sid,
-                topic: &msg.topic,
-                ordering: msg.ordering,
-                publisher: msg.publisher,
-                origin: msg.origin,
-                seq: msg.seq,
-                context: &msg.context,
-                gseq: msg.gseq,
-                payload: &msg.payload,
+            Out::Deliver { sid, msg } => encode_delivery(*sid, msg, out),
+            Out::Deliveries(items) => {
+                for (sid, msg) in items {
+                    encode_delivery(*sid, msg, out);
+                }
             }
-            .encode(out),
             Out::Close => return false,
         }
         true
     }
+}
+
+/// Bytes a delivery is charged: fixed fields plus topic, payload and context entries.
+fn delivery_charge(msg: &Delivered) -> usize {
+    96 + msg.topic.len() + msg.payload.len() + msg.context.len() * 24
+}
+
+fn encode_delivery(sid: u64, msg: &Delivered, out: &mut BytesMut) {
+    DeliveryRef {
+        sid,
+        topic: &msg.topic,
+        ordering: msg.ordering,
+        publisher: msg.publisher,
+        origin: msg.origin,
+        seq: msg.seq,
+        context: &msg.context,
+        gseq: msg.gseq,
+        payload: &msg.payload,
+    }
+    .encode(out);
 }
 
 /// Why a push did not queue the item.
@@ -82,6 +106,9 @@ pub enum PushError {
 struct Shared {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// Frames queued (a batch of deliveries counts each); bounded by `max_frames`.
+    queued_frames: AtomicUsize,
+    max_frames: usize,
     /// Set once: the driver gave up on this client (slow consumer).
     killed: AtomicBool,
     kill: Notify,
@@ -120,6 +147,8 @@ pub fn outbox(max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
         queued_bytes: AtomicUsize::new(0),
         max_bytes,
+        queued_frames: AtomicUsize::new(0),
+        max_frames: max_frames.max(1),
         killed: AtomicBool::new(false),
         kill: Notify::new(),
         closed: AtomicBool::new(false),
@@ -140,22 +169,35 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let charge = item.charge();
-        let before = self
-            .shared
+        let frames = item.frames();
+        let shared = &self.shared;
+        let before = shared
             .queued_bytes
             .fetch_add(charge, AtomicOrdering::Relaxed);
+        let before_frames = shared
+            .queued_frames
+            .fetch_add(frames, AtomicOrdering::Relaxed);
         // One item may always be queued into an empty queue, so a single
-        // large message never counts as slow consumption by itself.
-        if before > 0 && before + charge > self.shared.max_bytes {
-            self.shared
+        // large message (or one pass's batch) never counts as slow
+        // consumption by itself.
+        if (before > 0 && before + charge > shared.max_bytes)
+            || (before_frames > 0 && before_frames + frames > shared.max_frames)
+        {
+            shared
                 .queued_bytes
                 .fetch_sub(charge, AtomicOrdering::Relaxed);
+            shared
+                .queued_frames
+                .fetch_sub(frames, AtomicOrdering::Relaxed);
             return Err(PushError::Full);
         }
         self.tx.try_send(item).map_err(|e| {
-            self.shared
+            shared
                 .queued_bytes
                 .fetch_sub(charge, AtomicOrdering::Relaxed);
+            shared
+                .queued_frames
+                .fetch_sub(frames, AtomicOrdering::Relaxed);
             match e {
                 mpsc::error::TrySendError::Full(_) => PushError::Full,
                 mpsc::error::TrySendError::Closed(_) => PushError::Closed,
@@ -199,11 +241,14 @@ impl OutboxReceiver {
         self.rx.try_recv().ok()
     }
 
-    /// Releases the byte charge of an item taken off the queue.
-    pub fn release(&self, charge: usize) {
+    /// Releases the byte charge and frame count of items taken off the queue.
+    pub fn release(&self, charge: usize, frames: usize) {
         self.shared
             .queued_bytes
             .fetch_sub(charge, AtomicOrdering::Relaxed);
+        self.shared
+            .queued_frames
+            .fetch_sub(frames, AtomicOrdering::Relaxed);
     }
 
     /// A handle to wait for the kill while this receiver is borrowed.
@@ -247,7 +292,7 @@ mod tests {
         tx.push(ok(2)).unwrap();
         assert_eq!(tx.push(ok(3)), Err(PushError::Full), "frame bound");
         let item = rx.try_recv().unwrap();
-        rx.release(item.charge());
+        rx.release(item.charge(), item.frames());
         tx.push(ok(3)).unwrap();
 
         let (tx, mut rx) = outbox(100, 100);
@@ -256,7 +301,7 @@ mod tests {
         tx.push(ok(3)).unwrap();
         assert_eq!(tx.push(ok(4)), Err(PushError::Full), "byte bound");
         while let Some(item) = rx.try_recv() {
-            rx.release(item.charge());
+            rx.release(item.charge(), item.frames());
         }
         assert_eq!(tx.queued_bytes(), 0);
         let big = Out::Reply(Reply::Error {
@@ -265,6 +310,58 @@ mod tests {
             message: "x".repeat(500),
         });
         assert!(tx.push(big).is_ok(), "one item always fits an empty queue");
+    }
+
+    fn delivered() -> Arc<Delivered> {
+        Arc::new(Delivered {
+            topic: "t".into(),
+            ordering: ordo_wire::Ordering::Fifo,
+            publisher: 1,
+            origin: ordo_wire::Origin::default(),
+            seq: ordo_wire::Seq(1),
+            context: ordo_wire::CausalContext::new(),
+            gseq: None,
+            payload: bytes::Bytes::from_static(b"payload"),
+            published_at_us: 0,
+        })
+    }
+
+    #[test]
+    fn a_batch_counts_each_delivery_against_the_frame_bound() {
+        let (tx, mut rx) = outbox(10, 1 << 20);
+        let batch = |n: usize| Out::Deliveries((0..n).map(|i| (i as u64, delivered())).collect());
+        // Alone in an empty queue a batch always fits, however long.
+        tx.push(batch(25)).unwrap();
+        assert_eq!(tx.push(ok(1)), Err(PushError::Full));
+        let item = rx.try_recv().unwrap();
+        assert_eq!(item.frames(), 25);
+        assert_eq!(
+            item.charge(),
+            25 * Out::Deliver {
+                sid: 0,
+                msg: delivered()
+            }
+            .charge()
+        );
+        rx.release(item.charge(), item.frames());
+        tx.push(batch(6)).unwrap();
+        assert_eq!(tx.push(batch(5)), Err(PushError::Full), "6 + 5 frames > 10");
+        tx.push(batch(4)).unwrap();
+        // The frames come out in order, each a whole delivery frame.
+        let mut out = BytesMut::new();
+        let mut sids = Vec::new();
+        while let Some(item) = rx.try_recv() {
+            rx.release(item.charge(), item.frames());
+            assert!(item.encode(&mut out));
+        }
+        while let Some(reply) = Reply::decode(&mut out, 1 << 20).unwrap() {
+            match reply {
+                Reply::Message(d) => sids.push(d.sid),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sids, vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3]);
+        assert_eq!(tx.queued_bytes(), 0);
     }
 
     #[tokio::test]

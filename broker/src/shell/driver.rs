@@ -20,7 +20,7 @@ use ordo_wire::CausalContext;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::TopicDecl;
-use crate::engine::{ConfirmToken, Engine, Event, Publish, PublishError, View};
+use crate::engine::{ConfirmToken, Delivered, Engine, Event, Publish, PublishError, View};
 use crate::http::Health;
 use crate::metrics::{latency_since, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
@@ -135,11 +135,50 @@ pub struct DriverConfig {
     pub max_frame: usize,
 }
 
+/// Deliveries collected for one connection before they are pushed as one
+/// batch; a batch this long is pushed at once (bounding what waits here).
+const DELIVERY_BATCH: usize = 1024;
+
 /// Per-connection state held by the driver.
 #[derive(Debug)]
 struct ConnState {
     outbox: Outbox,
     sids: HashMap<u64, SubKey>,
+    /// Deliveries of the current pass, pushed as one [`Out::Deliveries`]
+    /// at the end of the pass or before anything else queued for the connection.
+    pending: Vec<(u64, Arc<Delivered>)>,
+}
+
+impl ConnState {
+    fn new(outbox: Outbox) -> Self {
+        ConnState {
+            outbox,
+            sids: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Pushes the pending deliveries; false when the outbox overflowed.
+    fn push_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let mut batch = std::mem::take(&mut self.pending);
+        let item = match batch.pop() {
+            Some((sid, msg)) if batch.is_empty() => Out::Deliver { sid, msg },
+            Some(last) => {
+                batch.push(last);
+                Out::Deliveries(batch)
+            }
+            None => return true,
+        };
+        self.outbox.push(item) != Err(PushError::Full)
+    }
+
+    /// Queues `item` after the pending deliveries; false when the outbox overflowed.
+    fn push(&mut self, item: Out) -> bool {
+        self.push_pending() && self.outbox.push(item) != Err(PushError::Full)
+    }
 }
 
 /// The driver task's state; run it with [`Driver::run`].
@@ -164,6 +203,8 @@ pub struct Driver {
     transmit: Vec<Bytes>,
     /// Connections that overflowed during the current dispatch.
     slow: Vec<u64>,
+    /// Connections with pending deliveries (may repeat or name gone ones).
+    dirty: Vec<u64>,
     /// Commands taken off the channel that wait for the engine's window to
     /// reopen (a batch can overshoot it); at most one batch.
     stalled: VecDeque<Command>,
@@ -232,6 +273,7 @@ impl Driver {
             matched: Vec::new(),
             transmit: Vec::new(),
             slow: Vec::new(),
+            dirty: Vec::new(),
             stalled: VecDeque::new(),
             await_input: false,
             configured,
@@ -413,6 +455,7 @@ impl Driver {
                 break;
             }
         }
+        self.push_deliveries();
         self.kill_slow();
         if self.last_metrics.elapsed() >= METRICS_EVERY {
             self.metrics.observe_engine(self.engine.stats());
@@ -435,13 +478,7 @@ impl Driver {
                 // A connection that ended before its registration was read
                 // already sent `gone`; do not resurrect it.
                 if !outbox.is_closed() {
-                    self.conns.insert(
-                        conn,
-                        ConnState {
-                            outbox,
-                            sids: HashMap::new(),
-                        },
-                    );
+                    self.conns.insert(conn, ConnState::new(outbox));
                 }
             }
             Command::Publish {
@@ -666,14 +703,14 @@ impl Driver {
                 self.subs
                     .for_each_match(&msg.topic, |&(conn, sid)| matched.push((conn, sid)));
                 for &(conn, sid) in matched.iter() {
-                    let Some(state) = self.conns.get(&conn) else {
+                    let Some(state) = self.conns.get_mut(&conn) else {
                         continue;
                     };
-                    let item = Out::Deliver {
-                        sid,
-                        msg: Arc::clone(&msg),
-                    };
-                    if state.outbox.push(item) == Err(PushError::Full) {
+                    if state.pending.is_empty() {
+                        self.dirty.push(conn);
+                    }
+                    state.pending.push((sid, Arc::clone(&msg)));
+                    if state.pending.len() >= DELIVERY_BATCH && !state.push_pending() {
                         self.slow.push(conn);
                     }
                 }
@@ -681,15 +718,16 @@ impl Driver {
             Event::Confirmed(ConfirmToken { conn, req }) => self.reply(conn, Reply::Ok { req }),
             Event::Discontinuity { from, to, reason } => {
                 tracing::warn!(%from, %to, %reason, "discontinuity");
-                for (&conn, state) in &self.conns {
-                    for &sid in state.sids.keys() {
+                for (&conn, state) in &mut self.conns {
+                    let sids: Vec<u64> = state.sids.keys().copied().collect();
+                    for sid in sids {
                         let item = Out::Reply(Reply::Discontinuity {
                             sid,
                             from_view: from,
                             to_view: to,
                             reason: reason.clone(),
                         });
-                        if state.outbox.push(item) == Err(PushError::Full) {
+                        if !state.push(item) {
                             self.slow.push(conn);
                             break;
                         }
@@ -754,11 +792,23 @@ impl Driver {
         }
     }
 
-    /// Queues an answer; an overflowing queue marks a slow consumer.
+    /// Queues an answer (after the deliveries pending for the connection,
+    /// which came first); an overflowing queue marks a slow consumer.
     fn reply(&mut self, conn: u64, reply: Reply) {
-        if let Some(state) = self.conns.get(&conn) {
-            if state.outbox.push(Out::Reply(reply)) == Err(PushError::Full) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            if !state.push(Out::Reply(reply)) {
                 self.slow.push(conn);
+            }
+        }
+    }
+
+    /// Pushes every connection's pending deliveries, one batch each.
+    fn push_deliveries(&mut self) {
+        for conn in std::mem::take(&mut self.dirty) {
+            if let Some(state) = self.conns.get_mut(&conn) {
+                if !state.push_pending() {
+                    self.slow.push(conn);
+                }
             }
         }
     }
@@ -954,15 +1004,44 @@ mod tests {
         (handle, stop, task)
     }
 
-    async fn next(rx: &mut OutboxReceiver) -> Out {
+    /// An outbox receiver that hands out one delivery at a time, whether
+    /// the driver queued it alone or in a batch.
+    struct TestRx {
+        rx: OutboxReceiver,
+        queued: VecDeque<Out>,
+    }
+
+    impl TestRx {
+        fn new(rx: OutboxReceiver) -> Self {
+            TestRx {
+                rx,
+                queued: VecDeque::new(),
+            }
+        }
+    }
+
+    async fn next(t: &mut TestRx) -> Out {
+        if let Some(item) = t.queued.pop_front() {
+            return item;
+        }
         let mut v = Vec::with_capacity(1);
-        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv_many(&mut v, 1))
+        let n = tokio::time::timeout(Duration::from_secs(10), t.rx.recv_many(&mut v, 1))
             .await
             .expect("driver answered nothing within 10 s");
         assert_eq!(n, 1, "outbox closed");
         let item = v.pop().unwrap();
-        rx.release(item.charge());
-        item
+        t.rx.release(item.charge(), item.frames());
+        match item {
+            Out::Deliveries(items) => {
+                t.queued.extend(
+                    items
+                        .into_iter()
+                        .map(|(sid, msg)| Out::Deliver { sid, msg }),
+                );
+                t.queued.pop_front().unwrap()
+            }
+            other => other,
+        }
     }
 
     fn publish(conn: u64, confirm: Option<u64>, payload: Bytes) -> Command {
@@ -978,7 +1057,8 @@ mod tests {
     #[tokio::test]
     async fn commands_keep_their_order_through_flow_control() {
         let (h, stop, task) = driver(64 * 1024).await;
-        let (tx, mut rx) = outbox(10_000, 64 << 20);
+        let (tx, rx) = outbox(10_000, 64 << 20);
+        let mut rx = TestRx::new(rx);
         h.send(Command::Register {
             conn: 1,
             outbox: tx,
@@ -1050,7 +1130,8 @@ mod tests {
     #[tokio::test]
     async fn no_topic_is_created_beyond_max_topics() {
         let (h, stop, task) = driver_with(64 << 20, 2).await;
-        let (tx, mut rx) = outbox(10_000, 64 << 20);
+        let (tx, rx) = outbox(10_000, 64 << 20);
+        let mut rx = TestRx::new(rx);
         h.send(Command::Register {
             conn: 1,
             outbox: tx,
@@ -1138,7 +1219,8 @@ mod tests {
     async fn overflowing_outbox_is_killed_and_unsubscribed() {
         let (h, stop, task) = driver(64 << 20).await;
         let (slow_tx, slow_rx) = outbox(4, 1 << 20);
-        let (fast_tx, mut fast_rx) = outbox(10_000, 64 << 20);
+        let (fast_tx, fast_rx) = outbox(10_000, 64 << 20);
+        let mut fast_rx = TestRx::new(fast_rx);
         let watch = slow_rx.kill_watch();
         h.send(Command::Register {
             conn: 1,
