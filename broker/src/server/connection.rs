@@ -21,11 +21,13 @@ use tokio::time::Instant;
 
 use super::outbox::{outbox, Out, Outbox, OutboxReceiver, PushError};
 use super::ServerCtx;
-use crate::shell::driver::Command;
+use crate::shell::driver::{Command, PublishItem};
 use crate::topics::TopicSpec;
 
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most publishes handed to the driver in one command.
+const PUBLISH_BATCH: usize = 256;
 /// Items the writer takes off the queue per wake-up.
 const WRITE_BATCH: usize = 512;
 /// The writer stops adding frames to one write beyond this many bytes.
@@ -55,6 +57,7 @@ pub(crate) async fn serve(
         peer,
         outbox: tx,
         greeted: false,
+        publishes: Vec::new(),
     };
     let fatal = {
         let read = reader.run(&mut rd, shutdown.clone());
@@ -101,6 +104,9 @@ struct Reader<'a> {
     peer: SocketAddr,
     outbox: Outbox,
     greeted: bool,
+    /// Publishes decoded from the current read, handed to the driver
+    /// together before the next read or the next request of another kind.
+    publishes: Vec<PublishItem>,
 }
 
 /// Whether the reader goes on after a request.
@@ -136,9 +142,16 @@ impl Reader<'_> {
                         Flow::Stop(fatal) => return fatal,
                     },
                     Ok(None) => break READ_CHUNK,
-                    Err(e) => return self.bad_frame(e),
+                    Err(e) => {
+                        // What came before the bad frame still counts.
+                        let _ = self.flush_publishes().await;
+                        return self.bad_frame(e);
+                    }
                 }
             };
+            if let Flow::Stop(fatal) = self.flush_publishes().await {
+                return fatal;
+            }
             // Room for what the current frame still needs, within one chunk,
             // and never so little that a busy stream is read in dribbles.
             let want = missing.clamp(4096, READ_CHUNK);
@@ -265,7 +278,27 @@ impl Reader<'_> {
         }
     }
 
-    async fn to_driver(&self, cmd: Command) -> Flow {
+    /// Hands the publishes collected so far to the driver.
+    async fn flush_publishes(&mut self) -> Flow {
+        if self.publishes.is_empty() {
+            return Flow::Continue;
+        }
+        match self
+            .ctx
+            .driver
+            .send_publishes(self.conn, &mut self.publishes)
+            .await
+        {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop(false),
+        }
+    }
+
+    async fn to_driver(&mut self, cmd: Command) -> Flow {
+        // Publishes collected before this request go first, in order.
+        if let Flow::Stop(fatal) = self.flush_publishes().await {
+            return Flow::Stop(fatal);
+        }
         // Blocks while the driver's queue is full: the engine's flow control
         // reaches this client as TCP backpressure.
         match self.ctx.driver.send(cmd).await {
@@ -309,6 +342,10 @@ impl Reader<'_> {
                 let max = self.ctx.config.limits.max_payload as usize;
                 if payload.len() > max {
                     self.ctx.metrics.protocol_error("payload_too_large");
+                    // Answers keep the order of the requests before it.
+                    if let Flow::Stop(fatal) = self.flush_publishes().await {
+                        return Flow::Stop(fatal);
+                    }
                     return self.refuse(
                         confirm.unwrap_or(0),
                         ErrorCode::PayloadTooLarge,
@@ -327,6 +364,10 @@ impl Reader<'_> {
                 let delivery = delivery_len(topic.len(), context.len() + 1, payload.len());
                 if delivery > max_frame {
                     self.ctx.metrics.protocol_error("payload_too_large");
+                    // Answers keep the order of the requests before it.
+                    if let Flow::Stop(fatal) = self.flush_publishes().await {
+                        return Flow::Stop(fatal);
+                    }
                     return self.refuse(
                         confirm.unwrap_or(0),
                         ErrorCode::PayloadTooLarge,
@@ -339,14 +380,16 @@ impl Reader<'_> {
                         ),
                     );
                 }
-                self.to_driver(Command::Publish {
-                    conn,
+                self.publishes.push(PublishItem {
                     confirm,
                     topic,
                     context,
                     payload,
-                })
-                .await
+                });
+                if self.publishes.len() >= PUBLISH_BATCH {
+                    return self.flush_publishes().await;
+                }
+                Flow::Continue
             }
             Request::Declare {
                 req,
@@ -377,7 +420,10 @@ impl Reader<'_> {
             }
             Request::ListTopics { req } => self.to_driver(Command::ListTopics { conn, req }).await,
             Request::Cluster { req } => self.to_driver(Command::Cluster { conn, req }).await,
-            Request::Ping { nonce } => self.answer(Reply::Pong { nonce }),
+            Request::Ping { nonce } => match self.flush_publishes().await {
+                Flow::Continue => self.answer(Reply::Pong { nonce }),
+                stop => stop,
+            },
             Request::Pong { .. } => Flow::Continue,
         }
     }
