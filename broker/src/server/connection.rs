@@ -294,7 +294,7 @@ impl Reader<'_> {
         }
     }
 
-    async fn to_driver(&mut self, cmd: Command) -> Flow {
+    async fn send_to_driver(&mut self, cmd: Command) -> Flow {
         // Publishes collected before this request go first, in order.
         if let Flow::Stop(fatal) = self.flush_publishes().await {
             return Flow::Stop(fatal);
@@ -397,7 +397,7 @@ impl Reader<'_> {
                 ordering,
                 safe,
             } => {
-                self.to_driver(Command::Declare {
+                self.send_to_driver(Command::Declare {
                     conn,
                     req,
                     topic,
@@ -406,7 +406,7 @@ impl Reader<'_> {
                 .await
             }
             Request::Subscribe { req, sid, pattern } => {
-                self.to_driver(Command::Subscribe {
+                self.send_to_driver(Command::Subscribe {
                     conn,
                     req,
                     sid,
@@ -415,11 +415,11 @@ impl Reader<'_> {
                 .await
             }
             Request::Unsubscribe { req, sid } => {
-                self.to_driver(Command::Unsubscribe { conn, req, sid })
+                self.send_to_driver(Command::Unsubscribe { conn, req, sid })
                     .await
             }
-            Request::ListTopics { req } => self.to_driver(Command::ListTopics { conn, req }).await,
-            Request::Cluster { req } => self.to_driver(Command::Cluster { conn, req }).await,
+            Request::ListTopics { req } => self.send_to_driver(Command::ListTopics { conn, req }).await,
+            Request::Cluster { req } => self.send_to_driver(Command::Cluster { conn, req }).await,
             Request::Ping { nonce } => match self.flush_publishes().await {
                 Flow::Continue => self.answer(Reply::Pong { nonce }),
                 stop => stop,
@@ -466,7 +466,7 @@ impl Reader<'_> {
         if self.outbox.push(Out::Reply(welcome)).is_err() {
             return Flow::Stop(false);
         }
-        self.to_driver(Command::Register {
+        self.send_to_driver(Command::Register {
             conn: self.conn,
             outbox: self.outbox.clone(),
         })
