@@ -341,6 +341,15 @@ impl OriginLog {
         self.highest > self.contiguous
     }
 
+    /// The highest message received (held beyond the contiguous prefix), or
+    /// `contiguous` when none is.
+    pub(crate) fn held_top(&self) -> Seq {
+        match self.msgs.last_key_value() {
+            Some((s, _)) if *s > self.contiguous => *s,
+            _ => self.contiguous,
+        }
+    }
+
     /// Messages received beyond the contiguous prefix.
     pub(crate) fn out_of_order(&self) -> usize {
         self.msgs.range(Seq(self.contiguous.0 + 1)..).count()

@@ -69,7 +69,15 @@ impl Reliability {
         if !log.has_gap() {
             return;
         }
-        let delay = random_upto(rng, first_delay(cfg, log.nak.srtt));
+        // A hole below a received message is a certain loss (one sender's
+        // datagrams arrive in order); an unseen tail (known from a digest)
+        // may still be on its way, so it is asked for later.
+        let delay = if log.held_top() > log.contiguous {
+            random_upto(rng, first_delay(cfg, log.nak.srtt))
+        } else {
+            let wait = retry_base(cfg, log.nak.srtt) / 2;
+            wait + random_upto(rng, wait)
+        };
         match log.nak.due {
             None => log.nak.due = Some(now + delay),
             // What is armed is a retry of a gap since repaired: the gaps
@@ -99,6 +107,19 @@ impl Reliability {
                 let f = log.nak.head;
                 ranges.retain(|(_, b)| *b > f);
             }
+            // A repeat of an unanswered NAK backs off; a NAK for a new gap
+            // starts from the estimate.
+            let repeat = log.nak.sent_at.is_some() && log.contiguous <= log.nak.asked;
+            let top = log.held_top();
+            if !repeat && top > log.contiguous {
+                // First ask for the holes only: the tail beyond the highest
+                // message received may be in flight, and asking for it
+                // would repeat messages that were never lost.
+                ranges.retain_mut(|(a, b)| {
+                    *b = (*b).min(top);
+                    *a <= top
+                });
+            }
             if ranges.is_empty() {
                 log.nak.due = None;
                 continue;
@@ -108,9 +129,6 @@ impl Reliability {
                 log.nak.due = Some(at);
                 continue;
             }
-            // A repeat of an unanswered NAK backs off; a NAK for a new gap
-            // starts from the estimate.
-            let repeat = log.nak.sent_at.is_some() && log.contiguous <= log.nak.asked;
             let base = retry_base(cfg, log.nak.srtt);
             let wait = if repeat {
                 (log.nak.backoff * 2).min(cfg.nak_backoff_max).max(base)
@@ -144,6 +162,7 @@ impl Reliability {
         let mut gone = None;
         let cfg = &self.cfg;
         let repair_delay = cfg.repair_delay;
+        let persist = cfg.nak_backoff_initial;
         // A NAK for a message repaired this recently crossed the repair
         // (or is another member's NAK for the same loss): the repair covers it.
         let holdoff = (MIN_RETRY / 2).min(cfg.nak_backoff_initial / 2);
@@ -179,10 +198,16 @@ impl Reliability {
             while s <= to && budget > 0 {
                 budget -= 1;
                 if let Some(h) = log.msgs.get(&s) {
-                    if h.last_repair
-                        .is_none_or(|t| now.saturating_duration_since(t) >= holdoff)
-                    {
-                        wanted.push((s, h.last_repair.is_some()));
+                    let since = h.last_repair.map(|t| now.saturating_duration_since(t));
+                    if since.is_none_or(|d| d >= holdoff) {
+                        // Forced (not cancelled by seeing another repair)
+                        // only when the asker kept asking for longer than a
+                        // configured retry after a repair went out: then it
+                        // may hear us but not whoever repaired. A NAK soon
+                        // after a repair is a lost repair, which the origin
+                        // answers again at once; a second copy from us
+                        // would be a duplicate.
+                        wanted.push((s, since.is_some_and(|d| d >= persist)));
                     }
                 }
                 s = s.next();
