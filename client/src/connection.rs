@@ -105,7 +105,8 @@ impl ByteBudget {
         if before + n <= self.max {
             return true;
         }
-        self.release(n);
+        // Undone without `release`: waking ourselves would make `take` spin.
+        self.used.fetch_sub(n, AtomicOrdering::SeqCst);
         false
     }
 
@@ -565,5 +566,34 @@ fn encode(
             req.encode(out);
         }
         Command::Close(done) => *closing = Some(done),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_byte_budget_blocks_until_room_is_released() {
+        let b = Arc::new(ByteBudget::new(100));
+        assert_eq!(b.charge(500), 100, "a large event takes the whole budget");
+        assert!(b.try_take(60));
+        assert!(!b.try_take(60), "over the budget");
+        // A failed take must not leave a wake-up behind (the waiter would spin).
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.take(60).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "took bytes that are not there");
+        b.release(60);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the release did not wake the waiter")
+            .unwrap();
+        assert!(!b.try_take(41));
+        assert!(b.try_take(40));
     }
 }
