@@ -418,7 +418,9 @@ impl Reader<'_> {
                 self.send_to_driver(Command::Unsubscribe { conn, req, sid })
                     .await
             }
-            Request::ListTopics { req } => self.send_to_driver(Command::ListTopics { conn, req }).await,
+            Request::ListTopics { req } => {
+                self.send_to_driver(Command::ListTopics { conn, req }).await
+            }
             Request::Cluster { req } => self.send_to_driver(Command::Cluster { conn, req }).await,
             Request::Ping { nonce } => match self.flush_publishes().await {
                 Flow::Continue => self.answer(Reply::Pong { nonce }),
