@@ -96,6 +96,13 @@ pub struct Bugs {
     pub isis_skip_max: bool,
     /// Total-seq: the second member also acts as a sequencer and its orders are obeyed.
     pub two_sequencers: bool,
+    /// Install a failure view without waiting for the survivors to repair
+    /// each other up to the agreed cut of the departed members' streams.
+    pub skip_failure_flush: bool,
+    /// After a failover, the old sequencer keeps ordering and the survivors obey it.
+    pub stale_sequencer_acts: bool,
+    /// One survivor delivers a departed member's messages beyond the agreed cut.
+    pub departed_on_one_survivor: bool,
 }
 
 impl EngineConfig {

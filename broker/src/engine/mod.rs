@@ -94,6 +94,11 @@ pub struct View {
     pub coordinator: NodeId,
     /// The total-seq sequencer of this view.
     pub sequencer: Option<NodeId>,
+    /// Whether this view is primary: it holds a quorum of the last primary
+    /// view (see `membership`), so total-order topics deliver and accept
+    /// publishes in it. A view that is not primary (the minority side of a
+    /// partition) keeps fifo and causal topics working only.
+    pub primary: bool,
 }
 
 /// What the engine tells its driver.
@@ -183,6 +188,7 @@ impl Engine {
                 members: Vec::new(),
                 coordinator: me.node,
                 sequencer: None,
+                primary: false,
             },
             in_view: false,
             membership: Membership::default(),

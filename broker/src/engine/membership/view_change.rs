@@ -383,6 +383,7 @@ impl Engine {
             // installed view, so it moves only with a view change, whose
             // flush hands its order over with no gap and no duplicate.
             sequencer: Some(coordinator.node),
+            primary: true,
             members,
         };
         self.in_view = true;
