@@ -343,6 +343,19 @@ pub struct SimReport {
     /// The most messages any engine's ordering layers held at once (causal
     /// hold-back or pending total order).
     pub peak_ordering_held: u64,
+    /// Discontinuity events the engines reported (exclusions, merges).
+    pub discontinuities: u64,
+    /// Publishes to total topics refused outside a primary view.
+    pub refused: u64,
+    /// Deliveries made in views that are not primary (the minority side).
+    pub minority_deliveries: u64,
+    /// Per crash: virtual time from the crash until every running engine
+    /// had installed a view without the crashed member (failure detection
+    /// plus the view change).
+    pub recoveries: Vec<Duration>,
+    /// The longest virtual time between two consecutive deliveries of one
+    /// total topic at one engine (a failover's pause, under steady traffic).
+    pub max_total_gap: Duration,
 }
 
 impl SimReport {
@@ -375,6 +388,17 @@ impl SimReport {
         );
         for (name, n) in &self.faults {
             let _ = writeln!(s, "  fault {name}: fired {n}");
+        }
+        if !self.recoveries.is_empty() || self.discontinuities > 0 || self.refused > 0 {
+            let _ = writeln!(
+                s,
+                "  membership: recoveries {:?}, discontinuities {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
+                self.recoveries,
+                self.discontinuities,
+                self.refused,
+                self.minority_deliveries,
+                self.max_total_gap
+            );
         }
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION: {v}");
@@ -502,6 +526,14 @@ pub struct Sim {
     membership_faults: bool,
     /// Publishes to a total topic refused in a non-primary view.
     refused: u64,
+    minority_deliveries: u64,
+    /// Crashed members not yet out of every running engine's view, with
+    /// the crash instant; and the times they took.
+    crash_watch: Vec<(Origin, Instant)>,
+    recoveries: Vec<Duration>,
+    /// Per (life, total topic), the last delivery instant; the longest gap.
+    last_total: BTreeMap<(usize, String), Instant>,
+    max_total_gap: Duration,
     lives: Vec<Life>,
     published: Vec<Published>,
     violations: Vec<String>,
@@ -588,6 +620,11 @@ impl Sim {
             settled_at: None,
             membership_faults: cfg.faults.changes_membership(SHORT_PARTITION),
             refused: 0,
+            minority_deliveries: 0,
+            crash_watch: Vec::new(),
+            recoveries: Vec::new(),
+            last_total: BTreeMap::new(),
+            max_total_gap: Duration::ZERO,
             lives: Vec::new(),
             published: Vec::new(),
             violations: Vec::new(),
@@ -848,6 +885,9 @@ impl Sim {
             self.drain(i);
         }
         self.check_bounds();
+        if !self.crash_watch.is_empty() {
+            self.watch_crashes();
+        }
         true
     }
 
@@ -993,6 +1033,12 @@ impl Sim {
                     Some(tag) if tag.publisher == d.publisher => {
                         let m = (tag.publisher, tag.index);
                         rec.delivered(m);
+                        if rec
+                            .current()
+                            .is_some_and(|v| rec.primary.get(&v) == Some(&false))
+                        {
+                            self.minority_deliveries += 1;
+                        }
                         if let Some(t) = self.sent_at.get(&m) {
                             self.latencies.push(now - *t);
                         }
@@ -1013,6 +1059,10 @@ impl Sim {
                                     .and_then(|v| rec.primary.get(&v))
                                     .copied()
                                     .unwrap_or(false);
+                                let key = (life, d.topic.to_string());
+                                if let Some(t) = self.last_total.insert(key, now) {
+                                    self.max_total_gap = self.max_total_gap.max(now - t);
+                                }
                                 rec.total.entry(d.topic.to_string()).or_default().push(
                                     check::TotalDelivery {
                                         msg: m,
@@ -1267,7 +1317,28 @@ impl Sim {
         if let Some(l) = self.lives.get_mut(slot.life) {
             l.crashed = true;
         }
+        self.crash_watch.push((e.origin(), self.now));
         true
+    }
+
+    /// Records the recovery of crashes every running engine has moved past.
+    fn watch_crashes(&mut self) {
+        let now = self.now;
+        let mut done = Vec::new();
+        for (k, (dead, _)) in self.crash_watch.iter().enumerate() {
+            let past = self
+                .slots
+                .iter()
+                .filter_map(|s| s.engine.as_ref())
+                .all(|e| e.in_view() && !e.view().members.contains(dead));
+            if past {
+                done.push(k);
+            }
+        }
+        for k in done.into_iter().rev() {
+            let (_, at) = self.crash_watch.remove(k);
+            self.recoveries.push(now - at);
+        }
     }
 
     /// The slot a planned crash kills now, if its victim exists.
@@ -1610,7 +1681,13 @@ impl Sim {
                 .unwrap_or_default()
         };
         let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
+        let discontinuities = self.lives.iter().map(|l| l.discontinuities).sum();
         SimReport {
+            discontinuities,
+            refused: self.refused,
+            minority_deliveries: self.minority_deliveries,
+            recoveries: std::mem::take(&mut self.recoveries),
+            max_total_gap: self.max_total_gap,
             peak_ordering_held: self.peak_ordering_held,
             latency_p50,
             latency_p99,
