@@ -155,6 +155,12 @@ fn together(lives: &[Life], i: usize, p: usize, v: &ViewKey) -> bool {
     np != Next::Crashed && np == next_of(lives, i, v)
 }
 
+/// Whether lives `a` and `b` went on from view `v` together (to the same
+/// next view, or both to the end of the run, neither crashing in `v`).
+pub fn went_on_together(lives: &[Life], a: usize, b: usize, v: &ViewKey) -> bool {
+    a < lives.len() && b < lives.len() && together(lives, a, b, v)
+}
+
 /// Every delivery and publish check: sending view, virtual synchrony, no
 /// loss among survivors, no duplicates, FIFO. One line per violation.
 pub fn deliveries(lives: &[Life], published: &[Published]) -> Vec<String> {
