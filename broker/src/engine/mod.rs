@@ -8,7 +8,9 @@
 //! simulator drive the same engine.
 //!
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
-//! `membership` (agreed views: discovery, join, flush, install, leave),
+//! `membership` (agreed views: discovery, join, flush, install, leave; the
+//! phi-accrual failure detector, crash and partition views with an agreed
+//! cut, primary views and quorum, merges, duplicate node ids),
 //! `reliability` (per-origin streams, NAKs, repairs, stability, flow
 //! control) and `delivery` (one layer per ordering: fifo, causal,
 //! total-isis, total-seq; plus the agreed topic table and `gseq`).

@@ -220,6 +220,10 @@ impl Engine {
         // A new incarnation starts with fresh layers; the group's agreed
         // state (topics, gseq) comes with the install that admits it.
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
+        if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
+            // Only the planted bug listens: the sequencer we were keeps acting.
+            self.delivery.remember_stale_sequencer(s);
+        }
         self.in_view = false;
         self.membership.flush = None;
         self.membership.change = None;
