@@ -620,7 +620,12 @@ impl Engine {
             self.timers.clear(Timer::Membership);
             self.membership_tick(now);
         }
-        if self.timers.is_due(Timer::Heartbeat, now) {
+        if self.timers.is_due(Timer::Detector, now) {
+            self.timers.clear(Timer::Detector);
+            if !self.membership.has_left() {
+                self.timers
+                    .set(Timer::Detector, now + self.config.heartbeat_interval);
+            }
             self.failure_tick(now);
         }
         if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {

@@ -17,6 +17,8 @@ use crate::engine::Engine;
 impl Engine {
     /// Begins life: discover, or form a view at once.
     pub(crate) fn start(&mut self, now: Instant) {
+        self.timers
+            .set(Timer::Detector, now + self.config.heartbeat_interval);
         if self.config.discovery_timeout.is_zero() {
             self.form_singleton(now);
             return;
