@@ -45,6 +45,8 @@ pub struct Published {
     pub view: ViewKey,
     /// The engine confirmed it (another member holds it).
     pub confirmed: bool,
+    /// On a total-order topic.
+    pub total: bool,
 }
 
 /// One delivery of a total topic.
@@ -155,6 +157,17 @@ fn together(lives: &[Life], i: usize, p: usize, v: &ViewKey) -> bool {
     np != Next::Crashed && np == next_of(lives, i, v)
 }
 
+/// Whether the view life `i` went to from `v` (or `v`, if the run ended
+/// in it) is primary.
+fn primary_after(lives: &[Life], i: usize, v: &ViewKey) -> bool {
+    let life = &lives[i];
+    let next = match next_of(lives, i, v) {
+        Next::View(w) => w,
+        Next::End | Next::Crashed => *v,
+    };
+    life.primary.get(&next).copied().unwrap_or(true)
+}
+
 /// Whether lives `a` and `b` went on from view `v` together (to the same
 /// next view, or both to the end of the run, neither crashing in `v`).
 pub fn went_on_together(lives: &[Life], a: usize, b: usize, v: &ViewKey) -> bool {
@@ -187,6 +200,12 @@ pub fn outstanding(lives: &[Life], published: &[Published]) -> bool {
 
 /// Whether life `i` (which installed `p.view`) must deliver `p`.
 fn required(lives: &[Life], i: usize, p: &Published) -> bool {
+    // A total message still unordered when its view splits is delivered
+    // only by the side that goes on in a primary view (the other could not
+    // agree on its place with the majority).
+    if p.total && !primary_after(lives, i, &p.view) {
+        return false;
+    }
     if together(lives, i, p.life, &p.view) {
         return true;
     }
@@ -549,6 +568,7 @@ mod tests {
                 life: 0,
                 view: key(view),
                 confirmed: false,
+                total: false,
             })
             .collect()
     }

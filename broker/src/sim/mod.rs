@@ -336,6 +336,9 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// How to replay it, for the randomized runs.
     pub replay: Option<String>,
+    /// Each engine life's views in install order (what went where), shown
+    /// with the violations of a failed run.
+    pub lives: Vec<String>,
     /// Delivery latency in virtual time (publish to each delivery,
     /// everywhere): median and 99th percentile.
     pub latency_p50: Duration,
@@ -402,6 +405,11 @@ impl SimReport {
         }
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION: {v}");
+        }
+        if !self.ok() {
+            for l in &self.lives {
+                let _ = writeln!(s, "  {l}");
+            }
         }
         if let (false, Some(cmd)) = (self.ok(), &self.replay) {
             let _ = writeln!(s, "  replay: {cmd}");
@@ -982,6 +990,7 @@ impl Sim {
                             life,
                             view,
                             confirmed: false,
+                            total: matches!(ordering, Ordering::TotalIsis | Ordering::TotalSeq),
                         });
                         if let Some(q) = self.blocked.get_mut(&publisher) {
                             q.pop_front();
@@ -1747,6 +1756,43 @@ impl Sim {
             totals,
             elapsed: self.now - self.start,
             replay: None,
+            lives: self
+                .lives
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let views: Vec<String> = l
+                        .view_seq
+                        .iter()
+                        .map(|v| {
+                            let members: Vec<String> = l
+                                .members
+                                .get(v)
+                                .map(|m| m.iter().map(ToString::to_string).collect())
+                                .unwrap_or_default();
+                            let primary = if l.primary.get(v) == Some(&true) {
+                                ""
+                            } else {
+                                " (not primary)"
+                            };
+                            format!("{}@{}{primary} {members:?}", v.0, v.1)
+                        })
+                        .collect();
+                    format!(
+                        "life {i} slot {} {}{}: {}",
+                        l.slot,
+                        l.origin,
+                        if l.crashed {
+                            " crashed"
+                        } else if l.left {
+                            " left"
+                        } else {
+                            ""
+                        },
+                        views.join(" -> ")
+                    )
+                })
+                .collect(),
         }
     }
 }
