@@ -74,6 +74,8 @@ pub struct Life {
     pub members: BTreeMap<ViewKey, Vec<Origin>>,
     /// Whether each view installed was primary.
     pub primary: BTreeMap<ViewKey, bool>,
+    /// The engine's origin in each view installed (a rejoin changes it).
+    pub origin_in: BTreeMap<ViewKey, Origin>,
     /// What was delivered while each view was the current one.
     pub delivered_in: BTreeMap<ViewKey, BTreeSet<Msg>>,
     /// Per publisher, indexes in delivery order.
@@ -113,7 +115,8 @@ pub enum Next {
     View(ViewKey),
     /// The run ended with this view current (the engine still running).
     End,
-    /// It crashed in the view.
+    /// It crashed in the view, or was excluded from it and rejoined as a
+    /// new incarnation: either way its incarnation of the view ended there.
     Crashed,
 }
 
@@ -123,6 +126,9 @@ fn next_of(lives: &[Life], i: usize, v: &ViewKey) -> Next {
     let life = &lives[i];
     let pos = life.view_seq.iter().position(|x| x == v);
     if let Some(w) = pos.and_then(|p| life.view_seq.get(p + 1)) {
+        if life.origin_in.get(w) != life.origin_in.get(v) {
+            return Next::Crashed;
+        }
         return Next::View(*w);
     }
     if life.crashed {
@@ -209,8 +215,9 @@ fn required(lives: &[Life], i: usize, p: &Published) -> bool {
     if together(lives, i, p.life, &p.view) {
         return true;
     }
-    // A confirmed message of a publisher that crashed alone in its view
-    // survives: another member held it, and every other member went on.
+    // A confirmed message of a publisher that crashed (or was excluded)
+    // alone in its view survives: another member held it, and every other
+    // member went on together.
     if !p.confirmed || next_of(lives, p.life, &p.view) != Next::Crashed {
         return false;
     }
@@ -220,7 +227,7 @@ fn required(lives: &[Life], i: usize, p: &Published) -> bool {
         .filter(|(j, l)| *j != p.life && l.views.contains(&p.view))
         .map(|(j, _)| next_of(lives, j, &p.view))
         .collect();
-    others.len() == 1 && !others.contains(&Next::Crashed)
+    i != p.life && others.len() == 1 && !others.contains(&Next::Crashed)
 }
 
 /// Each message is delivered only in the view it was sent in.
@@ -549,6 +556,7 @@ mod tests {
             l.views.insert(key(*v));
             l.view_seq.push(key(*v));
             l.members.insert(key(*v), vec![origin(1), origin(2)]);
+            l.origin_in.insert(key(*v), origin(n));
         }
         for i in del {
             l.deliveries.entry(1).or_default().push(*i);
