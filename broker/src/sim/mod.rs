@@ -1642,11 +1642,14 @@ impl Sim {
                 let members: Vec<String> = e.view().members.iter().map(|m| m.to_string()).collect();
                 let _ = write!(
                     s,
-                    "[slot {i} {} in_view={} view {} {:?}] ",
+                    "[slot {i} {} in_view={} view {} {:?}{}{}] ",
                     e.origin(),
                     e.in_view(),
                     e.view().id,
-                    members
+                    members,
+                    if e.has_left() { " LEFT" } else { "" },
+                    e.refused()
+                        .map_or(String::new(), |r| format!(" REFUSED: {r}"))
                 );
             }
         }
