@@ -81,6 +81,9 @@ pub struct Life {
     /// Per publisher, indexes in delivery order.
     pub deliveries: BTreeMap<u64, Vec<u32>>,
     pub crashed: bool,
+    /// At the end of the run the engine was rejoining as a newer
+    /// incarnation than the one in its last view (that one ended there).
+    pub rejoining: bool,
     /// Left the group gracefully.
     pub left: bool,
     pub discontinuities: u64,
@@ -131,7 +134,7 @@ fn next_of(lives: &[Life], i: usize, v: &ViewKey) -> Next {
         }
         return Next::View(*w);
     }
-    if life.crashed {
+    if life.crashed || life.rejoining {
         return Next::Crashed;
     }
     if life.left {

@@ -1657,6 +1657,13 @@ impl Sim {
     }
 
     fn finish(mut self) -> SimReport {
+        for slot in &self.slots {
+            let Some(e) = &slot.engine else { continue };
+            if let Some(l) = self.lives.get_mut(slot.life) {
+                let last = l.current().and_then(|v| l.origin_in.get(&v)).copied();
+                l.rejoining = last.is_some_and(|o| o != e.origin());
+            }
+        }
         let mut v = std::mem::take(&mut self.violations);
         v.extend(check::deliveries(&self.lives, &self.published));
         v.extend(check::causal(&self.lives, &self.past));
