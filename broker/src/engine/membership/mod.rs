@@ -110,6 +110,8 @@ struct Change {
     /// Per departing origin, the most any flushed member holds of it.
     held: BTreeMap<Origin, Seq>,
     install: Option<Install>,
+    /// When the install went out (acknowledgements are awaited for a while).
+    installed_at: Option<Instant>,
     installed: BTreeSet<Origin>,
 }
 
@@ -134,8 +136,12 @@ pub(crate) struct Membership {
     /// The parts of a multi-frame install received so far (one install at
     /// a time: a newer one replaces it).
     install_parts: Option<InstallParts>,
-    /// The members of the last primary view (quorum is judged against it).
+    /// The members of the last primary view (quorum is judged against it)
+    /// and its id.
     last_primary: Vec<Origin>,
+    last_primary_id: ViewId,
+    /// The last primary view each joiner named in its join.
+    join_primary: BTreeMap<Origin, ViewId>,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -237,14 +243,26 @@ impl Membership {
         stale
     }
 
-    /// Whether a view of `members` is primary, judged against the last primary view.
+    /// Whether a view of `members` is primary, judged against the last
+    /// primary view. A member of that view counts if it is in `members`, or
+    /// if a new incarnation of its node is that joined naming that same
+    /// view as its last primary one (it merged back from a partition and
+    /// was in no primary view since; a restarted process names none).
     fn quorum(&self, members: &[Origin]) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             return true;
         }
-        let held = last.iter().filter(|m| members.contains(m)).count();
-        2 * held > last.len() || (2 * held == last.len() && members.contains(&last[0]))
+        let present = |l: &Origin| {
+            members.contains(l)
+                || members.iter().any(|m| {
+                    m.node == l.node
+                        && self.last_primary_id.0 > 0
+                        && self.join_primary.get(m) == Some(&self.last_primary_id)
+                })
+        };
+        let held = last.iter().filter(|l| present(l)).count();
+        2 * held > last.len() || (2 * held == last.len() && present(&last[0]))
     }
 }
 
@@ -382,7 +400,9 @@ impl Engine {
             .map(|(n, (o, t))| (*n, *o, *t))
             .collect();
         for (node, new, first) in newer {
-            let Some(old) = self.view.members.iter().find(|m| m.node == node).copied() else {
+            let old = self.view.members.iter().find(|m| m.node == node).copied();
+            let Some(old) = old.filter(|o| o.incarnation < new.incarnation) else {
+                // The newer one is the member now (or the node left).
                 self.membership.newer.remove(&node);
                 continue;
             };
@@ -432,13 +452,24 @@ impl Engine {
         }
     }
 
-    /// A member reports suspects: the coordinator acts on them.
+    /// A member reports suspects: the coordinator acts on them. When they
+    /// include the coordinator itself, the first member after the suspects
+    /// takes over (it may hear the coordinator; the reporter does not).
     pub(crate) fn on_suspect(&mut self, sender: Origin, s: Suspect, now: Instant) {
         if !self.in_view
             || s.view != self.view.id
             || !self.view.members.contains(&sender)
-            || self.membership.coordinator(&self.view) != Some(self.me)
+            || s.members.contains(&sender)
         {
+            return;
+        }
+        let first = self
+            .view
+            .members
+            .iter()
+            .find(|m| !self.membership.dead.contains(m) && !s.members.contains(m))
+            .copied();
+        if first != Some(self.me) {
             return;
         }
         let mut any = false;
@@ -457,6 +488,9 @@ impl Engine {
 
     /// Refuses `new`, which claims the node id of the live `holder`.
     pub(crate) fn refuse(&mut self, new: Origin, holder: Origin, now: Instant) {
+        if new.node != holder.node || new.incarnation <= holder.incarnation {
+            return;
+        }
         if self.membership.refused.insert(new) {
             self.stats.duplicate_node_refusals += 1;
             tracing::error!(
@@ -492,6 +526,10 @@ impl Engine {
 
     /// A refusal: if it names us, we are the duplicate and stop.
     pub(crate) fn on_refuse(&mut self, r: Refuse) {
+        if r.refused.node != r.holder.node || r.refused.incarnation <= r.holder.incarnation {
+            // Only a newer incarnation can be refused in favour of a live older one.
+            return;
+        }
         if r.refused != self.me {
             self.membership.refused.insert(r.refused);
             self.membership.joins.remove(&r.refused);
