@@ -58,6 +58,8 @@ pub struct TotalDelivery {
     pub epoch: u64,
     /// Whether the engine's view was primary (a majority view).
     pub primary: bool,
+    /// The view it was delivered in.
+    pub view: Option<ViewKey>,
 }
 
 /// One engine's life (a node in one incarnation, or several incarnations
@@ -428,14 +430,25 @@ pub fn causal(lives: &[Life], past: &BTreeMap<Msg, Past>) -> Vec<String> {
 }
 
 /// Total order: each message of a total topic carries the same `gseq` on
-/// every life that delivered it and each `gseq` names one message
-/// everywhere; each life's `gseq`s of a topic grow by exactly one (across a
-/// discontinuity they still grow); total topics deliver only in primary views.
-pub fn total(lives: &[Life]) -> Vec<String> {
+/// every surviving life that delivered it and each `gseq` names one message
+/// among them; each life's `gseq`s of a topic grow by exactly one (across a
+/// discontinuity they still grow); total topics deliver only in primary
+/// views. Agreement binds the survivors of each view: what a member
+/// delivered in the view it crashed in or was excluded from is checked for
+/// its own order only, and its disagreements with the survivors are
+/// counted (the second value), not failed.
+pub fn total(lives: &[Life]) -> (Vec<String>, u64) {
     let mut out = Vec::new();
     let mut seen: BTreeMap<(&str, Msg), (u64, usize)> = BTreeMap::new();
     let mut at: BTreeMap<(&str, u64), (Msg, usize)> = BTreeMap::new();
+    let mut departed: Vec<(usize, &str, Msg, u64)> = Vec::new();
     for (i, life) in lives.iter().enumerate() {
+        let ended: BTreeSet<ViewKey> = life
+            .view_seq
+            .iter()
+            .filter(|v| next_of(lives, i, v) == Next::Crashed)
+            .copied()
+            .collect();
         for (topic, seq) in &life.total {
             let mut prev: Option<(u64, u64)> = None;
             for d in seq {
@@ -473,6 +486,10 @@ pub fn total(lives: &[Life]) -> Vec<String> {
                     }
                 }
                 prev = Some((g, d.epoch));
+                if d.view.is_some_and(|v| ended.contains(&v)) {
+                    departed.push((i, topic.as_str(), m, g));
+                    continue;
+                }
                 match seen.get(&(topic.as_str(), m)) {
                     Some((og, j)) if *og != g => {
                         out.push(format!(
@@ -500,7 +517,14 @@ pub fn total(lives: &[Life]) -> Vec<String> {
             }
         }
     }
-    out
+    let diverged = departed
+        .iter()
+        .filter(|(_, topic, m, g)| {
+            seen.get(&(*topic, *m)).is_some_and(|(og, _)| og != g)
+                || at.get(&(*topic, *g)).is_some_and(|(om, _)| om != m)
+        })
+        .count() as u64;
+    (out, diverged)
 }
 
 /// A short rendering of an index list for reports.
@@ -629,21 +653,22 @@ mod tests {
             gseq: Some(g),
             epoch,
             primary: true,
+            view: None,
         };
         let mk = |ds: Vec<TotalDelivery>| Life {
             total: BTreeMap::from([("t".to_string(), ds)]),
             ..Life::default()
         };
-        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 2, 0)])]).is_empty());
-        assert!(!total(&[mk(vec![d(0, 1, 0), d(1, 3, 0)])]).is_empty());
+        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 2, 0)])]).0.is_empty());
+        assert!(!total(&[mk(vec![d(0, 1, 0), d(1, 3, 0)])]).0.is_empty());
         // Across a discontinuity the gseq may jump, not go back.
-        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 5, 1)])]).is_empty());
-        assert!(!total(&[mk(vec![d(0, 5, 0), d(1, 2, 1)])]).is_empty());
+        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 5, 1)])]).0.is_empty());
+        assert!(!total(&[mk(vec![d(0, 5, 0), d(1, 2, 1)])]).0.is_empty());
         // One gseq, two messages on two lives.
-        let v = total(&[mk(vec![d(0, 1, 0)]), mk(vec![d(1, 1, 0)])]);
+        let v = total(&[mk(vec![d(0, 1, 0)]), mk(vec![d(1, 1, 0)])]).0;
         assert!(v.iter().any(|v| v.contains("gseq 1 is")), "{v:?}");
         let mut np = d(0, 1, 0);
         np.primary = false;
-        assert!(total(&[mk(vec![np])])[0].contains("PRIMARY"));
+        assert!(total(&[mk(vec![np])]).0[0].contains("PRIMARY"));
     }
 }

@@ -348,6 +348,10 @@ pub struct SimReport {
     pub peak_ordering_held: u64,
     /// Discontinuity events the engines reported (exclusions, merges).
     pub discontinuities: u64,
+    /// Total-topic deliveries a member made in the view it crashed in or
+    /// was excluded from whose `gseq` the survivors gave another message
+    /// (allowed: agreement binds the survivors; shown for the record).
+    pub departed_divergences: u64,
     /// Publishes to total topics refused outside a primary view.
     pub refused: u64,
     /// Deliveries made in views that are not primary (the minority side).
@@ -395,9 +399,10 @@ impl SimReport {
         if !self.recoveries.is_empty() || self.discontinuities > 0 || self.refused > 0 {
             let _ = writeln!(
                 s,
-                "  membership: recoveries {:?}, discontinuities {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
+                "  membership: recoveries {:?}, discontinuities {}, departed members' total deliveries the survivors ordered otherwise {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
                 self.recoveries,
                 self.discontinuities,
+                self.departed_divergences,
                 self.refused,
                 self.minority_deliveries,
                 self.max_total_gap
@@ -1093,6 +1098,7 @@ impl Sim {
                                     .and_then(|v| rec.primary.get(&v))
                                     .copied()
                                     .unwrap_or(false);
+                                let view = rec.current();
                                 let key = (life, d.topic.to_string());
                                 if let Some(t) = self.last_total.insert(key, now) {
                                     self.max_total_gap = self.max_total_gap.max(now - t);
@@ -1103,6 +1109,7 @@ impl Sim {
                                         gseq: d.gseq.map(|g| g.0),
                                         epoch: rec.discontinuities,
                                         primary,
+                                        view,
                                     },
                                 );
                             }
@@ -1667,7 +1674,8 @@ impl Sim {
         let mut v = std::mem::take(&mut self.violations);
         v.extend(check::deliveries(&self.lives, &self.published));
         v.extend(check::causal(&self.lives, &self.past));
-        v.extend(check::total(&self.lives));
+        let (total, diverged) = check::total(&self.lives);
+        v.extend(total);
         for (a, b, view, what) in &self.safe_doubts {
             if check::went_on_together(&self.lives, *a, *b, view) {
                 v.push(what.clone());
@@ -1780,6 +1788,7 @@ impl Sim {
         let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         let discontinuities = self.lives.iter().map(|l| l.discontinuities).sum();
         SimReport {
+            departed_divergences: diverged,
             discontinuities,
             refused: self.refused,
             minority_deliveries: self.minority_deliveries,
