@@ -39,13 +39,22 @@ fn failure_run(seed: u64, bugs: Bugs, fault: impl Fn(&mut SimConfig)) -> SimRepo
     run_config(c)
 }
 
-/// A publisher's broker crashes mid-stream, with loss, so the survivors
-/// hold different parts of its stream and must agree on a cut.
+/// A publisher's broker crashes right after it sends a burst and restarts
+/// at once (its new incarnation speaking proves the old one dead, so the
+/// view change starts within a discovery period). Heavy loss on its links
+/// leaves the survivors with different parts of its last messages, some
+/// with holes nobody can fill, and slow repairs between survivors make
+/// the flush wait for them. The survivors must agree on a cut.
 fn crash_a_publisher(c: &mut SimConfig) {
+    c.publishers_per_node = 3;
+    for to in [0, 2, 3] {
+        c.faults.lossy_links.push((1, to, 0.5));
+    }
+    c.tune = Some(|e| e.repair_delay = Duration::from_millis(800));
     c.faults.crashes.push(PlannedCrash {
         at: Duration::from_millis(300 + c.seed * 40),
-        victim: Victim::Slot(1),
-        restart_after: None,
+        victim: Victim::Publisher(1),
+        restart_after: Some(Duration::ZERO),
     });
 }
 
@@ -61,7 +70,7 @@ fn stall_the_sequencer(c: &mut SimConfig) {
 }
 
 fn with_failure_bug(bugs: Bugs, fault: fn(&mut SimConfig)) -> Vec<SimReport> {
-    (0..4).map(|seed| failure_run(seed, bugs, fault)).collect()
+    (0..6).map(|seed| failure_run(seed, bugs, fault)).collect()
 }
 
 fn assert_reported(reports: &[SimReport], needle: &str) {

@@ -170,6 +170,9 @@ pub enum Victim {
     Sequencer,
     /// The view's coordinator.
     Coordinator,
+    /// The broker at this slot right after it next sends a burst of
+    /// publishes (1 µs later: nothing is acknowledged or repaired yet).
+    Publisher(usize),
     /// The origin of a total-isis message no engine has delivered yet (its
     /// proposals or final priority are still in flight); one some engine
     /// delivered but not all if there is none.
@@ -180,6 +183,7 @@ impl std::fmt::Display for Victim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Victim::Slot(s) => write!(f, "slot {s}"),
+            Victim::Publisher(s) => write!(f, "slot {s} right after it publishes"),
             Victim::Sequencer => f.write_str("the sequencer"),
             Victim::Coordinator => f.write_str("the coordinator"),
             Victim::IsisOrigin => f.write_str("the origin of an unresolved isis message"),
@@ -207,6 +211,8 @@ pub struct SimConfig {
     pub only: Option<(Ordering, bool)>,
     /// The engines' bound on causal hold-back and pending total messages.
     pub ordering_limit: Option<usize>,
+    /// Adjusts every engine's configuration (timers, detector) for a run.
+    pub tune: Option<fn(&mut EngineConfig)>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -233,6 +239,7 @@ impl SimConfig {
             payload_size: None,
             only: None,
             ordering_limit: None,
+            tune: None,
             deadline: Duration::from_secs(120),
             liveness_bound: Duration::from_secs(10),
             #[cfg(feature = "bug-injection")]
@@ -1285,6 +1292,22 @@ impl Sim {
                 self.start_slot(s);
                 crashed
             }
+            Action::Crash(Victim::Publisher(s), restart) => {
+                // Moves to just after the slot's next planned publish.
+                match self.plan.iter().find(|p| p.node == s && p.at >= self.now) {
+                    Some(p) => {
+                        let at = p.at + Duration::from_micros(1);
+                        self.push_action(at, Action::Crash(Victim::Slot(s), restart), record);
+                    }
+                    None => {
+                        if let Some(f) = record.and_then(|r| self.faults_made.get_mut(r)) {
+                            f.attempts = VICTIM_PATIENCE;
+                        }
+                    }
+                }
+                // Counted when the moved crash fires.
+                return;
+            }
             Action::Crash(victim, restart) => match self.victim(victim) {
                 Some(s) => {
                     self.crash_slot(s);
@@ -1412,7 +1435,7 @@ impl Sim {
             .max_by_key(|e| (e.view().primary, e.view().members.len()))
             .map(Engine::view);
         match v {
-            Victim::Slot(s) => running(s).then_some(s),
+            Victim::Slot(s) | Victim::Publisher(s) => running(s).then_some(s),
             Victim::Sequencer => view.and_then(|v| v.sequencer).and_then(slot_of),
             Victim::Coordinator => view.and_then(|v| slot_of(v.coordinator)),
             Victim::IsisOrigin => {
@@ -1482,6 +1505,9 @@ impl Sim {
         c.retransmit_buffer_bytes = self.cfg.retransmit_buffer_bytes;
         if let Some(l) = self.cfg.ordering_limit {
             c.ordering_limit = l;
+        }
+        if let Some(tune) = self.cfg.tune {
+            tune(&mut c);
         }
         #[cfg(feature = "bug-injection")]
         {
