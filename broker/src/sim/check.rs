@@ -433,21 +433,24 @@ pub fn causal(lives: &[Life], past: &BTreeMap<Msg, Past>) -> Vec<String> {
 /// every surviving life that delivered it and each `gseq` names one message
 /// among them; each life's `gseq`s of a topic grow by exactly one (across a
 /// discontinuity they still grow); total topics deliver only in primary
-/// views. Agreement binds the survivors of each view: what a member
-/// delivered in the view it crashed in or was excluded from is checked for
-/// its own order only, and its disagreements with the survivors are
-/// counted (the second value), not failed.
+/// views. Agreement binds every engine that did not crash (one cut off,
+/// falsely suspected or on the minority side of a split is alive, and its
+/// subscribers saw what it delivered): what a member delivered in the view
+/// it crashed in is checked for its own order only, and its disagreements
+/// with the survivors are counted (the second value), not failed.
 pub fn total(lives: &[Life]) -> (Vec<String>, u64) {
     let mut out = Vec::new();
     let mut seen: BTreeMap<(&str, Msg), (u64, usize)> = BTreeMap::new();
     let mut at: BTreeMap<(&str, u64), (Msg, usize)> = BTreeMap::new();
     let mut departed: Vec<(usize, &str, Msg, u64)> = Vec::new();
     for (i, life) in lives.iter().enumerate() {
+        // Only a real crash ends a life without the survivors' agreement:
+        // a member cut off or falsely suspected is alive, and its
+        // subscribers saw what it delivered.
         let ended: BTreeSet<ViewKey> = life
-            .view_seq
-            .iter()
-            .filter(|v| next_of(lives, i, v) == Next::Crashed)
-            .copied()
+            .current()
+            .filter(|_| life.crashed)
+            .into_iter()
             .collect();
         for (topic, seq) in &life.total {
             let mut prev: Option<(u64, u64)> = None;

@@ -355,9 +355,9 @@ pub struct SimReport {
     pub peak_ordering_held: u64,
     /// Discontinuity events the engines reported (exclusions, merges).
     pub discontinuities: u64,
-    /// Total-topic deliveries a member made in the view it crashed in or
-    /// was excluded from whose `gseq` the survivors gave another message
-    /// (allowed: agreement binds the survivors; shown for the record).
+    /// Total-topic deliveries a member made in the view it crashed in
+    /// whose `gseq` the survivors gave another message (allowed: agreement
+    /// binds the survivors; shown for the record).
     pub departed_divergences: u64,
     /// Publishes to total topics refused outside a primary view.
     pub refused: u64,
@@ -406,7 +406,7 @@ impl SimReport {
         if !self.recoveries.is_empty() || self.discontinuities > 0 || self.refused > 0 {
             let _ = writeln!(
                 s,
-                "  membership: recoveries {:?}, discontinuities {}, departed members' total deliveries the survivors ordered otherwise {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
+                "  membership: recoveries {:?}, discontinuities {}, crashed members' total deliveries the survivors ordered otherwise {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
                 self.recoveries,
                 self.discontinuities,
                 self.departed_divergences,
