@@ -9,7 +9,9 @@
 //! cargo test -p ordo-broker --features sim                        # 500 seeds + scenarios + planted bugs
 //! ORDO_SIM_SEEDS=100000 cargo test -p ordo-broker --features sim --test sim -- many_seeds --nocapture
 //! ORDO_SIM_SEED=1234 cargo test -p ordo-broker --features sim --test sim -- replay --exact --nocapture
+//! ORDO_SIM_TRACE=1 ...                                             # publishes and view installs, as they happen
 //! ORDO_SIM_SCENARIO_SEEDS=300 ORDO_SIM_SCENARIO_LOSS=0.3 cargo test -p ordo-broker --features sim --test sim_scenarios
+//! ORDO_SIM_FAILURE_SEEDS=100 cargo test -p ordo-broker --features sim --test sim_scenarios   # failure scenarios
 //! ```
 //!
 //! The workload mixes every ordering: publisher `p` publishes on
@@ -18,16 +20,35 @@
 //! republishes at slot 1 with the delivery's causal context, so causal
 //! chains cross brokers.
 //!
-//! Checked on every run: no loss, no duplicates, FIFO per publisher, the
-//! virtual-synchrony delivery sets (see [`check`]), causal order against
-//! the happened-before relation computed from the run's history (each
-//! publisher's order, everything delivered at the publishing broker, the
-//! responder's chains), total order (each total message has the same `gseq`
-//! on every broker, and each broker's `gseq`s of a topic grow by one), one
-//! agreed topic table, safe messages delivered only once every member holds
-//! them, every buffer within its bound at every step, no datagram above the
-//! maximum, retransmit buffers drained once traffic stops, every member in
-//! one view, every planned fault fired.
+//! Faults: loss (per link too), duplication, jitter, corruption, partitions
+//! (symmetric or one way; short ones must lose nothing, long ones split the
+//! view), and membership faults the harness makes at planned instants
+//! ([`Action`]): a crash drops an engine (it processes and sends nothing
+//! more; datagrams in flight still arrive), optionally followed by a new
+//! incarnation on the same node id; a stall freezes an engine (a GC pause:
+//! datagrams wait in its socket buffer) so the others may falsely suspect
+//! it. A crash's victim can be picked from the engines' state when it
+//! fires ([`Victim`]: the sequencer, the coordinator, the origin of an
+//! unresolved isis message, a broker right after it publishes). Every
+//! planned fault must fire.
+//!
+//! Checked on every run (see [`check`]): each message delivered only in the
+//! view it was sent in (so never across a split), the same set delivered in
+//! a view by every engine that went on from it to the same next view
+//! (virtual synchrony, agreement on a crashed member's messages), no loss
+//! among engines that went on together (and confirmed messages of a
+//! crashed publisher reach the others), no duplicates, FIFO (a prefix of a
+//! publisher's messages per view), causal order against the happened-before
+//! relation computed from the run's history, total order (one `gseq` per
+//! message and one message per `gseq` among engines that did not crash,
+//! `gseq`s growing by one except across a discontinuity, total topics
+//! delivered only in primary views, publishes to them refused only outside
+//! one), one agreed topic table, safe messages delivered only once every
+//! member going on with the deliverer holds them, every buffer within its
+//! bound at every step, no datagram above the maximum, every buffer drained
+//! once traffic stops, discontinuities only when membership faults were
+//! planned, and liveness: every live engine in one view within
+//! [`SimConfig::liveness_bound`] after the last fault healed.
 
 pub mod check;
 pub mod net;
