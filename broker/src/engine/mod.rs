@@ -703,7 +703,7 @@ impl Engine {
         }
         if h.view != self.view.id {
             self.stats.dropped_wrong_view += 1;
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, None, now);
             return;
         }
         let origin = d.origin;
@@ -753,10 +753,10 @@ impl Engine {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
             self.on_foreign_view(h.sender, h.view, &d, now);
         } else {
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
         }
     }
 
