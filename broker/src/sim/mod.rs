@@ -391,6 +391,10 @@ pub struct SimReport {
     /// The longest virtual time between two consecutive deliveries of one
     /// total topic at one engine (a failover's pause, under steady traffic).
     pub max_total_gap: Duration,
+    /// Per running engine at the end, its last failure-detection time and
+    /// last view-change time as it measured them (ms; 0 if none).
+    pub detection_ms: Vec<u64>,
+    pub view_change_ms: Vec<u64>,
 }
 
 impl SimReport {
@@ -1834,7 +1838,14 @@ impl Sim {
         };
         let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         let discontinuities = self.lives.iter().map(|l| l.discontinuities).sum();
+        let detection_ms = self
+            .live()
+            .map(|e| e.stats().last_failure_detection_ms)
+            .collect();
+        let view_change_ms = self.live().map(|e| e.stats().last_view_change_ms).collect();
         SimReport {
+            detection_ms,
+            view_change_ms,
             departed_divergences: diverged,
             discontinuities,
             refused: self.refused,
