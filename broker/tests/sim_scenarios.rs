@@ -6,7 +6,8 @@
 //! broker and the origin of an unresolved isis message crash mid-stream; a
 //! stalled broker is falsely suspected and rejoins; a minority is cut off
 //! for longer than failure detection and merges back; a one-way partition;
-//! a crashed broker restarts with its node id. The workload mixes every
+//! a crashed broker restarts with its node id; a second live broker with a
+//! node id in use is refused. The workload mixes every
 //! ordering; every run ends with the simulator's full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -501,5 +502,34 @@ fn a_pause_just_shorter_than_detection_does_not_roll_the_group_back() {
         sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
         sim.schedule(ms(300), Action::Stall(2, ms(1500 + seed * 20)));
         assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_second_broker_with_a_live_node_id_is_refused() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.05)));
+        assert!(sim.form_group());
+        let live = sim.origins()[1].unwrap();
+        // A fourth broker configured with slot 1's node id starts mid-stream.
+        let dup = sim.add_duplicate_slot(1);
+        sim.plan_traffic_over(ms(5), ms(1000), &[0, 1, 2]);
+        sim.schedule(ms(300), Action::Start(dup));
+        sim.run_for(ms(1500));
+        // The group kept the live broker (it was not taken for a restart).
+        let view = sim.engine(0).unwrap().view().clone();
+        assert!(
+            view.members.contains(&live) && view.members.len() == 3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        assert!(sim.engine(dup).is_none(), "seed {seed}: the duplicate runs");
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(
+            !r.refusals.is_empty(),
+            "seed {seed}: the duplicate was never refused"
+        );
+        println!("seed {seed}: {:?}", r.refusals);
     }
 }

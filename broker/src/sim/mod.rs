@@ -391,6 +391,8 @@ pub struct SimReport {
     /// The longest virtual time between two consecutive deliveries of one
     /// total topic at one engine (a failover's pause, under steady traffic).
     pub max_total_gap: Duration,
+    /// Engines refused for claiming a node id in use, and why.
+    pub refusals: Vec<String>,
     /// Per running engine at the end, its last failure-detection time and
     /// last view-change time as it measured them (ms; 0 if none).
     pub detection_ms: Vec<u64>,
@@ -518,6 +520,8 @@ struct Slot {
     stalled_until: Option<Instant>,
     /// Datagrams that arrived during a stall.
     inbox: VecDeque<Bytes>,
+    /// The node id its engines use, if not the slot's own (`slot + 1`).
+    node: Option<u32>,
 }
 
 impl Slot {
@@ -529,6 +533,7 @@ impl Slot {
             leaving: false,
             stalled_until: None,
             inbox: VecDeque::new(),
+            node: None,
         }
     }
 
@@ -580,6 +585,9 @@ pub struct Sim {
     safe_doubts: Vec<(usize, usize, ViewKey, String)>,
     /// Publishes to a total topic refused in a non-primary view.
     refused: u64,
+    /// A slot claims another's node id; and the refusals seen.
+    duplicates_planned: bool,
+    refusals: Vec<String>,
     minority_deliveries: u64,
     /// Crashed members not yet out of every running engine's view, with
     /// the crash instant; and the times they took.
@@ -674,6 +682,8 @@ impl Sim {
             settled_at: None,
             membership_faults: cfg.faults.changes_membership(SHORT_PARTITION),
             refused: 0,
+            duplicates_planned: false,
+            refusals: Vec::new(),
             safe_doubts: Vec::new(),
             partitions: Vec::new(),
             minority_deliveries: 0,
@@ -711,6 +721,19 @@ impl Sim {
     /// Adds an empty slot (for a broker joining later); returns its index.
     pub fn add_slot(&mut self) -> usize {
         self.slots.push(Slot::empty());
+        self.slots.len() - 1
+    }
+
+    /// Adds an empty slot whose engines claim the node id of slot `of`,
+    /// with a higher incarnation (a second live broker configured with an
+    /// id already in use): it must be refused, and the run reports the
+    /// refusal instead of failing on it.
+    pub fn add_duplicate_slot(&mut self, of: usize) -> usize {
+        let mut slot = Slot::empty();
+        slot.node = Some(of as u32 + 1);
+        slot.incarnation = 1000;
+        self.slots.push(slot);
+        self.duplicates_planned = true;
         self.slots.len() - 1
     }
 
@@ -1224,6 +1247,19 @@ impl Sim {
             if let Some(l) = self.lives.get_mut(life) {
                 l.left = true;
             }
+        } else if let Some(why) = e.refused().map(str::to_owned) {
+            // Refused (a duplicate node id): it left; its slot empties.
+            if !self.duplicates_planned {
+                self.violations
+                    .push(format!("slot {i} ({}) was refused: {why}", e.origin()));
+            }
+            self.refusals
+                .push(format!("slot {i} ({}): {why}", e.origin()));
+            self.retired.push(e.stats().clone());
+            slot.engine = None;
+            if let Some(l) = self.lives.get_mut(life) {
+                l.left = true;
+            }
         }
         // A safe message is delivered nowhere until every member holds it
         // (every member that goes on with the deliverer: a view change's
@@ -1522,7 +1558,8 @@ impl Sim {
             return;
         }
         slot.incarnation += 1;
-        let mut c = EngineConfig::new(NodeId(s as u32 + 1), Incarnation(slot.incarnation), "sim");
+        let node = slot.node.unwrap_or(s as u32 + 1);
+        let mut c = EngineConfig::new(NodeId(node), Incarnation(slot.incarnation), "sim");
         c.seed = seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add((s as u64) << 32 | slot.incarnation);
@@ -1844,6 +1881,7 @@ impl Sim {
             .collect();
         let view_change_ms = self.live().map(|e| e.stats().last_view_change_ms).collect();
         SimReport {
+            refusals: std::mem::take(&mut self.refusals),
             detection_ms,
             view_change_ms,
             departed_divergences: diverged,
