@@ -556,6 +556,7 @@ impl Engine {
             }
         }
         self.deliver_local(true);
+        self.apply_own_control(true);
         let sequencer = members.first().map(|m| m.node);
         let n = self.delivery.install(
             self.me,
