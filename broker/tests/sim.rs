@@ -31,8 +31,11 @@ fn many_seeds() {
     let mut naks = 0;
     let mut repairs = 0;
     let mut known = Vec::new();
+    let mut slowest: Vec<(std::time::Duration, u64)> = Vec::new();
     for seed in first..first + n {
+        let t = Instant::now();
         let r = run_seed(seed);
+        slowest.push((t.elapsed(), seed));
         naks += r.totals.naks_sent;
         repairs += r.totals.retransmissions_sent;
         let bug = KNOWN_ENGINE_BUGS.iter().find(|(s, _)| *s == seed);
@@ -51,8 +54,11 @@ fn many_seeds() {
             }
         }
     }
+    slowest.sort();
+    slowest.reverse();
+    slowest.truncate(5);
     eprintln!(
-        "{n} seeds in {:?}: {} failed, {} more on known engine bugs {known:?}; {naks} NAKs, {repairs} retransmissions",
+        "{n} seeds in {:?}: {} failed, {} more on known engine bugs {known:?}; {naks} NAKs, {repairs} retransmissions; slowest {slowest:?}",
         started.elapsed(),
         failed.len(),
         known.len()

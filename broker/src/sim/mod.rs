@@ -149,6 +149,13 @@ impl FaultPlan {
                 4 | 5 => {
                     let len = Duration::from_millis(rng.gen_range(100..4000));
                     self.stalls.push((at, slot, len));
+                    // Sometimes under heavy jitter too: late heartbeats on
+                    // top of the pause feed false suspicions.
+                    if rng.gen_bool(0.3) {
+                        self.jitter = self
+                            .jitter
+                            .max(Duration::from_millis(rng.gen_range(10..40)));
+                    }
                 }
                 _ => {
                     // A minority cut off for longer than failure detection.
