@@ -315,7 +315,7 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
-        let primary = self.membership.quorum(&members);
+        let primary = self.membership.quorum(&members, self.config.cluster_size);
         // Joiners that lived in this cluster in their process before and
         // departed from us by failure: a healed partition (or a falsely
         // suspected broker), whose publishes while apart we never got.
