@@ -411,7 +411,7 @@ impl Total {
             let mut ordered = std::collections::BTreeSet::new();
             for k in &self.seq_order {
                 if !self.seq_data.contains_key(k)
-                    && !self.seq_done.get(&k.0).is_some_and(|d| *d >= k.1)
+                    && self.seq_done.get(&k.0).is_none_or(|d| *d < k.1)
                 {
                     break;
                 }
