@@ -114,7 +114,9 @@ pub struct Bugs {
     /// Install a failure view without waiting for the survivors to repair
     /// each other up to the agreed cut of the departed members' streams.
     pub skip_failure_flush: bool,
-    /// After a failover, the old sequencer keeps ordering and the survivors obey it.
+    /// After a failover, the old sequencer keeps ordering (once it is back,
+    /// falsely suspected and rejoined under its node id) and the survivors
+    /// obey it beside the new one.
     pub stale_sequencer_acts: bool,
     /// One survivor delivers a departed member's messages beyond the agreed cut.
     pub departed_on_one_survivor: bool,
