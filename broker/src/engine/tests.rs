@@ -999,3 +999,34 @@ fn a_new_sequencer_alone_orders_after_failover_and_the_planted_stale_one_breaks_
         "two sequencers acting went unnoticed"
     );
 }
+
+#[test]
+fn with_the_cluster_size_known_a_broker_restarted_alone_forms_no_primary_view() {
+    let sized = |n| {
+        let mut c = config(n);
+        c.cluster_size = 3;
+        c
+    };
+    let mut g = Group::with(3, sized);
+    assert!(g.engines[0].view().primary);
+    // Engine 2 is cut off and restarts: it finds nobody and forms a view alone.
+    let mut c = sized(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    let cut = |from: usize, to: usize| (from == 2) != (to == 2);
+    g.run(ms(3000), |from, to, _| !cut(from, to));
+    let alone = g.engines[2].view().clone();
+    assert_eq!(alone.members.len(), 1, "{alone:?}");
+    assert!(!alone.primary, "a second primary: {alone:?}");
+    assert!(g.engines[0].view().primary);
+    // Unknown size: the first view of a fresh broker is primary (a new cluster).
+    let e = Engine::new(config(9), g.now);
+    let mut e = e;
+    let mut t = g.now;
+    for _ in 0..100 {
+        t += ms(10);
+        e.handle_timeout(t);
+        while e.poll_transmit().is_some() {}
+    }
+    assert!(e.view().primary);
+}

@@ -38,7 +38,7 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        let primary = self.membership.quorum(&[self.me]);
+        let primary = self.membership.quorum(&[self.me], self.config.cluster_size);
         self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
