@@ -1580,6 +1580,9 @@ impl Sim {
         if let Some(l) = self.cfg.ordering_limit {
             c.ordering_limit = l;
         }
+        // Configured like a deployment: the group's size is known, so a
+        // broker alone (say, restarted while cut off) forms no primary view.
+        c.cluster_size = self.cfg.nodes;
         if let Some(tune) = self.cfg.tune {
             tune(&mut c);
         }
