@@ -1,7 +1,9 @@
 //! The randomized simulation: hundreds of seeds per `cargo test`, each a
 //! group of brokers publishing over a faulty network, every guarantee
-//! checked. `ORDO_SIM_SEEDS=N` runs N seeds (long mode); `ORDO_SIM_SEED=S`
-//! with the `replay` test replays one seed verbosely.
+//! checked. About 40% of the seeds also crash, restart, stall or cut off
+//! brokers (see `FaultPlan::membership_faults`). `ORDO_SIM_SEEDS=N` runs N
+//! seeds (long mode, from `ORDO_SIM_FIRST_SEED`); `ORDO_SIM_SEED=S` with
+//! the `replay` test (`-- replay --exact`) replays one seed verbosely.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;

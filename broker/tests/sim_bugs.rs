@@ -1,6 +1,11 @@
 //! The simulator's checks are shown to fail: each test plants one bug in the
 //! engine (feature `bug-injection`) and asserts the simulator reports the
 //! violation it causes. A checker that never fails would fail these tests.
+//! The failure bugs run on failures that make them matter: a publisher
+//! crashed mid-burst under heavy loss (skipping the flush, delivering a
+//! departed member's messages on one survivor) and a sequencer cut off,
+//! merged back, then traffic (a stale sequencer); the same runs without a
+//! bug pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
