@@ -72,6 +72,14 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
     ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
     ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
+    ("ordo_suspicions_total", "Members this broker's failure detector suspected."),
+    ("ordo_view_changes_join_total", "Views installed because a broker joined or rejoined."),
+    ("ordo_view_changes_leave_total", "Views installed because a broker left gracefully."),
+    ("ordo_view_changes_crash_total", "Views installed because a broker crashed or was cut off (suspected)."),
+    ("ordo_view_changes_merge_total", "Views installed that merged brokers cut off by a partition back in."),
+    ("ordo_publishes_no_quorum_total", "Total-order publishes and declarations refused because the view is not primary (no quorum)."),
+    ("ordo_duplicate_node_refusals_total", "Brokers refused because they claimed the node id of a live member."),
+    ("ordo_exclusions_total", "Times this broker found itself excluded from the view (suspected, or losing a merge) and rejoined."),
 ];
 
 /// Which `Stats` field feeds which counter: (metric, `reason` label for
@@ -149,6 +157,24 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_datagrams_dropped_total", "bad_control", |s| {
         s.control_malformed
     }),
+    ("ordo_suspicions_total", "", |s| s.suspicions),
+    ("ordo_view_changes_join_total", "", |s| s.view_changes_join),
+    ("ordo_view_changes_leave_total", "", |s| {
+        s.view_changes_leave
+    }),
+    ("ordo_view_changes_crash_total", "", |s| {
+        s.view_changes_crash
+    }),
+    ("ordo_view_changes_merge_total", "", |s| {
+        s.view_changes_merge
+    }),
+    ("ordo_publishes_no_quorum_total", "", |s| {
+        s.publishes_no_quorum
+    }),
+    ("ordo_duplicate_node_refusals_total", "", |s| {
+        s.duplicate_node_refusals
+    }),
+    ("ordo_exclusions_total", "", |s| s.exclusions),
 ];
 
 /// Gauges copied from each snapshot: (name, help, field).
@@ -202,6 +228,21 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "ordo_ordering_limit_messages",
         "Bound on causal hold-back and on pending total-order messages (publishes wait beyond it).",
         |s| s.ordering_limit,
+    ),
+    (
+        "ordo_last_failure_detection_ms",
+        "Milliseconds from the last frame of the last member suspected here to its suspicion.",
+        |s| s.last_failure_detection_ms,
+    ),
+    (
+        "ordo_last_view_change_ms",
+        "Milliseconds the last view change took here, from proposal or suspicion to install.",
+        |s| s.last_view_change_ms,
+    ),
+    (
+        "ordo_view_primary",
+        "1 while the installed view is primary (holds a quorum; total-order topics work), else 0.",
+        |s| s.primary,
     ),
 ];
 

@@ -35,7 +35,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 pub use config::{Bugs, EngineConfig};
-use membership::Membership;
+use membership::{Detector, Membership};
 use reliability::{Received, Reliability};
 pub use stats::Stats;
 use timer::{Timer, TimerTable};
@@ -152,6 +152,7 @@ pub struct Engine {
     view: View,
     in_view: bool,
     membership: Membership,
+    detector: Detector,
     rel: Reliability,
     delivery: delivery::Delivery,
     topics: TopicCache,
@@ -192,6 +193,7 @@ impl Engine {
             },
             in_view: false,
             membership: Membership::default(),
+            detector: Detector::new(config.detector()),
             rel: Reliability::new(me, Seq(0), config.reliability()),
             delivery,
             topics: TopicCache::default(),
@@ -228,6 +230,10 @@ impl Engine {
         if !self.sending_allowed() {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
+        }
+        if matches!(msg.ordering, Ordering::TotalIsis | Ordering::TotalSeq) && !self.view.primary {
+            self.stats.publishes_no_quorum += 1;
+            return Err(PublishError::Unavailable(self.no_quorum()));
         }
         if msg.topic.len() > usize::from(u16::MAX) {
             return Err(PublishError::Unavailable(format!(
@@ -378,6 +384,11 @@ impl Engine {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
         }
+        if !self.view.primary {
+            // Declarations are ordered like total-seq messages.
+            self.stats.publishes_no_quorum += 1;
+            return Err(PublishError::Unavailable(self.no_quorum()));
+        }
         let payload = Control::Declare {
             name: name.to_string(),
             ordering,
@@ -415,6 +426,15 @@ impl Engine {
         });
         self.refresh_gauges();
         Ok(())
+    }
+
+    /// Why total-order work is refused in a view that is not primary.
+    fn no_quorum(&self) -> String {
+        format!(
+            "no quorum: this broker is in view {} with {} member(s), which does not hold a majority of the last primary view (a network partition?); total-order topics and topic declarations are unavailable here until it heals, fifo and causal topics keep working",
+            self.view.id,
+            self.view.members.len()
+        )
     }
 
     /// The topic table every member agreed on (name, ordering, safe), sorted by name.
@@ -523,16 +543,27 @@ impl Engine {
             // Our own datagram, looped back by the multicast socket.
             return;
         }
+        if let Body::Refuse(r) = frame.body {
+            self.on_refuse(r);
+            return;
+        }
+        if self.membership.refused_reason.is_some() {
+            return;
+        }
         if h.sender.node == self.me.node {
-            if h.sender.incarnation > self.me.incarnation && !self.newer_self_warned {
-                // Two brokers configured with one node id, or we were replaced.
-                self.newer_self_warned = true;
-                tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
+            if h.sender.incarnation > self.me.incarnation {
+                if !self.newer_self_warned {
+                    // Two brokers configured with one node id, or we were replaced.
+                    self.newer_self_warned = true;
+                    tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
+                }
+                self.on_newer_self(h.sender, now);
             }
             self.stats.dropped_stale_incarnation += 1;
             return;
         }
-        if self.membership.note_sender(&self.view, h.sender) {
+        self.detector.heard(h.sender, now);
+        if self.membership.note_sender(&self.view, h.sender, now) {
             self.stats.dropped_stale_incarnation += 1;
             return;
         }
@@ -547,6 +578,8 @@ impl Engine {
             Body::Install(i) => self.on_install_part(h.sender, i, now),
             Body::InstallAck(v) => self.on_install_ack(h.sender, v, now),
             Body::Leave => self.on_leave(h.sender, now),
+            Body::Suspect(s) => self.on_suspect(h.sender, s, now),
+            Body::Refuse(_) => {}
         }
         self.after_input(now);
     }
@@ -556,6 +589,9 @@ impl Engine {
         if self.timers.is_due(Timer::Membership, now) {
             self.timers.clear(Timer::Membership);
             self.membership_tick(now);
+        }
+        if self.timers.is_due(Timer::Heartbeat, now) {
+            self.failure_tick(now);
         }
         if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {
             self.timers.clear(Timer::Ack);
@@ -641,6 +677,13 @@ impl Engine {
         &self.config
     }
 
+    /// Why the group refused this broker (its node id is taken by a live
+    /// member), once it did: the engine has stopped, and the driver should
+    /// report the reason and exit with an error.
+    pub fn refused(&self) -> Option<&str> {
+        self.membership.refused_reason.as_deref()
+    }
+
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -655,6 +698,7 @@ impl Engine {
         }
         if h.view != self.view.id {
             self.stats.dropped_wrong_view += 1;
+            self.on_view_mismatch(h.sender, h.view, now);
             return;
         }
         let origin = d.origin;
@@ -704,7 +748,10 @@ impl Engine {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
-            self.on_foreign_view(h.view, d.coordinator, now);
+            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_foreign_view(h.sender, h.view, &d, now);
+        } else {
+            self.on_view_mismatch(h.sender, h.view, now);
         }
     }
 
@@ -901,6 +948,8 @@ impl Engine {
             Flags::default(),
             Body::Heartbeat(Digest {
                 coordinator,
+                view_size: u32::try_from(self.view.members.len()).unwrap_or(u32::MAX),
+                primary: self.view.primary,
                 entries: self.rel.digest(),
             }),
         );

@@ -371,6 +371,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             view: ViewId(view),
             part: 0,
             parts: 1,
+            primary: true,
             members: vec![forger, me],
             digest: vec![],
             state: vec![],
@@ -407,6 +408,8 @@ fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
         },
         body: Body::Heartbeat(ordo_wire::group::Digest {
             coordinator: g.engines[0].view().members[0],
+            view_size: 2,
+            primary: true,
             entries: vec![ordo_wire::group::DigestEntry {
                 origin: a,
                 contiguous: Seq(1000),

@@ -307,6 +307,12 @@ impl Driver {
                 }
             }
             self.flush().await;
+            if let Some(reason) = self.engine.refused() {
+                // Another live broker holds our node id: running on would
+                // only disturb the group. Nothing of ours is in a view.
+                tracing::error!("refused by the group: {reason}");
+                std::process::exit(1);
+            }
         }
         self.stop(&mut recv).await;
     }

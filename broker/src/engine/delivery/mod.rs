@@ -204,6 +204,7 @@ impl Delivery {
         me: Origin,
         members: &[Origin],
         sequencer: Option<NodeId>,
+        primary: bool,
         digest: &BTreeMap<Origin, Seq>,
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
@@ -214,7 +215,8 @@ impl Delivery {
             delivered: 0,
         };
         self.causal.install(members, digest, &mut out);
-        self.total.install(me, members, sequencer, &mut out);
+        self.total
+            .install(me, members, sequencer, primary, &mut out);
         out.delivered
     }
 
@@ -277,6 +279,7 @@ impl Delivery {
         self.causal.no_holdback = bugs.causal_no_holdback;
         self.total.skip_max = bugs.isis_skip_max;
         self.total.two_sequencers = bugs.two_sequencers;
+        self.total.stale_sequencer = bugs.stale_sequencer_acts;
     }
 }
 

@@ -78,6 +78,13 @@ pub(crate) struct Total {
     /// Planted bugs.
     pub(crate) skip_max: bool,
     pub(crate) two_sequencers: bool,
+    pub(crate) stale_sequencer: bool,
+    /// The previous view's sequencer (only the planted bug listens to it).
+    prev_sequencer: Option<NodeId>,
+    /// Whether the view is primary: total order works only in one.
+    primary: bool,
+    /// Total-order messages discarded because the view is not primary.
+    pub(crate) discarded: u64,
     /// Control entries naming a message we do not hold (counted, ignored).
     pub(crate) unknown: u64,
 }
@@ -105,17 +112,25 @@ impl Total {
     fn sequencing(&self) -> bool {
         self.sequencer == Some(self.me.node)
             || (self.two_sequencers && self.members.get(1).is_some_and(|m| *m == self.me))
+            || (self.stale_sequencer && self.prev_sequencer == Some(self.me.node))
     }
 
+    /// Orders count only from the installed view's sequencer (a pure
+    /// function of the view), so two sequencers never act in one view.
     fn accepts_order_from(&self, sender: Origin) -> bool {
         self.sequencer == Some(sender.node)
             || (self.two_sequencers && self.members.get(1) == Some(&sender))
+            || (self.stale_sequencer && self.prev_sequencer == Some(sender.node))
     }
 
     // ----- data -----
 
     /// A complete total-isis message (ours included), in its stream order.
     pub(crate) fn accept_isis(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         self.counter += 1;
         let p = Priority {
             counter: self.counter,
@@ -136,6 +151,10 @@ impl Total {
 
     /// A complete total-seq message (or declaration), ours included.
     pub(crate) fn accept_seq(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         let k = (ready.origin, ready.seq);
         self.seq_data.insert(k, ready);
         if self.sequencing() {
@@ -362,8 +381,17 @@ impl Total {
         me: Origin,
         members: &[Origin],
         sequencer: Option<NodeId>,
+        primary: bool,
         out: &mut Out<'_>,
     ) {
+        if !primary {
+            // The view lost its quorum: what is pending may be ordered
+            // differently on the primary side, so it is delivered nowhere here.
+            self.discarded += (self.isis.len() + self.seq_data.len()) as u64;
+            self.isis.clear();
+            self.seq_data.clear();
+            self.seq_order.clear();
+        }
         // ISIS: finals in final order, then the rest by (origin, seq).
         let mut finals: Vec<Key> = self
             .queue
@@ -406,7 +434,11 @@ impl Total {
         self.ctl.clear();
         self.me = me;
         self.members = members.to_vec();
+        if self.sequencer != sequencer {
+            self.prev_sequencer = self.sequencer;
+        }
         self.sequencer = sequencer;
+        self.primary = primary;
         let keep = &self.members;
         self.seq_done.retain(|o, _| keep.contains(o));
     }
@@ -506,7 +538,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), &mut out);
+        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out);
         t.accept_isis(msg(1, 2, Ordering::TotalIsis), &mut out);
         // Node 2 proposes high for the first and low for the second.
@@ -538,7 +570,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out); // we propose 1.3
         t.accept_isis(msg(2, 1, Ordering::TotalIsis), &mut out); // we propose 2.3
         t.on_control(o(2), Control::IsisFinal(vec![(Seq(1), p(2, 3))]), &mut out);
@@ -559,7 +591,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.on_control(
             o(1),
             Control::SequencerOrder(vec![(o(3), Seq(1)), (o(2), Seq(1))]),
@@ -581,7 +613,7 @@ mod tests {
             [("3:1".into(), 1), ("2:1".into(), 2)]
         );
         // 3:2 was never ordered: the view change delivers it, gseq continuing.
-        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), &mut out);
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
         assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
         assert_eq!(t.state(), vec![]);
     }

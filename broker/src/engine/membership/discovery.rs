@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ordo_wire::group::{Body, Flags, Join};
+use ordo_wire::group::{Body, Digest, Flags, Join};
 use ordo_wire::{Incarnation, Origin, Seq, ViewId};
 
 use super::Phase;
@@ -36,7 +36,8 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        self.install_view(view, vec![self.me], &digest, now);
+        let primary = self.membership.quorum(&[self.me]);
+        self.install_view(view, vec![self.me], &digest, primary, now);
     }
 
     pub(crate) fn send_join(&mut self, target: Option<Origin>) {
@@ -46,7 +47,14 @@ impl Engine {
 
     /// A heartbeat from outside our view: an existing group to join, or
     /// (for a lone coordinator) one to be absorbed into.
-    pub(crate) fn on_foreign_view(&mut self, view: ViewId, coordinator: Origin, now: Instant) {
+    pub(crate) fn on_foreign_view(
+        &mut self,
+        sender: Origin,
+        view: ViewId,
+        d: &Digest,
+        now: Instant,
+    ) {
+        let coordinator = d.coordinator;
         if view.0 == 0 {
             return;
         }
@@ -82,15 +90,16 @@ impl Engine {
                     self.send_join(Some(coordinator));
                     self.timers
                         .set(Timer::Membership, now + self.config.view_retry);
-                } else if !self.membership.merge_logged
-                    && self
-                        .membership
-                        .coordinator(&self.view)
-                        .is_some_and(|ours| coordinator < ours)
-                {
-                    // Merges of two non-trivial views: see issue 5.
-                    self.membership.merge_logged = true;
-                    tracing::warn!(%coordinator, "another view of this cluster exists; merging views is not supported yet");
+                } else if idle && self.merge_loser(sender, coordinator, d) {
+                    // Two views of one cluster (a healed partition): ours
+                    // loses, so each of our members rejoins the winner.
+                    tracing::warn!(%coordinator, their_size = d.view_size, their_primary = d.primary, "another view of this cluster exists and wins the merge");
+                    self.stats.exclusions += 1;
+                    self.membership.discontinuity = None;
+                    let reason = format!(
+                        "merging into the view of {coordinator} after a partition; messages published on the other side while apart are not delivered here"
+                    );
+                    self.rejoin_to(now, reason, Some(coordinator));
                 }
             }
             Phase::Left => {}
@@ -120,16 +129,47 @@ impl Engine {
         self.maybe_start_change(now);
     }
 
+    /// Whether our view loses a merge against the view `d` describes (see
+    /// the rule in `membership`). Only a view whose coordinator is none of
+    /// ours counts: a member we excluded may still speak in its old view.
+    fn merge_loser(&self, sender: Origin, coordinator: Origin, d: &Digest) -> bool {
+        if self.view.members.contains(&coordinator)
+            || self.view.members.contains(&sender)
+            || self.membership.departed.contains(&coordinator)
+            || self.membership.departed.contains(&sender)
+            || self.view.members.iter().any(|m| m.node == coordinator.node)
+        {
+            return false;
+        }
+        let ours = self.membership.coordinator(&self.view).unwrap_or(self.me);
+        let (mine, theirs) = (
+            (self.view.primary, self.view.members.len() as u64),
+            (d.primary, u64::from(d.view_size)),
+        );
+        if mine.0 != theirs.0 {
+            return !mine.0;
+        }
+        if mine.1 != theirs.1 {
+            return mine.1 < theirs.1;
+        }
+        ours.node > coordinator.node
+    }
+
     /// After an unrecoverable loss: forget everything and join again as a
     /// new incarnation, so the group's streams restart cleanly for us.
     pub(crate) fn rejoin(&mut self, now: Instant, reason: String) {
-        self.stats.rejoins += 1;
         let target = self
             .view
             .members
             .iter()
             .find(|m| **m != self.me && !self.membership.dead.contains(m))
             .copied();
+        self.rejoin_to(now, reason, target);
+    }
+
+    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
+    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
+        self.stats.rejoins += 1;
         self.membership.discontinuity = Some((self.view.id, reason));
         self.me = Origin {
             node: self.me.node,
@@ -145,8 +185,15 @@ impl Engine {
         self.membership.change = None;
         self.membership.joins.clear();
         self.membership.leaves.clear();
+        self.membership.dead.clear();
+        self.membership.newer.clear();
+        self.membership.newer_view_since = None;
+        self.membership.last_install = None;
+        self.membership.change_began = Some(now);
         self.membership.phase = Phase::Joining { target };
-        self.send_join(target);
+        if self.membership.join_not_before.is_none_or(|t| now >= t) {
+            self.send_join(target);
+        }
         self.timers
             .set(Timer::Membership, now + self.config.view_retry);
     }

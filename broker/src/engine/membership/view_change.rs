@@ -25,13 +25,22 @@ impl Engine {
         }
         let m = &mut self.membership;
         m.joins.retain(|j, _| !self.view.members.contains(j));
-        for j in m.joins.keys() {
-            for old in &self.view.members {
-                if old.node == j.node && old.incarnation < j.incarnation {
-                    m.dead.insert(*old);
-                }
-            }
-        }
+        // A newer incarnation waits until its old one is known dead (it
+        // fell silent) or refused (it still speaks: a duplicate node id).
+        let live_nodes: Vec<_> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| !m.dead.contains(o))
+            .map(|o| o.node)
+            .collect();
+        let waiting: BTreeMap<Origin, Seq> = m
+            .joins
+            .iter()
+            .filter(|(j, _)| live_nodes.contains(&j.node))
+            .map(|(j, s)| (*j, *s))
+            .collect();
+        m.joins.retain(|j, _| !waiting.contains_key(j));
         let dead: Vec<Origin> = self
             .view
             .members
@@ -47,9 +56,10 @@ impl Engine {
             .copied()
             .collect();
         if m.joins.is_empty() && dead.is_empty() && leaving.is_empty() {
+            m.joins.extend(waiting);
             return;
         }
-        let joins = std::mem::take(&mut m.joins);
+        let joins = std::mem::replace(&mut m.joins, waiting);
         let mut members: Vec<Origin> = self
             .view
             .members
@@ -70,10 +80,23 @@ impl Engine {
             return;
         };
         tracing::info!(%view, ?members, "proposing a view");
+        self.membership.change_began.get_or_insert(now);
         let mut acks = BTreeMap::new();
         let last_seq = self.rel.last_seq();
         acks.insert(self.me, last_seq);
-        self.membership.flush = Some(Flush { view, last_seq });
+        let flush = self.membership.flush.get_or_insert(Flush {
+            view,
+            last_seq,
+            departing: BTreeSet::new(),
+        });
+        flush.view = view;
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| !members.contains(o)));
+        let held = self
+            .flush_ack()
+            .map(|a| a.held.into_iter().collect())
+            .unwrap_or_default();
         self.membership.change = Some(Change {
             view,
             members: members.clone(),
@@ -81,6 +104,7 @@ impl Engine {
             dead,
             joins,
             acks,
+            held,
             install: None,
             installed: BTreeSet::new(),
         });
@@ -105,16 +129,23 @@ impl Engine {
         {
             return;
         }
+        if !p.members.contains(&self.me) && !self.membership.leaving {
+            // We are being left out (suspected): the install will tell us.
+            return;
+        }
         let last_seq = self.rel.last_seq();
+        self.membership.change_began.get_or_insert(now);
         let flush = self.membership.flush.get_or_insert(Flush {
             view: p.view,
             last_seq,
+            departing: BTreeSet::new(),
         });
-        let ack = FlushAck {
-            view: flush.view,
-            last_seq: flush.last_seq,
-        };
-        self.send(Flags::default(), Body::FlushAck(ack));
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| !p.members.contains(o)));
+        if let Some(ack) = self.flush_ack() {
+            self.send(Flags::default(), Body::FlushAck(ack));
+        }
         // Make our digest current at the coordinator; repeat the ack until the install.
         self.schedule_ack(now);
         self.timers
@@ -125,6 +156,10 @@ impl Engine {
         if let Some(c) = &mut self.membership.change {
             if c.view == f.view && c.old.contains(&sender) {
                 c.acks.insert(sender, f.last_seq);
+                for (o, s) in f.held {
+                    let e = c.held.entry(o).or_default();
+                    *e = (*e).max(s);
+                }
             }
         }
         self.coordinator_progress(now);
@@ -171,22 +206,18 @@ impl Engine {
             return;
         }
         // The cut: each old member's last message; a dead member's stream
-        // ends at the longest prefix any survivor has.
+        // ends at the longest prefix any survivor reported holding (each
+        // froze its delivery there, so nobody delivered beyond it).
         let mut cut: BTreeMap<Origin, Seq> = c.acks.clone();
         for d in &c.dead {
-            let best = c
-                .old
-                .iter()
-                .filter_map(|m| self.rel.peer_has(*m, *d))
-                .max()
-                .unwrap_or_default();
-            cut.insert(*d, best);
+            cut.insert(*d, c.held.get(d).copied().unwrap_or_default());
         }
+        let skip = self.config.bugs().skip_failure_flush && !c.dead.is_empty();
         let complete = c.old.iter().all(|m| {
             cut.iter()
                 .all(|(o, s)| self.rel.peer_has(*m, *o).is_some_and(|h| h >= *s))
         });
-        if !complete {
+        if !complete && !skip {
             return;
         }
         // The cut of every old stream (leavers' and the dead's too, so their
@@ -195,14 +226,16 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
+        let primary = self.membership.quorum(&members);
         // Settle the old view here first, so the state a joiner receives
         // (topics, gseq) is the state after every old-view message.
         let map: BTreeMap<Origin, Seq> = digest.iter().copied().collect();
-        self.settle_view(&members, &map);
+        self.settle_view(&members, &map, primary);
         let install = Install {
             view,
             part: 0,
             parts: 1,
+            primary,
             members,
             digest,
             state: self.delivery.state(),
@@ -299,11 +332,24 @@ impl Engine {
                 .flush
                 .as_ref()
                 .is_some_and(|f| f.view == i.view);
-        if next || (joining && for_us) {
+        if (next && (for_us || self.membership.leaving)) || (joining && for_us) {
             self.send(Flags::default(), Body::InstallAck(i.view));
             self.apply_install(i, now);
         } else if !self.in_view && !for_us && self.membership.leaving {
             self.send(Flags::default(), Body::InstallAck(i.view));
+        } else if self.in_view
+            && !self.membership.leaving
+            && self.view.members.contains(&sender)
+            && i.members.contains(&sender)
+        {
+            // A newer view from a member of ours that we cannot apply: it
+            // leaves us out (we were suspected), or we missed a view.
+            let reason = if for_us {
+                format!("missed view {} of the group", i.view)
+            } else {
+                format!("left out of view {} (suspected of failure)", i.view)
+            };
+            self.excluded(now, reason);
         }
     }
 
@@ -324,7 +370,7 @@ impl Engine {
             self.delivery
                 .load_state(&i.state, &mut self.topics, &mut self.events);
         } else {
-            self.settle_view(&i.members, &digest);
+            self.settle_view(&i.members, &digest, i.primary);
         }
         if !i.members.contains(&self.me) {
             self.in_view = false;
@@ -336,16 +382,41 @@ impl Engine {
             tracing::info!(view = %i.view, "left the group");
             return;
         }
-        self.install_view(i.view, i.members, &digest, now);
+        let members = i.members.clone();
+        let (view, primary) = (i.view, i.primary);
+        self.membership.last_install = Some(i);
+        self.install_view(view, members, &digest, primary, now);
     }
 
     /// Ends the old view: the flush proved every member holds everything
-    /// up to the cut, so deliver what waited for that (safe messages), then
-    /// let the ordering layers resolve what they hold, the same way on every
+    /// up to the cut, so deliver what waited for that (safe messages) and
+    /// departed members' streams exactly up to their cut, then let the
+    /// ordering layers resolve what they hold, the same way on every
     /// member, so nothing pending crosses into the new view.
-    pub(crate) fn settle_view(&mut self, members: &[Origin], digest: &BTreeMap<Origin, Seq>) {
+    pub(crate) fn settle_view(
+        &mut self,
+        members: &[Origin],
+        digest: &BTreeMap<Origin, Seq>,
+        primary: bool,
+    ) {
+        let bug = self.config.bugs().departed_on_one_survivor && members.get(1) == Some(&self.me);
         for (&origin, &cut) in digest {
+            if !members.contains(&origin) && origin != self.me {
+                self.rel.set_cap(origin, cut);
+            }
             self.deliver_waiting(origin, cut);
+            if bug && !members.contains(&origin) {
+                // Planted bug: this survivor delivers what it holds beyond the cut.
+                let (delivery, topics, events, stats) = (
+                    &mut self.delivery,
+                    &mut self.topics,
+                    &mut self.events,
+                    &mut self.stats,
+                );
+                self.rel.deliver_everything_held(origin, |m| {
+                    crate::engine::deliver_remote(delivery, topics, events, stats, origin, m);
+                });
+            }
         }
         self.deliver_local(true);
         let sequencer = members.first().map(|m| m.node);
@@ -353,6 +424,7 @@ impl Engine {
             self.me,
             members,
             sequencer,
+            primary,
             digest,
             &mut self.topics,
             &mut self.events,
@@ -366,16 +438,88 @@ impl Engine {
         id: ViewId,
         members: Vec<Origin>,
         digest: &BTreeMap<Origin, Seq>,
+        primary: bool,
         now: Instant,
     ) {
+        // Idempotent after `settle_view`; here for the first view of a
+        // singleton or a joiner, which had nothing to settle.
+        self.settle_view(&members, digest, primary);
         for gone in self.rel.install(&members, digest) {
             self.delivery.forget(gone);
         }
-        self.membership.note_departed(&self.view.members, &members);
+        self.rel.clear_caps();
+        let old = std::mem::take(&mut self.view.members);
+        let m = &mut self.membership;
+        // Why the view changed, for the metrics.
+        let departed: Vec<Origin> = old
+            .iter()
+            .filter(|o| !members.contains(o))
+            .copied()
+            .collect();
+        let failed: Vec<Origin> = departed
+            .iter()
+            .filter(|o| m.dead.contains(o))
+            .copied()
+            .collect();
+        let joined: Vec<Origin> = if old.is_empty() {
+            Vec::new()
+        } else {
+            members
+                .iter()
+                .filter(|o| !old.contains(o))
+                .copied()
+                .collect()
+        };
+        let merged: Vec<Origin> = joined
+            .iter()
+            .filter(|j| m.failed_nodes.contains(&j.node))
+            .copied()
+            .collect();
+        if !failed.is_empty() {
+            self.stats.view_changes_crash += 1;
+        } else if !departed.is_empty() {
+            self.stats.view_changes_leave += 1;
+        } else if !merged.is_empty() {
+            self.stats.view_changes_merge += 1;
+        } else {
+            self.stats.view_changes_join += 1;
+        }
+        if m.failed_nodes.len() >= super::MAX_DEPARTED {
+            m.failed_nodes.clear();
+        }
+        m.failed_nodes.extend(failed.iter().map(|o| o.node));
+        for j in &joined {
+            m.failed_nodes.remove(&j.node);
+        }
+        if !merged.is_empty() && m.discontinuity.is_none() {
+            // Brokers cut off from us come back: what they delivered while
+            // apart was not delivered here (and the reverse).
+            m.discontinuity = Some((
+                self.view.id,
+                format!(
+                    "merged with {} broker(s) that were cut off from this view",
+                    merged.len()
+                ),
+            ));
+        }
+        m.note_departed(&old, &members);
+        if primary {
+            m.last_primary = members.clone();
+        }
+        if let Some(t) = m.change_began.take() {
+            self.stats.last_view_change_ms = now.saturating_duration_since(t).as_millis() as u64;
+        }
+        m.newer_view_since = None;
+        if let Some(c) = &m.change {
+            if c.view <= id && c.install.is_none() {
+                // Another member's install overtook the change we ran.
+                let joins = c.joins.clone();
+                m.change = None;
+                m.joins.extend(joins);
+            }
+        }
         let coordinator = members.first().copied().unwrap_or(self.me);
-        // Idempotent after `settle_view`; here for the first view of a
-        // singleton or a joiner, which had nothing to settle.
-        self.settle_view(&members, digest);
+        self.detector.watch(&members, now);
         self.view = View {
             id,
             coordinator: coordinator.node,
@@ -383,18 +527,24 @@ impl Engine {
             // installed view, so it moves only with a view change, whose
             // flush hands its order over with no gap and no duplicate.
             sequencer: Some(coordinator.node),
-            primary: true,
+            primary,
             members,
         };
+        self.stats.primary = u64::from(primary);
         self.in_view = true;
         self.membership.phase = Phase::Member;
         self.membership.flush = None;
+        self.membership.join_not_before = None;
         self.membership.outranked_by.clear();
         let members = &self.view.members;
         self.membership.dead.retain(|d| members.contains(d));
         self.membership.leaves.retain(|l| members.contains(l));
         self.stats.view_changes += 1;
-        tracing::info!(view = %id, members = ?self.view.members, "view installed");
+        if primary {
+            tracing::info!(view = %id, members = ?self.view.members, "view installed");
+        } else {
+            tracing::warn!(view = %id, members = ?self.view.members, "view installed without a quorum of the last primary view: total-order topics are unavailable here until the partition heals");
+        }
         self.events
             .push_back(Event::ViewInstalled(self.view.clone()));
         if let Some((from, reason)) = self.membership.discontinuity.take() {
