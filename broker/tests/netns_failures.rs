@@ -41,8 +41,16 @@ use ordo_wire::Ordering;
 /// Bound on anything that must happen on a loaded machine (never a timing
 /// assertion: it only turns a hang into a failure with a message).
 const PATIENCE: Duration = Duration::from_secs(60);
-/// One load publisher's pace (per publisher; several run at once).
-const PUBLISH_EVERY: Duration = Duration::from_millis(5);
+/// One load publisher's pace (per publisher; several run at once):
+/// `ORDO_FAILURE_PUBLISH_EVERY_MS`, default 5 ms (200 messages/s each).
+fn publish_every() -> Duration {
+    let ms = std::env::var("ORDO_FAILURE_PUBLISH_EVERY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&ms| ms > 0)
+        .unwrap_or(5);
+    Duration::from_millis(ms)
+}
 /// Confirmations a load publisher waits for at once.
 const WINDOW: usize = 64;
 /// How long a load runs before and after the fault.
@@ -279,7 +287,7 @@ struct LoadResult {
 }
 
 /// A publisher sending `<tag>:<n>` (n = 1, 2, …) with confirmations, at
-/// [`PUBLISH_EVERY`], through the Rust client, until stopped.
+/// [`publish_every`], through the Rust client, until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<LoadResult>,
@@ -296,7 +304,7 @@ impl Load {
             };
             let client = connect(addr).await;
             let mut pending = FuturesUnordered::new();
-            let mut tick = tokio::time::interval(PUBLISH_EVERY);
+            let mut tick = tokio::time::interval(publish_every());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let stopping = halt.load(AtomicOrdering::Relaxed) || r.ended.is_some();
@@ -1241,7 +1249,8 @@ fn failure_figures() {
     let (det_m, det_w) = median_worst(figures.iter().map(|f| f.detection).collect());
     let (vc_m, vc_w) = median_worst(figures.iter().map(|f| f.view_change).collect());
     eprintln!(
-        "FIGURES over {runs} sequencer kills (5 brokers, 4 publishers at {PUBLISH_EVERY:?} each):"
+        "FIGURES over {runs} sequencer kills (5 brokers, 4 publishers at one message per {:?} each):",
+        publish_every()
     );
     eprintln!(
         "  kill -> first survivor in a view without it: median {}, worst {}",
