@@ -535,3 +535,231 @@ fn a_joiner_receives_a_topic_table_larger_than_a_datagram_in_parts() {
     assert_eq!(g.engines[2].view().members.len(), 3);
     assert_eq!(g.engines[2].agreed_topics(), g.engines[0].agreed_topics());
 }
+
+// ----- failures (issue 5) -----
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A total-seq message on topic "tt" (declared by [`declare_total`], as
+/// the driver declares every topic before its first use).
+fn total(payload: &[u8]) -> Publish {
+    Publish {
+        topic: "tt".into(),
+        ordering: Ordering::TotalSeq,
+        ..msg(payload, None)
+    }
+}
+
+fn declare_total(g: &mut Group) {
+    let token = ConfirmToken { conn: 9, req: 9 };
+    g.engines[0]
+        .declare("tt", Ordering::TotalSeq, false, token)
+        .unwrap();
+    g.run(ms(50), |_, _, _| true);
+}
+
+impl Group {
+    /// (payload, gseq) of every delivery at engine `i`.
+    fn delivered_total(&self, i: usize) -> Vec<(Bytes, u64)> {
+        self.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Deliver(d) => Some((d.payload.clone(), d.gseq.map_or(0, |g| g.0))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn discontinuities(&self, i: usize) -> usize {
+        self.events[i]
+            .iter()
+            .filter(|e| matches!(e, Event::Discontinuity { .. }))
+            .count()
+    }
+}
+
+#[test]
+fn a_crashed_member_is_suspected_and_the_survivors_agree_on_its_messages() {
+    let mut g = Group::new(3);
+    for i in 0..5u32 {
+        g.publish(2, &i.to_be_bytes()).unwrap();
+    }
+    // Engine 2's messages reach engine 1 only; nobody repairs engine 0 yet.
+    g.run(ms(30), |from, to, dg| {
+        !(to == 0 && (from == 2 || is_repair(dg)) && is_data(dg))
+    });
+    assert_eq!(g.delivered(1).len(), 5);
+    assert_eq!(g.delivered(0).len(), 0);
+    // Engine 2 crashes: nothing from or to it any more.
+    g.run(ms(4000), |from, to, _| from != 2 && to != 2);
+    for i in 0..2 {
+        let v = g.engines[i].view();
+        assert_eq!(v.members.len(), 2, "{v:?}");
+        assert!(v.primary);
+        assert_eq!(g.delivered(i).len(), 5, "engine {i}");
+    }
+    assert_eq!(g.engines[0].view(), g.engines[1].view());
+    let s = g.engines[0].stats();
+    assert!(s.suspicions >= 1 && s.view_changes_crash >= 1, "{s:?}");
+    assert!(
+        (1000..=3000).contains(&s.last_failure_detection_ms),
+        "detected after {} ms",
+        s.last_failure_detection_ms
+    );
+    // Stability is computed over the new view: nothing stays pinned.
+    g.publish(0, b"after").unwrap();
+    g.run(ms(300), |from, to, _| from != 2 && to != 2);
+    assert_eq!(g.engines[0].stats().unstable_own_bytes, 0);
+}
+
+#[test]
+fn a_crashed_coordinator_and_sequencer_is_replaced_and_gseq_continues() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    for i in 0..3u32 {
+        g.engines[1].publish(total(&[1, i as u8]), g.now).unwrap();
+        g.engines[2].publish(total(&[2, i as u8]), g.now).unwrap();
+    }
+    g.run(ms(50), |_, _, _| true);
+    assert_eq!(g.delivered_total(1).len(), 6);
+    // Two more; the sequencer's orders reach engine 1 but not engine 2.
+    g.engines[1].publish(total(&[1, 9]), g.now).unwrap();
+    g.engines[2].publish(total(&[2, 9]), g.now).unwrap();
+    g.run(ms(30), |from, to, _| !(from == 0 && to == 2));
+    // Then the sequencer (engine 0, the coordinator) crashes.
+    g.run(ms(4000), |from, to, _| from != 0 && to != 0);
+    let v = g.engines[1].view().clone();
+    assert_eq!(v.members.len(), 2, "{v:?}");
+    assert_eq!(v.sequencer, Some(g.engines[1].origin().node));
+    assert_eq!(&v, g.engines[2].view());
+    // The new sequencer continues the order.
+    g.engines[2].publish(total(&[2, 10]), g.now).unwrap();
+    g.engines[1].publish(total(&[1, 10]), g.now).unwrap();
+    g.run(ms(100), |from, to, _| from != 0 && to != 0);
+    let (a, b) = (g.delivered_total(1), g.delivered_total(2));
+    assert_eq!(a, b, "survivors disagree on the total order");
+    let gseqs: Vec<u64> = a.iter().map(|(_, g)| *g).collect();
+    assert_eq!(gseqs, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_cut_off_member_forms_a_minority_view_and_merges_back_with_a_discontinuity() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    let old = g.engines[2].origin();
+    let cut = |from: usize, to: usize| (from == 2) != (to == 2);
+    g.run(ms(4000), |from, to, _| !cut(from, to));
+    let (major, minor) = (g.engines[0].view().clone(), g.engines[2].view().clone());
+    assert_eq!(major.members.len(), 2, "{major:?}");
+    assert!(major.primary);
+    assert_eq!(minor.members, vec![old], "{minor:?}");
+    assert!(!minor.primary);
+    // fifo works on both sides; total order only on the primary side.
+    g.publish(2, b"minority").unwrap();
+    g.publish(0, b"majority").unwrap();
+    let refused = g.engines[2].publish(total(b"t"), g.now);
+    assert!(
+        matches!(refused, Err(PublishError::Unavailable(ref r)) if r.contains("quorum")),
+        "{refused:?}"
+    );
+    assert_eq!(g.engines[2].stats().publishes_no_quorum, 1);
+    g.engines[0].publish(total(b"t0"), g.now).unwrap();
+    g.run(ms(100), |from, to, _| !cut(from, to));
+    assert!(g.delivered(1).contains(&Bytes::from_static(b"t0")));
+    // Heal: the minority loses the merge and rejoins as a new incarnation.
+    let before = g.delivered(2).len();
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(v.primary);
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    assert!(g.engines[2].origin().incarnation > old.incarnation);
+    assert!(g.discontinuities(2) >= 1);
+    assert!(g.engines[0].stats().view_changes_merge >= 1);
+    // Nothing published on one side during the split reached the other.
+    assert!(!g.delivered(0).contains(&Bytes::from_static(b"minority")));
+    assert!(!g.delivered(2)[before..].contains(&Bytes::from_static(b"majority")));
+    // Everything works again, total order included, with gseq continuing.
+    g.engines[2].publish(total(b"t2"), g.now).unwrap();
+    g.run(ms(100), |_, _, _| true);
+    let last = |i: usize| g.delivered_total(i).last().cloned().unwrap();
+    assert_eq!(last(0), (Bytes::from_static(b"t2"), 2));
+    assert_eq!(last(2), last(0));
+}
+
+#[test]
+fn a_second_live_broker_with_a_taken_node_id_is_refused_on_both_sides() {
+    let mut g = Group::new(2);
+    let view = g.engines[0].view().clone();
+    let mut c = config(2);
+    c.incarnation = Incarnation(2);
+    g.engines.push(Engine::new(c, g.now));
+    g.events.push(Vec::new());
+    g.run(ms(1000), |_, _, _| true);
+    let dup = &g.engines[2];
+    let reason = dup.refused().expect("the duplicate was not refused");
+    assert!(reason.contains("node id 2"), "{reason}");
+    assert!(!dup.in_view());
+    assert_eq!(g.engines[0].view(), &view);
+    assert_eq!(g.engines[1].view(), &view);
+    assert!(g
+        .engines
+        .iter()
+        .take(2)
+        .any(|e| e.stats().duplicate_node_refusals >= 1));
+}
+
+#[test]
+fn a_restarted_broker_replaces_its_silent_old_incarnation() {
+    let mut g = Group::new(3);
+    // Engine 2 "restarts": the old one falls silent, a new one starts.
+    let mut c = config(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    g.run(ms(1000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(v.members.contains(&g.engines[2].origin()));
+    assert!(g.engines[2].refused().is_none());
+    assert_eq!(g.engines[0].stats().duplicate_node_refusals, 0);
+}
+
+#[test]
+fn a_member_that_cannot_hear_the_coordinator_does_not_wedge_the_group() {
+    let mut g = Group::new(3);
+    // One-way: engine 2 hears nobody from engine 0; engine 0 hears everyone.
+    g.run(ms(20_000), |from, to, _| !(from == 0 && to == 2));
+    let (b, c) = (g.engines[1].view().clone(), g.engines[2].view().clone());
+    assert_eq!(b, c);
+    assert!(!b.members.iter().any(|m| m.node == NodeId(1)), "{b:?}");
+    assert!(b.primary);
+    // The unheard broker keeps trying, but backs off.
+    let x = g.engines[0].stats().exclusions;
+    assert!((1..=8).contains(&x), "{x} exclusions");
+    // The group still delivers.
+    g.publish(1, b"still").unwrap();
+    g.run(ms(100), |from, to, _| !(from == 0 && to == 2));
+    assert!(g.delivered(2).contains(&Bytes::from_static(b"still")));
+}
+
+#[test]
+fn jitter_of_a_few_hundred_ms_suspects_nobody() {
+    let mut g = Group::new(3);
+    // Every 500 ms, drop everything for 400 ms (a congested network).
+    let start = g.now;
+    let mut now_ms = 0u64;
+    while now_ms < 8000 {
+        let t = g.now;
+        let quiet = (t - start).as_millis() % 500 < 400;
+        g.run(ms(50), |_, _, _| !quiet);
+        now_ms += 50;
+    }
+    for e in &g.engines {
+        assert_eq!(e.stats().suspicions, 0);
+        assert_eq!(e.view().members.len(), 3);
+    }
+}

@@ -78,7 +78,11 @@ impl Engine {
                 let idle = self.membership.change.is_none()
                     && self.membership.flush.is_none()
                     && !self.membership.leaving;
-                if alone && idle && coordinator < self.me {
+                // Only a broker that was never in a larger view: one cut off
+                // from its group has delivered on its own and must rejoin
+                // as a new incarnation (the merge below).
+                let fresh = self.membership.departed.is_empty();
+                if alone && idle && fresh && coordinator < self.me {
                     // Two groups formed at once: the lower-ranked coordinator
                     // absorbs us. Alone, everything we sent is stable.
                     tracing::info!(%coordinator, "joining a lower-ranked coordinator's view");
@@ -130,14 +134,13 @@ impl Engine {
     }
 
     /// Whether our view loses a merge against the view `d` describes (see
-    /// the rule in `membership`). Only a view whose coordinator is none of
-    /// ours counts: a member we excluded may still speak in its old view.
+    /// the rule in `membership`). A view whose digest names us is no other
+    /// view: a member we excluded still speaking in the view it was
+    /// excluded from (it learns from our install, see `on_view_mismatch`).
     fn merge_loser(&self, sender: Origin, coordinator: Origin, d: &Digest) -> bool {
-        if self.view.members.contains(&coordinator)
-            || self.view.members.contains(&sender)
-            || self.membership.departed.contains(&coordinator)
-            || self.membership.departed.contains(&sender)
-            || self.view.members.iter().any(|m| m.node == coordinator.node)
+        if self.view.members.contains(&sender)
+            || self.view.members.contains(&coordinator)
+            || d.entries.iter().any(|e| e.origin == self.me)
         {
             return false;
         }

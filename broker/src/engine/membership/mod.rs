@@ -382,7 +382,9 @@ impl Engine {
             .map(|(n, (o, t))| (*n, *o, *t))
             .collect();
         for (node, new, first) in newer {
-            let Some(old) = self.view.members.iter().find(|m| m.node == node).copied() else {
+            let old = self.view.members.iter().find(|m| m.node == node).copied();
+            let Some(old) = old.filter(|o| o.incarnation < new.incarnation) else {
+                // The newer one is the member now (or the node left).
                 self.membership.newer.remove(&node);
                 continue;
             };
@@ -432,13 +434,24 @@ impl Engine {
         }
     }
 
-    /// A member reports suspects: the coordinator acts on them.
+    /// A member reports suspects: the coordinator acts on them. When they
+    /// include the coordinator itself, the first member after the suspects
+    /// takes over (it may hear the coordinator; the reporter does not).
     pub(crate) fn on_suspect(&mut self, sender: Origin, s: Suspect, now: Instant) {
         if !self.in_view
             || s.view != self.view.id
             || !self.view.members.contains(&sender)
-            || self.membership.coordinator(&self.view) != Some(self.me)
+            || s.members.contains(&sender)
         {
+            return;
+        }
+        let first = self
+            .view
+            .members
+            .iter()
+            .find(|m| !self.membership.dead.contains(m) && !s.members.contains(m))
+            .copied();
+        if first != Some(self.me) {
             return;
         }
         let mut any = false;
@@ -457,6 +470,9 @@ impl Engine {
 
     /// Refuses `new`, which claims the node id of the live `holder`.
     pub(crate) fn refuse(&mut self, new: Origin, holder: Origin, now: Instant) {
+        if new.node != holder.node || new.incarnation <= holder.incarnation {
+            return;
+        }
         if self.membership.refused.insert(new) {
             self.stats.duplicate_node_refusals += 1;
             tracing::error!(
@@ -492,6 +508,10 @@ impl Engine {
 
     /// A refusal: if it names us, we are the duplicate and stop.
     pub(crate) fn on_refuse(&mut self, r: Refuse) {
+        if r.refused.node != r.holder.node || r.refused.incarnation <= r.holder.incarnation {
+            // Only a newer incarnation can be refused in favour of a live older one.
+            return;
+        }
         if r.refused != self.me {
             self.membership.refused.insert(r.refused);
             self.membership.joins.remove(&r.refused);

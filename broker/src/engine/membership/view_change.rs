@@ -510,6 +510,11 @@ impl Engine {
             self.stats.last_view_change_ms = now.saturating_duration_since(t).as_millis() as u64;
         }
         m.newer_view_since = None;
+        m.newer.retain(|node, (new, _)| {
+            members
+                .iter()
+                .any(|x| x.node == *node && x.incarnation < new.incarnation)
+        });
         if let Some(c) = &m.change {
             if c.view <= id && c.install.is_none() {
                 // Another member's install overtook the change we ran.
