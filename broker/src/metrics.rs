@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ordo_wire::{Ordering, ViewId};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::Stats;
@@ -230,19 +230,23 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         |s| s.ordering_limit,
     ),
     (
-        "ordo_last_failure_detection_ms",
-        "Milliseconds from the last frame of the last member suspected here to its suspicion.",
-        |s| s.last_failure_detection_ms,
-    ),
-    (
-        "ordo_last_view_change_ms",
-        "Milliseconds the last view change took here, from proposal or suspicion to install.",
-        |s| s.last_view_change_ms,
-    ),
-    (
         "ordo_view_primary",
         "1 while the installed view is primary (holds a quorum; total-order topics work), else 0.",
         |s| s.primary,
+    ),
+];
+
+/// Durations the engine keeps in milliseconds, exported in seconds: (name, help, field).
+const ENGINE_DURATIONS: &[(&str, &str, StatField)] = &[
+    (
+        "ordo_last_failure_detection_seconds",
+        "Time from the last frame of the last member suspected here to its suspicion (failure-detection time).",
+        |s| s.last_failure_detection_ms,
+    ),
+    (
+        "ordo_last_view_change_seconds",
+        "Time the last view change took here, from proposal or suspicion to install.",
+        |s| s.last_view_change_ms,
     ),
 ];
 
@@ -295,6 +299,8 @@ pub struct Metrics {
     engine_counters: Vec<(StatField, IntCounter)>,
     /// Engine gauges, from [`ENGINE_GAUGES`].
     engine_gauges: Vec<(StatField, IntGauge)>,
+    /// Engine durations, from [`ENGINE_DURATIONS`].
+    engine_durations: Vec<(StatField, Gauge)>,
     /// The previous snapshot, so each call adds only what is new.
     last: Mutex<Stats>,
 }
@@ -325,6 +331,17 @@ impl Metrics {
         let engine_gauges = ENGINE_GAUGES
             .iter()
             .map(|&(name, help, field)| (field, gauge(r, name, help)))
+            .collect();
+
+        let engine_durations = ENGINE_DURATIONS
+            .iter()
+            .map(|&(name, help, field)| {
+                let g = match Gauge::new(name, help).and_then(|g| register(r, g)) {
+                    Ok(g) => g,
+                    Err(e) => unreachable_metric(&e),
+                };
+                (field, g)
+            })
             .collect();
 
         let view_id = gauge(
@@ -446,6 +463,7 @@ impl Metrics {
             protocol_errors,
             engine_counters,
             engine_gauges,
+            engine_durations,
             last: Mutex::new(Stats::default()),
         }
     }
@@ -469,6 +487,9 @@ impl Metrics {
         }
         for (field, gauge) in &self.engine_gauges {
             gauge.set(clamp_i64(field(stats)));
+        }
+        for (field, gauge) in &self.engine_durations {
+            gauge.set(field(stats) as f64 / 1000.0);
         }
         *last = stats.clone();
     }
@@ -716,7 +737,7 @@ mod tests {
         }
         assert_eq!(
             fields,
-            ENGINE_COUNTERS.len() + ENGINE_GAUGES.len() + shell_side.len(),
+            ENGINE_COUNTERS.len() + ENGINE_GAUGES.len() + ENGINE_DURATIONS.len() + shell_side.len(),
             "a Stats field is not wired into ENGINE_COUNTERS/ENGINE_GAUGES: {debug}"
         );
 

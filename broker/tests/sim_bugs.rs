@@ -3,8 +3,11 @@
 //! violation it causes. A checker that never fails would fail these tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use ordo_broker::engine::Bugs;
-use ordo_broker::sim::{run_config, SimConfig, SimReport};
+use ordo_broker::sim::{run_config, PlannedCrash, SimConfig, SimReport, Victim};
+use ordo_wire::Ordering;
 
 /// Runs a few lossy seeds with `bugs` planted and returns their reports.
 fn with_bug(bugs: Bugs) -> Vec<SimReport> {
@@ -13,6 +16,9 @@ fn with_bug(bugs: Bugs) -> Vec<SimReport> {
             let mut c = SimConfig::from_seed(seed);
             c.faults.loss = 0.2;
             c.faults.partitions.clear();
+            // No membership faults: these bugs show on a stable view.
+            c.faults.crashes.clear();
+            c.faults.stalls.clear();
             // A stuck run fails at the deadline; keep it short.
             c.deadline = std::time::Duration::from_secs(20);
             c.bugs = bugs;
@@ -21,17 +27,62 @@ fn with_bug(bugs: Bugs) -> Vec<SimReport> {
         .collect()
 }
 
+/// A failure run: 4 brokers under 15% loss, all publishing for a second,
+/// and `fault` planned on top.
+fn failure_run(seed: u64, bugs: Bugs, fault: impl Fn(&mut SimConfig)) -> SimReport {
+    let mut c = SimConfig::basic(seed, 4);
+    c.faults.loss = 0.15;
+    c.traffic_span = Duration::from_millis(1000);
+    c.deadline = Duration::from_secs(30);
+    c.bugs = bugs;
+    fault(&mut c);
+    run_config(c)
+}
+
+/// A publisher's broker crashes mid-stream, with loss, so the survivors
+/// hold different parts of its stream and must agree on a cut.
+fn crash_a_publisher(c: &mut SimConfig) {
+    c.faults.crashes.push(PlannedCrash {
+        at: Duration::from_millis(300 + c.seed * 40),
+        victim: Victim::Slot(1),
+        restart_after: None,
+    });
+}
+
+/// Every message is total-seq and the sequencer stalls for longer than
+/// failure detection: it is excluded while alive and a new one takes over.
+fn stall_the_sequencer(c: &mut SimConfig) {
+    c.only = Some((Ordering::TotalSeq, false));
+    c.faults.jitter = Duration::from_millis(2);
+    // Slot 0 forms the group, so it coordinates and sequences.
+    c.faults
+        .stalls
+        .push((Duration::from_millis(300), 0, Duration::from_millis(3000)));
+}
+
+fn with_failure_bug(bugs: Bugs, fault: fn(&mut SimConfig)) -> Vec<SimReport> {
+    (0..4).map(|seed| failure_run(seed, bugs, fault)).collect()
+}
+
 fn assert_reported(reports: &[SimReport], needle: &str) {
+    assert_reported_any(reports, &[needle]);
+}
+
+fn assert_reported_any(reports: &[SimReport], needles: &[&str]) {
     let hits = reports
         .iter()
-        .filter(|r| r.violations.iter().any(|v| v.contains(needle)))
+        .filter(|r| {
+            r.violations
+                .iter()
+                .any(|v| needles.iter().any(|n| v.contains(n)))
+        })
         .count();
     for r in reports {
         println!("{}", r.render());
     }
     assert!(
         hits > 0,
-        "no run reported {needle:?} although a bug was planted"
+        "no run reported any of {needles:?} although a bug was planted"
     );
 }
 
@@ -113,4 +164,49 @@ fn two_sequencers_are_reported() {
         ..Bugs::default()
     });
     assert_reported(&reports, "TOTAL ORDER");
+}
+
+#[test]
+fn the_same_failure_runs_pass_without_a_bug() {
+    for fault in [crash_a_publisher as fn(&mut SimConfig), stall_the_sequencer] {
+        for r in with_failure_bug(Bugs::default(), fault) {
+            assert!(r.ok(), "{}", r.render());
+        }
+    }
+}
+
+#[test]
+fn skipping_the_failure_flush_is_reported() {
+    let reports = with_failure_bug(
+        Bugs {
+            skip_failure_flush: true,
+            ..Bugs::default()
+        },
+        crash_a_publisher,
+    );
+    assert_reported_any(&reports, &["VIRTUAL SYNCHRONY", "LOSS", "FIFO GAP"]);
+}
+
+#[test]
+fn a_stale_sequencer_acting_after_failover_is_reported() {
+    let reports = with_failure_bug(
+        Bugs {
+            stale_sequencer_acts: true,
+            ..Bugs::default()
+        },
+        stall_the_sequencer,
+    );
+    assert_reported(&reports, "TOTAL ORDER");
+}
+
+#[test]
+fn delivering_a_departed_members_messages_on_one_survivor_is_reported() {
+    let reports = with_failure_bug(
+        Bugs {
+            departed_on_one_survivor: true,
+            ..Bugs::default()
+        },
+        crash_a_publisher,
+    );
+    assert_reported_any(&reports, &["VIRTUAL SYNCHRONY", "FIFO GAP"]);
 }

@@ -365,6 +365,10 @@ pub struct Join {
     pub target: Option<Origin>,
     /// The sender's highest sequence number so far (its stream continues after it).
     pub last_seq: Seq,
+    /// The last primary view the sender (any earlier incarnation of it in
+    /// this process) was a member of, 0 if none: a broker merging back after
+    /// a partition counts toward the quorum of that view.
+    pub last_primary: ViewId,
 }
 
 /// A view proposal; members of the current view stop sending and flush.
@@ -398,6 +402,9 @@ pub struct Install {
     pub parts: u32,
     /// Whether the view is primary (holds a quorum of the last primary view).
     pub primary: bool,
+    /// Whether the view merges back brokers that were cut off from it (a
+    /// healed partition): its members' subscribers are told of the gap.
+    pub merge: bool,
     pub members: Vec<Origin>,
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
@@ -418,6 +425,7 @@ impl Install {
     /// the view, members and digest.
     pub fn into_parts(self, max_datagram: usize) -> Vec<Install> {
         let base = HEADER_LEN
+            + 1
             + 1
             + 1
             + 8
@@ -453,6 +461,7 @@ impl Install {
                 part: u32::try_from(i).unwrap_or(u32::MAX),
                 parts,
                 primary: self.primary,
+                merge: self.merge,
                 members: self.members.clone(),
                 digest: self.digest.clone(),
                 state,
@@ -645,6 +654,7 @@ impl Frame {
                     put_origin(&mut out, t);
                 }
                 out.put_u64(j.last_seq.0);
+                out.put_u64(j.last_primary.0);
             }
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
@@ -660,6 +670,7 @@ impl Frame {
                 out.put_u32(i.part);
                 out.put_u32(i.parts);
                 put_bool(&mut out, i.primary);
+                put_bool(&mut out, i.merge);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
                 out.put_u32(i.state.len() as u32);
@@ -758,6 +769,7 @@ impl Frame {
             kind::JOIN => Body::Join(Join {
                 target: r.opt("join target", |r| r.origin())?,
                 last_seq: Seq(r.counter("join last seq")?),
+                last_primary: ViewId(r.counter("join last primary")?),
             }),
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
@@ -779,11 +791,13 @@ impl Frame {
                     ));
                 }
                 let primary = r.bool("primary")?;
+                let merge = r.bool("merge")?;
                 Body::Install(Install {
                     view,
                     part,
                     parts,
                     primary,
+                    merge,
                     members: members(&mut r)?,
                     digest: seq_vector(&mut r)?,
                     state: topic_states(&mut r)?,
@@ -1095,10 +1109,13 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), ctr()).prop_map(|(target, s)| Body::Join(Join {
-                target,
-                last_seq: Seq(s)
-            })),
+            (proptest::option::of(origin()), ctr(), ctr()).prop_map(|(target, s, p)| {
+                Body::Join(Join {
+                    target,
+                    last_seq: Seq(s),
+                    last_primary: ViewId(p),
+                })
+            }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
                     view: ViewId(v),
@@ -1129,6 +1146,7 @@ mod tests {
                     part: 0,
                     parts: 1,
                     primary: v % 2 == 0,
+                    merge: v % 3 == 0,
                     members,
                     digest,
                     state: st
@@ -1343,6 +1361,7 @@ mod tests {
                     part: 0,
                     parts: 1,
                     primary: true,
+                    merge: false,
                     members: vec![Origin::default()],
                     digest: vec![],
                     state: vec![],
@@ -1355,6 +1374,7 @@ mod tests {
                     part: 0,
                     parts: 1,
                     primary: true,
+                    merge: false,
                     members: vec![Origin::default()],
                     digest: vec![(Origin::default(), Seq(u64::MAX))],
                     state: vec![TopicState {
@@ -1383,6 +1403,7 @@ mod tests {
                 Body::Join(Join {
                     target: None,
                     last_seq: Seq(u64::MAX),
+                    last_primary: ViewId(0),
                 }),
             ),
         ];
@@ -1457,6 +1478,7 @@ mod tests {
             part: 0,
             parts: 1,
             primary: true,
+            merge: false,
             members: vec![Origin::default(); 3],
             digest: vec![(Origin::default(), Seq(9)); 3],
             state: state.clone(),

@@ -164,6 +164,10 @@ pub struct Engine {
     /// one and everything published after it), with their last sequence number.
     local_pending: VecDeque<(Seq, delivery::Ready)>,
     newer_self_warned: bool,
+    /// The agreed cut of origins that departed (what every survivor held
+    /// of them when the view without them was installed), for the
+    /// simulator's checks of safe delivery; bounded.
+    departed_cuts: std::collections::BTreeMap<Origin, Seq>,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -204,6 +208,7 @@ impl Engine {
             wanted: 0,
             local_pending: VecDeque::new(),
             newer_self_warned: false,
+            departed_cuts: std::collections::BTreeMap::new(),
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ordering_limit: config.ordering_limit as u64,
@@ -976,7 +981,9 @@ impl Engine {
     /// Our contiguous prefix of every origin (for the simulator's checks).
     #[cfg(feature = "sim")]
     pub fn digest_for_tests(&self) -> std::collections::BTreeMap<Origin, Seq> {
-        self.rel.contiguous()
+        let mut d = self.departed_cuts.clone();
+        d.extend(self.rel.contiguous());
+        d
     }
 
     /// Whether any stream of ours has a gap (for the simulator's checks).

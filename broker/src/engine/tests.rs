@@ -372,6 +372,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             part: 0,
             parts: 1,
             primary: true,
+            merge: false,
             members: vec![forger, me],
             digest: vec![],
             state: vec![],
@@ -762,4 +763,122 @@ fn jitter_of_a_few_hundred_ms_suspects_nobody() {
         assert_eq!(e.stats().suspicions, 0);
         assert_eq!(e.view().members.len(), 3);
     }
+}
+
+#[test]
+fn after_a_total_partition_heals_the_merged_view_is_primary_again() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    g.run(ms(4000), |_, _, _| false);
+    for e in &g.engines {
+        assert_eq!(e.view().members.len(), 1, "{:?}", e.view());
+        assert!(!e.view().primary);
+    }
+    g.run(ms(4000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(
+        v.primary,
+        "the members of the last primary view are back: {v:?}"
+    );
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    g.engines[1].publish(total(b"again"), g.now).unwrap();
+    g.run(ms(100), |_, _, _| true);
+    for i in 0..3 {
+        assert_eq!(
+            g.delivered_total(i).last().cloned(),
+            Some((Bytes::from_static(b"again"), 1))
+        );
+    }
+}
+
+#[test]
+fn a_restarted_process_does_not_restore_a_lost_majority() {
+    let mut g = Group::new(3);
+    // Engines 1 and 2 crash; engine 0 is left alone, without a quorum.
+    g.run(ms(4000), |from, to, _| from == 0 && to == 0);
+    assert!(!g.engines[0].view().primary);
+    // They restart as fresh processes (new incarnations, no memory).
+    for (i, node) in [(1, 2), (2, 3)] {
+        let mut c = config(node);
+        c.incarnation = Incarnation(2);
+        g.engines[i] = Engine::new(c, g.now);
+    }
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(
+        !v.primary,
+        "fresh processes hold none of the lost state: {v:?}"
+    );
+    assert!(matches!(
+        g.engines[1].publish(total(b"x"), g.now),
+        Err(PublishError::Unavailable(_))
+    ));
+}
+
+/// A crash during which engine 0 misses engine 2's messages 1..=5 and
+/// engine 1 misses message 3 only: each returns the deliveries of engine
+/// 2's messages at engines 0 and 1 after the failure view.
+#[cfg(feature = "bug-injection")]
+fn crash_with_uneven_holdings(bugs: Bugs) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut g = Group::with(3, |n| {
+        let mut c = config(n);
+        c.bugs = bugs;
+        c
+    });
+    let holds = |dg: &Bytes, seq: u64| matches!(Frame::decode(dg).map(|f| f.body), Ok(Body::Data(d)) if d.msgs.iter().any(|m| m.seq == Seq(seq)));
+    let from2 = g.engines[2].origin();
+    for i in 1..=5u8 {
+        g.publish(2, &[b'm', i]).unwrap();
+        g.run(ms(3), |_, to, dg| {
+            let of2 = Frame::decode(dg)
+                .is_ok_and(|f| matches!(f.body, Body::Data(ref d) if d.origin == from2));
+            !(of2 && (to == 0 || holds(dg, 3)))
+        });
+    }
+    // Engine 2 crashes. Until the failure view is proposed, engine 0 gets
+    // no repair of engine 2's messages: only the flush can give them.
+    let mut proposed = false;
+    g.run(ms(4000), |from, to, dg| {
+        let f = Frame::decode(dg);
+        proposed |= matches!(f.as_ref().map(|f| &f.body), Ok(Body::Propose(_)));
+        let of2 = matches!(f.map(|f| f.body), Ok(Body::Data(ref d)) if d.origin == from2);
+        from != 2 && to != 2 && !(of2 && to == 0 && !proposed)
+    });
+    assert_eq!(g.engines[0].view().members.len(), 2);
+    let of2 = |i: usize| {
+        g.delivered(i)
+            .into_iter()
+            .filter(|p| p.first() == Some(&b'm'))
+            .collect::<Vec<_>>()
+    };
+    (of2(0), of2(1))
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn survivors_agree_on_a_departed_members_messages_and_the_planted_bugs_break_it() {
+    let (a, b) = crash_with_uneven_holdings(Bugs::default());
+    // The cut is the most any survivor holds contiguously: m1, m2.
+    assert_eq!(
+        a,
+        vec![Bytes::from_static(b"m\x01"), Bytes::from_static(b"m\x02")]
+    );
+    assert_eq!(a, b);
+    let (a, b) = crash_with_uneven_holdings(Bugs {
+        skip_failure_flush: true,
+        ..Bugs::default()
+    });
+    assert_ne!(
+        a, b,
+        "installing without the repair up to the cut loses m1, m2 at engine 0"
+    );
+    let (a, b) = crash_with_uneven_holdings(Bugs {
+        departed_on_one_survivor: true,
+        ..Bugs::default()
+    });
+    assert_ne!(a, b, "engine 1 delivers m4, m5 beyond the cut");
 }

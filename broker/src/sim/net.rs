@@ -213,6 +213,14 @@ impl Partition {
 
 impl Fault for Partition {
     fn name(&self) -> String {
+        if let [w] = self.windows.as_slice() {
+            return format!(
+                "partition({:?}{} for {:?})",
+                w.side,
+                if w.one_way { " one-way" } else { "" },
+                w.until.saturating_duration_since(w.from)
+            );
+        }
         let one_way = self.windows.iter().filter(|w| w.one_way).count();
         format!(
             "partition({} windows, {one_way} one-way)",

@@ -37,12 +37,20 @@ impl Engine {
             return;
         };
         let primary = self.membership.quorum(&[self.me]);
-        self.install_view(view, vec![self.me], &digest, primary, now);
+        self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
     pub(crate) fn send_join(&mut self, target: Option<Origin>) {
         let last_seq = self.rel.last_seq();
-        self.send(Flags::default(), Body::Join(Join { target, last_seq }));
+        let last_primary = self.membership.last_primary_id;
+        self.send(
+            Flags::default(),
+            Body::Join(Join {
+                target,
+                last_seq,
+                last_primary,
+            }),
+        );
     }
 
     /// A heartbeat from outside our view: an existing group to join, or
@@ -130,6 +138,12 @@ impl Engine {
             return;
         }
         self.membership.joins.insert(sender, join.last_seq);
+        if self.membership.join_primary.len() >= super::MAX_DEPARTED {
+            self.membership.join_primary.clear();
+        }
+        self.membership
+            .join_primary
+            .insert(sender, join.last_primary);
         self.maybe_start_change(now);
     }
 

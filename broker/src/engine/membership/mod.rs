@@ -110,6 +110,8 @@ struct Change {
     /// Per departing origin, the most any flushed member holds of it.
     held: BTreeMap<Origin, Seq>,
     install: Option<Install>,
+    /// When the install went out (acknowledgements are awaited for a while).
+    installed_at: Option<Instant>,
     installed: BTreeSet<Origin>,
 }
 
@@ -134,8 +136,12 @@ pub(crate) struct Membership {
     /// The parts of a multi-frame install received so far (one install at
     /// a time: a newer one replaces it).
     install_parts: Option<InstallParts>,
-    /// The members of the last primary view (quorum is judged against it).
+    /// The members of the last primary view (quorum is judged against it)
+    /// and its id.
     last_primary: Vec<Origin>,
+    last_primary_id: ViewId,
+    /// The last primary view each joiner named in its join.
+    join_primary: BTreeMap<Origin, ViewId>,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -237,14 +243,26 @@ impl Membership {
         stale
     }
 
-    /// Whether a view of `members` is primary, judged against the last primary view.
+    /// Whether a view of `members` is primary, judged against the last
+    /// primary view. A member of that view counts if it is in `members`, or
+    /// if a new incarnation of its node is that joined naming that same
+    /// view as its last primary one (it merged back from a partition and
+    /// was in no primary view since; a restarted process names none).
     fn quorum(&self, members: &[Origin]) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             return true;
         }
-        let held = last.iter().filter(|m| members.contains(m)).count();
-        2 * held > last.len() || (2 * held == last.len() && members.contains(&last[0]))
+        let present = |l: &Origin| {
+            members.contains(l)
+                || members.iter().any(|m| {
+                    m.node == l.node
+                        && self.last_primary_id.0 > 0
+                        && self.join_primary.get(m) == Some(&self.last_primary_id)
+                })
+        };
+        let held = last.iter().filter(|l| present(l)).count();
+        2 * held > last.len() || (2 * held == last.len() && present(&last[0]))
     }
 }
 

@@ -26,14 +26,10 @@ impl Engine {
         let m = &mut self.membership;
         m.joins.retain(|j, _| !self.view.members.contains(j));
         // A newer incarnation waits until its old one is known dead (it
-        // fell silent) or refused (it still speaks: a duplicate node id).
-        let live_nodes: Vec<_> = self
-            .view
-            .members
-            .iter()
-            .filter(|o| !m.dead.contains(o))
-            .map(|o| o.node)
-            .collect();
+        // fell silent) or refused (it still speaks: a duplicate node id),
+        // and then until a view without the old one is installed: the
+        // crash view settles the old stream among the survivors alone.
+        let live_nodes: Vec<_> = self.view.members.iter().map(|o| o.node).collect();
         let waiting: BTreeMap<Origin, Seq> = m
             .joins
             .iter()
@@ -106,6 +102,7 @@ impl Engine {
             acks,
             held,
             install: None,
+            installed_at: None,
             installed: BTreeSet::new(),
         });
         self.send(Flags::default(), Body::Propose(Propose { view, members }));
@@ -174,11 +171,16 @@ impl Engine {
         if let Some(install) = &c.install {
             // New members and leavers alike must have it: a leaver that
             // missed it would never learn that its leave completed.
-            let done = c
-                .members
-                .iter()
-                .chain(&c.old)
-                .all(|m| *m == self.me || c.installed.contains(m));
+            // Not forever: a member that crashed right after the install
+            // would block every later change. One that only missed it is
+            // sent it again when it speaks in the old view (`on_view_mismatch`).
+            let waited = c
+                .installed_at
+                .is_some_and(|t| now >= t + self.config.acceptable_heartbeat_pause);
+            let done = waited
+                || c.members.iter().chain(&c.old).all(|m| {
+                    *m == self.me || c.installed.contains(m) || self.membership.dead.contains(m)
+                });
             if done {
                 let left_ourselves = !install.members.contains(&self.me);
                 self.membership.change = None;
@@ -227,6 +229,13 @@ impl Engine {
         let members = c.members.clone();
         let view = c.view;
         let primary = self.membership.quorum(&members);
+        // Joiners that lived in this cluster in their process before and
+        // departed from us by failure: a healed partition (or a falsely
+        // suspected broker), whose publishes while apart we never got.
+        let merge = c.joins.keys().any(|j| {
+            self.membership.join_primary.get(j).is_some_and(|p| p.0 > 0)
+                && self.membership.failed_nodes.contains(&j.node)
+        });
         // Settle the old view here first, so the state a joiner receives
         // (topics, gseq) is the state after every old-view message.
         let map: BTreeMap<Origin, Seq> = digest.iter().copied().collect();
@@ -236,12 +245,14 @@ impl Engine {
             part: 0,
             parts: 1,
             primary,
+            merge,
             members,
             digest,
             state: self.delivery.state(),
         };
         if let Some(c) = &mut self.membership.change {
             c.install = Some(install.clone());
+            c.installed_at = Some(now);
         }
         self.send_install(install.clone());
         self.apply_install(install, now);
@@ -383,9 +394,9 @@ impl Engine {
             return;
         }
         let members = i.members.clone();
-        let (view, primary) = (i.view, i.primary);
+        let (view, primary, merge) = (i.view, i.primary, i.merge);
         self.membership.last_install = Some(i);
-        self.install_view(view, members, &digest, primary, now);
+        self.install_view(view, members, &digest, primary, merge, now);
     }
 
     /// Ends the old view: the flush proved every member holds everything
@@ -439,6 +450,7 @@ impl Engine {
         members: Vec<Origin>,
         digest: &BTreeMap<Origin, Seq>,
         primary: bool,
+        merge: bool,
         now: Instant,
     ) {
         // Idempotent after `settle_view`; here for the first view of a
@@ -446,6 +458,12 @@ impl Engine {
         self.settle_view(&members, digest, primary);
         for gone in self.rel.install(&members, digest) {
             self.delivery.forget(gone);
+            if self.departed_cuts.len() >= super::MAX_DEPARTED {
+                self.departed_cuts.clear();
+            }
+            if let Some(cut) = digest.get(&gone) {
+                self.departed_cuts.insert(gone, *cut);
+            }
         }
         self.rel.clear_caps();
         let old = std::mem::take(&mut self.view.members);
@@ -470,16 +488,11 @@ impl Engine {
                 .copied()
                 .collect()
         };
-        let merged: Vec<Origin> = joined
-            .iter()
-            .filter(|j| m.failed_nodes.contains(&j.node))
-            .copied()
-            .collect();
         if !failed.is_empty() {
             self.stats.view_changes_crash += 1;
         } else if !departed.is_empty() {
             self.stats.view_changes_leave += 1;
-        } else if !merged.is_empty() {
+        } else if merge {
             self.stats.view_changes_merge += 1;
         } else {
             self.stats.view_changes_join += 1;
@@ -491,21 +504,23 @@ impl Engine {
         for j in &joined {
             m.failed_nodes.remove(&j.node);
         }
-        if !merged.is_empty() && m.discontinuity.is_none() {
-            // Brokers cut off from us come back: what they delivered while
+        if merge && !old.is_empty() && m.discontinuity.is_none() {
+            // Brokers cut off from us come back: what they published while
             // apart was not delivered here (and the reverse).
             m.discontinuity = Some((
                 self.view.id,
                 format!(
-                    "merged with {} broker(s) that were cut off from this view",
-                    merged.len()
+                    "merged with {} broker(s) that were cut off from this view by a partition",
+                    joined.len()
                 ),
             ));
         }
         m.note_departed(&old, &members);
         if primary {
             m.last_primary = members.clone();
+            m.last_primary_id = id;
         }
+        m.join_primary.retain(|j, _| !members.contains(j));
         if let Some(t) = m.change_began.take() {
             self.stats.last_view_change_ms = now.saturating_duration_since(t).as_millis() as u64;
         }
