@@ -502,12 +502,12 @@ fn kill_sequencer_under_load(c: &mut Cluster, topic: &str, round: usize) -> Kill
     let mut view_change = Duration::ZERO;
     for (k, &i) in survivors.iter().enumerate() {
         let b = c.broker(i);
-        let gauge = |name: &str| Duration::from_millis(common::metric(b, name) as u64);
+        let gauge = |name: &str| Duration::from_secs_f64(common::metric(b, name).max(0.0));
         if common::metric(b, "ordo_suspicions_total") > suspicions[k] {
-            let d = gauge("ordo_last_failure_detection_ms");
+            let d = gauge("ordo_last_failure_detection_seconds");
             detection = Some(detection.map_or(d, |x| x.min(d)));
         }
-        view_change = view_change.max(gauge("ordo_last_view_change_ms"));
+        view_change = view_change.max(gauge("ordo_last_view_change_seconds"));
     }
     let results: Vec<LoadResult> = loads.into_iter().map(|l| l.finish(&c.rt)).collect();
     for r in &results {

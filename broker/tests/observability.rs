@@ -337,8 +337,8 @@ const CATALOG_EXPECTED: &[(&str, &str, Expect)] = &[
         "B",
         Expect::Positive,
     ),
-    ("Failure detection time", "A", Expect::All(1600.0)),
-    ("View-change duration", "A", Expect::All(30.0)),
+    ("Failure detection time", "A", Expect::All(1.6)),
+    ("View-change duration", "A", Expect::All(0.03)),
 ];
 
 #[test]
