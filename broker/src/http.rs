@@ -5,9 +5,9 @@
 //! "sequencer","primary"}` once the broker is in a view and 503 with
 //! `{"node_id","status":"not ready","reason"}` otherwise (DESIGN.md,
 //! *healthz*). `sequencer` is `null` in a view without one; `primary` says
-//! whether the view holds a majority of the last primary view, i.e. whether
-//! total-order topics work here (README, *Failures*). Anything else is 404;
-//! other methods 405.
+//! whether the view is primary (it holds a quorum of the last primary view),
+//! i.e. whether total-order topics work here (README, *Failures*). Anything
+//! else is 404; other methods 405.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub enum Health {
         coordinator: NodeId,
         /// The total-seq sequencer of the view, if it has one.
         sequencer: Option<NodeId>,
-        /// Whether total-order topics deliver here (a majority view).
+        /// Whether total-order topics deliver here (a quorum view).
         primary: bool,
     },
 }

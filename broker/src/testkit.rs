@@ -21,7 +21,9 @@
 //! at run time, else next to the test executable (`target/<profile>/`); a test
 //! of this crate can pass `env!("CARGO_BIN_EXE_ordo-broker")` to
 //! [`BrokerBuilder::binary`]. Tests of other crates must build it first
-//! (`cargo build -p ordo-broker`).
+//! (`cargo build -p ordo-broker`). [`ordo_cli_binary`] finds the `ordo` CLI
+//! the same way, and [`healthz`] reads a broker's `/healthz` as the contract
+//! defines it.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -705,5 +707,65 @@ pub fn healthz(metrics: SocketAddr) -> Result<Healthz, String> {
             reason: v["reason"].as_str().unwrap_or_default().to_string(),
         }),
         other => Err(format!("/healthz answered {other}: {body}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Serves one canned HTTP answer on a loopback port; returns the port.
+    fn serve_once(status: &'static str, body: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        addr
+    }
+
+    #[test]
+    fn healthz_parses_a_view() {
+        let addr = serve_once(
+            "200 OK",
+            r#"{"node_id":2,"view_id":7,"members":[1,2,3],"coordinator":1,"sequencer":null,"primary":false}"#,
+        );
+        assert_eq!(
+            healthz(addr).unwrap(),
+            Healthz::InView(HealthView {
+                node_id: 2,
+                view_id: 7,
+                members: vec![1, 2, 3],
+                coordinator: 1,
+                sequencer: None,
+                primary: false,
+            })
+        );
+    }
+
+    #[test]
+    fn healthz_parses_not_ready_and_refuses_a_broken_contract() {
+        let addr = serve_once(
+            "503 Service Unavailable",
+            r#"{"node_id":2,"status":"not ready","reason":"joining"}"#,
+        );
+        assert_eq!(
+            healthz(addr).unwrap(),
+            Healthz::NotReady {
+                reason: "joining".into()
+            }
+        );
+        // A 200 without the fields the contract names is an error, not a view.
+        let addr = serve_once("200 OK", r#"{"node_id":2,"view_id":7,"members":[1]}"#);
+        let e = healthz(addr).unwrap_err();
+        assert!(e.contains("coordinator"), "{e}");
     }
 }
