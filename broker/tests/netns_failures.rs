@@ -1,7 +1,8 @@
 //! Failures on real processes (issue 5, "How it is checked"): `ordo-broker`
 //! processes, each in its own network namespace on a bridge, killed with
-//! SIGKILL, restarted with the same node id, and cut apart with nftables
-//! (symmetric minority partitions and one-way ones). Every guarantee is
+//! SIGKILL, restarted with the same node id, paused with SIGSTOP (a false
+//! suspicion), and cut apart with nftables (minority partitions longer and
+//! shorter than failure detection, and one-way ones). Every guarantee is
 //! checked on what `ordo sub --json` subscribers printed (origin,
 //! incarnation, seq, gseq), and the times users see are measured and
 //! printed (run with `--nocapture`): kill → new view, view-change time, the
@@ -57,6 +58,9 @@ const WINDOW: usize = 64;
 const LOAD_AROUND: Duration = Duration::from_millis(1500);
 /// How long a partition is held after both sides installed their views.
 const SPLIT_HOLD: Duration = Duration::from_secs(3);
+/// A partition this short (half the default detection time) must not
+/// change the view.
+const SHORT_SPLIT: Duration = Duration::from_millis(800);
 /// Failure detection slower than this (six times the default ~1.6 s) is a
 /// broken detector, not a slow machine.
 const DETECTION_BOUND: Duration = Duration::from_secs(10);
@@ -1134,6 +1138,257 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
             }
         }
     }
+}
+
+/// A partition shorter than failure detection (2 of 5 cut off for half the
+/// default detection time, under load) is repaired by NAKs: no view change,
+/// nothing lost, no discontinuity, one total order.
+#[test]
+fn a_partition_shorter_than_detection_loses_nothing() {
+    let _serial = serial();
+    let Some(c) = Cluster::start("netns_failures::a_short_partition", 5) else {
+        return;
+    };
+    c.declare(
+        0,
+        &[("s.fifo", Ordering::Fifo), ("s.seq", Ordering::TotalSeq)],
+    );
+    let before = c.view(0).unwrap();
+    let minority = [3usize, 4];
+    let majority = [0usize, 1, 2];
+    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "s.>")).collect();
+    let loads = [
+        c.load(0, "s.seq", "seq0"),
+        c.load(4, "s.seq", "seq4"),
+        c.load(1, "s.fifo", "fifo1"),
+        c.load(3, "s.fifo", "fifo3"),
+    ];
+    std::thread::sleep(LOAD_AROUND);
+    c.net.partition(&[&minority, &majority]);
+    std::thread::sleep(SHORT_SPLIT);
+    // Counted before the heal, which removes the rules and their counters.
+    let dropped: u64 = (0..5).map(|i| c.net.partition_dropped(i)).sum();
+    c.net.heal();
+    std::thread::sleep(LOAD_AROUND);
+    let rs: Vec<LoadResult> = loads.into_iter().map(|l| l.finish(&c.rt)).collect();
+    eprintln!("a {SHORT_SPLIT:?} partition dropped {dropped} datagrams");
+    assert!(dropped > 0, "the partition dropped nothing");
+    let sub_refs: Vec<&CliSub> = subs.iter().collect();
+    for topic in ["s.seq", "s.fifo"] {
+        let of_topic: Vec<&LoadResult> = rs
+            .iter()
+            .filter(|r| r.tag.starts_with(&topic[2..]))
+            .collect();
+        for r in &of_topic {
+            assert!(
+                r.ended.is_none(),
+                "publisher {} stopped: {:?}",
+                r.tag,
+                r.ended
+            );
+            assert!(r.refused.is_empty(), "publisher {}: {:?}", r.tag, r.refused);
+        }
+        wait_settled(&sub_refs, topic, &of_topic);
+    }
+    for i in 0..5 {
+        let v = c.view(i).unwrap();
+        assert_eq!(
+            v.view_id,
+            before.view_id,
+            "node {}: a partition shorter than detection changed the view",
+            i + 1
+        );
+    }
+    let mut orders = Vec::new();
+    for (i, s) in subs.iter().enumerate() {
+        let who = format!("subscriber at node {}", i + 1);
+        assert!(
+            s.discontinuities().is_empty(),
+            "{who}: {:?}",
+            s.discontinuities()
+        );
+        let lines = s.lines();
+        for topic in ["s.seq", "s.fifo"] {
+            let got = check_stream(&who, &lines, topic);
+            for r in rs.iter().filter(|r| r.tag.starts_with(&topic[2..])) {
+                let seen = payloads_of(&got, topic, &r.tag);
+                let want: BTreeSet<u64> = (1..=r.sent).collect();
+                assert_eq!(seen, want, "{who}: {} lost messages", r.tag);
+            }
+        }
+        orders.push((who, order_of(&check_stream("", &lines, "s.seq"))));
+    }
+    for w in orders.windows(2) {
+        assert_eq!(
+            w[0].1, w[1].1,
+            "{} and {} saw different total orders",
+            w[0].0, w[1].0
+        );
+    }
+}
+
+/// A broker that is alive but silent for longer than failure detection (it
+/// is SIGSTOPped, as a long GC pause or a hung disk would stall it) is
+/// falsely suspected and excluded; once it runs again it must notice, rejoin
+/// cleanly as a new incarnation and tell its subscribers of the
+/// discontinuity, never delivering out of order in between.
+#[test]
+fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
+    let _serial = serial();
+    let Some(c) = Cluster::start("netns_failures::a_paused_broker", 5) else {
+        return;
+    };
+    c.declare(
+        0,
+        &[("p.fifo", Ordering::Fifo), ("p.seq", Ordering::TotalSeq)],
+    );
+    let seq = c.sequencer();
+    let paused = (seq + 1) % 5;
+    let other = (seq + 2) % 5;
+    let old = c.broker(paused).cluster_view().unwrap().this;
+    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "p.>")).collect();
+    let load_seq = c.load(other, "p.seq", "seq");
+    let load_fifo = c.load(other, "p.fifo", "fifo");
+    std::thread::sleep(LOAD_AROUND);
+
+    signal(c.broker(paused).pid(), "STOP");
+    let stopped = Instant::now();
+    let id = Cluster::id(paused);
+    let alive: Vec<usize> = (0..5).filter(|&i| i != paused).collect();
+    let seen = c.watch(
+        &alive,
+        stopped,
+        PATIENCE,
+        "a view without the paused broker",
+        |_, v| !v.members.contains(&id),
+    );
+    let excluded = *seen.iter().max().unwrap();
+    eprintln!(
+        "node {} paused: the others excluded it after {}",
+        paused + 1,
+        ms(excluded)
+    );
+    // A liveness bound, as for the sequencer kill (see DETECTION_BOUND).
+    assert!(
+        excluded < DETECTION_BOUND,
+        "a silent broker was excluded only after {}: the failure detector does not work under load",
+        ms(excluded)
+    );
+    std::thread::sleep(LOAD_AROUND);
+    signal(c.broker(paused).pid(), "CONT");
+    let resumed = Instant::now();
+    let all: Vec<usize> = (0..5).collect();
+    let v = c.wait_one_view(&all, PATIENCE);
+    let new = c.broker(paused).cluster_view().unwrap().this;
+    eprintln!(
+        "node {} resumed: back in one view {} of all five after {}; incarnation {} -> {}",
+        paused + 1,
+        v.view_id,
+        ms(resumed.elapsed()),
+        old.incarnation.0,
+        new.incarnation.0
+    );
+    assert_ne!(
+        new.incarnation, old.incarnation,
+        "an excluded broker must rejoin as a new incarnation"
+    );
+    let s = &subs[paused];
+    let deadline = Instant::now() + PATIENCE;
+    while s.discontinuities().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the paused broker's subscriber got no discontinuity line: {:?}",
+            s.stderr_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("node {}: {}", paused + 1, s.discontinuities()[0]);
+
+    // After the rejoin everything reaches everyone again, the paused broker's
+    // subscriber included.
+    let mark = s.count();
+    std::thread::sleep(LOAD_AROUND);
+    let rs = [load_seq.finish(&c.rt), load_fifo.finish(&c.rt)];
+    for r in &rs {
+        assert!(
+            r.ended.is_none(),
+            "publisher {} stopped: {:?}",
+            r.tag,
+            r.ended
+        );
+    }
+    let others: Vec<&CliSub> = alive.iter().map(|&i| &subs[i]).collect();
+    wait_settled(&others, "p.seq", &[&rs[0]]);
+    wait_settled(&others, "p.fifo", &[&rs[1]]);
+    for r in &rs {
+        assert!(
+            !r.confirmed.is_empty(),
+            "publisher {} got nothing confirmed",
+            r.tag
+        );
+    }
+    s.wait_until("delivery after the rejoin", PATIENCE, |l| {
+        l.len() > mark
+            && payloads_of(l, "p.seq", "seq").contains(rs[0].confirmed.keys().last().unwrap())
+            && payloads_of(l, "p.fifo", "fifo").contains(rs[1].confirmed.keys().last().unwrap())
+    });
+
+    let mut orders = Vec::new();
+    for (i, s) in subs.iter().enumerate() {
+        let who = format!("subscriber at node {}", i + 1);
+        let lines = s.lines();
+        // Never out of order, never twice, on every broker, the paused one too.
+        check_stream(&who, &lines, "p.fifo");
+        let total: Vec<SubLine> = lines
+            .iter()
+            .filter(|m| m.topic == "p.seq")
+            .cloned()
+            .collect();
+        let gs: Vec<u64> = total.iter().map(|m| m.gseq.unwrap()).collect();
+        assert!(
+            gs.windows(2).all(|w| w[1] > w[0]),
+            "{who}: gseq went back: {gs:?}"
+        );
+        if i == paused {
+            continue;
+        }
+        // The others never left the primary view: nothing lost, one order.
+        let checked = check_stream(&who, &total, "p.seq");
+        for (r, t) in rs.iter().zip(["p.seq", "p.fifo"]) {
+            let got = payloads_of(&lines, t, &r.tag);
+            let lost: Vec<&u64> = r.confirmed.keys().filter(|n| !got.contains(n)).collect();
+            assert!(lost.is_empty(), "{who}: confirmed {} lost: {lost:?}", r.tag);
+        }
+        orders.push((who, order_of(&checked)));
+    }
+    for w in orders.windows(2) {
+        assert_eq!(
+            w[0].1, w[1].1,
+            "{} and {} saw different total orders",
+            w[0].0, w[1].0
+        );
+    }
+    // What the paused broker's subscriber saw agrees with the group's order.
+    let group = &orders[0].1;
+    for m in subs[paused].lines().iter().filter(|m| m.topic == "p.seq") {
+        let g = m.gseq.unwrap();
+        assert_eq!(
+            group.get(&g),
+            Some(&m.key()),
+            "paused broker: gseq {g} differs from the group's"
+        );
+    }
+}
+
+/// Sends `kill -<sig>` to `pid` (a broker this test started).
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 /// A broker SIGKILLed and started again with the same node id rejoins as a
