@@ -882,3 +882,45 @@ fn survivors_agree_on_a_departed_members_messages_and_the_planted_bugs_break_it(
     });
     assert_ne!(a, b, "engine 1 delivers m4, m5 beyond the cut");
 }
+
+#[test]
+fn a_minority_of_two_ends_its_view_together_and_merges_into_the_majority() {
+    let mut g = Group::new(5);
+    let side = |i: usize| i >= 3;
+    g.run(ms(4000), |from, to, _| side(from) == side(to));
+    assert_eq!(g.engines[3].view().members.len(), 2);
+    assert!(!g.engines[3].view().primary);
+    assert_eq!(g.engines[0].view().members.len(), 3);
+    assert!(g.engines[0].view().primary);
+    // The minority keeps fifo going; its last messages are in flight at the heal.
+    for i in 0..5u8 {
+        g.publish(3, &[b'x', i]).unwrap();
+        g.publish(4, &[b'y', i]).unwrap();
+    }
+    let minority_view = g.engines[3].view().id;
+    let in_minority = |g: &Group, i: usize| -> Vec<Bytes> {
+        g.delivered(i)
+            .into_iter()
+            .filter(|p| matches!(p.first(), Some(b'x' | b'y')))
+            .collect()
+    };
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 5, "{v:?}");
+    assert!(v.primary);
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    // Both minority members delivered the same set in their view.
+    let (mut a, mut b) = (in_minority(&g, 3), in_minority(&g, 4));
+    assert_eq!(a.len(), 10, "{a:?}");
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // Nothing of it crossed to the majority; everyone was told.
+    assert!(in_minority(&g, 0).is_empty());
+    for i in 0..5 {
+        assert!(g.discontinuities(i) >= 1, "engine {i}");
+    }
+    assert!(g.engines[3].view().id > minority_view);
+}

@@ -102,20 +102,42 @@ impl Engine {
                     self.send_join(Some(coordinator));
                     self.timers
                         .set(Timer::Membership, now + self.config.view_retry);
-                } else if idle && self.merge_loser(sender, coordinator, d) {
+                } else if self.merge_loser(sender, coordinator, d) {
                     // Two views of one cluster (a healed partition): ours
-                    // loses, so each of our members rejoins the winner.
-                    tracing::warn!(%coordinator, their_size = d.view_size, their_primary = d.primary, "another view of this cluster exists and wins the merge");
-                    self.stats.exclusions += 1;
-                    self.membership.discontinuity = None;
-                    let reason = format!(
-                        "merging into the view of {coordinator} after a partition; messages published on the other side while apart are not delivered here"
-                    );
-                    self.rejoin_to(now, reason, Some(coordinator));
+                    // loses. Our coordinator ends our view for everyone with
+                    // a flush (so all of us delivered the same in it), then
+                    // each member rejoins the winner as a new incarnation.
+                    let since = match self.membership.merge_target {
+                        Some((t, since)) if t == coordinator => since,
+                        _ => now,
+                    };
+                    self.membership.merge_target = Some((coordinator, since));
+                    let ours = self.membership.coordinator(&self.view) == Some(self.me);
+                    let waited = now.saturating_duration_since(since)
+                        > self.config.acceptable_heartbeat_pause;
+                    if !idle {
+                    } else if alone || (!ours && waited) {
+                        // Alone, or our coordinator does not act (it may not
+                        // hear the winner): rejoin on our own.
+                        self.merge_into(coordinator, now);
+                    } else if ours {
+                        self.start_dissolve(coordinator, now);
+                    }
                 }
             }
             Phase::Left => {}
         }
+    }
+
+    /// Rejoins the view of `winner` (a merge our view lost).
+    pub(crate) fn merge_into(&mut self, winner: Origin, now: Instant) {
+        tracing::warn!(%winner, "another view of this cluster exists and wins the merge; rejoining it");
+        self.stats.exclusions += 1;
+        self.membership.discontinuity = None;
+        let reason = format!(
+            "merging into the view of {winner} after a partition; messages published on the other side while apart are not delivered here"
+        );
+        self.rejoin_to(now, reason, Some(winner));
     }
 
     pub(crate) fn on_join(&mut self, sender: Origin, join: Join, now: Instant) {
@@ -206,6 +228,7 @@ impl Engine {
         self.membership.newer.clear();
         self.membership.newer_view_since = None;
         self.membership.last_install = None;
+        self.membership.join_attempts = 0;
         self.membership.change_began = Some(now);
         self.membership.phase = Phase::Joining { target };
         if self.membership.join_not_before.is_none_or(|t| now >= t) {

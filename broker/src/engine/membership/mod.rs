@@ -110,6 +110,9 @@ struct Change {
     /// Per departing origin, the most any flushed member holds of it.
     held: BTreeMap<Origin, Seq>,
     install: Option<Install>,
+    /// Ends our view for a merge our view lost: we install ourselves alone,
+    /// then rejoin this winner's coordinator (the others rejoin it too).
+    dissolve: Option<Origin>,
     /// When the install went out (acknowledgements are awaited for a while).
     installed_at: Option<Instant>,
     installed: BTreeSet<Origin>,
@@ -165,6 +168,11 @@ pub(crate) struct Membership {
     /// Current backoff between exclusions, and when the last one happened.
     rejoin_backoff: Duration,
     last_exclusion: Option<Instant>,
+    /// The coordinator of another view that wins a merge against ours,
+    /// and since when we know it.
+    merge_target: Option<(Origin, Instant)>,
+    /// Join requests sent to the current target without admission.
+    join_attempts: u32,
     /// Node ids of members that departed by failure (a later join of one
     /// of them is a merge or a restart: a discontinuity here too).
     failed_nodes: BTreeSet<NodeId>,
@@ -289,7 +297,19 @@ impl Engine {
             }
             Phase::Joining { target } => {
                 if self.membership.join_not_before.is_none_or(|t| now >= t) {
-                    self.send_join(target);
+                    self.membership.join_attempts += 1;
+                    // A target that never admits us (it left its view, or
+                    // cannot hear us): ask whichever coordinator we hear next.
+                    let patience = (self.config.acceptable_heartbeat_pause.as_millis()
+                        / self.config.view_retry.as_millis().max(1))
+                    .max(4) as u32;
+                    if target.is_some() && self.membership.join_attempts > patience {
+                        self.membership.join_attempts = 0;
+                        self.membership.phase = Phase::Joining { target: None };
+                        self.send_join(None);
+                    } else {
+                        self.send_join(target);
+                    }
                 }
             }
             Phase::Member | Phase::Left => {
@@ -570,7 +590,11 @@ impl Engine {
         m.last_exclusion = Some(now);
         m.join_not_before = Some(now + m.rejoin_backoff);
         let wait = m.rejoin_backoff;
-        self.rejoin(now, reason);
+        match m.merge_target {
+            // Our view ended to merge into another: join its coordinator.
+            Some((winner, _)) => self.rejoin_to(now, reason, Some(winner)),
+            None => self.rejoin(now, reason),
+        }
         if !wait.is_zero() {
             self.timers.set(Timer::Membership, now + wait);
         }

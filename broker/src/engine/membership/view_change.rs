@@ -102,6 +102,70 @@ impl Engine {
             acks,
             held,
             install: None,
+            dissolve: None,
+            installed_at: None,
+            installed: BTreeSet::new(),
+        });
+        self.send(Flags::default(), Body::Propose(Propose { view, members }));
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
+        self.coordinator_progress(now);
+    }
+
+    /// Ends our view because it lost a merge to the view `winner`
+    /// coordinates: a flush of every member, then a view of us alone; the
+    /// others find themselves left out and rejoin, and so do we.
+    pub(crate) fn start_dissolve(&mut self, winner: Origin, now: Instant) {
+        if !self.in_view
+            || self.membership.change.is_some()
+            || self.membership.coordinator(&self.view) != Some(self.me)
+        {
+            return;
+        }
+        let Some(view) = self.view.id.checked_next() else {
+            return;
+        };
+        tracing::warn!(%view, %winner, "our view loses a merge: ending it with a flush before rejoining the winner");
+        self.membership.change_began.get_or_insert(now);
+        let old: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| !self.membership.dead.contains(o))
+            .copied()
+            .collect();
+        let dead: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| self.membership.dead.contains(o))
+            .copied()
+            .collect();
+        let members = vec![self.me];
+        let last_seq = self.rel.last_seq();
+        let flush = self.membership.flush.get_or_insert(Flush {
+            view,
+            last_seq,
+            departing: BTreeSet::new(),
+        });
+        flush.view = view;
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| **o != self.me));
+        let held = self
+            .flush_ack()
+            .map(|a| a.held.into_iter().collect())
+            .unwrap_or_default();
+        self.membership.change = Some(Change {
+            view,
+            members: members.clone(),
+            old,
+            dead,
+            joins: BTreeMap::new(),
+            acks: BTreeMap::from([(self.me, last_seq)]),
+            held,
+            install: None,
+            dissolve: Some(winner),
             installed_at: None,
             installed: BTreeSet::new(),
         });
@@ -126,10 +190,8 @@ impl Engine {
         {
             return;
         }
-        if !p.members.contains(&self.me) && !self.membership.leaving {
-            // We are being left out (suspected): the install will tell us.
-            return;
-        }
+        // Left out too (suspected, or our view dissolves into another in a
+        // merge): we flush all the same; the install tells us the rest.
         let last_seq = self.rel.last_seq();
         self.membership.change_began.get_or_insert(now);
         let flush = self.membership.flush.get_or_insert(Flush {
@@ -183,10 +245,13 @@ impl Engine {
                 });
             if done {
                 let left_ourselves = !install.members.contains(&self.me);
+                let dissolve = c.dissolve;
                 self.membership.change = None;
                 if left_ourselves {
                     self.membership.phase = Phase::Left;
                     self.timers.clear(Timer::Membership);
+                } else if let Some(winner) = dissolve {
+                    self.merge_into(winner, now);
                 } else {
                     self.maybe_start_change(now);
                 }
@@ -357,9 +422,19 @@ impl Engine {
             // leaves us out (we were suspected), or we missed a view.
             let reason = if for_us {
                 format!("missed view {} of the group", i.view)
+            } else if self.membership.merge_target.is_some() {
+                format!(
+                    "view {} ended to merge into another view after a partition",
+                    self.view.id
+                )
             } else {
                 format!("left out of view {} (suspected of failure)", i.view)
             };
+            if next {
+                // We flushed for it: the old view ends here as everywhere.
+                let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+                self.settle_view(&i.members, &digest, i.primary);
+            }
             self.excluded(now, reason);
         }
     }
@@ -525,6 +600,8 @@ impl Engine {
             self.stats.last_view_change_ms = now.saturating_duration_since(t).as_millis() as u64;
         }
         m.newer_view_since = None;
+        m.merge_target = None;
+        m.join_attempts = 0;
         m.newer.retain(|node, (new, _)| {
             members
                 .iter()
