@@ -79,6 +79,9 @@ fn serial() -> MutexGuard<'static, ()> {
 struct Cluster {
     // Field order is drop order: kill the brokers, then remove the namespaces.
     brokers: Vec<Option<BrokerProcess>>,
+    /// Brokers this test killed, kept so a failing test still shows their
+    /// logs (`BrokerProcess` prints its stderr when dropped in a panic).
+    killed: Vec<BrokerProcess>,
     net: Netns,
     name: String,
     group: SocketAddrV4,
@@ -109,6 +112,7 @@ impl Cluster {
             .unwrap();
         let c = Cluster {
             brokers,
+            killed: Vec::new(),
             net,
             name,
             group,
@@ -142,11 +146,7 @@ impl Cluster {
         let mut b = self.brokers[i].take().expect("already killed");
         b.kill();
         let at = Instant::now();
-        // Keep its log for the failure message of a later assertion.
-        let _ = std::fs::copy(
-            b.stderr_path(),
-            std::env::temp_dir().join(format!("{}-killed-node-{}.log", self.name, i + 1)),
-        );
+        self.killed.push(b);
         at
     }
 
