@@ -430,13 +430,32 @@ impl Engine {
             } else {
                 format!("left out of view {} (suspected of failure)", i.view)
             };
-            if next {
-                // We flushed for it: the old view ends here as everywhere.
-                let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+            let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+            if next && self.agreed_cut(&digest) {
+                // Our view ended with a flush we were part of (a merge
+                // dissolving it): the old view ends here as everywhere.
                 self.settle_view(&i.members, &digest, i.primary);
             }
             self.excluded(now, reason);
         }
+    }
+
+    /// Whether the cut `digest` covers exactly what our layers hold: all
+    /// our stream and no more of any other than the cut. Only then may a
+    /// member the view leaves out resolve what it holds like the others; a
+    /// suspected member whose flush was not counted holds more (its own
+    /// later messages, others' beyond the cut) and would order them apart.
+    fn agreed_cut(&self, digest: &BTreeMap<Origin, Seq>) -> bool {
+        if digest.get(&self.me) != Some(&self.rel.last_seq()) {
+            return false;
+        }
+        self.rel.origins().into_iter().all(|o| {
+            o == self.me
+                || digest.get(&o).is_some_and(|cut| {
+                    let held = self.rel.contiguous_of(o).unwrap_or_default();
+                    self.rel.cap(o).unwrap_or(held) <= *cut
+                })
+        })
     }
 
     pub(crate) fn on_install_ack(&mut self, sender: Origin, view: ViewId, now: Instant) {
