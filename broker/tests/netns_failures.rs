@@ -360,6 +360,12 @@ impl Load {
 
 /// Runs the `ordo` CLI against `server`: (exit code, stderr, how long).
 fn ordo(server: SocketAddr, args: &[&str]) -> (Option<i32>, String, Duration) {
+    let (code, _, err, took) = ordo_output(server, args);
+    (code, err, took)
+}
+
+/// Runs the `ordo` CLI against `server`: (exit code, stdout, stderr, how long).
+fn ordo_output(server: SocketAddr, args: &[&str]) -> (Option<i32>, String, String, Duration) {
     let cli = ordo_broker::testkit::ordo_cli_binary().unwrap_or_else(|e| panic!("{e}"));
     let t0 = Instant::now();
     let mut child = Command::new(cli)
@@ -368,21 +374,29 @@ fn ordo(server: SocketAddr, args: &[&str]) -> (Option<i32>, String, Duration) {
         .args(["--server", &server.to_string()])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Both pipes are read by threads, so a chatty child never blocks on them.
+    fn read(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    }
+    let out = read(child.stdout.take().unwrap());
+    let err = read(child.stderr.take().unwrap());
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err, t0.elapsed());
+            let took = t0.elapsed();
+            return (
+                status.code(),
+                out.join().unwrap(),
+                err.join().unwrap(),
+                took,
+            );
         }
         if t0.elapsed() > PATIENCE {
             let _ = child.kill();
@@ -625,10 +639,25 @@ fn sequencer_killed_under_load() {
         ms(DETECTION_BOUND)
     );
 
-    // The survivors continue in one primary view with a new sequencer.
+    // The survivors continue in one primary view with a new sequencer, and
+    // `ordo cluster` shows the same view as `/healthz`.
     let survivors: Vec<usize> = c.alive();
     let v = c.wait_one_view(&survivors, PATIENCE);
     assert_ne!(v.sequencer, Some(Cluster::id(f.victim)));
+    let (code, out, err, _) = ordo_output(c.addr(survivors[0]), &["cluster", "--json"]);
+    assert_eq!(code, Some(0), "ordo cluster failed: {err}");
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["view_id"], v.view_id, "{out}");
+    assert_eq!(shown["coordinator"], v.coordinator, "{out}");
+    assert_eq!(shown["sequencer"], serde_json::json!(v.sequencer), "{out}");
+    let nodes: Vec<u64> = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = v.members.iter().map(|&m| u64::from(m)).collect();
+    assert_eq!(nodes, want, "{out}");
 }
 
 /// SIGKILL of the broker a publisher is connected to: the survivors agree
