@@ -668,7 +668,11 @@ fn publishers_broker_killed() {
     let Some(mut c) = Cluster::start("netns_failures::publishers_broker_killed", 4) else {
         return;
     };
-    let topics = [("v.fifo", Ordering::Fifo), ("v.seq", Ordering::TotalSeq)];
+    let topics = [
+        ("v.fifo", Ordering::Fifo),
+        ("v.isis", Ordering::TotalIsis),
+        ("v.seq", Ordering::TotalSeq),
+    ];
     c.declare(0, &topics);
     // Not the sequencer: that is the test above.
     let seq = c.sequencer();
@@ -753,7 +757,7 @@ fn publishers_broker_killed() {
                 );
             }
             victim_sets.push((who.clone(), payloads_of(&lines, t, "victim")));
-            if ordering == Ordering::TotalSeq {
+            if ordering != Ordering::Fifo {
                 orders.push((who, order_of(&lines)));
             }
         }
