@@ -376,6 +376,9 @@ pub struct Join {
 pub struct Propose {
     pub view: ViewId,
     pub members: Vec<Origin>,
+    /// The proposer ends its view to merge into another (its members, left
+    /// out, flush all the same and then rejoin the other view).
+    pub dissolve: bool,
 }
 
 /// A member's answer to a proposal.
@@ -659,6 +662,7 @@ impl Frame {
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
                 put_members(&mut out, &p.members);
+                put_bool(&mut out, p.dissolve);
             }
             Body::FlushAck(f) => {
                 out.put_u64(f.view.0);
@@ -774,6 +778,7 @@ impl Frame {
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
                 members: members(&mut r)?,
+                dissolve: r.bool("dissolve")?,
             }),
             kind::FLUSH_ACK => Body::FlushAck(FlushAck {
                 view: ViewId(r.counter("view")?),
@@ -1119,6 +1124,7 @@ mod tests {
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
                     view: ViewId(v),
+                    dissolve: members.len() == 1,
                     members,
                 })
             }),

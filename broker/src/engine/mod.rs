@@ -163,6 +163,11 @@ pub struct Engine {
     /// Our own messages waiting for every member to hold them (a `safe`
     /// one and everything published after it), with their last sequence number.
     local_pending: VecDeque<(Seq, delivery::Ready)>,
+    /// Our own ordering control (sequencer orders, ISIS finals) in our
+    /// stream, applied here only once another member holds it: a broker the
+    /// others cannot hear then orders nothing the survivors would order
+    /// otherwise (the flush cut includes whatever a survivor holds).
+    own_control: VecDeque<(Seq, Control)>,
     newer_self_warned: bool,
     /// The agreed cut of origins that departed (what every survivor held
     /// of them when the view without them was installed), for the
@@ -207,6 +212,7 @@ impl Engine {
             last_ack: None,
             wanted: 0,
             local_pending: VecDeque::new(),
+            own_control: VecDeque::new(),
             newer_self_warned: false,
             departed_cuts: std::collections::BTreeMap::new(),
             stats: Stats {
@@ -497,6 +503,23 @@ impl Engine {
                 payload,
             });
             self.stats.control_messages_sent += 1;
+            self.own_control.push_back((seq, c));
+        }
+        self.apply_own_control(false);
+    }
+
+    /// Applies our own ordering control that another member holds (with
+    /// `all`, every one: a flush proved every member holds it, or we are alone).
+    fn apply_own_control(&mut self, all: bool) {
+        let alone = self.view.members.len() <= 1;
+        let held = self.rel.held_by_a_peer();
+        while let Some((seq, _)) = self.own_control.front() {
+            if !(all || alone) && *seq > held {
+                return;
+            }
+            let Some((_, c)) = self.own_control.pop_front() else {
+                return;
+            };
             let n = self.delivery.sent(&c, &mut self.topics, &mut self.events);
             self.stats.delivered += n as u64;
             self.stats.messages_delivered += n as u64;
@@ -703,7 +726,7 @@ impl Engine {
         }
         if h.view != self.view.id {
             self.stats.dropped_wrong_view += 1;
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, None, now);
             return;
         }
         let origin = d.origin;
@@ -753,10 +776,10 @@ impl Engine {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
             self.on_foreign_view(h.sender, h.view, &d, now);
         } else {
-            self.on_view_mismatch(h.sender, h.view, now);
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
         }
     }
 
@@ -855,6 +878,7 @@ impl Engine {
                 self.deliver_waiting(origin, Seq(0));
             }
             self.deliver_local(false);
+            self.apply_own_control(false);
             let done = if self.view.members.len() == 1 {
                 self.rel.advance_stability(&mut self.stats);
                 self.rel.confirm_all()

@@ -924,3 +924,26 @@ fn a_minority_of_two_ends_its_view_together_and_merges_into_the_majority() {
     }
     assert!(g.engines[3].view().id > minority_view);
 }
+
+#[test]
+fn a_stalled_member_is_excluded_and_rejoins_without_disturbing_the_others() {
+    let mut g = Group::new(3);
+    // Engine 2 is not driven at all for 2.5 s (a stalled process).
+    let stalled = g.engines.remove(2);
+    let stalled_events = g.events.remove(2);
+    let old = stalled.origin();
+    g.run(ms(2500), |_, _, _| true);
+    assert_eq!(g.engines[0].view().members.len(), 2);
+    g.engines.push(stalled);
+    g.events.push(stalled_events);
+    g.run(ms(4000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    assert!(g.engines[2].origin().incarnation > old.incarnation);
+    assert_eq!(g.engines[0].stats().exclusions, 0);
+    assert_eq!(g.engines[1].stats().exclusions, 0);
+    assert!(g.discontinuities(2) >= 1);
+}

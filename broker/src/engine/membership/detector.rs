@@ -125,6 +125,14 @@ impl Detector {
         }
     }
 
+    /// Forgets the current silences (we were paused ourselves): every
+    /// member counts as heard at `now`, with its history kept.
+    pub(crate) fn restart(&mut self, now: Instant) {
+        for h in self.members.values_mut() {
+            h.last = now;
+        }
+    }
+
     /// When `origin` was last heard.
     pub(crate) fn last_heard(&self, origin: Origin) -> Option<Instant> {
         self.members.get(&origin).map(|h| h.last)

@@ -216,6 +216,7 @@ impl Engine {
         };
         self.rel = Reliability::new(self.me, Seq(0), self.config.reliability());
         self.local_pending.clear();
+        self.own_control.clear();
         // A new incarnation starts with fresh layers; the group's agreed
         // state (topics, gseq) comes with the install that admits it.
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);

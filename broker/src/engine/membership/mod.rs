@@ -171,6 +171,8 @@ pub(crate) struct Membership {
     /// The coordinator of another view that wins a merge against ours,
     /// and since when we know it.
     merge_target: Option<(Origin, Instant)>,
+    /// When the failure tick last ran (a long gap means we were paused).
+    last_tick: Option<Instant>,
     /// Join requests sent to the current target without admission.
     join_attempts: u32,
     /// Node ids of members that departed by failure (a later join of one
@@ -251,6 +253,17 @@ impl Membership {
         stale
     }
 
+    /// Whether `members` (a view another member installed or proposes)
+    /// outweighs the rest of `view`: a strict majority of it, or exactly
+    /// half with its first member. A smaller group that leaves us out is
+    /// the one leaving (a stalled or cut-off broker), not us being excluded.
+    fn outweighs(view: &View, members: &[Origin]) -> bool {
+        let held = view.members.iter().filter(|m| members.contains(m)).count();
+        2 * held > view.members.len()
+            || (2 * held == view.members.len()
+                && view.members.first().is_some_and(|f| members.contains(f)))
+    }
+
     /// Whether a view of `members` is primary, judged against the last
     /// primary view. A member of that view counts if it is in `members`, or
     /// if a new incarnation of its node is that joined naming that same
@@ -321,6 +334,7 @@ impl Engine {
                         None => Some(Body::Propose(Propose {
                             view: c.view,
                             members: c.members.clone(),
+                            dissolve: c.dissolve.is_some(),
                         })),
                         Some(i) => {
                             let i = i.clone();
@@ -388,6 +402,20 @@ impl Engine {
     /// to the coordinator, restarts and duplicate node ids, and noticing
     /// that the group moved on without us.
     pub(crate) fn failure_tick(&mut self, now: Instant) {
+        // Ticks come every heartbeat interval: a much longer gap means this
+        // broker itself was paused (stalled process, suspended host), and
+        // the silence it saw is its own; judge the others afresh.
+        let paused = self.membership.last_tick.is_some_and(|t| {
+            now.saturating_duration_since(t) > self.config.acceptable_heartbeat_pause / 2
+        });
+        self.membership.last_tick = Some(now);
+        if paused {
+            tracing::warn!(
+                "this broker was paused; not suspecting anyone for the silence it caused"
+            );
+            self.detector.restart(now);
+            return;
+        }
         if !self.in_view || self.membership.has_left() {
             return;
         }
@@ -603,7 +631,13 @@ impl Engine {
     /// A frame stamped with another view than ours from `sender`: help a
     /// member still in the view before ours to the install it missed, and
     /// notice when our own view's members moved on without us.
-    pub(crate) fn on_view_mismatch(&mut self, sender: Origin, view: ViewId, now: Instant) {
+    pub(crate) fn on_view_mismatch(
+        &mut self,
+        sender: Origin,
+        view: ViewId,
+        digest: Option<&ordo_wire::group::Digest>,
+        now: Instant,
+    ) {
         if !self.in_view || view.0 == 0 {
             return;
         }
@@ -621,7 +655,34 @@ impl Engine {
                 }
             }
         } else if self.view.members.contains(&sender) && self.membership.flush.is_none() {
-            self.membership.newer_view_since.get_or_insert(now);
+            // A member of ours speaks in a newer view: its digest names
+            // that view's members.
+            let Some(d) = digest else { return };
+            let theirs: Vec<Origin> = d.entries.iter().map(|e| e.origin).collect();
+            if theirs.contains(&self.me) || Membership::outweighs(&self.view, &theirs) {
+                // We missed its install, or were left out by most of the
+                // view: its install comes again when we speak, else we rejoin.
+                self.membership.newer_view_since.get_or_insert(now);
+            } else {
+                self.went_apart(&theirs, now);
+            }
+        }
+    }
+
+    /// Members of our view installed a view of their own without us and
+    /// without most of us (a stalled or cut-off minority): they left.
+    pub(crate) fn went_apart(&mut self, theirs: &[Origin], now: Instant) {
+        let mut any = false;
+        for m in theirs {
+            if self.view.members.contains(m) && *m != self.me && self.membership.dead.insert(*m) {
+                tracing::warn!(member = %m, "member went on in a view of its own; removing it");
+                self.membership.change_began.get_or_insert(now);
+                any = true;
+            }
+        }
+        if any {
+            self.maybe_start_change(now);
+            self.coordinator_progress(now);
         }
     }
 }

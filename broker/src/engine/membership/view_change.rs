@@ -10,7 +10,7 @@ use std::time::Instant;
 use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose};
 use ordo_wire::{Origin, Seq, ViewId};
 
-use super::{Change, Flush, Phase};
+use super::{Change, Flush, Membership, Phase};
 use crate::engine::timer::Timer;
 use crate::engine::{Engine, Event, View};
 
@@ -106,7 +106,14 @@ impl Engine {
             installed_at: None,
             installed: BTreeSet::new(),
         });
-        self.send(Flags::default(), Body::Propose(Propose { view, members }));
+        self.send(
+            Flags::default(),
+            Body::Propose(Propose {
+                view,
+                members,
+                dissolve: false,
+            }),
+        );
         self.timers
             .set(Timer::Membership, now + self.config.view_retry);
         self.coordinator_progress(now);
@@ -169,7 +176,14 @@ impl Engine {
             installed_at: None,
             installed: BTreeSet::new(),
         });
-        self.send(Flags::default(), Body::Propose(Propose { view, members }));
+        self.send(
+            Flags::default(),
+            Body::Propose(Propose {
+                view,
+                members,
+                dissolve: true,
+            }),
+        );
         self.timers
             .set(Timer::Membership, now + self.config.view_retry);
         self.coordinator_progress(now);
@@ -191,7 +205,15 @@ impl Engine {
             return;
         }
         // Left out too (suspected, or our view dissolves into another in a
-        // merge): we flush all the same; the install tells us the rest.
+        // merge): we flush all the same; the install tells us the rest. But
+        // a proposal by a few that leaves most of us out is theirs to leave.
+        if !p.members.contains(&self.me)
+            && !p.dissolve
+            && !self.membership.leaving
+            && !Membership::outweighs(&self.view, &p.members)
+        {
+            return;
+        }
         let last_seq = self.rel.last_seq();
         self.membership.change_began.get_or_insert(now);
         let flush = self.membership.flush.get_or_insert(Flush {
@@ -417,6 +439,16 @@ impl Engine {
             && !self.membership.leaving
             && self.view.members.contains(&sender)
             && i.members.contains(&sender)
+            && !for_us
+            && !next
+            && !Membership::outweighs(&self.view, &i.members)
+        {
+            // A few of us went on alone (stalled, cut off): they left.
+            self.went_apart(&i.members, now);
+        } else if self.in_view
+            && !self.membership.leaving
+            && self.view.members.contains(&sender)
+            && i.members.contains(&sender)
         {
             // A newer view from a member of ours that we cannot apply: it
             // leaves us out (we were suspected), or we missed a view.
@@ -524,6 +556,7 @@ impl Engine {
             }
         }
         self.deliver_local(true);
+        self.apply_own_control(true);
         let sequencer = members.first().map(|m| m.node);
         let n = self.delivery.install(
             self.me,
