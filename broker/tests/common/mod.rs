@@ -471,8 +471,13 @@ pub fn check_stream(who: &str, lines: &[SubLine], topic: &str) -> Vec<SubLine> {
             "{who} on {topic}: payload {:?} delivered twice",
             m.payload
         );
-        if let Some((tag, n)) = m.payload.split_once(':') {
-            let n: u64 = n.split(':').next().unwrap_or(n).parse().unwrap_or(0);
+        // Payloads `<tag>:<n>` (optionally `:<padding>`); others are not
+        // numbered and only checked by seq.
+        let numbered = m.payload.split_once(':').and_then(|(tag, rest)| {
+            let n = rest.split(':').next()?.parse::<u64>().ok()?;
+            Some((tag, n))
+        });
+        if let Some((tag, n)) = numbered {
             if let Some(prev) = last_n.insert(tag.to_string(), n) {
                 assert!(
                     n > prev,
