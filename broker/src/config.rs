@@ -143,6 +143,12 @@ pub struct Args {
     /// is suspected about 1.6 s after its last frame [default: 1000].
     #[arg(long, env = "ORDO_ACCEPTABLE_HEARTBEAT_PAUSE", value_name = "MS")]
     pub acceptable_heartbeat_pause: Option<u64>,
+    /// How many brokers the cluster has. Total-order topics then need a
+    /// majority of them before the first primary view, so a broker restarted
+    /// while cut off from its group does not order total topics alone;
+    /// 0 means unknown: the first view a group forms is primary [default: 0].
+    #[arg(long, env = "ORDO_CLUSTER_SIZE", value_name = "N")]
+    pub cluster_size: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, plus topic declarations.
@@ -176,6 +182,7 @@ pub struct FileConfig {
     pub heartbeat_interval: Option<u64>,
     pub phi_threshold: Option<f64>,
     pub acceptable_heartbeat_pause: Option<u64>,
+    pub cluster_size: Option<usize>,
     #[serde(default)]
     pub topics: Vec<FileTopic>,
 }
@@ -235,6 +242,8 @@ pub struct Config {
     pub phi_threshold: f64,
     /// Silence tolerated before suspicion grows.
     pub acceptable_heartbeat_pause: Duration,
+    /// Brokers in the cluster (0: unknown).
+    pub cluster_size: usize,
     pub topics: Vec<TopicDecl>,
 }
 
@@ -582,6 +591,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(heartbeat_interval),
             phi_threshold,
             acceptable_heartbeat_pause: Duration::from_millis(acceptable_heartbeat_pause),
+            cluster_size: args.cluster_size.or(file.cluster_size).unwrap_or(0),
             topics,
         })
     }

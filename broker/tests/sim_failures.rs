@@ -120,3 +120,55 @@ fn two_brokers_restart_one_after_the_other() {
         assert_ok(&sim.run());
     }
 }
+
+/// Slot 2 cannot reach slot 1 (a one-way cut of one link) while everyone
+/// publishes for 4 s: slot 1 suspects slot 2 (it gets slot 2's messages
+/// only as repairs from the others, always a little behind), the group
+/// excludes slot 2 mid-stream, and the flush must bring slot 1 up to the
+/// cut the others hold.
+#[cfg(feature = "bug-injection")]
+fn unheard_publisher(seed: u64, bugs: ordo_broker::engine::Bugs) -> SimReport {
+    let mut c = SimConfig::basic(seed, 4);
+    c.faults.lossy_links.push((2, 1, 1.0));
+    c.traffic_span = ms(4000);
+    c.messages_per_publisher = 400;
+    c.deadline = Duration::from_secs(40);
+    c.bugs = bugs;
+    ordo_broker::sim::run_config(c)
+}
+
+#[cfg(feature = "bug-injection")]
+fn survivors_disagree(r: &SimReport) -> bool {
+    r.violations
+        .iter()
+        .any(|v| v.contains("VIRTUAL SYNCHRONY") || v.contains("FIFO GAP"))
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn the_flush_brings_a_lagging_survivor_to_the_cut_and_the_planted_bugs_break_it() {
+    use ordo_broker::engine::Bugs;
+    let seeds = 0..4;
+    for seed in seeds.clone() {
+        let r = unheard_publisher(seed, Bugs::default());
+        println!("{}", r.render());
+        assert!(!survivors_disagree(&r), "{}", r.render());
+    }
+    for bugs in [
+        Bugs {
+            skip_failure_flush: true,
+            ..Bugs::default()
+        },
+        Bugs {
+            departed_on_one_survivor: true,
+            ..Bugs::default()
+        },
+    ] {
+        let caught = seeds
+            .clone()
+            .map(|seed| unheard_publisher(seed, bugs))
+            .filter(survivors_disagree)
+            .count();
+        assert!(caught > 0, "{bugs:?} went unnoticed");
+    }
+}

@@ -6,7 +6,8 @@
 //! broker and the origin of an unresolved isis message crash mid-stream; a
 //! stalled broker is falsely suspected and rejoins; a minority is cut off
 //! for longer than failure detection and merges back; a one-way partition;
-//! a crashed broker restarts with its node id. The workload mixes every
+//! a crashed broker restarts with its node id; a second live broker with a
+//! node id in use is refused. The workload mixes every
 //! ordering; every run ends with the simulator's full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -445,5 +446,90 @@ fn a_crashed_broker_restarts_with_its_node_id() {
         let r = sim.run();
         assert_ok(&r);
         assert_eq!(r.recoveries.len(), 1, "seed {seed}");
+    }
+}
+
+#[test]
+#[ignore = "engine bug: a member nobody hears (one-way cut) keeps delivering total order (its own sequencer orders, or isis messages only it holds) that the others, excluding it, order otherwise"]
+fn the_sequencer_cut_off_one_way_orders_nothing_the_others_order_otherwise() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.05));
+        // Slot 0 (coordinator and sequencer) hears everyone, nobody hears
+        // it: it is excluded while alive, and whatever total order it
+        // delivered meanwhile must be the one the others deliver.
+        c.faults
+            .partitions
+            .push((ms(200), ms(3000), BTreeSet::from([0]), true));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+#[ignore = "engine bug: a broker restarted while cut off forms a singleton group whose first view counts as primary, so total topics deliver on both sides (two gseq 1)"]
+fn a_broker_restarted_while_cut_off_forms_no_second_primary() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 5, loss(0.05));
+        // Slot 0 is cut off, crashes, and its next incarnation starts while
+        // still cut off: alone, it must not take total topics for a group.
+        c.faults
+            .partitions
+            .push((ms(200), ms(4000), BTreeSet::from([0]), false));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(3000), &[1, 2, 3, 4]);
+        sim.schedule(ms(300), Action::Crash(Victim::Slot(0), Some(ms(300))));
+        sim.run_for(ms(700));
+        sim.plan_traffic_over(ms(5), ms(2000), &[0]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+#[ignore = "engine bug: a broker paused about as long as failure detection suspects everyone on resuming and forms a singleton view; the healthy group, which never excluded it, merges into that view and its total order goes back (gseq 27 after 41)"]
+fn a_pause_just_shorter_than_detection_does_not_roll_the_group_back() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.2));
+        // A pause about as long as failure detection: on resuming, the
+        // paused broker has heard nobody for that long.
+        let mut sim = Sim::new({
+            c.faults.corrupt = 0.03;
+            c
+        });
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
+        sim.schedule(ms(300), Action::Stall(2, ms(1500 + seed * 20)));
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_second_broker_with_a_live_node_id_is_refused() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.05)));
+        assert!(sim.form_group());
+        let live = sim.origins()[1].unwrap();
+        // A fourth broker configured with slot 1's node id starts mid-stream.
+        let dup = sim.add_duplicate_slot(1);
+        sim.plan_traffic_over(ms(5), ms(1000), &[0, 1, 2]);
+        sim.schedule(ms(300), Action::Start(dup));
+        sim.run_for(ms(1500));
+        // The group kept the live broker (it was not taken for a restart).
+        let view = sim.engine(0).unwrap().view().clone();
+        assert!(
+            view.members.contains(&live) && view.members.len() == 3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        assert!(sim.engine(dup).is_none(), "seed {seed}: the duplicate runs");
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(
+            !r.refusals.is_empty(),
+            "seed {seed}: the duplicate was never refused"
+        );
+        println!("seed {seed}: {:?}", r.refusals);
     }
 }

@@ -44,6 +44,12 @@ pub struct EngineConfig {
     /// Floor of the standard deviation of heartbeat inter-arrival times,
     /// so a very regular history does not make a small delay look fatal.
     pub min_heartbeat_std_dev: Duration,
+    /// How many brokers the cluster has, if known (0: unknown). Before any
+    /// primary view exists, a view is primary only with a majority of it;
+    /// unknown, the first view a group forms is primary, so a broker
+    /// restarted while cut off from its running group (finding nobody) would
+    /// form a second primary view and order total topics on its own.
+    pub cluster_size: usize,
     /// Longest wait between the join attempts of a broker that keeps being
     /// excluded (it backs off exponentially up to this, so a member the
     /// group cannot hear does not disrupt it forever).
@@ -114,7 +120,9 @@ pub struct Bugs {
     /// Install a failure view without waiting for the survivors to repair
     /// each other up to the agreed cut of the departed members' streams.
     pub skip_failure_flush: bool,
-    /// After a failover, the old sequencer keeps ordering and the survivors obey it.
+    /// After a failover, the old sequencer keeps ordering (once it is back,
+    /// falsely suspected and rejoined under its node id) and the survivors
+    /// obey it beside the new one.
     pub stale_sequencer_acts: bool,
     /// One survivor delivers a departed member's messages beyond the agreed cut.
     pub departed_on_one_survivor: bool,
@@ -135,6 +143,7 @@ impl EngineConfig {
             acceptable_heartbeat_pause: Duration::from_secs(1),
             min_heartbeat_std_dev: Duration::from_millis(100),
             max_rejoin_backoff: Duration::from_secs(10),
+            cluster_size: 0,
             discovery_timeout: Duration::from_millis(300),
             view_retry: Duration::from_millis(50),
             nak_delay_max: Duration::from_millis(5),

@@ -8,7 +8,9 @@
 //! simulator drive the same engine.
 //!
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
-//! `membership` (agreed views: discovery, join, flush, install, leave),
+//! `membership` (agreed views: discovery, join, flush, install, leave; the
+//! phi-accrual failure detector, crash and partition views with an agreed
+//! cut, primary views and quorum, merges, duplicate node ids),
 //! `reliability` (per-origin streams, NAKs, repairs, stability, flow
 //! control) and `delivery` (one layer per ordering: fifo, causal,
 //! total-isis, total-seq; plus the agreed topic table and `gseq`).
@@ -618,7 +620,12 @@ impl Engine {
             self.timers.clear(Timer::Membership);
             self.membership_tick(now);
         }
-        if self.timers.is_due(Timer::Heartbeat, now) {
+        if self.timers.is_due(Timer::Detector, now) {
+            self.timers.clear(Timer::Detector);
+            if !self.membership.has_left() {
+                self.timers
+                    .set(Timer::Detector, now + self.config.heartbeat_interval);
+            }
             self.failure_tick(now);
         }
         if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {

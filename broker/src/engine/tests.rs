@@ -947,3 +947,86 @@ fn a_stalled_member_is_excluded_and_rejoins_without_disturbing_the_others() {
     assert_eq!(g.engines[1].stats().exclusions, 0);
     assert!(g.discontinuities(2) >= 1);
 }
+
+/// The sequencer (engine 0) stalls and is excluded; once back it rejoins;
+/// then everyone publishes total-seq messages. Returns each engine's
+/// (payload, gseq) deliveries after the rejoin.
+#[cfg(feature = "bug-injection")]
+fn sequencer_stalls_and_returns(bugs: Bugs) -> Vec<Vec<(Bytes, u64)>> {
+    let mut g = Group::with(3, |n| {
+        let mut c = config(n);
+        c.bugs = bugs;
+        c
+    });
+    declare_total(&mut g);
+    let sequencer = g.engines.remove(0);
+    let events = g.events.remove(0);
+    g.run(ms(2500), |_, _, _| true);
+    g.engines.insert(0, sequencer);
+    g.events.insert(0, events);
+    g.run(ms(4000), |_, _, _| true);
+    assert_eq!(g.engines[1].view().members.len(), 3);
+    let before: Vec<usize> = (0..3).map(|i| g.delivered_total(i).len()).collect();
+    for round in 0..20u8 {
+        for i in 0..3 {
+            g.engines[i]
+                .publish(total(&[i as u8, round]), g.now)
+                .unwrap();
+        }
+        g.run(ms(2), |_, _, _| true);
+    }
+    g.run(ms(500), |_, _, _| true);
+    (0..3)
+        .map(|i| g.delivered_total(i)[before[i]..].to_vec())
+        .collect()
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn a_new_sequencer_alone_orders_after_failover_and_the_planted_stale_one_breaks_it() {
+    let d = sequencer_stalls_and_returns(Bugs::default());
+    assert_eq!(d[0].len(), 60);
+    assert!(
+        d.iter().all(|x| *x == d[0]),
+        "members disagree on the order"
+    );
+    let d = sequencer_stalls_and_returns(Bugs {
+        stale_sequencer_acts: true,
+        ..Bugs::default()
+    });
+    assert!(
+        d.iter().any(|x| *x != d[1]),
+        "two sequencers acting went unnoticed"
+    );
+}
+
+#[test]
+fn with_the_cluster_size_known_a_broker_restarted_alone_forms_no_primary_view() {
+    let sized = |n| {
+        let mut c = config(n);
+        c.cluster_size = 3;
+        c
+    };
+    let mut g = Group::with(3, sized);
+    assert!(g.engines[0].view().primary);
+    // Engine 2 is cut off and restarts: it finds nobody and forms a view alone.
+    let mut c = sized(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    let cut = |from: usize, to: usize| (from == 2) != (to == 2);
+    g.run(ms(3000), |from, to, _| !cut(from, to));
+    let alone = g.engines[2].view().clone();
+    assert_eq!(alone.members.len(), 1, "{alone:?}");
+    assert!(!alone.primary, "a second primary: {alone:?}");
+    assert!(g.engines[0].view().primary);
+    // Unknown size: the first view of a fresh broker is primary (a new cluster).
+    let e = Engine::new(config(9), g.now);
+    let mut e = e;
+    let mut t = g.now;
+    for _ in 0..100 {
+        t += ms(10);
+        e.handle_timeout(t);
+        while e.poll_transmit().is_some() {}
+    }
+    assert!(e.view().primary);
+}

@@ -45,6 +45,8 @@ pub struct Published {
     pub view: ViewKey,
     /// The engine confirmed it (another member holds it).
     pub confirmed: bool,
+    /// On a total-order topic.
+    pub total: bool,
 }
 
 /// One delivery of a total topic.
@@ -56,6 +58,8 @@ pub struct TotalDelivery {
     pub epoch: u64,
     /// Whether the engine's view was primary (a majority view).
     pub primary: bool,
+    /// The view it was delivered in.
+    pub view: Option<ViewKey>,
 }
 
 /// One engine's life (a node in one incarnation, or several incarnations
@@ -72,11 +76,16 @@ pub struct Life {
     pub members: BTreeMap<ViewKey, Vec<Origin>>,
     /// Whether each view installed was primary.
     pub primary: BTreeMap<ViewKey, bool>,
+    /// The engine's origin in each view installed (a rejoin changes it).
+    pub origin_in: BTreeMap<ViewKey, Origin>,
     /// What was delivered while each view was the current one.
     pub delivered_in: BTreeMap<ViewKey, BTreeSet<Msg>>,
     /// Per publisher, indexes in delivery order.
     pub deliveries: BTreeMap<u64, Vec<u32>>,
     pub crashed: bool,
+    /// At the end of the run the engine was rejoining as a newer
+    /// incarnation than the one in its last view (that one ended there).
+    pub rejoining: bool,
     /// Left the group gracefully.
     pub left: bool,
     pub discontinuities: u64,
@@ -111,7 +120,8 @@ pub enum Next {
     View(ViewKey),
     /// The run ended with this view current (the engine still running).
     End,
-    /// It crashed in the view.
+    /// It crashed in the view, or was excluded from it and rejoined as a
+    /// new incarnation: either way its incarnation of the view ended there.
     Crashed,
 }
 
@@ -121,9 +131,12 @@ fn next_of(lives: &[Life], i: usize, v: &ViewKey) -> Next {
     let life = &lives[i];
     let pos = life.view_seq.iter().position(|x| x == v);
     if let Some(w) = pos.and_then(|p| life.view_seq.get(p + 1)) {
+        if life.origin_in.get(w) != life.origin_in.get(v) {
+            return Next::Crashed;
+        }
         return Next::View(*w);
     }
-    if life.crashed {
+    if life.crashed || life.rejoining {
         return Next::Crashed;
     }
     if life.left {
@@ -153,6 +166,17 @@ fn next_of(lives: &[Life], i: usize, v: &ViewKey) -> Next {
 fn together(lives: &[Life], i: usize, p: usize, v: &ViewKey) -> bool {
     let np = next_of(lives, p, v);
     np != Next::Crashed && np == next_of(lives, i, v)
+}
+
+/// Whether the view life `i` went to from `v` (or `v`, if the run ended
+/// in it) is primary.
+fn primary_after(lives: &[Life], i: usize, v: &ViewKey) -> bool {
+    let life = &lives[i];
+    let next = match next_of(lives, i, v) {
+        Next::View(w) => w,
+        Next::End | Next::Crashed => *v,
+    };
+    life.primary.get(&next).copied().unwrap_or(true)
 }
 
 /// Whether lives `a` and `b` went on from view `v` together (to the same
@@ -187,11 +211,18 @@ pub fn outstanding(lives: &[Life], published: &[Published]) -> bool {
 
 /// Whether life `i` (which installed `p.view`) must deliver `p`.
 fn required(lives: &[Life], i: usize, p: &Published) -> bool {
+    // A total message still unordered when its view splits is delivered
+    // only by the side that goes on in a primary view (the other could not
+    // agree on its place with the majority).
+    if p.total && !primary_after(lives, i, &p.view) {
+        return false;
+    }
     if together(lives, i, p.life, &p.view) {
         return true;
     }
-    // A confirmed message of a publisher that crashed alone in its view
-    // survives: another member held it, and every other member went on.
+    // A confirmed message of a publisher that crashed (or was excluded)
+    // alone in its view survives: another member held it, and every other
+    // member went on together.
     if !p.confirmed || next_of(lives, p.life, &p.view) != Next::Crashed {
         return false;
     }
@@ -201,7 +232,7 @@ fn required(lives: &[Life], i: usize, p: &Published) -> bool {
         .filter(|(j, l)| *j != p.life && l.views.contains(&p.view))
         .map(|(j, _)| next_of(lives, j, &p.view))
         .collect();
-    others.len() == 1 && !others.contains(&Next::Crashed)
+    i != p.life && others.len() == 1 && !others.contains(&Next::Crashed)
 }
 
 /// Each message is delivered only in the view it was sent in.
@@ -399,14 +430,28 @@ pub fn causal(lives: &[Life], past: &BTreeMap<Msg, Past>) -> Vec<String> {
 }
 
 /// Total order: each message of a total topic carries the same `gseq` on
-/// every life that delivered it and each `gseq` names one message
-/// everywhere; each life's `gseq`s of a topic grow by exactly one (across a
-/// discontinuity they still grow); total topics deliver only in primary views.
-pub fn total(lives: &[Life]) -> Vec<String> {
+/// every surviving life that delivered it and each `gseq` names one message
+/// among them; each life's `gseq`s of a topic grow by exactly one (across a
+/// discontinuity they still grow); total topics deliver only in primary
+/// views. Agreement binds every engine that did not crash (one cut off,
+/// falsely suspected or on the minority side of a split is alive, and its
+/// subscribers saw what it delivered): what a member delivered in the view
+/// it crashed in is checked for its own order only, and its disagreements
+/// with the survivors are counted (the second value), not failed.
+pub fn total(lives: &[Life]) -> (Vec<String>, u64) {
     let mut out = Vec::new();
     let mut seen: BTreeMap<(&str, Msg), (u64, usize)> = BTreeMap::new();
     let mut at: BTreeMap<(&str, u64), (Msg, usize)> = BTreeMap::new();
+    let mut departed: Vec<(usize, &str, Msg, u64)> = Vec::new();
     for (i, life) in lives.iter().enumerate() {
+        // Only a real crash ends a life without the survivors' agreement:
+        // a member cut off or falsely suspected is alive, and its
+        // subscribers saw what it delivered.
+        let ended: BTreeSet<ViewKey> = life
+            .current()
+            .filter(|_| life.crashed)
+            .into_iter()
+            .collect();
         for (topic, seq) in &life.total {
             let mut prev: Option<(u64, u64)> = None;
             for d in seq {
@@ -444,6 +489,10 @@ pub fn total(lives: &[Life]) -> Vec<String> {
                     }
                 }
                 prev = Some((g, d.epoch));
+                if d.view.is_some_and(|v| ended.contains(&v)) {
+                    departed.push((i, topic.as_str(), m, g));
+                    continue;
+                }
                 match seen.get(&(topic.as_str(), m)) {
                     Some((og, j)) if *og != g => {
                         out.push(format!(
@@ -471,7 +520,14 @@ pub fn total(lives: &[Life]) -> Vec<String> {
             }
         }
     }
-    out
+    let diverged = departed
+        .iter()
+        .filter(|(_, topic, m, g)| {
+            seen.get(&(*topic, *m)).is_some_and(|(og, _)| og != g)
+                || at.get(&(*topic, *g)).is_some_and(|(om, _)| om != m)
+        })
+        .count() as u64;
+    (out, diverged)
 }
 
 /// A short rendering of an index list for reports.
@@ -530,6 +586,7 @@ mod tests {
             l.views.insert(key(*v));
             l.view_seq.push(key(*v));
             l.members.insert(key(*v), vec![origin(1), origin(2)]);
+            l.origin_in.insert(key(*v), origin(n));
         }
         for i in del {
             l.deliveries.entry(1).or_default().push(*i);
@@ -549,6 +606,7 @@ mod tests {
                 life: 0,
                 view: key(view),
                 confirmed: false,
+                total: false,
             })
             .collect()
     }
@@ -598,21 +656,22 @@ mod tests {
             gseq: Some(g),
             epoch,
             primary: true,
+            view: None,
         };
         let mk = |ds: Vec<TotalDelivery>| Life {
             total: BTreeMap::from([("t".to_string(), ds)]),
             ..Life::default()
         };
-        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 2, 0)])]).is_empty());
-        assert!(!total(&[mk(vec![d(0, 1, 0), d(1, 3, 0)])]).is_empty());
+        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 2, 0)])]).0.is_empty());
+        assert!(!total(&[mk(vec![d(0, 1, 0), d(1, 3, 0)])]).0.is_empty());
         // Across a discontinuity the gseq may jump, not go back.
-        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 5, 1)])]).is_empty());
-        assert!(!total(&[mk(vec![d(0, 5, 0), d(1, 2, 1)])]).is_empty());
+        assert!(total(&[mk(vec![d(0, 1, 0), d(1, 5, 1)])]).0.is_empty());
+        assert!(!total(&[mk(vec![d(0, 5, 0), d(1, 2, 1)])]).0.is_empty());
         // One gseq, two messages on two lives.
-        let v = total(&[mk(vec![d(0, 1, 0)]), mk(vec![d(1, 1, 0)])]);
+        let v = total(&[mk(vec![d(0, 1, 0)]), mk(vec![d(1, 1, 0)])]).0;
         assert!(v.iter().any(|v| v.contains("gseq 1 is")), "{v:?}");
         let mut np = d(0, 1, 0);
         np.primary = false;
-        assert!(total(&[mk(vec![np])])[0].contains("PRIMARY"));
+        assert!(total(&[mk(vec![np])]).0[0].contains("PRIMARY"));
     }
 }

@@ -8,8 +8,10 @@
 //! ```text
 //! cargo test -p ordo-broker --features sim                        # 500 seeds + scenarios + planted bugs
 //! ORDO_SIM_SEEDS=100000 cargo test -p ordo-broker --features sim --test sim -- many_seeds --nocapture
-//! ORDO_SIM_SEED=1234 cargo test -p ordo-broker --features sim --test sim -- replay --nocapture
+//! ORDO_SIM_SEED=1234 cargo test -p ordo-broker --features sim --test sim -- replay --exact --nocapture
+//! ORDO_SIM_TRACE=1 ...                                             # publishes and view installs, as they happen
 //! ORDO_SIM_SCENARIO_SEEDS=300 ORDO_SIM_SCENARIO_LOSS=0.3 cargo test -p ordo-broker --features sim --test sim_scenarios
+//! ORDO_SIM_FAILURE_SEEDS=100 cargo test -p ordo-broker --features sim --test sim_scenarios   # failure scenarios
 //! ```
 //!
 //! The workload mixes every ordering: publisher `p` publishes on
@@ -18,16 +20,35 @@
 //! republishes at slot 1 with the delivery's causal context, so causal
 //! chains cross brokers.
 //!
-//! Checked on every run: no loss, no duplicates, FIFO per publisher, the
-//! virtual-synchrony delivery sets (see [`check`]), causal order against
-//! the happened-before relation computed from the run's history (each
-//! publisher's order, everything delivered at the publishing broker, the
-//! responder's chains), total order (each total message has the same `gseq`
-//! on every broker, and each broker's `gseq`s of a topic grow by one), one
-//! agreed topic table, safe messages delivered only once every member holds
-//! them, every buffer within its bound at every step, no datagram above the
-//! maximum, retransmit buffers drained once traffic stops, every member in
-//! one view, every planned fault fired.
+//! Faults: loss (per link too), duplication, jitter, corruption, partitions
+//! (symmetric or one way; short ones must lose nothing, long ones split the
+//! view), and membership faults the harness makes at planned instants
+//! ([`Action`]): a crash drops an engine (it processes and sends nothing
+//! more; datagrams in flight still arrive), optionally followed by a new
+//! incarnation on the same node id; a stall freezes an engine (a GC pause:
+//! datagrams wait in its socket buffer) so the others may falsely suspect
+//! it. A crash's victim can be picked from the engines' state when it
+//! fires ([`Victim`]: the sequencer, the coordinator, the origin of an
+//! unresolved isis message, a broker right after it publishes). Every
+//! planned fault must fire.
+//!
+//! Checked on every run (see [`check`]): each message delivered only in the
+//! view it was sent in (so never across a split), the same set delivered in
+//! a view by every engine that went on from it to the same next view
+//! (virtual synchrony, agreement on a crashed member's messages), no loss
+//! among engines that went on together (and confirmed messages of a
+//! crashed publisher reach the others), no duplicates, FIFO (a prefix of a
+//! publisher's messages per view), causal order against the happened-before
+//! relation computed from the run's history, total order (one `gseq` per
+//! message and one message per `gseq` among engines that did not crash,
+//! `gseq`s growing by one except across a discontinuity, total topics
+//! delivered only in primary views, publishes to them refused only outside
+//! one), one agreed topic table, safe messages delivered only once every
+//! member going on with the deliverer holds them, every buffer within its
+//! bound at every step, no datagram above the maximum, every buffer drained
+//! once traffic stops, discontinuities only when membership faults were
+//! planned, and liveness: every live engine in one view within
+//! [`SimConfig::liveness_bound`] after the last fault healed.
 
 pub mod check;
 pub mod net;
@@ -50,7 +71,7 @@ use workload::PlannedPublish;
 /// The command that replays one seed of the randomized run.
 pub fn replay_command(seed: u64) -> String {
     format!(
-        "ORDO_SIM_SEED={seed} cargo test -p ordo-broker --features sim --test sim -- replay --nocapture"
+        "ORDO_SIM_SEED={seed} cargo test -p ordo-broker --features sim --test sim -- replay --exact --nocapture"
     )
 }
 
@@ -128,6 +149,13 @@ impl FaultPlan {
                 4 | 5 => {
                     let len = Duration::from_millis(rng.gen_range(100..4000));
                     self.stalls.push((at, slot, len));
+                    // Sometimes under heavy jitter too: late heartbeats on
+                    // top of the pause feed false suspicions.
+                    if rng.gen_bool(0.3) {
+                        self.jitter = self
+                            .jitter
+                            .max(Duration::from_millis(rng.gen_range(10..40)));
+                    }
                 }
                 _ => {
                     // A minority cut off for longer than failure detection.
@@ -170,6 +198,9 @@ pub enum Victim {
     Sequencer,
     /// The view's coordinator.
     Coordinator,
+    /// The broker at this slot right after it next sends a burst of
+    /// publishes (1 µs later: nothing is acknowledged or repaired yet).
+    Publisher(usize),
     /// The origin of a total-isis message no engine has delivered yet (its
     /// proposals or final priority are still in flight); one some engine
     /// delivered but not all if there is none.
@@ -180,6 +211,7 @@ impl std::fmt::Display for Victim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Victim::Slot(s) => write!(f, "slot {s}"),
+            Victim::Publisher(s) => write!(f, "slot {s} right after it publishes"),
             Victim::Sequencer => f.write_str("the sequencer"),
             Victim::Coordinator => f.write_str("the coordinator"),
             Victim::IsisOrigin => f.write_str("the origin of an unresolved isis message"),
@@ -207,6 +239,8 @@ pub struct SimConfig {
     pub only: Option<(Ordering, bool)>,
     /// The engines' bound on causal hold-back and pending total messages.
     pub ordering_limit: Option<usize>,
+    /// Adjusts every engine's configuration (timers, detector) for a run.
+    pub tune: Option<fn(&mut EngineConfig)>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -233,6 +267,7 @@ impl SimConfig {
             payload_size: None,
             only: None,
             ordering_limit: None,
+            tune: None,
             deadline: Duration::from_secs(120),
             liveness_bound: Duration::from_secs(10),
             #[cfg(feature = "bug-injection")]
@@ -336,6 +371,9 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// How to replay it, for the randomized runs.
     pub replay: Option<String>,
+    /// Each engine life's views in install order (what went where), shown
+    /// with the violations of a failed run.
+    pub lives: Vec<String>,
     /// Delivery latency in virtual time (publish to each delivery,
     /// everywhere): median and 99th percentile.
     pub latency_p50: Duration,
@@ -345,6 +383,10 @@ pub struct SimReport {
     pub peak_ordering_held: u64,
     /// Discontinuity events the engines reported (exclusions, merges).
     pub discontinuities: u64,
+    /// Total-topic deliveries a member made in the view it crashed in
+    /// whose `gseq` the survivors gave another message (allowed: agreement
+    /// binds the survivors; shown for the record).
+    pub departed_divergences: u64,
     /// Publishes to total topics refused outside a primary view.
     pub refused: u64,
     /// Deliveries made in views that are not primary (the minority side).
@@ -356,6 +398,12 @@ pub struct SimReport {
     /// The longest virtual time between two consecutive deliveries of one
     /// total topic at one engine (a failover's pause, under steady traffic).
     pub max_total_gap: Duration,
+    /// Engines refused for claiming a node id in use, and why.
+    pub refusals: Vec<String>,
+    /// Per running engine at the end, its last failure-detection time and
+    /// last view-change time as it measured them (ms; 0 if none).
+    pub detection_ms: Vec<u64>,
+    pub view_change_ms: Vec<u64>,
 }
 
 impl SimReport {
@@ -392,9 +440,10 @@ impl SimReport {
         if !self.recoveries.is_empty() || self.discontinuities > 0 || self.refused > 0 {
             let _ = writeln!(
                 s,
-                "  membership: recoveries {:?}, discontinuities {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
+                "  membership: recoveries {:?}, discontinuities {}, crashed members' total deliveries the survivors ordered otherwise {}, total publishes refused off-primary {}, deliveries off-primary {}, longest total-topic pause {:?}",
                 self.recoveries,
                 self.discontinuities,
+                self.departed_divergences,
                 self.refused,
                 self.minority_deliveries,
                 self.max_total_gap
@@ -402,6 +451,11 @@ impl SimReport {
         }
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION: {v}");
+        }
+        if !self.ok() {
+            for l in &self.lives {
+                let _ = writeln!(s, "  {l}");
+            }
         }
         if let (false, Some(cmd)) = (self.ok(), &self.replay) {
             let _ = writeln!(s, "  replay: {cmd}");
@@ -473,6 +527,8 @@ struct Slot {
     stalled_until: Option<Instant>,
     /// Datagrams that arrived during a stall.
     inbox: VecDeque<Bytes>,
+    /// The node id its engines use, if not the slot's own (`slot + 1`).
+    node: Option<u32>,
 }
 
 impl Slot {
@@ -484,6 +540,7 @@ impl Slot {
             leaving: false,
             stalled_until: None,
             inbox: VecDeque::new(),
+            node: None,
         }
     }
 
@@ -535,6 +592,9 @@ pub struct Sim {
     safe_doubts: Vec<(usize, usize, ViewKey, String)>,
     /// Publishes to a total topic refused in a non-primary view.
     refused: u64,
+    /// A slot claims another's node id; and the refusals seen.
+    duplicates_planned: bool,
+    refusals: Vec<String>,
     minority_deliveries: u64,
     /// Crashed members not yet out of every running engine's view, with
     /// the crash instant; and the times they took.
@@ -629,6 +689,8 @@ impl Sim {
             settled_at: None,
             membership_faults: cfg.faults.changes_membership(SHORT_PARTITION),
             refused: 0,
+            duplicates_planned: false,
+            refusals: Vec::new(),
             safe_doubts: Vec::new(),
             partitions: Vec::new(),
             minority_deliveries: 0,
@@ -666,6 +728,19 @@ impl Sim {
     /// Adds an empty slot (for a broker joining later); returns its index.
     pub fn add_slot(&mut self) -> usize {
         self.slots.push(Slot::empty());
+        self.slots.len() - 1
+    }
+
+    /// Adds an empty slot whose engines claim the node id of slot `of`,
+    /// with a higher incarnation (a second live broker configured with an
+    /// id already in use): it must be refused, and the run reports the
+    /// refusal instead of failing on it.
+    pub fn add_duplicate_slot(&mut self, of: usize) -> usize {
+        let mut slot = Slot::empty();
+        slot.node = Some(of as u32 + 1);
+        slot.incarnation = 1000;
+        self.slots.push(slot);
+        self.duplicates_planned = true;
         self.slots.len() - 1
     }
 
@@ -976,12 +1051,24 @@ impl Sim {
                             self.past.insert((publisher, p.index), past);
                             self.responses.remove(&(publisher, p.index));
                         }
+                        if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                            eprintln!(
+                                "TRACE {:?} publish {publisher}/{} at slot {} origin {} view {:?} in_view {}",
+                                now - self.start,
+                                p.index,
+                                p.node,
+                                e.origin(),
+                                view,
+                                e.in_view()
+                            );
+                        }
                         self.published.push(Published {
                             publisher,
                             index: p.index,
                             life,
                             view,
                             confirmed: false,
+                            total: matches!(ordering, Ordering::TotalIsis | Ordering::TotalSeq),
                         });
                         if let Some(q) = self.blocked.get_mut(&publisher) {
                             q.pop_front();
@@ -1073,6 +1160,7 @@ impl Sim {
                                     .and_then(|v| rec.primary.get(&v))
                                     .copied()
                                     .unwrap_or(false);
+                                let view = rec.current();
                                 let key = (life, d.topic.to_string());
                                 if let Some(t) = self.last_total.insert(key, now) {
                                     self.max_total_gap = self.max_total_gap.max(now - t);
@@ -1083,6 +1171,7 @@ impl Sim {
                                         gseq: d.gseq.map(|g| g.0),
                                         epoch: rec.discontinuities,
                                         primary,
+                                        view,
                                     },
                                 );
                             }
@@ -1103,6 +1192,16 @@ impl Sim {
                     )),
                 },
                 Event::ViewInstalled(v) => {
+                    if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "TRACE {:?} slot {i} {} installs {} {:?} primary {}",
+                            now - self.start,
+                            e.origin(),
+                            v.id,
+                            v.members,
+                            v.primary
+                        );
+                    }
                     let coordinator = v.members.first().copied().unwrap_or_default();
                     let key = (v.id, coordinator);
                     if !rec.views.insert(key) {
@@ -1115,6 +1214,7 @@ impl Sim {
                     rec.view_seq.push(key);
                     rec.members.insert(key, v.members.clone());
                     rec.primary.insert(key, v.primary);
+                    rec.origin_in.insert(key, e.origin());
                     rec.origin = e.origin();
                 }
                 Event::Discontinuity { from, to, reason } => {
@@ -1151,6 +1251,19 @@ impl Sim {
             self.retired.push(e.stats().clone());
             slot.engine = None;
             slot.leaving = false;
+            if let Some(l) = self.lives.get_mut(life) {
+                l.left = true;
+            }
+        } else if let Some(why) = e.refused().map(str::to_owned) {
+            // Refused (a duplicate node id): it left; its slot empties.
+            if !self.duplicates_planned {
+                self.violations
+                    .push(format!("slot {i} ({}) was refused: {why}", e.origin()));
+            }
+            self.refusals
+                .push(format!("slot {i} ({}): {why}", e.origin()));
+            self.retired.push(e.stats().clone());
+            slot.engine = None;
             if let Some(l) = self.lives.get_mut(life) {
                 l.left = true;
             }
@@ -1246,6 +1359,22 @@ impl Sim {
                 let crashed = self.crash_slot(s);
                 self.start_slot(s);
                 crashed
+            }
+            Action::Crash(Victim::Publisher(s), restart) => {
+                // Moves to just after the slot's next planned publish.
+                match self.plan.iter().find(|p| p.node == s && p.at >= self.now) {
+                    Some(p) => {
+                        let at = p.at + Duration::from_micros(1);
+                        self.push_action(at, Action::Crash(Victim::Slot(s), restart), record);
+                    }
+                    None => {
+                        if let Some(f) = record.and_then(|r| self.faults_made.get_mut(r)) {
+                            f.attempts = VICTIM_PATIENCE;
+                        }
+                    }
+                }
+                // Counted when the moved crash fires.
+                return;
             }
             Action::Crash(victim, restart) => match self.victim(victim) {
                 Some(s) => {
@@ -1374,7 +1503,7 @@ impl Sim {
             .max_by_key(|e| (e.view().primary, e.view().members.len()))
             .map(Engine::view);
         match v {
-            Victim::Slot(s) => running(s).then_some(s),
+            Victim::Slot(s) | Victim::Publisher(s) => running(s).then_some(s),
             Victim::Sequencer => view.and_then(|v| v.sequencer).and_then(slot_of),
             Victim::Coordinator => view.and_then(|v| slot_of(v.coordinator)),
             Victim::IsisOrigin => {
@@ -1436,7 +1565,8 @@ impl Sim {
             return;
         }
         slot.incarnation += 1;
-        let mut c = EngineConfig::new(NodeId(s as u32 + 1), Incarnation(slot.incarnation), "sim");
+        let node = slot.node.unwrap_or(s as u32 + 1);
+        let mut c = EngineConfig::new(NodeId(node), Incarnation(slot.incarnation), "sim");
         c.seed = seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add((s as u64) << 32 | slot.incarnation);
@@ -1444,6 +1574,9 @@ impl Sim {
         c.retransmit_buffer_bytes = self.cfg.retransmit_buffer_bytes;
         if let Some(l) = self.cfg.ordering_limit {
             c.ordering_limit = l;
+        }
+        if let Some(tune) = self.cfg.tune {
+            tune(&mut c);
         }
         #[cfg(feature = "bug-injection")]
         {
@@ -1611,11 +1744,14 @@ impl Sim {
                 let members: Vec<String> = e.view().members.iter().map(|m| m.to_string()).collect();
                 let _ = write!(
                     s,
-                    "[slot {i} {} in_view={} view {} {:?}] ",
+                    "[slot {i} {} in_view={} view {} {:?}{}{}] ",
                     e.origin(),
                     e.in_view(),
                     e.view().id,
-                    members
+                    members,
+                    if e.has_left() { " LEFT" } else { "" },
+                    e.refused()
+                        .map_or(String::new(), |r| format!(" REFUSED: {r}"))
                 );
             }
         }
@@ -1623,10 +1759,18 @@ impl Sim {
     }
 
     fn finish(mut self) -> SimReport {
+        for slot in &self.slots {
+            let Some(e) = &slot.engine else { continue };
+            if let Some(l) = self.lives.get_mut(slot.life) {
+                let last = l.current().and_then(|v| l.origin_in.get(&v)).copied();
+                l.rejoining = last.is_some_and(|o| o != e.origin());
+            }
+        }
         let mut v = std::mem::take(&mut self.violations);
         v.extend(check::deliveries(&self.lives, &self.published));
         v.extend(check::causal(&self.lives, &self.past));
-        v.extend(check::total(&self.lives));
+        let (total, diverged) = check::total(&self.lives);
+        v.extend(total);
         for (a, b, view, what) in &self.safe_doubts {
             if check::went_on_together(&self.lives, *a, *b, view) {
                 v.push(what.clone());
@@ -1654,7 +1798,14 @@ impl Sim {
                     st.retransmit_buffer_bytes
                 ));
             }
-            if st.causal_forced > 0 || st.control_unknown > 0 || st.control_malformed > 0 {
+            // A member that departs can take a causal message's predecessor
+            // (or a message an order names) with it: the survivors then
+            // deliver without it, which the causal and total checks above
+            // judge on what was delivered. Without such faults it is a bug.
+            let excused = self.membership_faults;
+            let forced = if excused { 0 } else { st.causal_forced };
+            let unknown = if excused { 0 } else { st.control_unknown };
+            if forced > 0 || unknown > 0 || st.control_malformed > 0 {
                 v.push(format!(
                     "slot {i}: ordering anomalies: {} causal message(s) forced at a view change, {} control entries for unknown messages, {} undecodable control messages",
                     st.causal_forced, st.control_unknown, st.control_malformed
@@ -1731,7 +1882,16 @@ impl Sim {
         };
         let (latency_p50, latency_p99) = (pct(0.5), pct(0.99));
         let discontinuities = self.lives.iter().map(|l| l.discontinuities).sum();
+        let detection_ms = self
+            .live()
+            .map(|e| e.stats().last_failure_detection_ms)
+            .collect();
+        let view_change_ms = self.live().map(|e| e.stats().last_view_change_ms).collect();
         SimReport {
+            refusals: std::mem::take(&mut self.refusals),
+            detection_ms,
+            view_change_ms,
+            departed_divergences: diverged,
             discontinuities,
             refused: self.refused,
             minority_deliveries: self.minority_deliveries,
@@ -1747,6 +1907,43 @@ impl Sim {
             totals,
             elapsed: self.now - self.start,
             replay: None,
+            lives: self
+                .lives
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let views: Vec<String> = l
+                        .view_seq
+                        .iter()
+                        .map(|v| {
+                            let members: Vec<String> = l
+                                .members
+                                .get(v)
+                                .map(|m| m.iter().map(ToString::to_string).collect())
+                                .unwrap_or_default();
+                            let primary = if l.primary.get(v) == Some(&true) {
+                                ""
+                            } else {
+                                " (not primary)"
+                            };
+                            format!("{}@{}{primary} {members:?}", v.0, v.1)
+                        })
+                        .collect();
+                    format!(
+                        "life {i} slot {} {}{}: {}",
+                        l.slot,
+                        l.origin,
+                        if l.crashed {
+                            " crashed"
+                        } else if l.left {
+                            " left"
+                        } else {
+                            ""
+                        },
+                        views.join(" -> ")
+                    )
+                })
+                .collect(),
         }
     }
 }

@@ -266,6 +266,11 @@ impl Delivery {
         self.fifo.forget(origin);
     }
 
+    /// Planted bug `stale_sequencer_acts`: see [`Total::remember_stale_sequencer`].
+    pub(crate) fn remember_stale_sequencer(&mut self, node: NodeId) {
+        self.total.remember_stale_sequencer(node);
+    }
+
     /// Bytes of fragments waiting for the rest of their message.
     pub(crate) fn reassembly_bytes(&self) -> usize {
         self.fifo.partial_bytes()

@@ -108,6 +108,14 @@ impl Total {
         &self.agreed
     }
 
+    /// Planted bug (`stale_sequencer_acts`): `node` sequenced a view
+    /// before ours (we are its next incarnation) and keeps acting.
+    pub(crate) fn remember_stale_sequencer(&mut self, node: NodeId) {
+        if self.stale_sequencer {
+            self.prev_sequencer = Some(node);
+        }
+    }
+
     /// Whether we act as sequencer in this view.
     fn sequencing(&self) -> bool {
         self.sequencer == Some(self.me.node)
@@ -434,7 +442,7 @@ impl Total {
         self.ctl.clear();
         self.me = me;
         self.members = members.to_vec();
-        if self.sequencer != sequencer {
+        if self.sequencer.is_some() && self.sequencer != sequencer {
             self.prev_sequencer = self.sequencer;
         }
         self.sequencer = sequencer;

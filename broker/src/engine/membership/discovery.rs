@@ -17,6 +17,8 @@ use crate::engine::Engine;
 impl Engine {
     /// Begins life: discover, or form a view at once.
     pub(crate) fn start(&mut self, now: Instant) {
+        self.timers
+            .set(Timer::Detector, now + self.config.heartbeat_interval);
         if self.config.discovery_timeout.is_zero() {
             self.form_singleton(now);
             return;
@@ -36,7 +38,7 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        let primary = self.membership.quorum(&[self.me]);
+        let primary = self.membership.quorum(&[self.me], self.config.cluster_size);
         self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
@@ -220,6 +222,10 @@ impl Engine {
         // A new incarnation starts with fresh layers; the group's agreed
         // state (topics, gseq) comes with the install that admits it.
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
+        if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
+            // Only the planted bug listens: the sequencer we were keeps acting.
+            self.delivery.remember_stale_sequencer(s);
+        }
         self.in_view = false;
         self.membership.flush = None;
         self.membership.change = None;

@@ -269,10 +269,13 @@ impl Membership {
     /// if a new incarnation of its node is that joined naming that same
     /// view as its last primary one (it merged back from a partition and
     /// was in no primary view since; a restarted process names none).
-    fn quorum(&self, members: &[Origin]) -> bool {
+    fn quorum(&self, members: &[Origin], cluster_size: usize) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
-            return true;
+            // No primary view known yet: with the cluster's size configured,
+            // a majority of it (so a broker restarted while cut off from its
+            // group forms no second primary); unknown, the first view is.
+            return cluster_size == 0 || 2 * members.len() > cluster_size;
         }
         let present = |l: &Origin| {
             members.contains(l)

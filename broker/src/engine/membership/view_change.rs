@@ -315,7 +315,7 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
-        let primary = self.membership.quorum(&members);
+        let primary = self.membership.quorum(&members, self.config.cluster_size);
         // Joiners that lived in this cluster in their process before and
         // departed from us by failure: a healed partition (or a falsely
         // suspected broker), whose publishes while apart we never got.
@@ -481,13 +481,14 @@ impl Engine {
         if digest.get(&self.me) != Some(&self.rel.last_seq()) {
             return false;
         }
-        self.rel.origins().into_iter().all(|o| {
-            o == self.me
-                || digest.get(&o).is_some_and(|cut| {
-                    let held = self.rel.contiguous_of(o).unwrap_or_default();
-                    self.rel.cap(o).unwrap_or(held) <= *cut
-                })
-        })
+        // We hold all of every stream up to its cut, and handed nothing
+        // beyond it to the ordering layers (our delivery froze at or below it).
+        digest.iter().all(|(o, cut)| {
+            *o == self.me || {
+                let held = self.rel.contiguous_of(*o).unwrap_or_default();
+                held >= *cut && self.rel.cap(*o).unwrap_or(held) <= *cut
+            }
+        }) && self.rel.origins().iter().all(|o| digest.contains_key(o))
     }
 
     pub(crate) fn on_install_ack(&mut self, sender: Origin, view: ViewId, now: Instant) {
