@@ -1,7 +1,9 @@
 //! The randomized simulation: hundreds of seeds per `cargo test`, each a
 //! group of brokers publishing over a faulty network, every guarantee
-//! checked. `ORDO_SIM_SEEDS=N` runs N seeds (long mode); `ORDO_SIM_SEED=S`
-//! with the `replay` test replays one seed verbosely.
+//! checked. About 40% of the seeds also crash, restart, stall or cut off
+//! brokers (see `FaultPlan::membership_faults`). `ORDO_SIM_SEEDS=N` runs N
+//! seeds (long mode, from `ORDO_SIM_FIRST_SEED`); `ORDO_SIM_SEED=S` with
+//! the `replay` test (`-- replay --exact`) replays one seed verbosely.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -16,7 +18,13 @@ const DEFAULT_SEEDS: u64 = 500;
 /// and replay command, but does not fail on them (every other seed must
 /// pass); `known_engine_bugs` (ignored) fails until each one passes. Remove
 /// a seed once the engine is fixed (`many_seeds` says when one passes).
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[];
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
+    113,
+    "the sequencer crashes while two of five are cut off one way: both sides go non-primary; \
+     moving from primary view 3 to non-primary view 4 with 4#1, 3#1 drops its pending \
+     total-isis messages (6,2..4) while 4#1 had already delivered them in view 3 \
+     (virtual synchrony broken)",
+)];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -105,8 +113,9 @@ fn replay() {
 
 #[test]
 fn a_seed_replays_exactly() {
-    // Same seed, same run: every counter and fault count identical.
-    for seed in [5, 11, 17] {
+    // Same seed, same run: every counter and fault count identical (seed 3
+    // crashes the sequencer, 10 stalls a broker, 12 cuts one off one way).
+    for seed in [3, 5, 10, 11, 12, 17] {
         let a = run_seed(seed);
         let b = run_seed(seed);
         assert_eq!(a.render(), b.render());

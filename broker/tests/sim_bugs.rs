@@ -1,6 +1,11 @@
 //! The simulator's checks are shown to fail: each test plants one bug in the
 //! engine (feature `bug-injection`) and asserts the simulator reports the
 //! violation it causes. A checker that never fails would fail these tests.
+//! The failure bugs run on failures that make them matter: a publisher
+//! crashed mid-burst under heavy loss (skipping the flush, delivering a
+//! departed member's messages on one survivor) and a sequencer cut off,
+//! merged back, then traffic (a stale sequencer); the same runs without a
+//! bug pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -56,17 +61,6 @@ fn crash_a_publisher(c: &mut SimConfig) {
         victim: Victim::Publisher(1),
         restart_after: Some(Duration::ZERO),
     });
-}
-
-/// Every message is total-seq and the sequencer stalls for longer than
-/// failure detection: it is excluded while alive and a new one takes over.
-fn stall_the_sequencer(c: &mut SimConfig) {
-    c.only = Some((Ordering::TotalSeq, false));
-    c.faults.jitter = Duration::from_millis(2);
-    // Slot 0 forms the group, so it coordinates and sequences.
-    c.faults
-        .stalls
-        .push((Duration::from_millis(300), 0, Duration::from_millis(3000)));
 }
 
 /// Every message is total-seq; the sequencer is cut off (symmetric) for
@@ -205,10 +199,8 @@ fn two_sequencers_are_reported() {
 
 #[test]
 fn the_same_failure_runs_pass_without_a_bug() {
-    for fault in [crash_a_publisher as fn(&mut SimConfig), stall_the_sequencer] {
-        for r in with_failure_bug(Bugs::default(), fault) {
-            assert!(r.ok(), "{}", r.render());
-        }
+    for r in with_failure_bug(Bugs::default(), crash_a_publisher) {
+        assert!(r.ok(), "{}", r.render());
     }
     for seed in 0..4 {
         let r = sequencer_cut_off_and_back(seed, Bugs::default());
@@ -229,7 +221,6 @@ fn skipping_the_failure_flush_is_reported() {
 }
 
 #[test]
-#[ignore = "planted bug unobservable in the engine (e5-engine 87a5830): after a failover the old sequencer is never a member of a later view with its old state (frames of non-members are dropped, and it comes back only as a new incarnation whose total layer starts empty), so `stale_sequencer_acts` changes nothing; this run is the one that must fail once the bug can act"]
 fn a_stale_sequencer_acting_after_failover_is_reported() {
     let bugs = Bugs {
         stale_sequencer_acts: true,

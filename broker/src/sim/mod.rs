@@ -1418,17 +1418,22 @@ impl Sim {
             }
             Action::Resume(s) => {
                 let now = self.now;
+                // An event loop resuming may run its late timers before or
+                // after reading the socket buffer: either order, by seed.
+                let timers_first = self.rng.gen_bool(0.5);
                 if let Some(slot) = self.slots.get_mut(s) {
                     slot.stalled_until = None;
                     let inbox = std::mem::take(&mut slot.inbox);
                     if let Some(e) = slot.engine.as_mut() {
-                        // Late: the timers due during the pause fire now, then
-                        // the socket buffer is read.
-                        if e.poll_timeout().is_some_and(|t| t <= now) {
+                        let due = |e: &Engine| e.poll_timeout().is_some_and(|t| t <= now);
+                        if timers_first && due(e) {
                             e.handle_timeout(now);
                         }
                         for d in inbox {
                             e.handle_datagram_bytes(d, now);
+                        }
+                        if !timers_first && due(e) {
+                            e.handle_timeout(now);
                         }
                     }
                 }
@@ -1575,6 +1580,9 @@ impl Sim {
         if let Some(l) = self.cfg.ordering_limit {
             c.ordering_limit = l;
         }
+        // Configured like a deployment: the group's size is known, so a
+        // broker alone (say, restarted while cut off) forms no primary view.
+        c.cluster_size = self.cfg.nodes;
         if let Some(tune) = self.cfg.tune {
             tune(&mut c);
         }
