@@ -875,6 +875,9 @@ impl Driver {
                         node_id,
                         view_id: view.id,
                         members: view.members.iter().map(|m| m.node).collect(),
+                        coordinator: view.coordinator,
+                        sequencer: view.sequencer,
+                        primary: view.primary,
                     }
                 } else {
                     // The view of a group we left (or were excluded from).
