@@ -18,13 +18,36 @@ const DEFAULT_SEEDS: u64 = 500;
 /// and replay command, but does not fail on them (every other seed must
 /// pass); `known_engine_bugs` (ignored) fails until each one passes. Remove
 /// a seed once the engine is fixed (`many_seeds` says when one passes).
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
-    113,
-    "the sequencer crashes while two of five are cut off one way: both sides go non-primary; \
-     moving from primary view 3 to non-primary view 4 with 4#1, 3#1 drops its pending \
-     total-isis messages (6,2..4) while 4#1 had already delivered them in view 3 \
-     (virtual synchrony broken)",
-)];
+/// Seeds past the default range (found by `ORDO_SIM_FIRST_SEED=500
+/// ORDO_SIM_SEEDS=1000`) are listed too, so `known_engine_bugs` replays them.
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
+    (
+        113,
+        "sequencer crash while 2 of 5 are cut off one way: 3#1 and 4#1 move together from \
+         primary view 3 to non-primary view 4, 3#1 drops pending total messages (6,2..4) that \
+         4#1 had delivered in view 3 (virtual synchrony)",
+    ),
+    (
+        1258,
+        "2 of 5 cut off (symmetric): 3#1 and 4#1 move together to non-primary view 4, 4#1 \
+         delivered total messages (2,18),(2,19) in view 3 that 3#1 did not (virtual synchrony)",
+    ),
+    (
+        681,
+        "the sequencer's side {0,1} cut off with a stall and 19 ms jitter: the old sequencer \
+         delivered its own order (gseq 17 = (7,8)) that the majority gave (3,8) (total order)",
+    ),
+    (
+        959,
+        "the sequencer's side {0,1} cut off, the sequencer stalled, 26 ms jitter: it delivered \
+         gseq 2 = (7,1), the majority (3,0) (total order)",
+    ),
+    (
+        1413,
+        "one broker cut off for 2.9 s and merged back: its new incarnation delivered \
+         (4000001,14) before (5,36), which happened before it (causal)",
+    ),
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

@@ -1721,6 +1721,12 @@ impl Sim {
     }
 
     fn quiescent(&self) -> bool {
+        // Faults still acting (a partition not healed yet) keep the run going.
+        if self.last_fault_end.is_some_and(|t| self.now < t)
+            || self.settled_at.is_none() && self.last_fault_end.is_some()
+        {
+            return false;
+        }
         if !self.plan.is_empty()
             || !self.blocked.is_empty()
             || !self.actions.is_empty()
