@@ -393,12 +393,32 @@ impl Total {
         out: &mut Out<'_>,
     ) {
         if !primary {
-            // The view lost its quorum: what is pending may be ordered
-            // differently on the primary side, so it is delivered nowhere here.
-            self.discarded += (self.isis.len() + self.seq_data.len()) as u64;
-            self.isis.clear();
-            self.seq_data.clear();
-            self.seq_order.clear();
+            // The view lost its quorum. Deliver only what a member could
+            // already have delivered by the usual rules (the final prefix of
+            // the ISIS queue, the sequencer's order while its data is here:
+            // the flush gave every member the same finals and orders), so
+            // the members agree; the rest has no agreed place and would be
+            // placed apart from the primary side: it is delivered nowhere here.
+            let before = self.isis.len() + self.seq_data.len();
+            let prefix: std::collections::BTreeSet<(Origin, Seq)> = self
+                .queue
+                .iter()
+                .take_while(|(_, fin)| **fin)
+                .map(|((_, o, s), _)| (*o, *s))
+                .collect();
+            self.isis.retain(|k, _| prefix.contains(k));
+            self.queue.retain(|(_, o, s), _| prefix.contains(&(*o, *s)));
+            let mut ordered = std::collections::BTreeSet::new();
+            for k in &self.seq_order {
+                if !self.seq_data.contains_key(k)
+                    && self.seq_done.get(&k.0).is_none_or(|d| *d < k.1)
+                {
+                    break;
+                }
+                ordered.insert(*k);
+            }
+            self.seq_data.retain(|k, _| ordered.contains(k));
+            self.discarded += (before - self.isis.len() - self.seq_data.len()) as u64;
         }
         // ISIS: finals in final order, then the rest by (origin, seq).
         let mut finals: Vec<Key> = self
