@@ -235,7 +235,7 @@ fn a_small_ordering_bound_slows_publishers_and_loses_nothing() {
 }
 
 /// Runs until every running engine is in one view that no longer holds
-/// `gone` (and holds `with`, if given); returns that view's members.
+/// `gone` (and holds `with`, if given) (at most 20 s).
 fn settle(sim: &mut Sim, gone: Option<ordo_wire::Origin>, with: Option<ordo_wire::Origin>) {
     run_until(sim, |sim| {
         let views: BTreeSet<_> = sim
