@@ -18,8 +18,8 @@ const DEFAULT_SEEDS: u64 = 500;
 /// and replay command, but does not fail on them (every other seed must
 /// pass); `known_engine_bugs` (ignored) fails until each one passes. Remove
 /// a seed once the engine is fixed (`many_seeds` says when one passes).
-/// Seeds past the default range (found by `ORDO_SIM_FIRST_SEED=500
-/// ORDO_SIM_SEEDS=1000`) are listed too, so `known_engine_bugs` replays them.
+/// Seeds past the default range (found by soaks of seeds 500..2500) are
+/// listed too, so `known_engine_bugs` replays them.
 const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
     (
         113,
@@ -41,6 +41,28 @@ const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
         959,
         "the sequencer's side {0,1} cut off, the sequencer stalled, 26 ms jitter: it delivered \
          gseq 2 = (7,1), the majority (3,0) (total order)",
+    ),
+    (
+        1975,
+        "the new coordinator 2#1 stalls just after the sequencer's crash: it installs view 4 \
+         [2,3,4,5] while 3,4,5 install another view 4 without it; 2#1 takes their view-4 frames \
+         for its own (delivers (5,26) sent in the other view 4) and they never merge (views \
+         are told apart by number only)",
+    ),
+    (
+        1991,
+        "two 2-of-5 splits: members moving together to a non-primary view delivered different \
+         sets in the old view (virtual synchrony)",
+    ),
+    (
+        1893,
+        "two of five cut off one way: 5#1, unheard, delivered its own isis message (10,26) at \
+         gseq 88, the others at 104 (total order)",
+    ),
+    (
+        2166,
+        "the sequencer cut off with one other: it delivered its own order gseq 70 = (7,37), the \
+         majority (3,32) (total order)",
     ),
     (
         1413,
