@@ -1228,6 +1228,15 @@ impl Sim {
                     }
                 }
                 Event::Confirmed(token) => {
+                    if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "TRACE {:?} slot {i} {} confirms publish #{} (publisher {})",
+                            now - self.start,
+                            e.origin(),
+                            token.req,
+                            token.conn
+                        );
+                    }
                     if let Some(p) = usize::try_from(token.req)
                         .ok()
                         .and_then(|k| self.published.get_mut(k))
