@@ -584,9 +584,6 @@ pub struct Sim {
     /// Faults that can change the membership were planned: views may
     /// split and engines may rejoin with a discontinuity.
     membership_faults: bool,
-    /// The planned partitions: their index among the network's faults,
-    /// the window, and whether a running engine was on its side during it.
-    partitions: Vec<(usize, PartitionWindow, bool)>,
     /// Safe deliveries made while another member of the view lacked the
     /// message: (deliverer's life, the other's life, view, description).
     safe_doubts: Vec<(usize, usize, ViewKey, String)>,
@@ -692,7 +689,6 @@ impl Sim {
             duplicates_planned: false,
             refusals: Vec::new(),
             safe_doubts: Vec::new(),
-            partitions: Vec::new(),
             minority_deliveries: 0,
             crash_watch: Vec::new(),
             recoveries: Vec::new(),
@@ -971,9 +967,6 @@ impl Sim {
             self.drain(i);
         }
         self.check_bounds();
-        if !self.partitions.is_empty() {
-            self.note_partition_sides();
-        }
         if !self.crash_watch.is_empty() {
             self.watch_crashes();
         }
@@ -1228,6 +1221,15 @@ impl Sim {
                     }
                 }
                 Event::Confirmed(token) => {
+                    if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "TRACE {:?} slot {i} {} confirms publish #{} (publisher {})",
+                            now - self.start,
+                            e.origin(),
+                            token.req,
+                            token.conn
+                        );
+                    }
                     if let Some(p) = usize::try_from(token.req)
                         .ok()
                         .and_then(|k| self.published.get_mut(k))
@@ -1395,7 +1397,20 @@ impl Sim {
                             f.attempts < VICTIM_PATIENCE
                         });
                     if patient {
-                        self.push_action(self.now + VICTIM_RETRY, a, record);
+                        // An isis message is unresolved for about a round
+                        // trip: look again just after the next one is sent.
+                        let mut at = self.now + VICTIM_RETRY;
+                        if victim == Victim::IsisOrigin {
+                            let next = self
+                                .plan
+                                .iter()
+                                .find(|p| self.ordering_of(p.publisher) == Ordering::TotalIsis)
+                                .map(|p| p.at + Duration::from_micros(100));
+                            if let Some(t) = next.filter(|t| *t > self.now) {
+                                at = at.min(t);
+                            }
+                        }
+                        self.push_action(at, a, record);
                     }
                     false
                 }
@@ -1508,7 +1523,12 @@ impl Sim {
             .max_by_key(|e| (e.view().primary, e.view().members.len()))
             .map(Engine::view);
         match v {
-            Victim::Slot(s) | Victim::Publisher(s) => running(s).then_some(s),
+            // A slot an earlier crash emptied: the next running one, so the
+            // planned crash still happens.
+            Victim::Slot(s) | Victim::Publisher(s) => {
+                let n = self.slots.len();
+                (0..n).map(|k| (s + k) % n).find(|k| running(*k))
+            }
             Victim::Sequencer => view.and_then(|v| v.sequencer).and_then(slot_of),
             Victim::Coordinator => view.and_then(|v| slot_of(v.coordinator)),
             Victim::IsisOrigin => {
@@ -1617,24 +1637,7 @@ impl Sim {
         // One fault per window, so each must fire on its own.
         for w in windows {
             self.note_fault_end(w.until);
-            let index = self.net.fault_report().len();
-            self.partitions.push((index, w.clone(), false));
             self.net.add_fault(Box::new(Partition::new(vec![w])));
-        }
-    }
-
-    /// Notes the partitions that found a running engine on their side (one
-    /// that found none, all crashed or stalled, cuts nothing and is excused).
-    fn note_partition_sides(&mut self) {
-        let now = self.now;
-        for (_, w, tested) in &mut self.partitions {
-            if !*tested && now >= w.from && now < w.until {
-                *tested = w.side.iter().any(|s| {
-                    self.slots
-                        .get(*s)
-                        .is_some_and(|x| x.engine.is_some() && x.stalled_until.is_none())
-                });
-            }
         }
     }
 
@@ -1721,6 +1724,12 @@ impl Sim {
     }
 
     fn quiescent(&self) -> bool {
+        // Faults still acting (a partition not healed yet) keep the run going.
+        if self.last_fault_end.is_some_and(|t| self.now < t)
+            || self.settled_at.is_none() && self.last_fault_end.is_some()
+        {
+            return false;
+        }
         if !self.plan.is_empty()
             || !self.blocked.is_empty()
             || !self.actions.is_empty()
@@ -1860,11 +1869,15 @@ impl Sim {
         if self.stall_overflow > 0 {
             faults.push(("stalled socket buffer overflow".into(), self.stall_overflow));
         }
+        // A partition no datagram crossed (its side down or silent for the
+        // whole window) had nothing to cut.
         let excused: BTreeSet<usize> = self
-            .partitions
+            .net
+            .fault_idle()
             .iter()
-            .filter(|(_, _, tested)| !tested)
-            .map(|(k, _, _)| *k)
+            .enumerate()
+            .filter(|(_, idle)| **idle)
+            .map(|(k, _)| k)
             .collect();
         for (k, (name, n)) in faults.iter().enumerate() {
             if *n == 0 && !excused.contains(&k) {
