@@ -87,12 +87,17 @@ struct Cluster {
     group: SocketAddrV4,
     /// A runtime for the Rust-client load publishers and topic setup.
     rt: tokio::runtime::Runtime,
+    /// This file's tests run one at a time: held until everything above
+    /// has been dropped.
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Cluster {
-    /// `n` brokers in their namespaces, all in one view; None (after a
-    /// loud SKIPPED line) when namespaces are unavailable.
+    /// `n` brokers in their namespaces, all in one view, once no other
+    /// test of this file runs; None (after a loud SKIPPED line) when
+    /// namespaces are unavailable.
     fn start(test: &str, n: usize) -> Option<Cluster> {
+        let serial = serial();
         let net = Netns::create(test, n)?;
         let pid = std::process::id();
         let group = SocketAddrV4::new(
@@ -117,6 +122,7 @@ impl Cluster {
             name,
             group,
             rt,
+            _serial: serial,
         };
         c.wait_one_view(&c.alive(), PATIENCE);
         Some(c)
@@ -132,6 +138,11 @@ impl Cluster {
 
     fn addr(&self, i: usize) -> SocketAddr {
         self.broker(i).addr()
+    }
+
+    /// Indexes of all brokers, killed or not.
+    fn everyone(&self) -> Vec<usize> {
+        (0..self.n()).collect()
     }
 
     /// Indexes of the brokers not killed.
@@ -204,6 +215,21 @@ impl Cluster {
         }
     }
 
+    /// Polls `nodes` until each is in a view without broker `gone`;
+    /// returns, per node, how long after `since` that first held.
+    fn watch_gone(
+        &self,
+        nodes: &[usize],
+        since: Instant,
+        gone: usize,
+        what: &str,
+    ) -> Vec<Duration> {
+        let id = Cluster::id(gone);
+        self.watch(nodes, since, PATIENCE, what, |_, v| {
+            !v.members.contains(&id)
+        })
+    }
+
     /// Waits until every broker of `nodes` is in one and the same view made
     /// of exactly them, primary; returns that view.
     fn wait_one_view(&self, nodes: &[usize], timeout: Duration) -> HealthView {
@@ -265,6 +291,22 @@ impl Cluster {
                 c.close().await.unwrap();
             }
         });
+    }
+
+    /// A `ordo sub` subscriber to `pattern` at each broker of `nodes`, in
+    /// that order.
+    fn subscribe(&self, nodes: &[usize], pattern: &str) -> Vec<CliSub> {
+        nodes
+            .iter()
+            .map(|&i| CliSub::start(self.addr(i), pattern))
+            .collect()
+    }
+
+    /// Declares `<prefix>.fifo` (fifo) and `<prefix>.seq` (total, sequencer)
+    /// at broker 0, as [`Cluster::declare`].
+    fn declare_fifo_and_seq(&self, prefix: &str) {
+        let (fifo, seq) = (format!("{prefix}.fifo"), format!("{prefix}.seq"));
+        self.declare(0, &[(&fifo, Ordering::Fifo), (&seq, Ordering::TotalSeq)]);
     }
 
     /// Starts a load publisher at broker `i`.
@@ -454,12 +496,114 @@ fn wait_settled(subs: &[&CliSub], topic: &str, loads: &[&LoadResult]) {
     }
 }
 
+/// A total order as one subscriber saw it: gseq → message identity
+/// (origin, incarnation, seq).
+type TotalOrder = BTreeMap<u64, (u32, u64, u64)>;
+
 /// The total order one subscriber saw on `topic`: gseq → message identity.
-fn order_of(lines: &[SubLine]) -> BTreeMap<u64, (u32, u64, u64)> {
+fn order_of(lines: &[SubLine]) -> TotalOrder {
     lines
         .iter()
         .map(|m| (m.gseq.expect("total topic without gseq"), m.key()))
         .collect()
+}
+
+/// How the subscriber at broker `i` is named in messages.
+fn sub_name(i: usize) -> String {
+    format!("subscriber at node {}", i + 1)
+}
+
+/// The messages of `lines` on `topic`.
+fn on_topic(lines: &[SubLine], topic: &str) -> Vec<SubLine> {
+    lines.iter().filter(|m| m.topic == topic).cloned().collect()
+}
+
+/// The messages of `lines` whose payload starts with `prefix`.
+fn with_prefix(lines: &[SubLine], prefix: &str) -> Vec<SubLine> {
+    lines
+        .iter()
+        .filter(|m| m.payload.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// Every message of `r` confirmed (on `topic`) is in `lines`.
+fn assert_nothing_confirmed_lost(who: &str, lines: &[SubLine], topic: &str, r: &LoadResult) {
+    let got = payloads_of(lines, topic, &r.tag);
+    let lost: Vec<&u64> = r.confirmed.keys().filter(|n| !got.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{who}: confirmed {topic} messages of {} lost: {lost:?}",
+        r.tag
+    );
+}
+
+/// The gseq of `total` (one total topic's messages) never goes back, even
+/// across a discontinuity.
+fn assert_gseq_never_goes_back(who: &str, total: &[SubLine]) {
+    let gs: Vec<u64> = total.iter().map(|m| m.gseq.unwrap()).collect();
+    assert!(
+        gs.windows(2).all(|w| w[1] > w[0]),
+        "{who}: gseq went back: {gs:?}"
+    );
+}
+
+/// Every `(who, what they saw)` is the same; `what` names it.
+fn assert_all_agree<T: PartialEq + std::fmt::Debug>(seen: &[(String, T)], what: &str) {
+    for w in seen.windows(2) {
+        assert_eq!(
+            w[0].1, w[1].1,
+            "{} and {} disagree on {what}",
+            w[0].0, w[1].0
+        );
+    }
+}
+
+/// Every `(who, total order)` is the same.
+fn assert_same_total_order(orders: &[(String, TotalOrder)]) {
+    assert_all_agree(orders, "the total order");
+}
+
+/// Waits (up to [`PATIENCE`]) until `s` printed a discontinuity line;
+/// returns the first.
+fn wait_discontinuity(who: &str, s: &CliSub) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(d) = s.discontinuities().into_iter().next() {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} got no discontinuity line: {:?}",
+            s.stderr_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl LoadResult {
+    /// A publisher that must have kept publishing (its broker lived).
+    fn assert_not_stopped(&self) {
+        assert!(
+            self.ended.is_none(),
+            "publisher {} stopped: {:?}",
+            self.tag,
+            self.ended
+        );
+    }
+
+    /// One line for the test's output.
+    fn summary(&self) -> String {
+        format!(
+            "publisher {}: {} sent, {} confirmed, {} unconfirmed (first: {:?}); ended: {:?}",
+            self.tag,
+            self.sent,
+            self.confirmed.len(),
+            self.refused.len(),
+            self.refused.values().next(),
+            self.ended
+        )
+    }
 }
 
 /// The largest gap between consecutive arrivals on `topic` that ends after
@@ -493,10 +637,7 @@ fn kill_sequencer_under_load(c: &mut Cluster, topic: &str, round: usize) -> Kill
     let n = c.n();
     let seq = c.sequencer();
     let survivors: Vec<usize> = (0..n).filter(|&i| i != seq).collect();
-    let subs: Vec<CliSub> = survivors
-        .iter()
-        .map(|&i| CliSub::start(c.addr(i), topic))
-        .collect();
+    let subs = c.subscribe(&survivors, topic);
     let loads: Vec<Load> = survivors
         .iter()
         .map(|&i| c.load(i, topic, &format!("r{round}n{}", i + 1)))
@@ -532,20 +673,8 @@ fn kill_sequencer_under_load(c: &mut Cluster, topic: &str, round: usize) -> Kill
     }
     let results: Vec<LoadResult> = loads.into_iter().map(|l| l.finish(&c.rt)).collect();
     for r in &results {
-        assert!(
-            r.ended.is_none(),
-            "publisher {} on a survivor stopped: {:?}",
-            r.tag,
-            r.ended
-        );
-        eprintln!(
-            "publisher {}: {} sent, {} confirmed, {} unconfirmed {:?}",
-            r.tag,
-            r.sent,
-            r.confirmed.len(),
-            r.refused.len(),
-            r.refused.values().next()
-        );
+        eprintln!("{}", r.summary());
+        r.assert_not_stopped();
     }
     let refs: Vec<&LoadResult> = results.iter().collect();
     let sub_refs: Vec<&CliSub> = subs.iter().collect();
@@ -555,27 +684,15 @@ fn kill_sequencer_under_load(c: &mut Cluster, topic: &str, round: usize) -> Kill
     let mut orders = Vec::new();
     let mut pause = Duration::ZERO;
     for (s, &i) in subs.iter().zip(&survivors) {
-        let who = format!("subscriber at node {}", i + 1);
+        let who = sub_name(i);
         let lines = check_stream(&who, &s.lines(), topic);
         for r in &results {
-            let got = payloads_of(&lines, topic, &r.tag);
-            let lost: Vec<&u64> = r.confirmed.keys().filter(|n| !got.contains(n)).collect();
-            assert!(
-                lost.is_empty(),
-                "{who}: confirmed {} messages lost: {lost:?}",
-                r.tag
-            );
+            assert_nothing_confirmed_lost(&who, &lines, topic, r);
         }
         pause = pause.max(pause_after(&lines, topic, killed));
         orders.push((who, order_of(&lines)));
     }
-    for w in orders.windows(2) {
-        assert_eq!(
-            w[0].1, w[1].1,
-            "{} and {} saw different total orders",
-            w[0].0, w[1].0
-        );
-    }
+    assert_same_total_order(&orders);
     let (first, all) = (*seen.iter().min().unwrap(), *seen.iter().max().unwrap());
     let detection = detection.expect("no survivor's failure detector suspected the dead sequencer");
     eprintln!(
@@ -620,7 +737,6 @@ struct KillFigures {
 /// survivors agree on the order, lose nothing confirmed, and continue.
 #[test]
 fn sequencer_killed_under_load() {
-    let _serial = serial();
     let Some(mut c) = Cluster::start("netns_failures::sequencer_killed_under_load", 5) else {
         return;
     };
@@ -664,7 +780,6 @@ fn sequencer_killed_under_load() {
 /// on which of its messages were delivered, and hold every confirmed one.
 #[test]
 fn publishers_broker_killed() {
-    let _serial = serial();
     let Some(mut c) = Cluster::start("netns_failures::publishers_broker_killed", 4) else {
         return;
     };
@@ -678,10 +793,7 @@ fn publishers_broker_killed() {
     let seq = c.sequencer();
     let victim = (0..c.n()).rev().find(|&i| i != seq).unwrap();
     let survivors: Vec<usize> = (0..c.n()).filter(|&i| i != victim).collect();
-    let subs: Vec<CliSub> = survivors
-        .iter()
-        .map(|&i| CliSub::start(c.addr(i), "v.>"))
-        .collect();
+    let subs = c.subscribe(&survivors, "v.>");
     let mut loads = Vec::new();
     for (t, _) in topics {
         loads.push((t, c.load(victim, t, "victim")));
@@ -689,16 +801,15 @@ fn publishers_broker_killed() {
     }
     std::thread::sleep(LOAD_AROUND);
     let killed = c.kill(victim);
-    let dead = Cluster::id(victim);
-    let seen = c.watch(
+    let seen = c.watch_gone(
         &survivors,
         killed,
-        PATIENCE,
+        victim,
         "a view without the publisher's broker",
-        |_, v| !v.members.contains(&dead),
     );
     eprintln!(
-        "publisher's broker node {dead} killed: survivors in a new view after {} (first) / {} (all)",
+        "publisher's broker node {} killed: survivors in a new view after {} (first) / {} (all)",
+        victim + 1,
         ms(*seen.iter().min().unwrap()),
         ms(*seen.iter().max().unwrap())
     );
@@ -707,14 +818,7 @@ fn publishers_broker_killed() {
         .map(|(t, l)| (t, l.finish(&c.rt)))
         .collect();
     for (t, r) in &results {
-        eprintln!(
-            "{t} publisher {}: {} sent, {} confirmed, {} unconfirmed; ended: {:?}",
-            r.tag,
-            r.sent,
-            r.confirmed.len(),
-            r.refused.len(),
-            r.ended
-        );
+        eprintln!("{t} {}", r.summary());
         if r.tag == "victim" {
             assert!(
                 r.ended.is_some(),
@@ -725,11 +829,7 @@ fn publishers_broker_killed() {
                 "nothing confirmed before the kill on {t}"
             );
         } else {
-            assert!(
-                r.ended.is_none(),
-                "{t} publisher on a survivor stopped: {:?}",
-                r.ended
-            );
+            r.assert_not_stopped();
         }
     }
     let sub_refs: Vec<&CliSub> = subs.iter().collect();
@@ -745,36 +845,21 @@ fn publishers_broker_killed() {
         let mut victim_sets = Vec::new();
         let mut orders = Vec::new();
         for (s, &i) in subs.iter().zip(&survivors) {
-            let who = format!("subscriber at node {}", i + 1);
+            let who = sub_name(i);
             let lines = check_stream(&who, &s.lines(), t);
             for (_, r) in results.iter().filter(|(x, _)| *x == t) {
-                let got = payloads_of(&lines, t, &r.tag);
-                let lost: Vec<&u64> = r.confirmed.keys().filter(|n| !got.contains(n)).collect();
-                assert!(
-                    lost.is_empty(),
-                    "{who}: confirmed {t} messages of {} lost: {lost:?}",
-                    r.tag
-                );
+                assert_nothing_confirmed_lost(&who, &lines, t, r);
             }
             victim_sets.push((who.clone(), payloads_of(&lines, t, "victim")));
             if ordering != Ordering::Fifo {
                 orders.push((who, order_of(&lines)));
             }
         }
-        for w in victim_sets.windows(2) {
-            assert_eq!(
-                w[0].1, w[1].1,
-                "{t}: {} and {} disagree on which of the dead broker's messages were delivered",
-                w[0].0, w[1].0
-            );
-        }
-        for w in orders.windows(2) {
-            assert_eq!(
-                w[0].1, w[1].1,
-                "{t}: {} and {} saw different orders",
-                w[0].0, w[1].0
-            );
-        }
+        assert_all_agree(
+            &victim_sets,
+            &format!("which of the dead broker's {t} messages were delivered"),
+        );
+        assert_all_agree(&orders, &format!("the order of {t}"));
         let (_, r) = results
             .iter()
             .find(|(x, r)| *x == t && r.tag == "victim")
@@ -795,18 +880,14 @@ fn publishers_broker_killed() {
 /// are told of the discontinuity and everything flows everywhere again.
 #[test]
 fn minority_partition_then_heal() {
-    let _serial = serial();
     let Some(c) = Cluster::start("netns_failures::minority_partition_then_heal", 5) else {
         return;
     };
-    c.declare(
-        0,
-        &[("m.fifo", Ordering::Fifo), ("m.seq", Ordering::TotalSeq)],
-    );
+    c.declare_fifo_and_seq("m");
     let seq = c.sequencer();
     let minority: Vec<usize> = vec![seq, (seq + 1) % 5];
     let majority: Vec<usize> = (0..5).filter(|i| !minority.contains(i)).collect();
-    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "m.>")).collect();
+    let subs = c.subscribe(&c.everyone(), "m.>");
     let (min0, maj0) = (minority[0], majority[0]);
 
     publish_ok(c.addr(maj0), "m.seq", "before:{n}", 10);
@@ -873,8 +954,7 @@ fn minority_partition_then_heal() {
 
     let healed = Instant::now();
     c.net.heal();
-    let all: Vec<usize> = (0..5).collect();
-    let merged = c.wait_one_view(&all, PATIENCE);
+    let merged = c.wait_one_view(&c.everyone(), PATIENCE);
     eprintln!(
         "healed: one view {} of all five after {} (sequencer {:?})",
         merged.view_id,
@@ -882,18 +962,8 @@ fn minority_partition_then_heal() {
         merged.sequencer
     );
     for &i in &minority {
-        let s = &subs[i];
-        let deadline = Instant::now() + PATIENCE;
-        while s.discontinuities().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "minority subscriber at node {} got no discontinuity line: {:?}",
-                i + 1,
-                s.stderr_lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("node {}: {}", i + 1, s.discontinuities()[0]);
+        let d = wait_discontinuity(&format!("minority {}", sub_name(i)), &subs[i]);
+        eprintln!("node {}: {d}", i + 1);
     }
 
     // Everything flows to everyone again, total order from the old minority too.
@@ -918,7 +988,7 @@ fn minority_partition_then_heal() {
 
     let mut after_orders = Vec::new();
     for (i, s) in subs.iter().enumerate() {
-        let who = format!("subscriber at node {}", i + 1);
+        let who = sub_name(i);
         let lines = s.lines();
         let fifo = check_stream(&who, &lines, "m.fifo");
         let on_minority = minority.contains(&i);
@@ -933,11 +1003,7 @@ fn minority_partition_then_heal() {
             "{who} got {theirs}-side messages from the split"
         );
         assert_eq!(payloads_of(&fifo, "m.fifo", ours).len(), 20, "{who}");
-        let total: Vec<SubLine> = lines
-            .iter()
-            .filter(|m| m.topic == "m.seq")
-            .cloned()
-            .collect();
+        let total = on_topic(&lines, "m.seq");
         assert!(
             payloads_of(&total, "m.seq", "minseq").is_empty(),
             "{who} got a total-order message the minority refused"
@@ -950,42 +1016,15 @@ fn minority_partition_then_heal() {
             // The minority missed the majority's total messages: its gseq
             // jumps at the merge (announced by the discontinuity), but
             // never goes back, and each segment grows by one.
-            let before: Vec<SubLine> = total
-                .iter()
-                .filter(|m| m.payload.starts_with("before:"))
-                .cloned()
-                .collect();
-            let after: Vec<SubLine> = total
-                .iter()
-                .filter(|m| m.payload.starts_with("afterseq-"))
-                .cloned()
-                .collect();
-            check_stream(&who, &before, "m.seq");
-            check_stream(&who, &after, "m.seq");
-            let gs: Vec<u64> = total.iter().map(|m| m.gseq.unwrap()).collect();
-            assert!(
-                gs.windows(2).all(|w| w[1] > w[0]),
-                "{who}: gseq went back: {gs:?}"
-            );
+            check_stream(&who, &with_prefix(&total, "before:"), "m.seq");
+            check_stream(&who, &with_prefix(&total, "afterseq-"), "m.seq");
+            assert_gseq_never_goes_back(&who, &total);
         } else {
             check_stream(&who, &total, "m.seq");
         }
-        let after: BTreeMap<u64, (u32, u64, u64)> = order_of(
-            &total
-                .iter()
-                .filter(|m| m.payload.starts_with("afterseq-"))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
-        after_orders.push((who, after));
+        after_orders.push((who, order_of(&with_prefix(&total, "afterseq-"))));
     }
-    for w in after_orders.windows(2) {
-        assert_eq!(
-            w[0].1, w[1].1,
-            "after the heal, {} and {} disagree on the total order",
-            w[0].0, w[1].0
-        );
-    }
+    assert_all_agree(&after_orders, "the total order after the heal");
 }
 
 /// A one-way partition (one broker stops hearing the sequencer, which still
@@ -993,7 +1032,6 @@ fn minority_partition_then_heal() {
 /// fifo messages while it lasts, and after the heal there is one view.
 #[test]
 fn one_way_cut_from_the_sequencer_does_not_wedge() {
-    let _serial = serial();
     let Some(c) = Cluster::start("netns_failures::one_way_cut_from_the_sequencer", 5) else {
         return;
     };
@@ -1006,7 +1044,6 @@ fn one_way_cut_from_the_sequencer_does_not_wedge() {
 /// all its incoming traffic) must not wedge the others either.
 #[test]
 fn a_broker_that_hears_nobody_does_not_wedge() {
-    let _serial = serial();
     let Some(c) = Cluster::start("netns_failures::a_broker_that_hears_nobody", 5) else {
         return;
     };
@@ -1021,10 +1058,7 @@ fn a_broker_that_hears_nobody_does_not_wedge() {
 /// keep delivering (confirmed publishes and probes reach their
 /// subscribers), and after the heal all five are in one view and deliver.
 fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
-    c.declare(
-        0,
-        &[("a.fifo", Ordering::Fifo), ("a.seq", Ordering::TotalSeq)],
-    );
+    c.declare_fifo_and_seq("a");
     let seq = c.sequencer();
     // The brokers the cut does not touch (all but the deaf one when it
     // hears nobody).
@@ -1037,7 +1071,7 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
     // Publishers on brokers outside the cut (the sequencer's own broker
     // included when it is outside).
     let (p_seq, p_fifo) = (others[0], others[others.len() - 1]);
-    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "a.>")).collect();
+    let subs = c.subscribe(&c.everyone(), "a.>");
     let load_seq = c.load(p_seq, "a.seq", "seq");
     let load_fifo = c.load(p_fifo, "a.fifo", "fifo");
     std::thread::sleep(LOAD_AROUND);
@@ -1085,8 +1119,7 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
 
     c.net.heal();
     let healed = Instant::now();
-    let all: Vec<usize> = (0..5).collect();
-    let v = c.wait_one_view(&all, PATIENCE);
+    let v = c.wait_one_view(&c.everyone(), PATIENCE);
     eprintln!(
         "healed: one view {} of all five after {}",
         v.view_id,
@@ -1100,19 +1133,10 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
             .filter(|&&t| t > cut + CUT_HOLD / 2 && t < healed)
             .count();
         eprintln!(
-            "publisher {}: {} sent, {} confirmed ({during} in the second half of the cut), {} unconfirmed; ended {:?}",
-            r.tag,
-            r.sent,
-            r.confirmed.len(),
-            r.refused.len(),
-            r.ended
+            "{} ({during} confirmed in the second half of the cut)",
+            r.summary()
         );
-        assert!(
-            r.ended.is_none(),
-            "publisher {} stopped: {:?}",
-            r.tag,
-            r.ended
-        );
+        r.assert_not_stopped();
         assert!(
             during > 0,
             "publisher {} got nothing confirmed in the second half of the cut: wedged",
@@ -1136,29 +1160,15 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
     wait_settled(&outside, "a.fifo", &[&rs[1]]);
     let mut orders = Vec::new();
     for (i, s) in subs.iter().enumerate() {
-        let who = format!("subscriber at node {}", i + 1);
+        let who = sub_name(i);
         let lines = s.lines();
         check_stream(&who, &lines, "a.fifo");
-        let total: Vec<SubLine> = lines
-            .iter()
-            .filter(|m| m.topic == "a.seq")
-            .cloned()
-            .collect();
-        let gs: Vec<u64> = total.iter().map(|m| m.gseq.unwrap()).collect();
-        assert!(
-            gs.windows(2).all(|w| w[1] > w[0]),
-            "{who}: gseq went back: {gs:?}"
-        );
+        let total = on_topic(&lines, "a.seq");
+        assert_gseq_never_goes_back(&who, &total);
         if s.discontinuities().is_empty() {
             // Never told of a gap: one unbroken total order, nothing lost.
             let checked = check_stream(&who, &total, "a.seq");
-            let got = payloads_of(&checked, "a.seq", &rs[0].tag);
-            let lost: Vec<&u64> = rs[0]
-                .confirmed
-                .keys()
-                .filter(|n| !got.contains(n))
-                .collect();
-            assert!(lost.is_empty(), "{who}: confirmed messages lost: {lost:?}");
+            assert_nothing_confirmed_lost(&who, &checked, "a.seq", &rs[0]);
             orders.push((who, order_of(&checked)));
         } else {
             eprintln!("{who}: {:?}", s.discontinuities());
@@ -1180,18 +1190,14 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
 /// nothing lost, no discontinuity, one total order.
 #[test]
 fn a_partition_shorter_than_detection_loses_nothing() {
-    let _serial = serial();
     let Some(c) = Cluster::start("netns_failures::a_short_partition", 5) else {
         return;
     };
-    c.declare(
-        0,
-        &[("s.fifo", Ordering::Fifo), ("s.seq", Ordering::TotalSeq)],
-    );
+    c.declare_fifo_and_seq("s");
     let before = c.view(0).unwrap();
     let minority = [3usize, 4];
     let majority = [0usize, 1, 2];
-    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "s.>")).collect();
+    let subs = c.subscribe(&c.everyone(), "s.>");
     let loads = [
         c.load(0, "s.seq", "seq0"),
         c.load(4, "s.seq", "seq4"),
@@ -1215,12 +1221,7 @@ fn a_partition_shorter_than_detection_loses_nothing() {
             .filter(|r| r.tag.starts_with(&topic[2..]))
             .collect();
         for r in &of_topic {
-            assert!(
-                r.ended.is_none(),
-                "publisher {} stopped: {:?}",
-                r.tag,
-                r.ended
-            );
+            r.assert_not_stopped();
             assert!(r.refused.is_empty(), "publisher {}: {:?}", r.tag, r.refused);
         }
         wait_settled(&sub_refs, topic, &of_topic);
@@ -1236,7 +1237,7 @@ fn a_partition_shorter_than_detection_loses_nothing() {
     }
     let mut orders = Vec::new();
     for (i, s) in subs.iter().enumerate() {
-        let who = format!("subscriber at node {}", i + 1);
+        let who = sub_name(i);
         assert!(
             s.discontinuities().is_empty(),
             "{who}: {:?}",
@@ -1253,13 +1254,7 @@ fn a_partition_shorter_than_detection_loses_nothing() {
         }
         orders.push((who, order_of(&check_stream("", &lines, "s.seq"))));
     }
-    for w in orders.windows(2) {
-        assert_eq!(
-            w[0].1, w[1].1,
-            "{} and {} saw different total orders",
-            w[0].0, w[1].0
-        );
-    }
+    assert_same_total_order(&orders);
 }
 
 /// A broker that is alive but silent for longer than failure detection (it
@@ -1269,34 +1264,23 @@ fn a_partition_shorter_than_detection_loses_nothing() {
 /// discontinuity, never delivering out of order in between.
 #[test]
 fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
-    let _serial = serial();
     let Some(c) = Cluster::start("netns_failures::a_paused_broker", 5) else {
         return;
     };
-    c.declare(
-        0,
-        &[("p.fifo", Ordering::Fifo), ("p.seq", Ordering::TotalSeq)],
-    );
+    c.declare_fifo_and_seq("p");
     let seq = c.sequencer();
     let paused = (seq + 1) % 5;
     let other = (seq + 2) % 5;
     let old = c.broker(paused).cluster_view().unwrap().this;
-    let subs: Vec<CliSub> = (0..5).map(|i| CliSub::start(c.addr(i), "p.>")).collect();
+    let subs = c.subscribe(&c.everyone(), "p.>");
     let load_seq = c.load(other, "p.seq", "seq");
     let load_fifo = c.load(other, "p.fifo", "fifo");
     std::thread::sleep(LOAD_AROUND);
 
     signal(c.broker(paused).pid(), "STOP");
     let stopped = Instant::now();
-    let id = Cluster::id(paused);
     let alive: Vec<usize> = (0..5).filter(|&i| i != paused).collect();
-    let seen = c.watch(
-        &alive,
-        stopped,
-        PATIENCE,
-        "a view without the paused broker",
-        |_, v| !v.members.contains(&id),
-    );
+    let seen = c.watch_gone(&alive, stopped, paused, "a view without the paused broker");
     let excluded = *seen.iter().max().unwrap();
     eprintln!(
         "node {} paused: the others excluded it after {}",
@@ -1312,8 +1296,7 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
     std::thread::sleep(LOAD_AROUND);
     signal(c.broker(paused).pid(), "CONT");
     let resumed = Instant::now();
-    let all: Vec<usize> = (0..5).collect();
-    let v = c.wait_one_view(&all, PATIENCE);
+    let v = c.wait_one_view(&c.everyone(), PATIENCE);
     let new = c.broker(paused).cluster_view().unwrap().this;
     eprintln!(
         "node {} resumed: back in one view {} of all five after {}; incarnation {} -> {}",
@@ -1328,16 +1311,8 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
         "an excluded broker must rejoin as a new incarnation"
     );
     let s = &subs[paused];
-    let deadline = Instant::now() + PATIENCE;
-    while s.discontinuities().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the paused broker's subscriber got no discontinuity line: {:?}",
-            s.stderr_lines()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("node {}: {}", paused + 1, s.discontinuities()[0]);
+    let d = wait_discontinuity("the paused broker's subscriber", s);
+    eprintln!("node {}: {d}", paused + 1);
 
     // After the rejoin everything reaches everyone again, the paused broker's
     // subscriber included.
@@ -1345,12 +1320,7 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
     std::thread::sleep(LOAD_AROUND);
     let rs = [load_seq.finish(&c.rt), load_fifo.finish(&c.rt)];
     for r in &rs {
-        assert!(
-            r.ended.is_none(),
-            "publisher {} stopped: {:?}",
-            r.tag,
-            r.ended
-        );
+        r.assert_not_stopped();
     }
     let others: Vec<&CliSub> = alive.iter().map(|&i| &subs[i]).collect();
     wait_settled(&others, "p.seq", &[&rs[0]]);
@@ -1370,39 +1340,23 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
 
     let mut orders = Vec::new();
     for (i, s) in subs.iter().enumerate() {
-        let who = format!("subscriber at node {}", i + 1);
+        let who = sub_name(i);
         let lines = s.lines();
         // Never out of order, never twice, on every broker, the paused one too.
         check_stream(&who, &lines, "p.fifo");
-        let total: Vec<SubLine> = lines
-            .iter()
-            .filter(|m| m.topic == "p.seq")
-            .cloned()
-            .collect();
-        let gs: Vec<u64> = total.iter().map(|m| m.gseq.unwrap()).collect();
-        assert!(
-            gs.windows(2).all(|w| w[1] > w[0]),
-            "{who}: gseq went back: {gs:?}"
-        );
+        let total = on_topic(&lines, "p.seq");
+        assert_gseq_never_goes_back(&who, &total);
         if i == paused {
             continue;
         }
         // The others never left the primary view: nothing lost, one order.
         let checked = check_stream(&who, &total, "p.seq");
         for (r, t) in rs.iter().zip(["p.seq", "p.fifo"]) {
-            let got = payloads_of(&lines, t, &r.tag);
-            let lost: Vec<&u64> = r.confirmed.keys().filter(|n| !got.contains(n)).collect();
-            assert!(lost.is_empty(), "{who}: confirmed {} lost: {lost:?}", r.tag);
+            assert_nothing_confirmed_lost(&who, &lines, t, r);
         }
         orders.push((who, order_of(&checked)));
     }
-    for w in orders.windows(2) {
-        assert_eq!(
-            w[0].1, w[1].1,
-            "{} and {} saw different total orders",
-            w[0].0, w[1].0
-        );
-    }
+    assert_same_total_order(&orders);
     // What the paused broker's subscriber saw agrees with the group's order.
     let group = &orders[0].1;
     for m in subs[paused].lines().iter().filter(|m| m.topic == "p.seq") {
@@ -1431,26 +1385,16 @@ fn signal(pid: u32, sig: &str) {
 /// their `subscribed` line, in the group's total order.
 #[test]
 fn restart_with_the_same_node_id() {
-    let _serial = serial();
     let Some(mut c) = Cluster::start("netns_failures::restart_with_the_same_node_id", 3) else {
         return;
     };
-    c.declare(
-        0,
-        &[("r.fifo", Ordering::Fifo), ("r.seq", Ordering::TotalSeq)],
-    );
+    c.declare_fifo_and_seq("r");
     let victim = 2;
     let old = c.broker(victim).cluster_view().unwrap().this;
     let watcher = CliSub::start(c.addr(0), "r.>");
     publish_ok(c.addr(victim), "r.seq", "old:{n}", 10);
     let killed = c.kill(victim);
-    let seen = c.watch(
-        &[0, 1],
-        killed,
-        PATIENCE,
-        "a view without the killed broker",
-        |_, v| !v.members.contains(&Cluster::id(victim)),
-    );
+    let seen = c.watch_gone(&[0, 1], killed, victim, "a view without the killed broker");
     eprintln!(
         "node {} killed: survivors in a view without it after {}",
         victim + 1,
@@ -1459,7 +1403,7 @@ fn restart_with_the_same_node_id() {
 
     let restarted = Instant::now();
     c.restart(victim);
-    let v = c.wait_one_view(&[0, 1, 2], PATIENCE);
+    let v = c.wait_one_view(&c.everyone(), PATIENCE);
     let new = c.broker(victim).cluster_view().unwrap().this;
     eprintln!(
         "restarted node {}: in view {} with all three after {}; incarnation {} -> {}",
@@ -1529,7 +1473,6 @@ fn restart_with_the_same_node_id() {
 #[test]
 #[ignore = "figures: run with --ignored --nocapture (needs root)"]
 fn failure_figures() {
-    let _serial = serial();
     let runs: usize = std::env::var("ORDO_FIGURES_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1543,8 +1486,7 @@ fn failure_figures() {
     for round in 0..runs {
         let f = kill_sequencer_under_load(&mut c, "fig.seq", round);
         c.restart(f.victim);
-        let all: Vec<usize> = (0..c.n()).collect();
-        c.wait_one_view(&all, PATIENCE);
+        c.wait_one_view(&c.everyone(), PATIENCE);
         figures.push(f);
     }
     let (first_m, first_w) = median_worst(figures.iter().map(|f| f.first).collect());
