@@ -30,8 +30,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const PUBLISH_BATCH: usize = 256;
 /// Items the writer takes off the queue per wake-up.
 const WRITE_BATCH: usize = 512;
-/// The writer stops adding frames to one write beyond this many bytes.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// The writer stops adding frames to one write beyond this many bytes
+/// (what it holds encoded, outside the queue's bound, stays near this).
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// The writer's buffer to start with (it grows to about one batch if needed).
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// After a fatal error, how long incoming bytes are drained (so closing does
 /// not reset the connection and destroy the error frame in flight).
 const LINGER: Duration = Duration::from_millis(500);
@@ -509,7 +512,7 @@ async fn write_loop(
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
     // Items taken off the queue and not encoded yet (the tail of a batch
     // that filled one write): they are still charged to the queue, so what
     // the writer holds counts against the client's bound.
@@ -595,7 +598,7 @@ async fn write_loop(
         }
         if out.capacity() > 4 * WRITE_BATCH_BYTES {
             // One huge message must not pin its buffer for the connection's life.
-            out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+            out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
         }
     }
 }

@@ -189,7 +189,7 @@ pub struct DriverConfig {
 const DELIVERY_BATCH: usize = 1024;
 /// ... or this many payload bytes: one queued item then stays about one
 /// write of the connection's writer, whatever the message size.
-const DELIVERY_BATCH_BYTES: usize = 256 * 1024;
+const DELIVERY_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Per-connection state held by the driver.
 #[derive(Debug)]
