@@ -560,7 +560,11 @@ fn pub_flushes_what_it_read_on_sigint_and_exits_130() {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert_eq!(wait_bounded(&mut publisher), 130, "exit status after SIGINT");
+    assert_eq!(
+        wait_bounded(&mut publisher),
+        130,
+        "exit status after SIGINT"
+    );
     // Every line it counted as sent reached the subscriber, in order.
     let report = stderr.next("the sent count");
     let sent: usize = report
@@ -570,7 +574,10 @@ fn pub_flushes_what_it_read_on_sigint_and_exits_130() {
         .unwrap_or_else(|| panic!("unexpected report {report:?}"));
     assert!((1..=20).contains(&sent), "{report}");
     for i in 2..=sent {
-        assert_eq!(sub.stdout.next("a line sent before the signal"), format!("line {i}"));
+        assert_eq!(
+            sub.stdout.next("a line sent before the signal"),
+            format!("line {i}")
+        );
     }
     let rest: Vec<String> = stderr.rest();
     assert!(
