@@ -131,6 +131,26 @@ pub struct Args {
     /// the engine sees them, to exercise NAK repair without root [default: 0].
     #[arg(long, env = "ORDO_INJECT_LOSS_PERCENT", value_name = "PERCENT")]
     pub inject_loss_percent: Option<u8>,
+    /// Interval between heartbeats to the group, in milliseconds; the
+    /// failure detector learns from their arrival times [default: 100].
+    #[arg(long, env = "ORDO_HEARTBEAT_INTERVAL", value_name = "MS")]
+    pub heartbeat_interval: Option<u64>,
+    /// Failure detector threshold (phi accrual): a broker is suspected once
+    /// phi exceeds it. Lower detects crashes sooner but suspects live
+    /// brokers on a jittery network (they are excluded and rejoin) [default: 8].
+    #[arg(long, env = "ORDO_PHI_THRESHOLD", value_name = "PHI")]
+    pub phi_threshold: Option<f64>,
+    /// Silence tolerated on top of the usual heartbeat interval before
+    /// suspicion grows, in milliseconds. With the defaults a crashed broker
+    /// is suspected about 1.6 s after its last frame [default: 1000].
+    #[arg(long, env = "ORDO_ACCEPTABLE_HEARTBEAT_PAUSE", value_name = "MS")]
+    pub acceptable_heartbeat_pause: Option<u64>,
+    /// How many brokers the cluster has. Total-order topics then need a
+    /// majority of them before the first primary view, so a broker restarted
+    /// while cut off from its group does not order total topics alone;
+    /// 0 means unknown: the first view a group forms is primary [default: 0].
+    #[arg(long, env = "ORDO_CLUSTER_SIZE", value_name = "N")]
+    pub cluster_size: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, plus topic declarations.
@@ -161,6 +181,10 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     pub handshake_timeout: Option<u64>,
     pub inject_loss_percent: Option<u8>,
+    pub heartbeat_interval: Option<u64>,
+    pub phi_threshold: Option<f64>,
+    pub acceptable_heartbeat_pause: Option<u64>,
+    pub cluster_size: Option<usize>,
     #[serde(default)]
     pub topics: Vec<FileTopic>,
 }
@@ -216,6 +240,14 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Percentage of received group datagrams dropped on purpose (testing).
     pub inject_loss_percent: u8,
+    /// Heartbeat interval of the group (failure detector input).
+    pub heartbeat_interval: Duration,
+    /// Failure detector threshold.
+    pub phi_threshold: f64,
+    /// Silence tolerated before suspicion grows.
+    pub acceptable_heartbeat_pause: Duration,
+    /// Brokers in the cluster (0: unknown).
+    pub cluster_size: usize,
     pub topics: Vec<TopicDecl>,
 }
 
@@ -473,6 +505,36 @@ impl Config {
             .or(file.send_buffer)
             .unwrap_or(ByteSize(4 * MIB));
         let shutdown_timeout = args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(5);
+        let heartbeat_interval = args
+            .heartbeat_interval
+            .or(file.heartbeat_interval)
+            .unwrap_or(100);
+        if !(1..=60_000).contains(&heartbeat_interval) {
+            return Err(invalid(
+                "--heartbeat-interval",
+                heartbeat_interval,
+                "give milliseconds between 1 and 60000",
+            ));
+        }
+        let phi_threshold = args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0);
+        if !phi_threshold.is_finite() || phi_threshold <= 0.0 {
+            return Err(invalid(
+                "--phi-threshold",
+                phi_threshold,
+                "give a positive number (8 is a good start; 1 to 16 is usual)",
+            ));
+        }
+        let acceptable_heartbeat_pause = args
+            .acceptable_heartbeat_pause
+            .or(file.acceptable_heartbeat_pause)
+            .unwrap_or(1000);
+        if acceptable_heartbeat_pause > 3_600_000 {
+            return Err(invalid(
+                "--acceptable-heartbeat-pause",
+                acceptable_heartbeat_pause,
+                "give milliseconds, at most an hour",
+            ));
+        }
         let handshake_timeout = positive(
             "--handshake-timeout",
             args.handshake_timeout
@@ -545,6 +607,10 @@ impl Config {
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
             handshake_timeout: Duration::from_secs(handshake_timeout as u64),
             inject_loss_percent,
+            heartbeat_interval: Duration::from_millis(heartbeat_interval),
+            phi_threshold,
+            acceptable_heartbeat_pause: Duration::from_millis(acceptable_heartbeat_pause),
+            cluster_size: args.cluster_size.or(file.cluster_size).unwrap_or(0),
             topics,
         })
     }

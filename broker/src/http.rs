@@ -1,9 +1,13 @@
 //! The operator endpoint on `--metrics`: `GET /metrics` and `GET /healthz`.
 //!
 //! `/metrics` is the Prometheus text exposition of the broker's registry;
-//! `/healthz` answers 200 with `{"node_id","view_id","members"}` once the
-//! broker is in a view and 503 with `{"node_id","status":"not ready","reason"}`
-//! otherwise (DESIGN.md, *healthz*). Anything else is 404; other methods 405.
+//! `/healthz` answers 200 with `{"node_id","view_id","members","coordinator",
+//! "sequencer","primary"}` once the broker is in a view and 503 with
+//! `{"node_id","status":"not ready","reason"}` otherwise (DESIGN.md,
+//! *healthz*). `sequencer` is `null` in a view without one; `primary` says
+//! whether the view is primary (it holds a quorum of the last primary view),
+//! i.e. whether total-order topics work here (README, *Failures*). Anything
+//! else is 404; other methods 405.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +33,12 @@ pub enum Health {
         node_id: NodeId,
         view_id: ViewId,
         members: Vec<NodeId>,
+        /// The member that runs view changes (the first in join order).
+        coordinator: NodeId,
+        /// The total-seq sequencer of the view, if it has one.
+        sequencer: Option<NodeId>,
+        /// Whether total-order topics deliver here (a quorum view).
+        primary: bool,
     },
 }
 
@@ -95,12 +105,18 @@ async fn get_healthz(State(state): State<AppState>) -> Response {
             node_id,
             view_id,
             members,
+            coordinator,
+            sequencer,
+            primary,
         } => (
             StatusCode::OK,
             Json(serde_json::json!({
                 "node_id": node_id.0,
                 "view_id": view_id.0,
                 "members": members.iter().map(|m| m.0).collect::<Vec<_>>(),
+                "coordinator": coordinator.0,
+                "sequencer": sequencer.map(|s| s.0),
+                "primary": primary,
             })),
         )
             .into_response(),
@@ -188,6 +204,9 @@ mod tests {
                 node_id: NodeId(7),
                 view_id: ViewId(3),
                 members: vec![NodeId(1), NodeId(7), NodeId(9)],
+                coordinator: NodeId(1),
+                sequencer: Some(NodeId(1)),
+                primary: true,
             })
             .unwrap();
         let (status, _, body) = request(s.addr, "GET", "/healthz").await;
@@ -195,7 +214,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"node_id": 7, "view_id": 3, "members": [1, 7, 9]})
+            serde_json::json!({
+                "node_id": 7, "view_id": 3, "members": [1, 7, 9],
+                "coordinator": 1, "sequencer": 1, "primary": true
+            })
+        );
+
+        // A minority view after a partition: still 200 (the broker serves
+        // fifo and causal topics), but not primary, and no sequencer.
+        s.health
+            .send(Health::InView {
+                node_id: NodeId(7),
+                view_id: ViewId(4),
+                members: vec![NodeId(7), NodeId(9)],
+                coordinator: NodeId(7),
+                sequencer: None,
+                primary: false,
+            })
+            .unwrap();
+        let (status, _, body) = request(s.addr, "GET", "/healthz").await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "node_id": 7, "view_id": 4, "members": [7, 9],
+                "coordinator": 7, "sequencer": null, "primary": false
+            })
         );
 
         s.stop.send(()).unwrap();

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ordo_wire::{Ordering, ViewId};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::engine::Stats;
@@ -72,6 +72,14 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
     ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
     ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
+    ("ordo_suspicions_total", "Members this broker's failure detector suspected."),
+    ("ordo_view_changes_join_total", "Views installed because a broker joined or rejoined."),
+    ("ordo_view_changes_leave_total", "Views installed because a broker left gracefully."),
+    ("ordo_view_changes_crash_total", "Views installed because a broker crashed or was cut off (suspected)."),
+    ("ordo_view_changes_merge_total", "Views installed that merged brokers cut off by a partition back in."),
+    ("ordo_publishes_no_quorum_total", "Total-order publishes and declarations refused because the view is not primary (no quorum)."),
+    ("ordo_duplicate_node_refusals_total", "Brokers refused because they claimed the node id of a live member."),
+    ("ordo_exclusions_total", "Times this broker found itself excluded from the view (suspected, or losing a merge) and rejoined."),
 ];
 
 /// Which `Stats` field feeds which counter: (metric, `reason` label for
@@ -149,6 +157,24 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_datagrams_dropped_total", "bad_control", |s| {
         s.control_malformed
     }),
+    ("ordo_suspicions_total", "", |s| s.suspicions),
+    ("ordo_view_changes_join_total", "", |s| s.view_changes_join),
+    ("ordo_view_changes_leave_total", "", |s| {
+        s.view_changes_leave
+    }),
+    ("ordo_view_changes_crash_total", "", |s| {
+        s.view_changes_crash
+    }),
+    ("ordo_view_changes_merge_total", "", |s| {
+        s.view_changes_merge
+    }),
+    ("ordo_publishes_no_quorum_total", "", |s| {
+        s.publishes_no_quorum
+    }),
+    ("ordo_duplicate_node_refusals_total", "", |s| {
+        s.duplicate_node_refusals
+    }),
+    ("ordo_exclusions_total", "", |s| s.exclusions),
 ];
 
 /// Gauges copied from each snapshot: (name, help, field).
@@ -203,6 +229,25 @@ const ENGINE_GAUGES: &[(&str, &str, StatField)] = &[
         "Bound on causal hold-back and on pending total-order messages (publishes wait beyond it).",
         |s| s.ordering_limit,
     ),
+    (
+        "ordo_view_primary",
+        "1 while the installed view is primary (holds a quorum; total-order topics work), else 0.",
+        |s| s.primary,
+    ),
+];
+
+/// Durations the engine keeps in milliseconds, exported in seconds: (name, help, field).
+const ENGINE_DURATIONS: &[(&str, &str, StatField)] = &[
+    (
+        "ordo_last_failure_detection_seconds",
+        "Time from the last frame of the last member suspected here to its suspicion (failure-detection time).",
+        |s| s.last_failure_detection_ms,
+    ),
+    (
+        "ordo_last_view_change_seconds",
+        "Time the last view change took here, from proposal or suspicion to install.",
+        |s| s.last_view_change_ms,
+    ),
 ];
 
 /// Labels of `ordo_protocol_errors_total`: every way a client can break
@@ -254,6 +299,8 @@ pub struct Metrics {
     engine_counters: Vec<(StatField, IntCounter)>,
     /// Engine gauges, from [`ENGINE_GAUGES`].
     engine_gauges: Vec<(StatField, IntGauge)>,
+    /// Engine durations, from [`ENGINE_DURATIONS`].
+    engine_durations: Vec<(StatField, Gauge)>,
     /// The previous snapshot, so each call adds only what is new.
     last: Mutex<Stats>,
 }
@@ -284,6 +331,17 @@ impl Metrics {
         let engine_gauges = ENGINE_GAUGES
             .iter()
             .map(|&(name, help, field)| (field, gauge(r, name, help)))
+            .collect();
+
+        let engine_durations = ENGINE_DURATIONS
+            .iter()
+            .map(|&(name, help, field)| {
+                let g = match Gauge::new(name, help).and_then(|g| register(r, g)) {
+                    Ok(g) => g,
+                    Err(e) => unreachable_metric(&e),
+                };
+                (field, g)
+            })
             .collect();
 
         let view_id = gauge(
@@ -405,6 +463,7 @@ impl Metrics {
             protocol_errors,
             engine_counters,
             engine_gauges,
+            engine_durations,
             last: Mutex::new(Stats::default()),
         }
     }
@@ -428,6 +487,9 @@ impl Metrics {
         }
         for (field, gauge) in &self.engine_gauges {
             gauge.set(clamp_i64(field(stats)));
+        }
+        for (field, gauge) in &self.engine_durations {
+            gauge.set(field(stats) as f64 / 1000.0);
         }
         *last = stats.clone();
     }
@@ -718,7 +780,7 @@ mod tests {
         }
         assert_eq!(
             fields,
-            ENGINE_COUNTERS.len() + ENGINE_GAUGES.len() + shell_side.len(),
+            ENGINE_COUNTERS.len() + ENGINE_GAUGES.len() + ENGINE_DURATIONS.len() + shell_side.len(),
             "a Stats field is not wired into ENGINE_COUNTERS/ENGINE_GAUGES: {debug}"
         );
 

@@ -21,7 +21,9 @@
 //! at run time, else next to the test executable (`target/<profile>/`); a test
 //! of this crate can pass `env!("CARGO_BIN_EXE_ordo-broker")` to
 //! [`BrokerBuilder::binary`]. Tests of other crates must build it first
-//! (`cargo build -p ordo-broker`).
+//! (`cargo build -p ordo-broker`). [`ordo_cli_binary`] finds the `ordo` CLI
+//! the same way, and [`healthz`] reads a broker's `/healthz` as the contract
+//! defines it.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -384,6 +386,11 @@ impl BrokerProcess {
         http_get(self.metrics, path)
     }
 
+    /// The broker's `/healthz`, parsed.
+    pub fn healthz(&self) -> Result<Healthz, String> {
+        healthz(self.metrics)
+    }
+
     fn wait_ready(&mut self, health: bool) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -469,7 +476,29 @@ fn env_value<'a>(envs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 /// The `ordo-broker` binary for tests.
 fn find_binary() -> Result<PathBuf, String> {
-    for var in ["ORDO_BROKER_BIN", "CARGO_BIN_EXE_ordo-broker"] {
+    find_sibling(
+        "ordo-broker",
+        &["ORDO_BROKER_BIN", "CARGO_BIN_EXE_ordo-broker"],
+        "cargo build -p ordo-broker",
+    )
+}
+
+/// The `ordo` command-line tool, for tests that check what its users see
+/// (`ordo sub --json`, `ordo pub` exit codes): `ORDO_CLI_BIN`, else the
+/// binary next to the test executable (`target/<profile>/ordo`, which
+/// `cargo test --workspace` builds; `cargo build -p ordo-client` otherwise).
+pub fn ordo_cli_binary() -> Result<PathBuf, String> {
+    find_sibling(
+        "ordo",
+        &["ORDO_CLI_BIN", "CARGO_BIN_EXE_ordo"],
+        "cargo build -p ordo-client",
+    )
+}
+
+/// A workspace binary: from the first set variable of `vars`, else from
+/// the target directory holding the running test executable.
+fn find_sibling(name: &str, vars: &[&str], build: &str) -> Result<PathBuf, String> {
+    for var in vars {
         if let Some(p) = std::env::var_os(var) {
             return Ok(PathBuf::from(p));
         }
@@ -478,20 +507,18 @@ fn find_binary() -> Result<PathBuf, String> {
     // Test executables live in target/<profile>/deps/.
     let mut candidates = Vec::new();
     if let Some(deps) = exe.parent() {
-        candidates.push(deps.join("ordo-broker"));
+        candidates.push(deps.join(name));
         if let Some(profile) = deps.parent() {
-            candidates.push(profile.join("ordo-broker"));
+            candidates.push(profile.join(name));
         }
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "ordo-broker binary not found next to {}; run `cargo build -p ordo-broker` or set ORDO_BROKER_BIN",
-                exe.display()
-            )
-        })
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "{name} binary not found next to {}; run `{build}` or set {}",
+            exe.display(),
+            vars[0]
+        )
+    })
 }
 
 /// A loopback address with a port that is free right now.
@@ -600,4 +627,145 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// What `GET /healthz` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Healthz {
+    /// 200: the broker is in a view.
+    InView(HealthView),
+    /// 503: not in a view, and why.
+    NotReady {
+        /// The broker's reason.
+        reason: String,
+    },
+}
+
+/// The view `/healthz` shows (200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthView {
+    /// The answering broker's node id.
+    pub node_id: u32,
+    /// The installed view's id.
+    pub view_id: u64,
+    /// Its members' node ids.
+    pub members: Vec<u32>,
+    /// The member running view changes.
+    pub coordinator: u32,
+    /// The total-seq sequencer, if the view has one.
+    pub sequencer: Option<u32>,
+    /// Whether total-order topics deliver in this view.
+    pub primary: bool,
+}
+
+impl Healthz {
+    /// The view, when the broker is in one.
+    pub fn view(&self) -> Option<&HealthView> {
+        match self {
+            Healthz::InView(v) => Some(v),
+            Healthz::NotReady { .. } => None,
+        }
+    }
+}
+
+/// `GET /healthz` on a metrics address, parsed; Err for no answer or an
+/// answer that breaks the contract (README, *healthz*).
+pub fn healthz(metrics: SocketAddr) -> Result<Healthz, String> {
+    let (status, body) = http_get(metrics, "/healthz").map_err(|e| format!("/healthz: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| format!("/healthz body is not JSON ({e}): {body}"))?;
+    let bad = |field: &str| format!("/healthz lacks a valid {field:?}: {body}");
+    match status {
+        200 => {
+            let id = |field: &str| -> Result<u32, String> {
+                v[field]
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad(field))
+            };
+            let members = v["members"]
+                .as_array()
+                .ok_or_else(|| bad("members"))?
+                .iter()
+                .map(|m| m.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| bad("members"))?;
+            let sequencer = match &v["sequencer"] {
+                serde_json::Value::Null => None,
+                _ => Some(id("sequencer")?),
+            };
+            Ok(Healthz::InView(HealthView {
+                node_id: id("node_id")?,
+                view_id: v["view_id"].as_u64().ok_or_else(|| bad("view_id"))?,
+                members,
+                coordinator: id("coordinator")?,
+                sequencer,
+                primary: v["primary"].as_bool().ok_or_else(|| bad("primary"))?,
+            }))
+        }
+        503 => Ok(Healthz::NotReady {
+            reason: v["reason"].as_str().unwrap_or_default().to_string(),
+        }),
+        other => Err(format!("/healthz answered {other}: {body}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Serves one canned HTTP answer on a loopback port; returns the port.
+    fn serve_once(status: &'static str, body: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        addr
+    }
+
+    #[test]
+    fn healthz_parses_a_view() {
+        let addr = serve_once(
+            "200 OK",
+            r#"{"node_id":2,"view_id":7,"members":[1,2,3],"coordinator":1,"sequencer":null,"primary":false}"#,
+        );
+        assert_eq!(
+            healthz(addr).unwrap(),
+            Healthz::InView(HealthView {
+                node_id: 2,
+                view_id: 7,
+                members: vec![1, 2, 3],
+                coordinator: 1,
+                sequencer: None,
+                primary: false,
+            })
+        );
+    }
+
+    #[test]
+    fn healthz_parses_not_ready_and_refuses_a_broken_contract() {
+        let addr = serve_once(
+            "503 Service Unavailable",
+            r#"{"node_id":2,"status":"not ready","reason":"joining"}"#,
+        );
+        assert_eq!(
+            healthz(addr).unwrap(),
+            Healthz::NotReady {
+                reason: "joining".into()
+            }
+        );
+        // A 200 without the fields the contract names is an error, not a view.
+        let addr = serve_once("200 OK", r#"{"node_id":2,"view_id":7,"members":[1]}"#);
+        let e = healthz(addr).unwrap_err();
+        assert!(e.contains("coordinator"), "{e}");
+    }
 }

@@ -308,6 +308,37 @@ const CATALOG_EXPECTED: &[(&str, &str, Expect)] = &[
     ("Slow-consumer disconnects", "A", Expect::Positive),
     ("Client protocol errors", "A", Expect::Positive),
     ("View changes", "A", Expect::Positive),
+    ("View changes by cause", "A", Expect::Positive),
+    ("View changes by cause", "B", Expect::Positive),
+    ("View changes by cause", "C", Expect::Positive),
+    ("View changes by cause", "D", Expect::Positive),
+    (
+        "Suspicions, exclusions and refused node ids",
+        "A",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, exclusions and refused node ids",
+        "B",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, exclusions and refused node ids",
+        "C",
+        Expect::Positive,
+    ),
+    (
+        "Primary view and no-quorum publishes",
+        "A",
+        Expect::All(1.0),
+    ),
+    (
+        "Primary view and no-quorum publishes",
+        "B",
+        Expect::Positive,
+    ),
+    ("Failure detection time", "A", Expect::All(1.6)),
+    ("View-change duration", "A", Expect::All(0.03)),
 ];
 
 #[test]
@@ -365,6 +396,17 @@ fn dashboard_panels_return_data_from_the_catalog() {
                 gaps_repaired: 5 * round,
                 heartbeats_sent: 10 * round,
                 view_changes: round,
+                view_changes_join: round,
+                view_changes_leave: round,
+                view_changes_crash: round,
+                view_changes_merge: round,
+                suspicions: round,
+                exclusions: round,
+                duplicate_node_refusals: round,
+                publishes_no_quorum: round,
+                primary: 1,
+                last_failure_detection_ms: 1600,
+                last_view_change_ms: 30,
                 retransmit_buffer_bytes: 4096,
                 retransmit_buffer_limit: 1 << 20,
                 ..Stats::default()
@@ -473,6 +515,14 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::PositiveWith("reason", "injected"),
     ),
     ("View changes", "A", Expect::Positive),
+    // The last broker joins while Prometheus watches.
+    ("View changes by cause", "A", Expect::Positive),
+    // Every broker of the live cluster is in the one primary view.
+    (
+        "Primary view and no-quorum publishes",
+        "A",
+        Expect::All(1.0),
+    ),
     ("Resident memory", "A", Expect::Positive),
 ];
 

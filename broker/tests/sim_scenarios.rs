@@ -2,19 +2,34 @@
 //! continues every total topic's gseq), graceful leaves (of a member and of
 //! the coordinator, who is also the total-seq sequencer), brokers starting
 //! at the same moment, and a restarted broker that must not be confused
-//! with its old incarnation. The workload mixes every ordering; every run
-//! ends with the simulator's full checks.
+//! with its old incarnation. Then failures: the sequencer, a publisher's
+//! broker and the origin of an unresolved isis message crash mid-stream; a
+//! stalled broker is falsely suspected and rejoins; a minority is cut off
+//! for longer than failure detection and merges back; a one-way partition;
+//! a crashed broker restarts with its node id; a second live broker with a
+//! node id in use is refused. The workload mixes every
+//! ordering; every run ends with the simulator's full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ordo_broker::sim::{Action, Sim, SimConfig, SimReport};
+use ordo_broker::sim::{Action, Sim, SimConfig, SimReport, Victim};
+use ordo_wire::Ordering;
 
 /// Seeds per scenario; `ORDO_SIM_SCENARIO_SEEDS` raises it for soak runs.
 fn seeds() -> std::ops::Range<u64> {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let first = env("ORDO_SIM_SCENARIO_FIRST_SEED").unwrap_or(0);
     first..first + env("ORDO_SIM_SCENARIO_SEEDS").unwrap_or(30)
+}
+
+/// Seeds per failure scenario (each runs seconds of virtual time);
+/// `ORDO_SIM_FAILURE_SEEDS` raises it.
+fn failure_seeds() -> std::ops::Range<u64> {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let first = env("ORDO_SIM_SCENARIO_FIRST_SEED").unwrap_or(0);
+    first..first + env("ORDO_SIM_FAILURE_SEEDS").unwrap_or(8)
 }
 
 /// Loss on every link; `ORDO_SIM_SCENARIO_LOSS` overrides it.
@@ -216,5 +231,328 @@ fn a_small_ordering_bound_slows_publishers_and_loses_nothing() {
             "seed {seed}: bound never reached"
         );
         println!("seed {seed}: peak held {}", r.peak_ordering_held);
+    }
+}
+
+/// Runs until every running engine is in one view that no longer holds
+/// `gone` (and holds `with`, if given) (at most 20 s).
+fn settle(sim: &mut Sim, gone: Option<ordo_wire::Origin>, with: Option<ordo_wire::Origin>) {
+    run_until(sim, |sim| {
+        let views: BTreeSet<_> = sim
+            .origins()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.and(sim.engine(i)))
+            .map(|e| (e.in_view(), e.view().id, e.view().members.clone()))
+            .collect();
+        views.len() == 1
+            && views.iter().all(|(in_view, _, members)| {
+                *in_view
+                    && gone.is_none_or(|g| !members.contains(&g))
+                    && with.is_none_or(|w| members.contains(&w))
+            })
+    });
+}
+
+#[test]
+fn the_sequencer_crashes_mid_stream() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 4, loss(0.1)));
+        assert!(sim.form_group());
+        let view = sim.engine(0).unwrap().view().clone();
+        let old = view.sequencer.unwrap();
+        let slot = old.0 as usize - 1;
+        let victim = sim.origins()[slot].unwrap();
+        sim.plan_traffic_over(ms(5), ms(1500), &[0, 1, 2, 3]);
+        sim.schedule(
+            ms(300 + seed % 50 * 20),
+            Action::Crash(Victim::Sequencer, None),
+        );
+        sim.run_for(ms(310 + seed % 50 * 20));
+        assert!(
+            sim.engine(slot).is_none(),
+            "seed {seed}: the sequencer runs"
+        );
+        settle(&mut sim, Some(victim), None);
+        let survivor = (slot + 1) % 4;
+        let now = sim.engine(survivor).unwrap().view().clone();
+        assert!(
+            !now.members.contains(&victim),
+            "seed {seed}: the crashed sequencer is still a member: {}",
+            sim.views_summary()
+        );
+        // The next sequencer comes from the new view alone.
+        assert_ne!(now.sequencer, Some(old), "seed {seed}");
+        assert!(now.sequencer.is_some(), "seed {seed}");
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.recoveries.len(), 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_publishers_broker_crashes_mid_stream() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.1)));
+        assert!(sim.form_group());
+        // Slot 2 publishes until it dies; its confirmed messages must survive it.
+        sim.plan_traffic_over(ms(5), ms(800), &[0, 1, 2]);
+        sim.schedule(
+            ms(200 + seed % 20 * 30),
+            Action::Crash(Victim::Slot(2), None),
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.recoveries.len(), 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn the_origin_of_an_unresolved_isis_message_crashes() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.1));
+        // Every message is total-isis, so proposals are always in flight.
+        c.only = Some((Ordering::TotalIsis, false));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(800), &[0, 1, 2, 3]);
+        sim.schedule(
+            ms(150 + seed % 20 * 30),
+            Action::Crash(Victim::IsisOrigin, None),
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.recoveries.len(), 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_stalled_broker_is_falsely_suspected_and_rejoins() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 3, loss(0.05));
+        // Heavy jitter, and a pause longer than failure detection: the
+        // stalled broker is alive but suspected, excluded, and must come
+        // back as a new member without delivering anything out of order.
+        c.faults.jitter = ms(20);
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        let before = sim.origins()[2].unwrap();
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2]);
+        sim.schedule(ms(200), Action::Stall(2, ms(4000)));
+        sim.run_for(ms(4300));
+        settle(&mut sim, Some(before), None);
+        let after = sim.origins()[2].unwrap();
+        assert_eq!(after.node, before.node);
+        assert!(
+            after.incarnation > before.incarnation,
+            "seed {seed}: the stalled broker was never excluded: {}",
+            sim.views_summary()
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(r.discontinuities > 0, "seed {seed}: no discontinuity");
+    }
+}
+
+#[test]
+fn a_minority_partition_splits_the_view_and_merges_back() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 5, loss(0.05));
+        // Slots 3 and 4 are cut off for longer than failure detection.
+        c.faults
+            .partitions
+            .push((ms(200), ms(4000), BTreeSet::from([3, 4]), false));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(3500), &[0, 1, 2, 3, 4]);
+        sim.run_for(ms(2500));
+        // Split: two views, only the majority's is primary.
+        let major = sim.engine(0).unwrap().view().clone();
+        let minor = sim.engine(3).unwrap().view().clone();
+        assert!(
+            major.primary && major.members.len() == 3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        assert!(
+            !minor.primary && minor.members.len() == 2,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        // fifo and causal went on in the minority, total publishes there
+        // were refused, and the merge told the subscribers.
+        assert!(r.minority_deliveries > 0, "seed {seed}");
+        assert!(r.refused > 0, "seed {seed}");
+        assert!(r.discontinuities > 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_one_way_partition_does_not_wedge_the_group() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.05));
+        // Slot 1 hears everyone; nobody hears slot 1.
+        c.faults
+            .partitions
+            .push((ms(200), ms(3000), BTreeSet::from([1]), true));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_short_partition_loses_nothing_and_changes_no_view() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.1));
+        c.faults.partitions.push((
+            ms(100),
+            ms(250),
+            BTreeSet::from([seed as usize % 4]),
+            seed % 2 == 1,
+        ));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        let view = sim.engine(0).unwrap().view().id;
+        sim.plan_traffic(ms(5), &[0, 1, 2, 3]);
+        sim.run_for(ms(1000));
+        assert_eq!(
+            sim.engine(0).unwrap().view().id,
+            view,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.discontinuities, 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_crashed_broker_restarts_with_its_node_id() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.05)));
+        assert!(sim.form_group());
+        let old = sim.origins()[1].unwrap();
+        sim.plan_traffic_over(ms(5), ms(1500), &[0, 2]);
+        sim.plan_traffic_over(ms(5), ms(200), &[1]);
+        // Down long enough to be detected, then back with the same node id.
+        sim.schedule(ms(300), Action::Crash(Victim::Slot(1), Some(ms(2500))));
+        sim.run_for(ms(2900));
+        let new = sim.origins()[1].unwrap();
+        assert_eq!(new.node, old.node);
+        assert!(new.incarnation > old.incarnation);
+        sim.plan_traffic_over(ms(5), ms(300), &[1]);
+        settle(&mut sim, Some(old), Some(new));
+        assert!(
+            sim.engine(0).unwrap().view().members.contains(&new),
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.recoveries.len(), 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn the_sequencer_cut_off_one_way_orders_nothing_the_others_order_otherwise() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.05));
+        // Slot 0 (coordinator and sequencer) hears everyone, nobody hears
+        // it: it is excluded while alive, and whatever total order it
+        // delivered meanwhile must be the one the others deliver.
+        c.faults
+            .partitions
+            .push((ms(200), ms(3000), BTreeSet::from([0]), true));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_broker_restarted_while_cut_off_forms_no_second_primary() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 5, loss(0.05));
+        // Slot 0 is cut off, crashes, and its next incarnation starts while
+        // still cut off: alone, it must not take total topics for a group.
+        c.faults
+            .partitions
+            .push((ms(200), ms(4000), BTreeSet::from([0]), false));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(3000), &[1, 2, 3, 4]);
+        sim.schedule(ms(300), Action::Crash(Victim::Slot(0), Some(ms(300))));
+        sim.run_for(ms(700));
+        sim.plan_traffic_over(ms(5), ms(2000), &[0]);
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_pause_just_shorter_than_detection_does_not_roll_the_group_back() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.2));
+        // A pause about as long as failure detection: on resuming, the
+        // paused broker has heard nobody for that long.
+        let mut sim = Sim::new({
+            c.faults.corrupt = 0.03;
+            c
+        });
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(2500), &[0, 1, 2, 3]);
+        sim.schedule(ms(300), Action::Stall(2, ms(1500 + seed % 20 * 20)));
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn a_second_broker_with_a_live_node_id_is_refused() {
+    for seed in failure_seeds() {
+        let mut sim = Sim::new(lossy(seed, 3, loss(0.05)));
+        assert!(sim.form_group());
+        let live = sim.origins()[1].unwrap();
+        // A fourth broker configured with slot 1's node id starts mid-stream.
+        let dup = sim.add_duplicate_slot(1);
+        sim.plan_traffic_over(ms(5), ms(1000), &[0, 1, 2]);
+        sim.schedule(ms(300), Action::Start(dup));
+        sim.run_for(ms(1500));
+        // The group kept the live broker (it was not taken for a restart).
+        let view = sim.engine(0).unwrap().view().clone();
+        assert!(
+            view.members.contains(&live) && view.members.len() == 3,
+            "seed {seed}: {}",
+            sim.views_summary()
+        );
+        assert!(sim.engine(dup).is_none(), "seed {seed}: the duplicate runs");
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(
+            !r.refusals.is_empty(),
+            "seed {seed}: the duplicate was never refused"
+        );
+        println!("seed {seed}: {:?}", r.refusals);
+    }
+}
+
+#[test]
+fn a_stalled_sequencer_is_falsely_suspected_and_rejoins() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.15));
+        // Every message total-seq; the sequencer (slot 0) pauses for longer
+        // than failure detection: a new one takes over, and the old one
+        // must deliver no order of its own once the group moved on.
+        c.only = Some((Ordering::TotalSeq, false));
+        c.faults.jitter = ms(2);
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(1000), &[0, 1, 2, 3]);
+        sim.schedule(ms(300), Action::Stall(0, ms(3000)));
+        assert_ok(&sim.run());
     }
 }

@@ -125,6 +125,8 @@ pub mod kind {
     pub const INSTALL: u8 = 0x13;
     pub const INSTALL_ACK: u8 = 0x14;
     pub const LEAVE: u8 = 0x15;
+    pub const SUSPECT: u8 = 0x16;
+    pub const REFUSE: u8 = 0x17;
     /// Control tag: ISIS priority proposals.
     pub const ISIS_PROPOSAL: u8 = 0x20;
     /// Control tag: ISIS final priorities.
@@ -177,6 +179,29 @@ pub enum Body {
     InstallAck(ViewId),
     /// A member asks to leave gracefully.
     Leave,
+    /// A member tells its view's coordinator which members its failure
+    /// detector suspects (so a one-sided suspicion reaches the coordinator).
+    Suspect(Suspect),
+    /// A member refuses a broker that claims a node id a live member of the
+    /// view already has (two brokers configured with one node id).
+    Refuse(Refuse),
+}
+
+/// Members the sender suspects of having failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspect {
+    /// The view the suspects are members of.
+    pub view: ViewId,
+    pub members: Vec<Origin>,
+}
+
+/// A refusal of a duplicate node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refuse {
+    /// The refused broker (its node id belongs to `holder`).
+    pub refused: Origin,
+    /// The live member that holds the node id.
+    pub holder: Origin,
 }
 
 /// The data body: messages of one origin.
@@ -310,6 +335,11 @@ pub struct DigestEntry {
 pub struct Digest {
     /// The coordinator of the sender's view, so a joiner knows whom to ask.
     pub coordinator: Origin,
+    /// How many members the sender's view has, and whether it is primary:
+    /// a member of another view of the cluster decides from them which
+    /// view wins a merge.
+    pub view_size: u32,
+    pub primary: bool,
     /// Sorted by origin.
     pub entries: Vec<DigestEntry>,
 }
@@ -335,6 +365,10 @@ pub struct Join {
     pub target: Option<Origin>,
     /// The sender's highest sequence number so far (its stream continues after it).
     pub last_seq: Seq,
+    /// The last primary view the sender (any earlier incarnation of it in
+    /// this process) was a member of, 0 if none: a broker merging back after
+    /// a partition counts toward the quorum of that view.
+    pub last_primary: ViewId,
 }
 
 /// A view proposal; members of the current view stop sending and flush.
@@ -342,6 +376,9 @@ pub struct Join {
 pub struct Propose {
     pub view: ViewId,
     pub members: Vec<Origin>,
+    /// The proposer ends its view to merge into another (its members, left
+    /// out, flush all the same and then rejoin the other view).
+    pub dissolve: bool,
 }
 
 /// A member's answer to a proposal.
@@ -350,6 +387,9 @@ pub struct FlushAck {
     pub view: ViewId,
     /// The member's last sequence number in the old view.
     pub last_seq: Seq,
+    /// What the member holds contiguously of every other origin of the old
+    /// view: the cut of a departed origin is the most any survivor holds.
+    pub held: Vec<(Origin, Seq)>,
 }
 
 /// The next view with the digest it starts from.
@@ -363,6 +403,11 @@ pub struct Install {
     pub part: u32,
     /// How many frames carry this install (at least 1).
     pub parts: u32,
+    /// Whether the view is primary (holds a quorum of the last primary view).
+    pub primary: bool,
+    /// Whether the view merges back brokers that were cut off from it (a
+    /// healed partition): its members' subscribers are told of the gap.
+    pub merge: bool,
     pub members: Vec<Origin>,
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
@@ -383,6 +428,8 @@ impl Install {
     /// the view, members and digest.
     pub fn into_parts(self, max_datagram: usize) -> Vec<Install> {
         let base = HEADER_LEN
+            + 1
+            + 1
             + 1
             + 8
             + 4
@@ -416,6 +463,8 @@ impl Install {
                 view: self.view,
                 part: u32::try_from(i).unwrap_or(u32::MAX),
                 parts,
+                primary: self.primary,
+                merge: self.merge,
                 members: self.members.clone(),
                 digest: self.digest.clone(),
                 state,
@@ -584,6 +633,8 @@ impl Frame {
             }
             Body::Heartbeat(d) => {
                 put_origin(&mut out, d.coordinator);
+                out.put_u32(d.view_size);
+                put_bool(&mut out, d.primary);
                 out.put_u32(d.entries.len() as u32);
                 for e in &d.entries {
                     put_origin(&mut out, e.origin);
@@ -606,19 +657,24 @@ impl Frame {
                     put_origin(&mut out, t);
                 }
                 out.put_u64(j.last_seq.0);
+                out.put_u64(j.last_primary.0);
             }
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
                 put_members(&mut out, &p.members);
+                put_bool(&mut out, p.dissolve);
             }
             Body::FlushAck(f) => {
                 out.put_u64(f.view.0);
                 out.put_u64(f.last_seq.0);
+                put_seq_vector(&mut out, &f.held);
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
                 out.put_u32(i.part);
                 out.put_u32(i.parts);
+                put_bool(&mut out, i.primary);
+                put_bool(&mut out, i.merge);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
                 out.put_u32(i.state.len() as u32);
@@ -631,6 +687,14 @@ impl Frame {
             }
             Body::InstallAck(v) => out.put_u64(v.0),
             Body::Leave => {}
+            Body::Suspect(x) => {
+                out.put_u64(x.view.0);
+                put_members(&mut out, &x.members);
+            }
+            Body::Refuse(x) => {
+                put_origin(&mut out, x.refused);
+                put_origin(&mut out, x.holder);
+            }
         }
         seal(out)
     }
@@ -648,6 +712,8 @@ impl Frame {
             Body::Install(_) => kind::INSTALL,
             Body::InstallAck(_) => kind::INSTALL_ACK,
             Body::Leave => kind::LEAVE,
+            Body::Suspect(_) => kind::SUSPECT,
+            Body::Refuse(_) => kind::REFUSE,
         }
     }
 
@@ -669,6 +735,8 @@ impl Frame {
             }
             kind::HEARTBEAT => {
                 let coordinator = r.origin()?;
+                let view_size = r.u32("view size")?;
+                let primary = r.bool("primary")?;
                 let n = r.count(ORIGIN_LEN + 16, "digest")?;
                 let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -680,6 +748,8 @@ impl Frame {
                 }
                 Body::Heartbeat(Digest {
                     coordinator,
+                    view_size,
+                    primary,
                     entries,
                 })
             }
@@ -703,14 +773,17 @@ impl Frame {
             kind::JOIN => Body::Join(Join {
                 target: r.opt("join target", |r| r.origin())?,
                 last_seq: Seq(r.counter("join last seq")?),
+                last_primary: ViewId(r.counter("join last primary")?),
             }),
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
                 members: members(&mut r)?,
+                dissolve: r.bool("dissolve")?,
             }),
             kind::FLUSH_ACK => Body::FlushAck(FlushAck {
                 view: ViewId(r.counter("view")?),
                 last_seq: Seq(r.counter("flush last seq")?),
+                held: seq_vector(&mut r)?,
             }),
             kind::INSTALL => {
                 let view = ViewId(r.counter("view")?);
@@ -722,10 +795,14 @@ impl Frame {
                         format!("part {part} of {parts}"),
                     ));
                 }
+                let primary = r.bool("primary")?;
+                let merge = r.bool("merge")?;
                 Body::Install(Install {
                     view,
                     part,
                     parts,
+                    primary,
+                    merge,
                     members: members(&mut r)?,
                     digest: seq_vector(&mut r)?,
                     state: topic_states(&mut r)?,
@@ -733,6 +810,14 @@ impl Frame {
             }
             kind::INSTALL_ACK => Body::InstallAck(ViewId(r.counter("view")?)),
             kind::LEAVE => Body::Leave,
+            kind::SUSPECT => Body::Suspect(Suspect {
+                view: ViewId(r.counter("view")?),
+                members: members(&mut r)?,
+            }),
+            kind::REFUSE => Body::Refuse(Refuse {
+                refused: r.origin()?,
+                holder: r.origin()?,
+            }),
             k => return Err(WireError::UnknownKind(k)),
         };
         r.finish()?;
@@ -1009,6 +1094,8 @@ mod tests {
             )
                 .prop_map(|(coordinator, e)| Body::Heartbeat(Digest {
                     coordinator,
+                    view_size: e.len() as u32,
+                    primary: e.len() % 2 == 0,
                     entries: e
                         .into_iter()
                         .map(|(origin, c, h)| DigestEntry {
@@ -1027,20 +1114,33 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), ctr()).prop_map(|(target, s)| Body::Join(Join {
-                target,
-                last_seq: Seq(s)
-            })),
+            (proptest::option::of(origin()), ctr(), ctr()).prop_map(|(target, s, p)| {
+                Body::Join(Join {
+                    target,
+                    last_seq: Seq(s),
+                    last_primary: ViewId(p),
+                })
+            }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
+                    view: ViewId(v),
+                    dissolve: members.len() == 1,
+                    members,
+                })
+            }),
+            (ctr(), ctr(), seqs()).prop_map(|(v, s, held)| Body::FlushAck(FlushAck {
+                view: ViewId(v),
+                last_seq: Seq(s),
+                held
+            })),
+            (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
+                Body::Suspect(Suspect {
                     view: ViewId(v),
                     members,
                 })
             }),
-            (ctr(), ctr()).prop_map(|(v, s)| Body::FlushAck(FlushAck {
-                view: ViewId(v),
-                last_seq: Seq(s)
-            })),
+            (origin(), origin())
+                .prop_map(|(refused, holder)| Body::Refuse(Refuse { refused, holder })),
             (
                 ctr(),
                 proptest::collection::vec(origin(), 0..4),
@@ -1051,6 +1151,8 @@ mod tests {
                     view: ViewId(v),
                     part: 0,
                     parts: 1,
+                    primary: v % 2 == 0,
+                    merge: v % 3 == 0,
                     members,
                     digest,
                     state: st
@@ -1264,6 +1366,8 @@ mod tests {
                     view: ViewId(u64::MAX),
                     part: 0,
                     parts: 1,
+                    primary: true,
+                    merge: false,
                     members: vec![Origin::default()],
                     digest: vec![],
                     state: vec![],
@@ -1275,6 +1379,8 @@ mod tests {
                     view: ViewId(2),
                     part: 0,
                     parts: 1,
+                    primary: true,
+                    merge: false,
                     members: vec![Origin::default()],
                     digest: vec![(Origin::default(), Seq(u64::MAX))],
                     state: vec![TopicState {
@@ -1289,6 +1395,8 @@ mod tests {
                 1,
                 Body::Heartbeat(Digest {
                     coordinator: Origin::default(),
+                    view_size: 1,
+                    primary: true,
                     entries: vec![DigestEntry {
                         origin: Origin::default(),
                         contiguous: Seq(1),
@@ -1301,6 +1409,7 @@ mod tests {
                 Body::Join(Join {
                     target: None,
                     last_seq: Seq(u64::MAX),
+                    last_primary: ViewId(0),
                 }),
             ),
         ];
@@ -1374,6 +1483,8 @@ mod tests {
             view: ViewId(4),
             part: 0,
             parts: 1,
+            primary: true,
+            merge: false,
             members: vec![Origin::default(); 3],
             digest: vec![(Origin::default(), Seq(9)); 3],
             state: state.clone(),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ordo_wire::{Incarnation, NodeId};
 
+use super::membership::DetectorConfig;
 use super::reliability::RelConfig;
 
 /// Smallest datagram the engine accepts to work with (headers plus a useful message).
@@ -33,6 +34,26 @@ pub struct EngineConfig {
     pub retransmit_buffer_bytes: usize,
     /// Interval between heartbeats (which carry the digest).
     pub heartbeat_interval: Duration,
+    /// Failure detector (phi accrual, see `membership::detector`): a member
+    /// is suspected once its suspicion level exceeds this. Lower detects a
+    /// crash sooner but suspects live members on a jittery network.
+    pub phi_threshold: f64,
+    /// Silence tolerated on top of the mean heartbeat interval before
+    /// suspicion grows (GC pauses, loaded hosts, a few lost heartbeats).
+    pub acceptable_heartbeat_pause: Duration,
+    /// Floor of the standard deviation of heartbeat inter-arrival times,
+    /// so a very regular history does not make a small delay look fatal.
+    pub min_heartbeat_std_dev: Duration,
+    /// How many brokers the cluster has, if known (0: unknown). Before any
+    /// primary view exists, a view is primary only with a majority of it;
+    /// unknown, the first view a group forms is primary, so a broker
+    /// restarted while cut off from its running group (finding nobody) would
+    /// form a second primary view and order total topics on its own.
+    pub cluster_size: usize,
+    /// Longest wait between the join attempts of a broker that keeps being
+    /// excluded (it backs off exponentially up to this, so a member the
+    /// group cannot hear does not disrupt it forever).
+    pub max_rejoin_backoff: Duration,
     /// How long a starting engine listens for an existing group before
     /// forming a view of its own. Zero: form one at once.
     pub discovery_timeout: Duration,
@@ -96,6 +117,15 @@ pub struct Bugs {
     pub isis_skip_max: bool,
     /// Total-seq: the second member also acts as a sequencer and its orders are obeyed.
     pub two_sequencers: bool,
+    /// Install a failure view without waiting for the survivors to repair
+    /// each other up to the agreed cut of the departed members' streams.
+    pub skip_failure_flush: bool,
+    /// After a failover, the old sequencer keeps ordering (once it is back,
+    /// falsely suspected and rejoined under its node id) and the survivors
+    /// obey it beside the new one.
+    pub stale_sequencer_acts: bool,
+    /// One survivor delivers a departed member's messages beyond the agreed cut.
+    pub departed_on_one_survivor: bool,
 }
 
 impl EngineConfig {
@@ -109,6 +139,11 @@ impl EngineConfig {
             max_datagram: 8192,
             retransmit_buffer_bytes: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_millis(100),
+            phi_threshold: 8.0,
+            acceptable_heartbeat_pause: Duration::from_secs(1),
+            min_heartbeat_std_dev: Duration::from_millis(100),
+            max_rejoin_backoff: Duration::from_secs(10),
+            cluster_size: 0,
             discovery_timeout: Duration::from_millis(300),
             view_retry: Duration::from_millis(50),
             nak_delay_max: Duration::from_millis(5),
@@ -135,6 +170,11 @@ impl EngineConfig {
         const MIN: Duration = Duration::from_millis(1);
         self.heartbeat_interval = self.heartbeat_interval.max(MIN);
         self.view_retry = self.view_retry.max(MIN);
+        if !self.phi_threshold.is_finite() || self.phi_threshold <= 0.0 {
+            self.phi_threshold = 8.0;
+        }
+        self.min_heartbeat_std_dev = self.min_heartbeat_std_dev.max(MIN);
+        self.max_rejoin_backoff = self.max_rejoin_backoff.max(self.view_retry);
         self.nak_backoff_initial = self.nak_backoff_initial.max(MIN);
         self.nak_backoff_max = self.nak_backoff_max.max(self.nak_backoff_initial);
         self.max_datagram = self.max_datagram.max(MIN_DATAGRAM);
@@ -151,6 +191,15 @@ impl EngineConfig {
         return self.bugs;
         #[cfg(not(feature = "bug-injection"))]
         Bugs::default()
+    }
+
+    pub(crate) fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            threshold: self.phi_threshold,
+            heartbeat_interval: self.heartbeat_interval,
+            acceptable_pause: self.acceptable_heartbeat_pause,
+            min_std_dev: self.min_heartbeat_std_dev,
+        }
     }
 
     pub(crate) fn reliability(&self) -> RelConfig {

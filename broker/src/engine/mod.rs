@@ -8,7 +8,9 @@
 //! simulator drive the same engine.
 //!
 //! Layers, bottom up as in DESIGN.md: frames (`ordo_wire::group`),
-//! `membership` (agreed views: discovery, join, flush, install, leave),
+//! `membership` (agreed views: discovery, join, flush, install, leave; the
+//! phi-accrual failure detector, crash and partition views with an agreed
+//! cut, primary views and quorum, merges, duplicate node ids),
 //! `reliability` (per-origin streams, NAKs, repairs, stability, flow
 //! control) and `delivery` (one layer per ordering: fifo, causal,
 //! total-isis, total-seq; plus the agreed topic table and `gseq`).
@@ -35,7 +37,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 pub use config::{Bugs, EngineConfig};
-use membership::Membership;
+use membership::{Detector, Membership};
 use reliability::{Received, Reliability};
 pub use stats::Stats;
 use timer::{Timer, TimerTable};
@@ -94,6 +96,11 @@ pub struct View {
     pub coordinator: NodeId,
     /// The total-seq sequencer of this view.
     pub sequencer: Option<NodeId>,
+    /// Whether this view is primary: it holds a quorum of the last primary
+    /// view (see `membership`), so total-order topics deliver and accept
+    /// publishes in it. A view that is not primary (the minority side of a
+    /// partition) keeps fifo and causal topics working only.
+    pub primary: bool,
 }
 
 /// What the engine tells its driver.
@@ -147,6 +154,7 @@ pub struct Engine {
     view: View,
     in_view: bool,
     membership: Membership,
+    detector: Detector,
     rel: Reliability,
     delivery: delivery::Delivery,
     topics: TopicCache,
@@ -157,7 +165,16 @@ pub struct Engine {
     /// Our own messages waiting for every member to hold them (a `safe`
     /// one and everything published after it), with their last sequence number.
     local_pending: VecDeque<(Seq, delivery::Ready)>,
+    /// Our own ordering control (sequencer orders, ISIS finals) in our
+    /// stream, applied here only once another member holds it: a broker the
+    /// others cannot hear then orders nothing the survivors would order
+    /// otherwise (the flush cut includes whatever a survivor holds).
+    own_control: VecDeque<(Seq, Control)>,
     newer_self_warned: bool,
+    /// The agreed cut of origins that departed (what every survivor held
+    /// of them when the view without them was installed), for the
+    /// simulator's checks of safe delivery; bounded.
+    departed_cuts: std::collections::BTreeMap<Origin, Seq>,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -183,9 +200,11 @@ impl Engine {
                 members: Vec::new(),
                 coordinator: me.node,
                 sequencer: None,
+                primary: false,
             },
             in_view: false,
             membership: Membership::default(),
+            detector: Detector::new(config.detector()),
             rel: Reliability::new(me, Seq(0), config.reliability()),
             delivery,
             topics: TopicCache::default(),
@@ -195,7 +214,9 @@ impl Engine {
             last_ack: None,
             wanted: 0,
             local_pending: VecDeque::new(),
+            own_control: VecDeque::new(),
             newer_self_warned: false,
+            departed_cuts: std::collections::BTreeMap::new(),
             stats: Stats {
                 retransmit_buffer_limit: config.retransmit_buffer_bytes as u64,
                 ordering_limit: config.ordering_limit as u64,
@@ -222,6 +243,10 @@ impl Engine {
         if !self.sending_allowed() {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
+        }
+        if matches!(msg.ordering, Ordering::TotalIsis | Ordering::TotalSeq) && !self.view.primary {
+            self.stats.publishes_no_quorum += 1;
+            return Err(PublishError::Unavailable(self.no_quorum()));
         }
         if msg.topic.len() > usize::from(u16::MAX) {
             return Err(PublishError::Unavailable(format!(
@@ -372,6 +397,11 @@ impl Engine {
             self.stats.flow_control_stalls += 1;
             return Err(PublishError::WouldBlock);
         }
+        if !self.view.primary {
+            // Declarations are ordered like total-seq messages.
+            self.stats.publishes_no_quorum += 1;
+            return Err(PublishError::Unavailable(self.no_quorum()));
+        }
         let payload = Control::Declare {
             name: name.to_string(),
             ordering,
@@ -409,6 +439,15 @@ impl Engine {
         });
         self.refresh_gauges();
         Ok(())
+    }
+
+    /// Why total-order work is refused in a view that is not primary.
+    fn no_quorum(&self) -> String {
+        format!(
+            "no quorum: this broker is in view {} with {} member(s), which does not hold a majority of the last primary view (a network partition?); total-order topics and topic declarations are unavailable here until it heals, fifo and causal topics keep working",
+            self.view.id,
+            self.view.members.len()
+        )
     }
 
     /// The topic table every member agreed on (name, ordering, safe), sorted by name.
@@ -466,6 +505,23 @@ impl Engine {
                 payload,
             });
             self.stats.control_messages_sent += 1;
+            self.own_control.push_back((seq, c));
+        }
+        self.apply_own_control(false);
+    }
+
+    /// Applies our own ordering control that another member holds (with
+    /// `all`, every one: a flush proved every member holds it, or we are alone).
+    fn apply_own_control(&mut self, all: bool) {
+        let alone = self.view.members.len() <= 1;
+        let held = self.rel.held_by_a_peer();
+        while let Some((seq, _)) = self.own_control.front() {
+            if !(all || alone) && *seq > held {
+                return;
+            }
+            let Some((_, c)) = self.own_control.pop_front() else {
+                return;
+            };
             let n = self.delivery.sent(&c, &mut self.topics, &mut self.events);
             self.stats.delivered += n as u64;
             self.stats.messages_delivered += n as u64;
@@ -517,16 +573,27 @@ impl Engine {
             // Our own datagram, looped back by the multicast socket.
             return;
         }
+        if let Body::Refuse(r) = frame.body {
+            self.on_refuse(r);
+            return;
+        }
+        if self.membership.refused_reason.is_some() {
+            return;
+        }
         if h.sender.node == self.me.node {
-            if h.sender.incarnation > self.me.incarnation && !self.newer_self_warned {
-                // Two brokers configured with one node id, or we were replaced.
-                self.newer_self_warned = true;
-                tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
+            if h.sender.incarnation > self.me.incarnation {
+                if !self.newer_self_warned {
+                    // Two brokers configured with one node id, or we were replaced.
+                    self.newer_self_warned = true;
+                    tracing::warn!(sender = %h.sender, "a newer incarnation of this node id is running");
+                }
+                self.on_newer_self(h.sender, now);
             }
             self.stats.dropped_stale_incarnation += 1;
             return;
         }
-        if self.membership.note_sender(&self.view, h.sender) {
+        self.detector.heard(h.sender, now);
+        if self.membership.note_sender(&self.view, h.sender, now) {
             self.stats.dropped_stale_incarnation += 1;
             return;
         }
@@ -541,6 +608,8 @@ impl Engine {
             Body::Install(i) => self.on_install_part(h.sender, i, now),
             Body::InstallAck(v) => self.on_install_ack(h.sender, v, now),
             Body::Leave => self.on_leave(h.sender, now),
+            Body::Suspect(s) => self.on_suspect(h.sender, s, now),
+            Body::Refuse(_) => {}
         }
         self.after_input(now);
     }
@@ -550,6 +619,14 @@ impl Engine {
         if self.timers.is_due(Timer::Membership, now) {
             self.timers.clear(Timer::Membership);
             self.membership_tick(now);
+        }
+        if self.timers.is_due(Timer::Detector, now) {
+            self.timers.clear(Timer::Detector);
+            if !self.membership.has_left() {
+                self.timers
+                    .set(Timer::Detector, now + self.config.heartbeat_interval);
+            }
+            self.failure_tick(now);
         }
         if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {
             self.timers.clear(Timer::Ack);
@@ -635,6 +712,13 @@ impl Engine {
         &self.config
     }
 
+    /// Why the group refused this broker (its node id is taken by a live
+    /// member), once it did: the engine has stopped, and the driver should
+    /// report the reason and exit with an error.
+    pub fn refused(&self) -> Option<&str> {
+        self.membership.refused_reason.as_deref()
+    }
+
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -649,6 +733,7 @@ impl Engine {
         }
         if h.view != self.view.id {
             self.stats.dropped_wrong_view += 1;
+            self.on_view_mismatch(h.sender, h.view, None, now);
             return;
         }
         let origin = d.origin;
@@ -698,7 +783,10 @@ impl Engine {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
-            self.on_foreign_view(h.view, d.coordinator, now);
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
+            self.on_foreign_view(h.sender, h.view, &d, now);
+        } else {
+            self.on_view_mismatch(h.sender, h.view, Some(&d), now);
         }
     }
 
@@ -797,6 +885,7 @@ impl Engine {
                 self.deliver_waiting(origin, Seq(0));
             }
             self.deliver_local(false);
+            self.apply_own_control(false);
             let done = if self.view.members.len() == 1 {
                 self.rel.advance_stability(&mut self.stats);
                 self.rel.confirm_all()
@@ -895,6 +984,8 @@ impl Engine {
             Flags::default(),
             Body::Heartbeat(Digest {
                 coordinator,
+                view_size: u32::try_from(self.view.members.len()).unwrap_or(u32::MAX),
+                primary: self.view.primary,
                 entries: self.rel.digest(),
             }),
         );
@@ -921,7 +1012,9 @@ impl Engine {
     /// Our contiguous prefix of every origin (for the simulator's checks).
     #[cfg(feature = "sim")]
     pub fn digest_for_tests(&self) -> std::collections::BTreeMap<Origin, Seq> {
-        self.rel.contiguous()
+        let mut d = self.departed_cuts.clone();
+        d.extend(self.rel.contiguous());
+        d
     }
 
     /// Whether any stream of ours has a gap (for the simulator's checks).

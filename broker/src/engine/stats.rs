@@ -104,4 +104,30 @@ pub struct Stats {
     pub control_unknown: u64,
     /// Control messages that did not decode (dropped).
     pub control_malformed: u64,
+    /// Members this engine's failure detector suspected.
+    pub suspicions: u64,
+    /// Views installed because a member joined (or rejoined).
+    pub view_changes_join: u64,
+    /// Views installed because a member left gracefully.
+    pub view_changes_leave: u64,
+    /// Views installed because a member crashed or was cut off (suspected).
+    pub view_changes_crash: u64,
+    /// Views installed that merged members cut off by a partition back in.
+    pub view_changes_merge: u64,
+    /// Gauge: milliseconds from the last frame of the last member suspected
+    /// here to the suspicion (the failure-detection time).
+    pub last_failure_detection_ms: u64,
+    /// Gauge: milliseconds the last view change took, from the proposal
+    /// (or suspicion) to the install here.
+    pub last_view_change_ms: u64,
+    /// Gauge: 1 while the installed view is primary (total topics work), else 0.
+    pub primary: u64,
+    /// Publishes and declarations of total-order topics refused because the
+    /// view is not primary (no quorum).
+    pub publishes_no_quorum: u64,
+    /// Brokers refused because they claimed the node id of a live member.
+    pub duplicate_node_refusals: u64,
+    /// Times this engine learned it was excluded from the view (falsely
+    /// suspected, or on the losing side of a merge) and rejoined.
+    pub exclusions: u64,
 }

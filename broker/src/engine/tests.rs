@@ -371,6 +371,8 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             view: ViewId(view),
             part: 0,
             parts: 1,
+            primary: true,
+            merge: false,
             members: vec![forger, me],
             digest: vec![],
             state: vec![],
@@ -407,6 +409,8 @@ fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
         },
         body: Body::Heartbeat(ordo_wire::group::Digest {
             coordinator: g.engines[0].view().members[0],
+            view_size: 2,
+            primary: true,
             entries: vec![ordo_wire::group::DigestEntry {
                 origin: a,
                 contiguous: Seq(1000),
@@ -531,4 +535,498 @@ fn a_joiner_receives_a_topic_table_larger_than_a_datagram_in_parts() {
     assert_eq!(too_big, 0, "datagrams beyond max_datagram were sent");
     assert_eq!(g.engines[2].view().members.len(), 3);
     assert_eq!(g.engines[2].agreed_topics(), g.engines[0].agreed_topics());
+}
+
+// ----- failures (issue 5) -----
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A total-seq message on topic "tt" (declared by [`declare_total`], as
+/// the driver declares every topic before its first use).
+fn total(payload: &[u8]) -> Publish {
+    Publish {
+        topic: "tt".into(),
+        ordering: Ordering::TotalSeq,
+        ..msg(payload, None)
+    }
+}
+
+fn declare_total(g: &mut Group) {
+    let token = ConfirmToken { conn: 9, req: 9 };
+    g.engines[0]
+        .declare("tt", Ordering::TotalSeq, false, token)
+        .unwrap();
+    g.run(ms(50), |_, _, _| true);
+}
+
+impl Group {
+    /// (payload, gseq) of every delivery at engine `i`.
+    fn delivered_total(&self, i: usize) -> Vec<(Bytes, u64)> {
+        self.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Deliver(d) => Some((d.payload.clone(), d.gseq.map_or(0, |g| g.0))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn discontinuities(&self, i: usize) -> usize {
+        self.events[i]
+            .iter()
+            .filter(|e| matches!(e, Event::Discontinuity { .. }))
+            .count()
+    }
+}
+
+#[test]
+fn a_crashed_member_is_suspected_and_the_survivors_agree_on_its_messages() {
+    let mut g = Group::new(3);
+    for i in 0..5u32 {
+        g.publish(2, &i.to_be_bytes()).unwrap();
+    }
+    // Engine 2's messages reach engine 1 only; nobody repairs engine 0 yet.
+    g.run(ms(30), |from, to, dg| {
+        !(to == 0 && (from == 2 || is_repair(dg)) && is_data(dg))
+    });
+    assert_eq!(g.delivered(1).len(), 5);
+    assert_eq!(g.delivered(0).len(), 0);
+    // Engine 2 crashes: nothing from or to it any more.
+    g.run(ms(4000), |from, to, _| from != 2 && to != 2);
+    for i in 0..2 {
+        let v = g.engines[i].view();
+        assert_eq!(v.members.len(), 2, "{v:?}");
+        assert!(v.primary);
+        assert_eq!(g.delivered(i).len(), 5, "engine {i}");
+    }
+    assert_eq!(g.engines[0].view(), g.engines[1].view());
+    let s = g.engines[0].stats();
+    assert!(s.suspicions >= 1 && s.view_changes_crash >= 1, "{s:?}");
+    assert!(
+        (1000..=3000).contains(&s.last_failure_detection_ms),
+        "detected after {} ms",
+        s.last_failure_detection_ms
+    );
+    // Stability is computed over the new view: nothing stays pinned.
+    g.publish(0, b"after").unwrap();
+    g.run(ms(300), |from, to, _| from != 2 && to != 2);
+    assert_eq!(g.engines[0].stats().unstable_own_bytes, 0);
+}
+
+#[test]
+fn a_crashed_coordinator_and_sequencer_is_replaced_and_gseq_continues() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    for i in 0..3u32 {
+        g.engines[1].publish(total(&[1, i as u8]), g.now).unwrap();
+        g.engines[2].publish(total(&[2, i as u8]), g.now).unwrap();
+    }
+    g.run(ms(50), |_, _, _| true);
+    assert_eq!(g.delivered_total(1).len(), 6);
+    // Two more; the sequencer's orders reach engine 1 but not engine 2.
+    g.engines[1].publish(total(&[1, 9]), g.now).unwrap();
+    g.engines[2].publish(total(&[2, 9]), g.now).unwrap();
+    g.run(ms(30), |from, to, _| !(from == 0 && to == 2));
+    // Then the sequencer (engine 0, the coordinator) crashes.
+    g.run(ms(4000), |from, to, _| from != 0 && to != 0);
+    let v = g.engines[1].view().clone();
+    assert_eq!(v.members.len(), 2, "{v:?}");
+    assert_eq!(v.sequencer, Some(g.engines[1].origin().node));
+    assert_eq!(&v, g.engines[2].view());
+    // The new sequencer continues the order.
+    g.engines[2].publish(total(&[2, 10]), g.now).unwrap();
+    g.engines[1].publish(total(&[1, 10]), g.now).unwrap();
+    g.run(ms(100), |from, to, _| from != 0 && to != 0);
+    let (a, b) = (g.delivered_total(1), g.delivered_total(2));
+    assert_eq!(a, b, "survivors disagree on the total order");
+    let gseqs: Vec<u64> = a.iter().map(|(_, g)| *g).collect();
+    assert_eq!(gseqs, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_cut_off_member_forms_a_minority_view_and_merges_back_with_a_discontinuity() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    let old = g.engines[2].origin();
+    let cut = |from: usize, to: usize| (from == 2) != (to == 2);
+    g.run(ms(4000), |from, to, _| !cut(from, to));
+    let (major, minor) = (g.engines[0].view().clone(), g.engines[2].view().clone());
+    assert_eq!(major.members.len(), 2, "{major:?}");
+    assert!(major.primary);
+    assert_eq!(minor.members, vec![old], "{minor:?}");
+    assert!(!minor.primary);
+    // fifo works on both sides; total order only on the primary side.
+    g.publish(2, b"minority").unwrap();
+    g.publish(0, b"majority").unwrap();
+    let refused = g.engines[2].publish(total(b"t"), g.now);
+    assert!(
+        matches!(refused, Err(PublishError::Unavailable(ref r)) if r.contains("quorum")),
+        "{refused:?}"
+    );
+    assert_eq!(g.engines[2].stats().publishes_no_quorum, 1);
+    g.engines[0].publish(total(b"t0"), g.now).unwrap();
+    g.run(ms(100), |from, to, _| !cut(from, to));
+    assert!(g.delivered(1).contains(&Bytes::from_static(b"t0")));
+    // Heal: the minority loses the merge and rejoins as a new incarnation.
+    let before = g.delivered(2).len();
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(v.primary);
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    assert!(g.engines[2].origin().incarnation > old.incarnation);
+    assert!(g.discontinuities(2) >= 1);
+    assert!(g.engines[0].stats().view_changes_merge >= 1);
+    // Nothing published on one side during the split reached the other.
+    assert!(!g.delivered(0).contains(&Bytes::from_static(b"minority")));
+    assert!(!g.delivered(2)[before..].contains(&Bytes::from_static(b"majority")));
+    // Everything works again, total order included, with gseq continuing.
+    g.engines[2].publish(total(b"t2"), g.now).unwrap();
+    g.run(ms(100), |_, _, _| true);
+    let last = |i: usize| g.delivered_total(i).last().cloned().unwrap();
+    assert_eq!(last(0), (Bytes::from_static(b"t2"), 2));
+    assert_eq!(last(2), last(0));
+}
+
+#[test]
+fn a_second_live_broker_with_a_taken_node_id_is_refused_on_both_sides() {
+    let mut g = Group::new(2);
+    let view = g.engines[0].view().clone();
+    let mut c = config(2);
+    c.incarnation = Incarnation(2);
+    g.engines.push(Engine::new(c, g.now));
+    g.events.push(Vec::new());
+    g.run(ms(1000), |_, _, _| true);
+    let dup = &g.engines[2];
+    let reason = dup.refused().expect("the duplicate was not refused");
+    assert!(reason.contains("node id 2"), "{reason}");
+    assert!(!dup.in_view());
+    assert_eq!(g.engines[0].view(), &view);
+    assert_eq!(g.engines[1].view(), &view);
+    assert!(g
+        .engines
+        .iter()
+        .take(2)
+        .any(|e| e.stats().duplicate_node_refusals >= 1));
+}
+
+#[test]
+fn a_restarted_broker_replaces_its_silent_old_incarnation() {
+    let mut g = Group::new(3);
+    // Engine 2 "restarts": the old one falls silent, a new one starts.
+    let mut c = config(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    g.run(ms(1000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(v.members.contains(&g.engines[2].origin()));
+    assert!(g.engines[2].refused().is_none());
+    assert_eq!(g.engines[0].stats().duplicate_node_refusals, 0);
+}
+
+#[test]
+fn a_member_that_cannot_hear_the_coordinator_does_not_wedge_the_group() {
+    let mut g = Group::new(3);
+    // One-way: engine 2 hears nobody from engine 0; engine 0 hears everyone.
+    g.run(ms(20_000), |from, to, _| !(from == 0 && to == 2));
+    let (b, c) = (g.engines[1].view().clone(), g.engines[2].view().clone());
+    assert_eq!(b, c);
+    assert!(!b.members.iter().any(|m| m.node == NodeId(1)), "{b:?}");
+    assert!(b.primary);
+    // The unheard broker keeps trying, but backs off.
+    let x = g.engines[0].stats().exclusions;
+    assert!((1..=8).contains(&x), "{x} exclusions");
+    // The group still delivers.
+    g.publish(1, b"still").unwrap();
+    g.run(ms(100), |from, to, _| !(from == 0 && to == 2));
+    assert!(g.delivered(2).contains(&Bytes::from_static(b"still")));
+}
+
+#[test]
+fn jitter_of_a_few_hundred_ms_suspects_nobody() {
+    let mut g = Group::new(3);
+    // Every 500 ms, drop everything for 400 ms (a congested network).
+    let start = g.now;
+    let mut now_ms = 0u64;
+    while now_ms < 8000 {
+        let t = g.now;
+        let quiet = (t - start).as_millis() % 500 < 400;
+        g.run(ms(50), |_, _, _| !quiet);
+        now_ms += 50;
+    }
+    for e in &g.engines {
+        assert_eq!(e.stats().suspicions, 0);
+        assert_eq!(e.view().members.len(), 3);
+    }
+}
+
+#[test]
+fn after_a_total_partition_heals_the_merged_view_is_primary_again() {
+    let mut g = Group::new(3);
+    declare_total(&mut g);
+    g.run(ms(4000), |_, _, _| false);
+    for e in &g.engines {
+        assert_eq!(e.view().members.len(), 1, "{:?}", e.view());
+        assert!(!e.view().primary);
+    }
+    g.run(ms(4000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(
+        v.primary,
+        "the members of the last primary view are back: {v:?}"
+    );
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    g.engines[1].publish(total(b"again"), g.now).unwrap();
+    g.run(ms(100), |_, _, _| true);
+    for i in 0..3 {
+        assert_eq!(
+            g.delivered_total(i).last().cloned(),
+            Some((Bytes::from_static(b"again"), 1))
+        );
+    }
+}
+
+#[test]
+fn a_restarted_process_does_not_restore_a_lost_majority() {
+    let mut g = Group::new(3);
+    // Engines 1 and 2 crash; engine 0 is left alone, without a quorum.
+    g.run(ms(4000), |from, to, _| from == 0 && to == 0);
+    assert!(!g.engines[0].view().primary);
+    // They restart as fresh processes (new incarnations, no memory).
+    for (i, node) in [(1, 2), (2, 3)] {
+        let mut c = config(node);
+        c.incarnation = Incarnation(2);
+        g.engines[i] = Engine::new(c, g.now);
+    }
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(
+        !v.primary,
+        "fresh processes hold none of the lost state: {v:?}"
+    );
+    assert!(matches!(
+        g.engines[1].publish(total(b"x"), g.now),
+        Err(PublishError::Unavailable(_))
+    ));
+}
+
+/// A crash during which engine 0 misses engine 2's messages 1..=5 and
+/// engine 1 misses message 3 only: each returns the deliveries of engine
+/// 2's messages at engines 0 and 1 after the failure view.
+#[cfg(feature = "bug-injection")]
+fn crash_with_uneven_holdings(bugs: Bugs) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut g = Group::with(3, |n| {
+        let mut c = config(n);
+        c.bugs = bugs;
+        c
+    });
+    let holds = |dg: &Bytes, seq: u64| matches!(Frame::decode(dg).map(|f| f.body), Ok(Body::Data(d)) if d.msgs.iter().any(|m| m.seq == Seq(seq)));
+    let from2 = g.engines[2].origin();
+    for i in 1..=5u8 {
+        g.publish(2, &[b'm', i]).unwrap();
+        g.run(ms(3), |_, to, dg| {
+            let of2 = Frame::decode(dg)
+                .is_ok_and(|f| matches!(f.body, Body::Data(ref d) if d.origin == from2));
+            !(of2 && (to == 0 || holds(dg, 3)))
+        });
+    }
+    // Engine 2 crashes. Until the failure view is proposed, engine 0 gets
+    // no repair of engine 2's messages: only the flush can give them.
+    let mut proposed = false;
+    g.run(ms(4000), |from, to, dg| {
+        let f = Frame::decode(dg);
+        proposed |= matches!(f.as_ref().map(|f| &f.body), Ok(Body::Propose(_)));
+        let of2 = matches!(f.map(|f| f.body), Ok(Body::Data(ref d)) if d.origin == from2);
+        from != 2 && to != 2 && !(of2 && to == 0 && !proposed)
+    });
+    assert_eq!(g.engines[0].view().members.len(), 2);
+    let of2 = |i: usize| {
+        g.delivered(i)
+            .into_iter()
+            .filter(|p| p.first() == Some(&b'm'))
+            .collect::<Vec<_>>()
+    };
+    (of2(0), of2(1))
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn survivors_agree_on_a_departed_members_messages_and_the_planted_bugs_break_it() {
+    let (a, b) = crash_with_uneven_holdings(Bugs::default());
+    // The cut is the most any survivor holds contiguously: m1, m2.
+    assert_eq!(
+        a,
+        vec![Bytes::from_static(b"m\x01"), Bytes::from_static(b"m\x02")]
+    );
+    assert_eq!(a, b);
+    let (a, b) = crash_with_uneven_holdings(Bugs {
+        skip_failure_flush: true,
+        ..Bugs::default()
+    });
+    assert_ne!(
+        a, b,
+        "installing without the repair up to the cut loses m1, m2 at engine 0"
+    );
+    let (a, b) = crash_with_uneven_holdings(Bugs {
+        departed_on_one_survivor: true,
+        ..Bugs::default()
+    });
+    assert_ne!(a, b, "engine 1 delivers m4, m5 beyond the cut");
+}
+
+#[test]
+fn a_minority_of_two_ends_its_view_together_and_merges_into_the_majority() {
+    let mut g = Group::new(5);
+    let side = |i: usize| i >= 3;
+    g.run(ms(4000), |from, to, _| side(from) == side(to));
+    assert_eq!(g.engines[3].view().members.len(), 2);
+    assert!(!g.engines[3].view().primary);
+    assert_eq!(g.engines[0].view().members.len(), 3);
+    assert!(g.engines[0].view().primary);
+    // The minority keeps fifo going; its last messages are in flight at the heal.
+    for i in 0..5u8 {
+        g.publish(3, &[b'x', i]).unwrap();
+        g.publish(4, &[b'y', i]).unwrap();
+    }
+    let minority_view = g.engines[3].view().id;
+    let in_minority = |g: &Group, i: usize| -> Vec<Bytes> {
+        g.delivered(i)
+            .into_iter()
+            .filter(|p| matches!(p.first(), Some(b'x' | b'y')))
+            .collect()
+    };
+    g.run(ms(3000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 5, "{v:?}");
+    assert!(v.primary);
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    // Both minority members delivered the same set in their view.
+    let (mut a, mut b) = (in_minority(&g, 3), in_minority(&g, 4));
+    assert_eq!(a.len(), 10, "{a:?}");
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // Nothing of it crossed to the majority; everyone was told.
+    assert!(in_minority(&g, 0).is_empty());
+    for i in 0..5 {
+        assert!(g.discontinuities(i) >= 1, "engine {i}");
+    }
+    assert!(g.engines[3].view().id > minority_view);
+}
+
+#[test]
+fn a_stalled_member_is_excluded_and_rejoins_without_disturbing_the_others() {
+    let mut g = Group::new(3);
+    // Engine 2 is not driven at all for 2.5 s (a stalled process).
+    let stalled = g.engines.remove(2);
+    let stalled_events = g.events.remove(2);
+    let old = stalled.origin();
+    g.run(ms(2500), |_, _, _| true);
+    assert_eq!(g.engines[0].view().members.len(), 2);
+    g.engines.push(stalled);
+    g.events.push(stalled_events);
+    g.run(ms(4000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+    assert!(g.engines[2].origin().incarnation > old.incarnation);
+    assert_eq!(g.engines[0].stats().exclusions, 0);
+    assert_eq!(g.engines[1].stats().exclusions, 0);
+    assert!(g.discontinuities(2) >= 1);
+}
+
+/// The sequencer (engine 0) stalls and is excluded; once back it rejoins;
+/// then everyone publishes total-seq messages. Returns each engine's
+/// (payload, gseq) deliveries after the rejoin.
+#[cfg(feature = "bug-injection")]
+fn sequencer_stalls_and_returns(bugs: Bugs) -> Vec<Vec<(Bytes, u64)>> {
+    let mut g = Group::with(3, |n| {
+        let mut c = config(n);
+        c.bugs = bugs;
+        c
+    });
+    declare_total(&mut g);
+    let sequencer = g.engines.remove(0);
+    let events = g.events.remove(0);
+    g.run(ms(2500), |_, _, _| true);
+    g.engines.insert(0, sequencer);
+    g.events.insert(0, events);
+    g.run(ms(4000), |_, _, _| true);
+    assert_eq!(g.engines[1].view().members.len(), 3);
+    let before: Vec<usize> = (0..3).map(|i| g.delivered_total(i).len()).collect();
+    for round in 0..20u8 {
+        for i in 0..3 {
+            g.engines[i]
+                .publish(total(&[i as u8, round]), g.now)
+                .unwrap();
+        }
+        g.run(ms(2), |_, _, _| true);
+    }
+    g.run(ms(500), |_, _, _| true);
+    (0..3)
+        .map(|i| g.delivered_total(i)[before[i]..].to_vec())
+        .collect()
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn a_new_sequencer_alone_orders_after_failover_and_the_planted_stale_one_breaks_it() {
+    let d = sequencer_stalls_and_returns(Bugs::default());
+    assert_eq!(d[0].len(), 60);
+    assert!(
+        d.iter().all(|x| *x == d[0]),
+        "members disagree on the order"
+    );
+    let d = sequencer_stalls_and_returns(Bugs {
+        stale_sequencer_acts: true,
+        ..Bugs::default()
+    });
+    assert!(
+        d.iter().any(|x| *x != d[1]),
+        "two sequencers acting went unnoticed"
+    );
+}
+
+#[test]
+fn with_the_cluster_size_known_a_broker_restarted_alone_forms_no_primary_view() {
+    let sized = |n| {
+        let mut c = config(n);
+        c.cluster_size = 3;
+        c
+    };
+    let mut g = Group::with(3, sized);
+    assert!(g.engines[0].view().primary);
+    // Engine 2 is cut off and restarts: it finds nobody and forms a view alone.
+    let mut c = sized(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    let cut = |from: usize, to: usize| (from == 2) != (to == 2);
+    g.run(ms(3000), |from, to, _| !cut(from, to));
+    let alone = g.engines[2].view().clone();
+    assert_eq!(alone.members.len(), 1, "{alone:?}");
+    assert!(!alone.primary, "a second primary: {alone:?}");
+    assert!(g.engines[0].view().primary);
+    // Unknown size: the first view of a fresh broker is primary (a new cluster).
+    let e = Engine::new(config(9), g.now);
+    let mut e = e;
+    let mut t = g.now;
+    for _ in 0..100 {
+        t += ms(10);
+        e.handle_timeout(t);
+        while e.poll_transmit().is_some() {}
+    }
+    assert!(e.view().primary);
 }

@@ -14,9 +14,12 @@ pub(crate) enum Timer {
     Ack = 1,
     /// Membership work: discovery deadline, join/leave/propose/install retries.
     Membership = 2,
+    /// The failure detector's periodic look (every heartbeat interval, on
+    /// its own: prompt digests re-arm the heartbeat under load).
+    Detector = 3,
 }
 
-const COUNT: usize = 3;
+const COUNT: usize = 4;
 
 /// Deadlines indexed by [`Timer`].
 #[derive(Debug, Clone, Default)]

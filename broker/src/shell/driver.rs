@@ -413,6 +413,12 @@ impl Driver {
                 }
             }
             self.flush().await;
+            if let Some(reason) = self.engine.refused() {
+                // Another live broker holds our node id: running on would
+                // only disturb the group. Nothing of ours is in a view.
+                tracing::error!("refused by the group: {reason}");
+                std::process::exit(1);
+            }
         }
         self.stop(&mut recv).await;
     }
@@ -880,6 +886,9 @@ impl Driver {
                         node_id,
                         view_id: view.id,
                         members: view.members.iter().map(|m| m.node).collect(),
+                        coordinator: view.coordinator,
+                        sequencer: view.sequencer,
+                        primary: view.primary,
                     }
                 } else {
                     // The view of a group we left (or were excluded from).

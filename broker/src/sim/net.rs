@@ -35,6 +35,12 @@ pub trait Fault: Debug {
     fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng);
     /// How many transits it acted on.
     fn fired(&self) -> u64;
+    /// Whether it never had anything to act on (a partition no datagram
+    /// crossed: both sides silent, or one side down), so not firing is no
+    /// sign of a broken plan.
+    fn idle(&self) -> bool {
+        false
+    }
 }
 
 /// Drops each datagram with a probability per directed link (asymmetric allowed).
@@ -193,6 +199,8 @@ impl Fault for Corrupt {
 pub struct Partition {
     windows: Vec<PartitionWindow>,
     fired: u64,
+    /// Transits that crossed a window, whatever earlier faults did to them.
+    crossing: u64,
 }
 
 /// One partition.
@@ -207,12 +215,24 @@ pub struct PartitionWindow {
 
 impl Partition {
     pub fn new(windows: Vec<PartitionWindow>) -> Self {
-        Partition { windows, fired: 0 }
+        Partition {
+            windows,
+            fired: 0,
+            crossing: 0,
+        }
     }
 }
 
 impl Fault for Partition {
     fn name(&self) -> String {
+        if let [w] = self.windows.as_slice() {
+            return format!(
+                "partition({:?}{} for {:?})",
+                w.side,
+                if w.one_way { " one-way" } else { "" },
+                w.until.saturating_duration_since(w.from)
+            );
+        }
         let one_way = self.windows.iter().filter(|w| w.one_way).count();
         format!(
             "partition({} windows, {one_way} one-way)",
@@ -221,9 +241,6 @@ impl Fault for Partition {
     }
 
     fn apply(&mut self, t: &mut Transit, _rng: &mut SmallRng) {
-        if t.dropped {
-            return;
-        }
         for w in &self.windows {
             if t.sent < w.from || t.sent >= w.until {
                 continue;
@@ -231,8 +248,11 @@ impl Fault for Partition {
             let out = w.side.contains(&t.from) && !w.side.contains(&t.to);
             let back = !w.side.contains(&t.from) && w.side.contains(&t.to);
             if out || (back && !w.one_way) {
-                t.dropped = true;
-                self.fired += 1;
+                self.crossing += 1;
+                if !t.dropped {
+                    t.dropped = true;
+                    self.fired += 1;
+                }
                 return;
             }
         }
@@ -240,6 +260,10 @@ impl Fault for Partition {
 
     fn fired(&self) -> u64 {
         self.fired
+    }
+
+    fn idle(&self) -> bool {
+        self.crossing == 0
     }
 }
 
@@ -285,6 +309,12 @@ impl Network {
     /// The faults and how often each fired.
     pub fn fault_report(&self) -> Vec<(String, u64)> {
         self.faults.iter().map(|f| (f.name(), f.fired())).collect()
+    }
+
+    /// Per fault (as in [`Network::fault_report`]), whether it never had
+    /// anything to act on.
+    pub fn fault_idle(&self) -> Vec<bool> {
+        self.faults.iter().map(|f| f.idle()).collect()
     }
 
     /// Multicasts `datagram` from `from` to every node in `to`.

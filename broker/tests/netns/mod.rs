@@ -1,6 +1,8 @@
 //! Network-namespace harness for real-network tests: a private Linux bridge,
 //! N namespaces wired to it by veth pairs, multicast routed onto the veth,
-//! and nftables rules that drop a chosen share of incoming group datagrams.
+//! and nftables rules that drop a chosen share of incoming group datagrams
+//! ([`Netns::set_loss`]) or every datagram from chosen peers (partitions,
+//! symmetric or one-way: [`Netns::partition`], [`Netns::deafen`]).
 //!
 //! Names carry this process's pid and a per-process counter (`ordo-ns-<pid>-<k>-<i>`,
 //! bridge `ob<pid>x<k>`, veths `ov…`/`op…`), so parallel tests and parallel
@@ -31,6 +33,9 @@ const NS_PREFIX: &str = "ordo-ns-";
 const BR_PREFIX: &str = "ob";
 /// The nftables table holding the loss rules inside each namespace.
 const NFT_TABLE: &str = "ordo_loss";
+/// The nftables table holding the partition rules inside each namespace
+/// (separate from the loss rules, so each can change without the other).
+const NFT_PARTITION: &str = "ordo_partition";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -205,8 +210,65 @@ impl Netns {
         }
     }
 
+    /// Makes node `i` deaf to every UDP datagram (multicast or not) sent by
+    /// the nodes in `from`; TCP, and so the test's clients and `/healthz`
+    /// probes, still get through. An empty `from` removes the rule.
+    /// Replaces any earlier partition rule of node `i`.
+    pub fn deafen(&self, i: usize, from: &[usize]) {
+        let ns = &self.nodes[i].ns;
+        let rule = if from.is_empty() {
+            String::new()
+        } else {
+            let addrs: Vec<String> = from
+                .iter()
+                .map(|&j| self.nodes[j].addr.to_string())
+                .collect();
+            format!(
+                "ip saddr {{ {} }} meta l4proto udp counter drop",
+                addrs.join(", ")
+            )
+        };
+        let script = format!(
+            "table inet {NFT_PARTITION}\ndelete table inet {NFT_PARTITION}\n\
+             table inet {NFT_PARTITION} {{\n  chain input {{\n    \
+             type filter hook input priority filter; policy accept;\n    {rule}\n  }}\n}}\n"
+        );
+        run_stdin("ip", &["netns", "exec", ns, "nft", "-f", "-"], &script);
+    }
+
+    /// Splits the nodes into `sides` that hear nobody outside their own side
+    /// (every node should be on exactly one side). Replaces earlier
+    /// partition rules; [`Netns::heal`] removes them.
+    pub fn partition(&self, sides: &[&[usize]]) {
+        for side in sides {
+            let others: Vec<usize> = (0..self.nodes.len())
+                .filter(|j| !side.contains(j))
+                .collect();
+            for &i in *side {
+                self.deafen(i, &others);
+            }
+        }
+    }
+
+    /// Removes every partition rule (loss rules stay).
+    pub fn heal(&self) {
+        for i in 0..self.nodes.len() {
+            self.deafen(i, &[]);
+        }
+    }
+
+    /// Datagrams the partition rule dropped in node `i` since it was set.
+    pub fn partition_dropped(&self, i: usize) -> u64 {
+        self.counted(i, NFT_PARTITION)
+    }
+
     /// Datagrams the loss rule dropped in node `i` since it was set.
     pub fn dropped(&self, i: usize) -> u64 {
+        self.counted(i, NFT_TABLE)
+    }
+
+    /// The sum of the counters of nftables `table` in node `i`.
+    fn counted(&self, i: usize, table: &str) -> u64 {
         let out = checked(Command::new("ip").args([
             "netns",
             "exec",
@@ -215,7 +277,7 @@ impl Netns {
             "list",
             "table",
             "inet",
-            NFT_TABLE,
+            table,
         ]));
         let text = String::from_utf8_lossy(&out.stdout);
         text.split("counter packets ")
@@ -378,31 +440,54 @@ impl Netns {
         cluster: &str,
         group: SocketAddrV4,
     ) -> Vec<ordo_broker::testkit::BrokerProcess> {
-        let bin = env!("CARGO_BIN_EXE_ordo-broker");
+        self.start_brokers_with(cluster, group, &[])
+    }
+
+    /// [`Netns::start_brokers`] with `extra` arguments for every broker.
+    pub fn start_brokers_with(
+        &self,
+        cluster: &str,
+        group: SocketAddrV4,
+        extra: &[&str],
+    ) -> Vec<ordo_broker::testkit::BrokerProcess> {
         (0..self.nodes().len())
-            .map(|i| {
-                let addr = self.addr(i);
-                ordo_broker::testkit::BrokerProcess::builder()
-                    .binary("ip")
-                    .args(["netns", "exec", self.nodes()[i].ns.as_str(), bin])
-                    .args([
-                        "--node-id".to_string(),
-                        (i + 1).to_string(),
-                        "--cluster".into(),
-                        cluster.to_string(),
-                        "--group".into(),
-                        group.to_string(),
-                        "--iface".into(),
-                        addr.to_string(),
-                        "--ttl".into(),
-                        "1".into(),
-                        "--listen".into(),
-                        format!("{addr}:7411"),
-                        "--metrics".into(),
-                        format!("{addr}:9411"),
-                    ])
-                    .start()
-            })
+            .map(|i| self.start_broker(i, cluster, group, extra))
             .collect()
+    }
+
+    /// Starts the broker of node `i` (node id `i + 1`) as
+    /// [`Netns::start_brokers`] does, e.g. again after it was killed: the
+    /// same node id, addresses and arguments, a new incarnation. Waits until
+    /// it serves clients and `/healthz` answers 200.
+    pub fn start_broker(
+        &self,
+        i: usize,
+        cluster: &str,
+        group: SocketAddrV4,
+        extra: &[&str],
+    ) -> ordo_broker::testkit::BrokerProcess {
+        let bin = env!("CARGO_BIN_EXE_ordo-broker");
+        let addr = self.addr(i);
+        ordo_broker::testkit::BrokerProcess::builder()
+            .binary("ip")
+            .args(["netns", "exec", self.nodes()[i].ns.as_str(), bin])
+            .args([
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--cluster".into(),
+                cluster.to_string(),
+                "--group".into(),
+                group.to_string(),
+                "--iface".into(),
+                addr.to_string(),
+                "--ttl".into(),
+                "1".into(),
+                "--listen".into(),
+                format!("{addr}:7411"),
+                "--metrics".into(),
+                format!("{addr}:9411"),
+            ])
+            .args(extra.iter().copied())
+            .start()
     }
 }

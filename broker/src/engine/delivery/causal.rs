@@ -9,8 +9,9 @@
 //! causal topic (one clock for all of them).
 //!
 //! Entries for origins outside the view are taken as satisfied: a departed
-//! origin's messages were all delivered by the flush that removed it, and a
-//! context cannot name a future one. At a view change every held message is
+//! origin's messages were all delivered by the flush that removed it (up to
+//! the agreed cut; a message of a crashed broker beyond it, which only that
+//! broker delivered, is no dependency), and a context cannot name a future one. At a view change every held message is
 //! delivered (the flush makes every member hold the same ones), so nothing
 //! held crosses a view.
 
@@ -68,6 +69,12 @@ impl Causal {
         digest: &BTreeMap<Origin, Seq>,
         out: &mut Out<'_>,
     ) {
+        self.deliver_ready(out);
+        // Departed origins: everything of theirs any member will deliver was
+        // delivered by the flush above (their cut), so what a context still
+        // names of them (delivered only at a broker that failed, and seen by
+        // a client there) is void, not a dependency to wait for.
+        self.members.retain(|m| members.contains(m));
         self.deliver_ready(out);
         // What is left waits for a message no member holds: deliver it in a
         // fixed order (by origin, then stream order) so all members agree.

@@ -204,6 +204,7 @@ impl Delivery {
         me: Origin,
         members: &[Origin],
         sequencer: Option<NodeId>,
+        primary: bool,
         digest: &BTreeMap<Origin, Seq>,
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
@@ -214,7 +215,8 @@ impl Delivery {
             delivered: 0,
         };
         self.causal.install(members, digest, &mut out);
-        self.total.install(me, members, sequencer, &mut out);
+        self.total
+            .install(me, members, sequencer, primary, &mut out);
         out.delivered
     }
 
@@ -264,6 +266,11 @@ impl Delivery {
         self.fifo.forget(origin);
     }
 
+    /// Planted bug `stale_sequencer_acts`: see [`Total::remember_stale_sequencer`].
+    pub(crate) fn remember_stale_sequencer(&mut self, node: NodeId) {
+        self.total.remember_stale_sequencer(node);
+    }
+
     /// Bytes of fragments waiting for the rest of their message.
     pub(crate) fn reassembly_bytes(&self) -> usize {
         self.fifo.partial_bytes()
@@ -277,6 +284,7 @@ impl Delivery {
         self.causal.no_holdback = bugs.causal_no_holdback;
         self.total.skip_max = bugs.isis_skip_max;
         self.total.two_sequencers = bugs.two_sequencers;
+        self.total.stale_sequencer = bugs.stale_sequencer_acts;
     }
 }
 

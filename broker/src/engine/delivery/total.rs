@@ -78,6 +78,13 @@ pub(crate) struct Total {
     /// Planted bugs.
     pub(crate) skip_max: bool,
     pub(crate) two_sequencers: bool,
+    pub(crate) stale_sequencer: bool,
+    /// The previous view's sequencer (only the planted bug listens to it).
+    prev_sequencer: Option<NodeId>,
+    /// Whether the view is primary: total order works only in one.
+    primary: bool,
+    /// Total-order messages discarded because the view is not primary.
+    pub(crate) discarded: u64,
     /// Control entries naming a message we do not hold (counted, ignored).
     pub(crate) unknown: u64,
 }
@@ -101,21 +108,37 @@ impl Total {
         &self.agreed
     }
 
+    /// Planted bug (`stale_sequencer_acts`): `node` sequenced a view
+    /// before ours (we are its next incarnation) and keeps acting.
+    pub(crate) fn remember_stale_sequencer(&mut self, node: NodeId) {
+        if self.stale_sequencer {
+            self.prev_sequencer = Some(node);
+        }
+    }
+
     /// Whether we act as sequencer in this view.
     fn sequencing(&self) -> bool {
         self.sequencer == Some(self.me.node)
             || (self.two_sequencers && self.members.get(1).is_some_and(|m| *m == self.me))
+            || (self.stale_sequencer && self.prev_sequencer == Some(self.me.node))
     }
 
+    /// Orders count only from the installed view's sequencer (a pure
+    /// function of the view), so two sequencers never act in one view.
     fn accepts_order_from(&self, sender: Origin) -> bool {
         self.sequencer == Some(sender.node)
             || (self.two_sequencers && self.members.get(1) == Some(&sender))
+            || (self.stale_sequencer && self.prev_sequencer == Some(sender.node))
     }
 
     // ----- data -----
 
     /// A complete total-isis message (ours included), in its stream order.
     pub(crate) fn accept_isis(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         self.counter += 1;
         let p = Priority {
             counter: self.counter,
@@ -136,6 +159,10 @@ impl Total {
 
     /// A complete total-seq message (or declaration), ours included.
     pub(crate) fn accept_seq(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         let k = (ready.origin, ready.seq);
         self.seq_data.insert(k, ready);
         if self.sequencing() {
@@ -362,8 +389,37 @@ impl Total {
         me: Origin,
         members: &[Origin],
         sequencer: Option<NodeId>,
+        primary: bool,
         out: &mut Out<'_>,
     ) {
+        if !primary {
+            // The view lost its quorum. Deliver only what a member could
+            // already have delivered by the usual rules (the final prefix of
+            // the ISIS queue, the sequencer's order while its data is here:
+            // the flush gave every member the same finals and orders), so
+            // the members agree; the rest has no agreed place and would be
+            // placed apart from the primary side: it is delivered nowhere here.
+            let before = self.isis.len() + self.seq_data.len();
+            let prefix: std::collections::BTreeSet<(Origin, Seq)> = self
+                .queue
+                .iter()
+                .take_while(|(_, fin)| **fin)
+                .map(|((_, o, s), _)| (*o, *s))
+                .collect();
+            self.isis.retain(|k, _| prefix.contains(k));
+            self.queue.retain(|(_, o, s), _| prefix.contains(&(*o, *s)));
+            let mut ordered = std::collections::BTreeSet::new();
+            for k in &self.seq_order {
+                if !self.seq_data.contains_key(k)
+                    && self.seq_done.get(&k.0).is_none_or(|d| *d < k.1)
+                {
+                    break;
+                }
+                ordered.insert(*k);
+            }
+            self.seq_data.retain(|k, _| ordered.contains(k));
+            self.discarded += (before - self.isis.len() - self.seq_data.len()) as u64;
+        }
         // ISIS: finals in final order, then the rest by (origin, seq).
         let mut finals: Vec<Key> = self
             .queue
@@ -406,7 +462,11 @@ impl Total {
         self.ctl.clear();
         self.me = me;
         self.members = members.to_vec();
+        if self.sequencer.is_some() && self.sequencer != sequencer {
+            self.prev_sequencer = self.sequencer;
+        }
         self.sequencer = sequencer;
+        self.primary = primary;
         let keep = &self.members;
         self.seq_done.retain(|o, _| keep.contains(o));
     }
@@ -506,7 +566,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), &mut out);
+        t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out);
         t.accept_isis(msg(1, 2, Ordering::TotalIsis), &mut out);
         // Node 2 proposes high for the first and low for the second.
@@ -538,7 +598,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out); // we propose 1.3
         t.accept_isis(msg(2, 1, Ordering::TotalIsis), &mut out); // we propose 2.3
         t.on_control(o(2), Control::IsisFinal(vec![(Seq(1), p(2, 3))]), &mut out);
@@ -559,7 +619,7 @@ mod tests {
             topics: &mut topics,
             delivered: 0,
         };
-        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), &mut out);
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.on_control(
             o(1),
             Control::SequencerOrder(vec![(o(3), Seq(1)), (o(2), Seq(1))]),
@@ -581,7 +641,7 @@ mod tests {
             [("3:1".into(), 1), ("2:1".into(), 2)]
         );
         // 3:2 was never ordered: the view change delivers it, gseq continuing.
-        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), &mut out);
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
         assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
         assert_eq!(t.state(), vec![]);
     }

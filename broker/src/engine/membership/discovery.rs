@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ordo_wire::group::{Body, Flags, Join};
+use ordo_wire::group::{Body, Digest, Flags, Join};
 use ordo_wire::{Incarnation, Origin, Seq, ViewId};
 
 use super::Phase;
@@ -17,6 +17,8 @@ use crate::engine::Engine;
 impl Engine {
     /// Begins life: discover, or form a view at once.
     pub(crate) fn start(&mut self, now: Instant) {
+        self.timers
+            .set(Timer::Detector, now + self.config.heartbeat_interval);
         if self.config.discovery_timeout.is_zero() {
             self.form_singleton(now);
             return;
@@ -36,17 +38,33 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        self.install_view(view, vec![self.me], &digest, now);
+        let primary = self.membership.quorum(&[self.me], self.config.cluster_size);
+        self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
     pub(crate) fn send_join(&mut self, target: Option<Origin>) {
         let last_seq = self.rel.last_seq();
-        self.send(Flags::default(), Body::Join(Join { target, last_seq }));
+        let last_primary = self.membership.last_primary_id;
+        self.send(
+            Flags::default(),
+            Body::Join(Join {
+                target,
+                last_seq,
+                last_primary,
+            }),
+        );
     }
 
     /// A heartbeat from outside our view: an existing group to join, or
     /// (for a lone coordinator) one to be absorbed into.
-    pub(crate) fn on_foreign_view(&mut self, view: ViewId, coordinator: Origin, now: Instant) {
+    pub(crate) fn on_foreign_view(
+        &mut self,
+        sender: Origin,
+        view: ViewId,
+        d: &Digest,
+        now: Instant,
+    ) {
+        let coordinator = d.coordinator;
         if view.0 == 0 {
             return;
         }
@@ -70,7 +88,11 @@ impl Engine {
                 let idle = self.membership.change.is_none()
                     && self.membership.flush.is_none()
                     && !self.membership.leaving;
-                if alone && idle && coordinator < self.me {
+                // Only a broker that was never in a larger view: one cut off
+                // from its group has delivered on its own and must rejoin
+                // as a new incarnation (the merge below).
+                let fresh = self.membership.departed.is_empty();
+                if alone && idle && fresh && coordinator < self.me {
                     // Two groups formed at once: the lower-ranked coordinator
                     // absorbs us. Alone, everything we sent is stable.
                     tracing::info!(%coordinator, "joining a lower-ranked coordinator's view");
@@ -82,19 +104,42 @@ impl Engine {
                     self.send_join(Some(coordinator));
                     self.timers
                         .set(Timer::Membership, now + self.config.view_retry);
-                } else if !self.membership.merge_logged
-                    && self
-                        .membership
-                        .coordinator(&self.view)
-                        .is_some_and(|ours| coordinator < ours)
-                {
-                    // Merges of two non-trivial views: see issue 5.
-                    self.membership.merge_logged = true;
-                    tracing::warn!(%coordinator, "another view of this cluster exists; merging views is not supported yet");
+                } else if self.merge_loser(sender, coordinator, d) {
+                    // Two views of one cluster (a healed partition): ours
+                    // loses. Our coordinator ends our view for everyone with
+                    // a flush (so all of us delivered the same in it), then
+                    // each member rejoins the winner as a new incarnation.
+                    let since = match self.membership.merge_target {
+                        Some((t, since)) if t == coordinator => since,
+                        _ => now,
+                    };
+                    self.membership.merge_target = Some((coordinator, since));
+                    let ours = self.membership.coordinator(&self.view) == Some(self.me);
+                    let waited = now.saturating_duration_since(since)
+                        > self.config.acceptable_heartbeat_pause;
+                    if !idle {
+                    } else if alone || (!ours && waited) {
+                        // Alone, or our coordinator does not act (it may not
+                        // hear the winner): rejoin on our own.
+                        self.merge_into(coordinator, now);
+                    } else if ours {
+                        self.start_dissolve(coordinator, now);
+                    }
                 }
             }
             Phase::Left => {}
         }
+    }
+
+    /// Rejoins the view of `winner` (a merge our view lost).
+    pub(crate) fn merge_into(&mut self, winner: Origin, now: Instant) {
+        tracing::warn!(%winner, "another view of this cluster exists and wins the merge; rejoining it");
+        self.stats.exclusions += 1;
+        self.membership.discontinuity = None;
+        let reason = format!(
+            "merging into the view of {winner} after a partition; messages published on the other side while apart are not delivered here"
+        );
+        self.rejoin_to(now, reason, Some(winner));
     }
 
     pub(crate) fn on_join(&mut self, sender: Origin, join: Join, now: Instant) {
@@ -117,19 +162,55 @@ impl Engine {
             return;
         }
         self.membership.joins.insert(sender, join.last_seq);
+        if self.membership.join_primary.len() >= super::MAX_DEPARTED {
+            self.membership.join_primary.clear();
+        }
+        self.membership
+            .join_primary
+            .insert(sender, join.last_primary);
         self.maybe_start_change(now);
+    }
+
+    /// Whether our view loses a merge against the view `d` describes (see
+    /// the rule in `membership`). A view whose digest names us is no other
+    /// view: a member we excluded still speaking in the view it was
+    /// excluded from (it learns from our install, see `on_view_mismatch`).
+    fn merge_loser(&self, sender: Origin, coordinator: Origin, d: &Digest) -> bool {
+        if self.view.members.contains(&sender)
+            || self.view.members.contains(&coordinator)
+            || d.entries.iter().any(|e| e.origin == self.me)
+        {
+            return false;
+        }
+        let ours = self.membership.coordinator(&self.view).unwrap_or(self.me);
+        let (mine, theirs) = (
+            (self.view.primary, self.view.members.len() as u64),
+            (d.primary, u64::from(d.view_size)),
+        );
+        if mine.0 != theirs.0 {
+            return !mine.0;
+        }
+        if mine.1 != theirs.1 {
+            return mine.1 < theirs.1;
+        }
+        ours.node > coordinator.node
     }
 
     /// After an unrecoverable loss: forget everything and join again as a
     /// new incarnation, so the group's streams restart cleanly for us.
     pub(crate) fn rejoin(&mut self, now: Instant, reason: String) {
-        self.stats.rejoins += 1;
         let target = self
             .view
             .members
             .iter()
             .find(|m| **m != self.me && !self.membership.dead.contains(m))
             .copied();
+        self.rejoin_to(now, reason, target);
+    }
+
+    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
+    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
+        self.stats.rejoins += 1;
         self.membership.discontinuity = Some((self.view.id, reason));
         self.me = Origin {
             node: self.me.node,
@@ -137,16 +218,29 @@ impl Engine {
         };
         self.rel = Reliability::new(self.me, Seq(0), self.config.reliability());
         self.local_pending.clear();
+        self.own_control.clear();
         // A new incarnation starts with fresh layers; the group's agreed
         // state (topics, gseq) comes with the install that admits it.
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
+        if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
+            // Only the planted bug listens: the sequencer we were keeps acting.
+            self.delivery.remember_stale_sequencer(s);
+        }
         self.in_view = false;
         self.membership.flush = None;
         self.membership.change = None;
         self.membership.joins.clear();
         self.membership.leaves.clear();
+        self.membership.dead.clear();
+        self.membership.newer.clear();
+        self.membership.newer_view_since = None;
+        self.membership.last_install = None;
+        self.membership.join_attempts = 0;
+        self.membership.change_began = Some(now);
         self.membership.phase = Phase::Joining { target };
-        self.send_join(target);
+        if self.membership.join_not_before.is_none_or(|t| now >= t) {
+            self.send_join(target);
+        }
         self.timers
             .set(Timer::Membership, now + self.config.view_retry);
     }

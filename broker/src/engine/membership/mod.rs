@@ -8,20 +8,66 @@
 //! that cut as its starting digest. So all members deliver the same old-view
 //! messages, and a joiner starts after the cut and never delivers old ones.
 //!
-//! A member is known dead only when a newer incarnation of its node speaks
-//! (a restart, or a rejoin after an unrecoverable loss): that is a fact, not
-//! a suspicion. Crashes: see issue 5 — a silent member stays in the view
-//! (its buffers wait for it, bounded by flow control); suspicion, partitions
-//! and merges of non-trivial views are that issue's.
+//! **Failures.** A member is gone when the failure detector (`detector`,
+//! phi accrual) suspects it, when a member reports a suspicion to the
+//! coordinator (a `Suspect` frame: suspicion is one-sided, so a member the
+//! others hear but one cannot is excluded too), or when a newer incarnation
+//! of its node speaks while it stays silent (a restart). The coordinator is
+//! the first member not gone in its own eyes; it proposes the view without
+//! the gone members. Each survivor then stops sending, freezes its delivery
+//! of every departing origin at what it holds contiguously and reports
+//! that (`FlushAck::held`); the cut of a departed origin is the most any
+//! survivor reported, so it covers everything any survivor delivered. The
+//! survivors repair each other up to the cut (any holder repairs), and only
+//! once every survivor's digest shows the cut does the coordinator install;
+//! each survivor delivers the departed streams exactly up to the cut and
+//! discards the rest. So each departed message reaches every survivor or
+//! none. A proposer dying mid-change is itself suspected and the next live
+//! member proposes again (members accept a proposer whose predecessors the
+//! proposal leaves out); a member dying mid-flush gets the proposal
+//! repeated without it. A member that installed a view re-sends the install
+//! to a member still speaking in the view before it, so an install that
+//! reached only some members still reaches all, and a member that finds
+//! itself left out of a newer view (falsely suspected, or cut off) stops
+//! delivering and rejoins as a new incarnation, receiving the group's state
+//! before it delivers anything; repeated exclusions back off its joins.
+//!
+//! **Quorum.** A view is *primary* if it holds a strict majority of the
+//! members of the last primary view, or exactly half including that view's
+//! first (lowest-ranked) member; the first view of a group is primary.
+//! Quorum is judged by the coordinator against the last primary view
+//! *installed* (a change in flight at the split counts for nothing), and
+//! carried in the install. Members are counted by incarnation, so a
+//! restarted broker does not restore a lost majority: safety first (a
+//! group that lost a majority keeps total topics unavailable until the
+//! members of its last primary view are back in one view with it).
+//! Total-order topics deliver and accept publishes only in a primary view.
+//!
+//! **Merge.** A member that hears a heartbeat of another view of its
+//! cluster compares: a non-primary view loses to a primary one, then the
+//! view with fewer members loses, then the one whose coordinator has the
+//! higher node id. Each member of the losing view rejoins the winner as a
+//! new incarnation (state transfer, discontinuity event), so nothing one
+//! side delivered during the split is delivered on the other.
+//!
+//! **Duplicate node ids.** A live member that hears a newer incarnation of
+//! its own node id, or a member that keeps hearing an old incarnation after
+//! a newer one spoke, refuses the newcomer with a `Refuse` frame; the
+//! refused engine leaves and reports it (`Engine::refused`).
 
+mod detector;
 mod discovery;
 mod view_change;
+
+pub(crate) use detector::{Detector, DetectorConfig};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose};
-use ordo_wire::{Origin, Seq, ViewId};
+use std::time::Duration;
+
+use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect};
+use ordo_wire::{NodeId, Origin, Seq, ViewId};
 
 use super::timer::Timer;
 use super::{Engine, View};
@@ -45,6 +91,9 @@ enum Phase {
 struct Flush {
     view: ViewId,
     last_seq: Seq,
+    /// Origins some proposal of this flush left out: their delivery is
+    /// frozen at what we report (see [`Engine::flush_ack`]).
+    departing: BTreeSet<Origin>,
 }
 
 /// A view change the coordinator runs.
@@ -58,7 +107,14 @@ struct Change {
     dead: Vec<Origin>,
     joins: BTreeMap<Origin, Seq>,
     acks: BTreeMap<Origin, Seq>,
+    /// Per departing origin, the most any flushed member holds of it.
+    held: BTreeMap<Origin, Seq>,
     install: Option<Install>,
+    /// Ends our view for a merge our view lost: we install ourselves alone,
+    /// then rejoin this winner's coordinator (the others rejoin it too).
+    dissolve: Option<Origin>,
+    /// When the install went out (acknowledgements are awaited for a while).
+    installed_at: Option<Instant>,
     installed: BTreeSet<Origin>,
 }
 
@@ -77,13 +133,51 @@ pub(crate) struct Membership {
     leaving: bool,
     /// The view we lost continuity in (rejoin), reported with the next install.
     discontinuity: Option<(ViewId, String)>,
-    merge_logged: bool,
     /// Members that left our view: a joiner that still names one of them
     /// as the coordinator to ask is asking our group.
     departed: BTreeSet<Origin>,
     /// The parts of a multi-frame install received so far (one install at
     /// a time: a newer one replaces it).
     install_parts: Option<InstallParts>,
+    /// The members of the last primary view (quorum is judged against it)
+    /// and its id.
+    last_primary: Vec<Origin>,
+    last_primary_id: ViewId,
+    /// The last primary view each joiner named in its join.
+    join_primary: BTreeMap<Origin, ViewId>,
+    /// The last install applied, re-sent to members still in the view before it.
+    last_install: Option<Install>,
+    /// When we last re-sent it (at most once per `view_retry`).
+    helped_at: Option<Instant>,
+    /// Since when members of our view speak in a newer view we did not get.
+    newer_view_since: Option<Instant>,
+    /// When the running view change began here (for its duration).
+    change_began: Option<Instant>,
+    /// Newer incarnations of members' nodes: when each was first heard. The
+    /// old incarnation is dead if silent since; if it keeps speaking, two
+    /// brokers share a node id and the newer one is refused.
+    newer: BTreeMap<NodeId, (Origin, Instant)>,
+    /// Brokers refused for a duplicate node id (their frames are ignored).
+    refused: BTreeSet<Origin>,
+    /// When we last sent a refusal (at most once per heartbeat interval).
+    refuse_sent: Option<Instant>,
+    /// Set when this engine was refused: the reason, for the driver.
+    pub(crate) refused_reason: Option<String>,
+    /// Join attempts wait until this instant (backoff after exclusions).
+    join_not_before: Option<Instant>,
+    /// Current backoff between exclusions, and when the last one happened.
+    rejoin_backoff: Duration,
+    last_exclusion: Option<Instant>,
+    /// The coordinator of another view that wins a merge against ours,
+    /// and since when we know it.
+    merge_target: Option<(Origin, Instant)>,
+    /// When the failure tick last ran (a long gap means we were paused).
+    last_tick: Option<Instant>,
+    /// Join requests sent to the current target without admission.
+    join_attempts: u32,
+    /// Node ids of members that departed by failure (a later join of one
+    /// of them is a merge or a restart: a discontinuity here too).
+    failed_nodes: BTreeSet<NodeId>,
 }
 
 /// A multi-frame install being collected (see [`Install::into_parts`]).
@@ -128,7 +222,7 @@ impl Membership {
         self.leaving
     }
 
-    /// The view's coordinator: its first member not known to be dead.
+    /// The view's coordinator: its first member not known to be dead or suspected.
     pub(crate) fn coordinator(&self, view: &View) -> Option<Origin> {
         view.members
             .iter()
@@ -136,16 +230,20 @@ impl Membership {
             .copied()
     }
 
-    /// Notes a frame's sender. A newer incarnation of a member's node means
-    /// that member is dead; returns true if the sender itself is such a
-    /// superseded incarnation (its frames are stale).
-    pub(crate) fn note_sender(&mut self, view: &View, sender: Origin) -> bool {
+    /// Notes a frame's sender. A newer incarnation of a member's node is
+    /// remembered (see [`Engine::failure_tick`]: the member is dead if it
+    /// stays silent); returns true if the sender is a superseded or refused
+    /// incarnation (its frames are ignored).
+    pub(crate) fn note_sender(&mut self, view: &View, sender: Origin, now: Instant) -> bool {
+        if self.refused.contains(&sender) {
+            return true;
+        }
         let mut stale = false;
         for m in &view.members {
             if m.node == sender.node && m.incarnation != sender.incarnation {
                 if m.incarnation < sender.incarnation {
-                    if self.dead.insert(*m) {
-                        tracing::info!(old = %m, new = %sender, "member restarted; its old incarnation is dead");
+                    if !self.dead.contains(m) {
+                        self.newer.entry(m.node).or_insert((sender, now));
                     }
                 } else {
                     stale = true;
@@ -153,6 +251,42 @@ impl Membership {
             }
         }
         stale
+    }
+
+    /// Whether `members` (a view another member installed or proposes)
+    /// outweighs the rest of `view`: a strict majority of it, or exactly
+    /// half with its first member. A smaller group that leaves us out is
+    /// the one leaving (a stalled or cut-off broker), not us being excluded.
+    fn outweighs(view: &View, members: &[Origin]) -> bool {
+        let held = view.members.iter().filter(|m| members.contains(m)).count();
+        2 * held > view.members.len()
+            || (2 * held == view.members.len()
+                && view.members.first().is_some_and(|f| members.contains(f)))
+    }
+
+    /// Whether a view of `members` is primary, judged against the last
+    /// primary view. A member of that view counts if it is in `members`, or
+    /// if a new incarnation of its node is that joined naming that same
+    /// view as its last primary one (it merged back from a partition and
+    /// was in no primary view since; a restarted process names none).
+    fn quorum(&self, members: &[Origin], cluster_size: usize) -> bool {
+        let last = &self.last_primary;
+        if last.is_empty() {
+            // No primary view known yet: with the cluster's size configured,
+            // a majority of it (so a broker restarted while cut off from its
+            // group forms no second primary); unknown, the first view is.
+            return cluster_size == 0 || 2 * members.len() > cluster_size;
+        }
+        let present = |l: &Origin| {
+            members.contains(l)
+                || members.iter().any(|m| {
+                    m.node == l.node
+                        && self.last_primary_id.0 > 0
+                        && self.join_primary.get(m) == Some(&self.last_primary_id)
+                })
+        };
+        let held = last.iter().filter(|l| present(l)).count();
+        2 * held > last.len() || (2 * held == last.len() && present(&last[0]))
     }
 }
 
@@ -177,7 +311,23 @@ impl Engine {
                     self.form_singleton(now);
                 }
             }
-            Phase::Joining { target } => self.send_join(target),
+            Phase::Joining { target } => {
+                if self.membership.join_not_before.is_none_or(|t| now >= t) {
+                    self.membership.join_attempts += 1;
+                    // A target that never admits us (it left its view, or
+                    // cannot hear us): ask whichever coordinator we hear next.
+                    let patience = (self.config.acceptable_heartbeat_pause.as_millis()
+                        / self.config.view_retry.as_millis().max(1))
+                    .max(4) as u32;
+                    if target.is_some() && self.membership.join_attempts > patience {
+                        self.membership.join_attempts = 0;
+                        self.membership.phase = Phase::Joining { target: None };
+                        self.send_join(None);
+                    } else {
+                        self.send_join(target);
+                    }
+                }
+            }
             Phase::Member | Phase::Left => {
                 if self.membership.leaving && self.membership.change.is_none() && self.in_view {
                     self.send(Flags::default(), Body::Leave);
@@ -187,6 +337,7 @@ impl Engine {
                         None => Some(Body::Propose(Propose {
                             view: c.view,
                             members: c.members.clone(),
+                            dissolve: c.dissolve.is_some(),
                         })),
                         Some(i) => {
                             let i = i.clone();
@@ -198,13 +349,11 @@ impl Engine {
                         self.send(Flags::default(), body);
                     }
                 }
-                if let Some(f) = &self.membership.flush {
+                if self.membership.flush.is_some() {
                     // Keep the coordinator's view of our flush fresh.
-                    let ack = FlushAck {
-                        view: f.view,
-                        last_seq: f.last_seq,
-                    };
-                    self.send(Flags::default(), Body::FlushAck(ack));
+                    if let Some(ack) = self.flush_ack() {
+                        self.send(Flags::default(), Body::FlushAck(ack));
+                    }
                 }
             }
         }
@@ -216,6 +365,327 @@ impl Engine {
         };
         if waiting && !(m.has_left() && m.change.is_none()) {
             self.timers.set(Timer::Membership, retry);
+        }
+    }
+}
+
+impl Engine {
+    /// Our answer to a proposal: our last sequence number and what we hold
+    /// of every other origin. Delivery of each departing origin is frozen
+    /// at what we report, so the cut (the most any survivor reports) is at
+    /// or above everything any survivor delivered.
+    pub(crate) fn flush_ack(&mut self) -> Option<FlushAck> {
+        let f = self.membership.flush.as_ref()?;
+        let (view, last_seq) = (f.view, f.last_seq);
+        let departing: Vec<Origin> = f.departing.iter().copied().collect();
+        for d in departing {
+            if self.rel.cap(d).is_none() {
+                let held = self.rel.contiguous_of(d).unwrap_or_default();
+                self.rel.set_cap(d, held);
+            }
+        }
+        let held = self
+            .rel
+            .origins()
+            .into_iter()
+            .filter(|o| *o != self.me)
+            .map(|o| {
+                let c = self.rel.contiguous_of(o).unwrap_or_default();
+                (o, self.rel.cap(o).unwrap_or(c))
+            })
+            .collect();
+        Some(FlushAck {
+            view,
+            last_seq,
+            held,
+        })
+    }
+
+    /// Periodic failure handling (with each heartbeat): suspicion, reports
+    /// to the coordinator, restarts and duplicate node ids, and noticing
+    /// that the group moved on without us.
+    pub(crate) fn failure_tick(&mut self, now: Instant) {
+        // Ticks come every heartbeat interval: a much longer gap means this
+        // broker itself was paused (stalled process, suspended host), and
+        // the silence it saw is its own; judge the others afresh.
+        let paused = self.membership.last_tick.is_some_and(|t| {
+            now.saturating_duration_since(t) > self.config.acceptable_heartbeat_pause / 2
+        });
+        self.membership.last_tick = Some(now);
+        if paused {
+            tracing::warn!(
+                "this broker was paused; not suspecting anyone for the silence it caused"
+            );
+            self.detector.restart(now);
+            return;
+        }
+        if !self.in_view || self.membership.has_left() {
+            return;
+        }
+        let mut suspected = Vec::new();
+        for m in &self.view.members {
+            if *m != self.me && !self.membership.dead.contains(m) && self.detector.suspects(*m, now)
+            {
+                suspected.push(*m);
+            }
+        }
+        for m in &suspected {
+            self.membership.dead.insert(*m);
+            self.stats.suspicions += 1;
+            let silent = self
+                .detector
+                .last_heard(*m)
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            self.stats.last_failure_detection_ms = silent.as_millis() as u64;
+            self.membership.change_began.get_or_insert(now);
+            tracing::warn!(member = %m, silent_ms = silent.as_millis() as u64, phi = self.detector.phi(*m, now), "member suspected of failure");
+        }
+        // Newer incarnations: the old one is dead once silent for a
+        // heartbeat interval after the newer spoke; if it still speaks, the
+        // newer is a second broker with the same node id.
+        let grace = self.config.heartbeat_interval;
+        let newer: Vec<(NodeId, Origin, Instant)> = self
+            .membership
+            .newer
+            .iter()
+            .map(|(n, (o, t))| (*n, *o, *t))
+            .collect();
+        for (node, new, first) in newer {
+            let old = self.view.members.iter().find(|m| m.node == node).copied();
+            let Some(old) = old.filter(|o| o.incarnation < new.incarnation) else {
+                // The newer one is the member now (or the node left).
+                self.membership.newer.remove(&node);
+                continue;
+            };
+            let last = self.detector.last_heard(old);
+            if last.is_some_and(|t| t > first + grace) {
+                self.membership.newer.remove(&node);
+                self.refuse(new, old, now);
+            } else if now >= first + grace * 2 {
+                self.membership.newer.remove(&node);
+                if self.membership.dead.insert(old) {
+                    tracing::info!(old = %old, new = %new, "member restarted; its old incarnation is dead");
+                    suspected.push(old);
+                }
+            }
+        }
+        // Tell the coordinator whom we suspect (it may hear them; we do not).
+        let gone: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| self.membership.dead.contains(m))
+            .copied()
+            .collect();
+        if !gone.is_empty() && self.membership.coordinator(&self.view) != Some(self.me) {
+            self.send(
+                Flags::default(),
+                Body::Suspect(Suspect {
+                    view: self.view.id,
+                    members: gone,
+                }),
+            );
+        }
+        // Members of our view speak in a newer view and no install reached
+        // us for a while: we were left out.
+        if let Some(since) = self.membership.newer_view_since {
+            if now.saturating_duration_since(since) > self.config.acceptable_heartbeat_pause {
+                self.excluded(
+                    now,
+                    "the group installed a newer view without this broker".into(),
+                );
+                return;
+            }
+        }
+        if !suspected.is_empty() {
+            self.maybe_start_change(now);
+            self.coordinator_progress(now);
+        }
+    }
+
+    /// A member reports suspects: the coordinator acts on them. When they
+    /// include the coordinator itself, the first member after the suspects
+    /// takes over (it may hear the coordinator; the reporter does not).
+    pub(crate) fn on_suspect(&mut self, sender: Origin, s: Suspect, now: Instant) {
+        if !self.in_view
+            || s.view != self.view.id
+            || !self.view.members.contains(&sender)
+            || s.members.contains(&sender)
+        {
+            return;
+        }
+        let first = self
+            .view
+            .members
+            .iter()
+            .find(|m| !self.membership.dead.contains(m) && !s.members.contains(m))
+            .copied();
+        if first != Some(self.me) {
+            return;
+        }
+        let mut any = false;
+        for m in s.members {
+            if m != self.me && self.view.members.contains(&m) && self.membership.dead.insert(m) {
+                tracing::warn!(member = %m, by = %sender, "member reported suspected");
+                self.membership.change_began.get_or_insert(now);
+                any = true;
+            }
+        }
+        if any {
+            self.maybe_start_change(now);
+            self.coordinator_progress(now);
+        }
+    }
+
+    /// Refuses `new`, which claims the node id of the live `holder`.
+    pub(crate) fn refuse(&mut self, new: Origin, holder: Origin, now: Instant) {
+        if new.node != holder.node || new.incarnation <= holder.incarnation {
+            return;
+        }
+        if self.membership.refused.insert(new) {
+            self.stats.duplicate_node_refusals += 1;
+            tracing::error!(
+                refused = %new, %holder,
+                "a second live broker claims node id {}; refusing it (give every broker its own --node-id)",
+                new.node
+            );
+        }
+        self.membership.joins.remove(&new);
+        let due = self
+            .membership
+            .refuse_sent
+            .is_none_or(|t| now >= t + self.config.heartbeat_interval);
+        if due {
+            self.membership.refuse_sent = Some(now);
+            self.send(
+                Flags::default(),
+                Body::Refuse(Refuse {
+                    refused: new,
+                    holder,
+                }),
+            );
+        }
+    }
+
+    /// A frame from a newer incarnation of our own node id: if we are a
+    /// live member, it is a second broker configured with our id.
+    pub(crate) fn on_newer_self(&mut self, newer: Origin, now: Instant) {
+        if self.in_view && !self.membership.has_left() {
+            self.refuse(newer, self.me, now);
+        }
+    }
+
+    /// A refusal: if it names us, we are the duplicate and stop.
+    pub(crate) fn on_refuse(&mut self, r: Refuse) {
+        if r.refused.node != r.holder.node || r.refused.incarnation <= r.holder.incarnation {
+            // Only a newer incarnation can be refused in favour of a live older one.
+            return;
+        }
+        if r.refused != self.me {
+            self.membership.refused.insert(r.refused);
+            self.membership.joins.remove(&r.refused);
+            return;
+        }
+        if self.membership.refused_reason.is_some() {
+            return;
+        }
+        let reason = format!(
+            "node id {} is already used by the live broker {} in this cluster; give every broker its own --node-id",
+            self.me.node, r.holder
+        );
+        tracing::error!(holder = %r.holder, "{reason}");
+        self.membership.refused_reason = Some(reason);
+        self.membership.phase = Phase::Left;
+        self.membership.flush = None;
+        self.membership.change = None;
+        self.in_view = false;
+        self.timers.clear(Timer::Membership);
+    }
+
+    /// We learned we are not in the group's view any more: stop delivering
+    /// and rejoin as a new incarnation, backing off if it keeps happening.
+    pub(crate) fn excluded(&mut self, now: Instant, reason: String) {
+        tracing::warn!(view = %self.view.id, "{reason}; rejoining as a new incarnation");
+        self.stats.exclusions += 1;
+        let m = &mut self.membership;
+        let recent = m
+            .last_exclusion
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.max_rejoin_backoff * 3);
+        m.rejoin_backoff = if recent {
+            (m.rejoin_backoff * 2)
+                .max(self.config.view_retry * 10)
+                .min(self.config.max_rejoin_backoff)
+        } else {
+            Duration::ZERO
+        };
+        m.last_exclusion = Some(now);
+        m.join_not_before = Some(now + m.rejoin_backoff);
+        let wait = m.rejoin_backoff;
+        match m.merge_target {
+            // Our view ended to merge into another: join its coordinator.
+            Some((winner, _)) => self.rejoin_to(now, reason, Some(winner)),
+            None => self.rejoin(now, reason),
+        }
+        if !wait.is_zero() {
+            self.timers.set(Timer::Membership, now + wait);
+        }
+    }
+
+    /// A frame stamped with another view than ours from `sender`: help a
+    /// member still in the view before ours to the install it missed, and
+    /// notice when our own view's members moved on without us.
+    pub(crate) fn on_view_mismatch(
+        &mut self,
+        sender: Origin,
+        view: ViewId,
+        digest: Option<&ordo_wire::group::Digest>,
+        now: Instant,
+    ) {
+        if !self.in_view || view.0 == 0 {
+            return;
+        }
+        if view < self.view.id {
+            let known =
+                self.view.members.contains(&sender) || self.membership.departed.contains(&sender);
+            let due = self
+                .membership
+                .helped_at
+                .is_none_or(|t| now >= t + self.config.view_retry);
+            if known && due && self.membership.flush.is_none() {
+                if let Some(i) = self.membership.last_install.clone() {
+                    self.membership.helped_at = Some(now);
+                    self.send_install(i);
+                }
+            }
+        } else if self.view.members.contains(&sender) && self.membership.flush.is_none() {
+            // A member of ours speaks in a newer view: its digest names
+            // that view's members.
+            let Some(d) = digest else { return };
+            let theirs: Vec<Origin> = d.entries.iter().map(|e| e.origin).collect();
+            if theirs.contains(&self.me) || Membership::outweighs(&self.view, &theirs) {
+                // We missed its install, or were left out by most of the
+                // view: its install comes again when we speak, else we rejoin.
+                self.membership.newer_view_since.get_or_insert(now);
+            } else {
+                self.went_apart(&theirs, now);
+            }
+        }
+    }
+
+    /// Members of our view installed a view of their own without us and
+    /// without most of us (a stalled or cut-off minority): they left.
+    pub(crate) fn went_apart(&mut self, theirs: &[Origin], now: Instant) {
+        let mut any = false;
+        for m in theirs {
+            if self.view.members.contains(m) && *m != self.me && self.membership.dead.insert(*m) {
+                tracing::warn!(member = %m, "member went on in a view of its own; removing it");
+                self.membership.change_began.get_or_insert(now);
+                any = true;
+            }
+        }
+        if any {
+            self.maybe_start_change(now);
+            self.coordinator_progress(now);
         }
     }
 }

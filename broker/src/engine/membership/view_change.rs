@@ -10,7 +10,7 @@ use std::time::Instant;
 use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose};
 use ordo_wire::{Origin, Seq, ViewId};
 
-use super::{Change, Flush, Phase};
+use super::{Change, Flush, Membership, Phase};
 use crate::engine::timer::Timer;
 use crate::engine::{Engine, Event, View};
 
@@ -25,13 +25,18 @@ impl Engine {
         }
         let m = &mut self.membership;
         m.joins.retain(|j, _| !self.view.members.contains(j));
-        for j in m.joins.keys() {
-            for old in &self.view.members {
-                if old.node == j.node && old.incarnation < j.incarnation {
-                    m.dead.insert(*old);
-                }
-            }
-        }
+        // A newer incarnation waits until its old one is known dead (it
+        // fell silent) or refused (it still speaks: a duplicate node id),
+        // and then until a view without the old one is installed: the
+        // crash view settles the old stream among the survivors alone.
+        let live_nodes: Vec<_> = self.view.members.iter().map(|o| o.node).collect();
+        let waiting: BTreeMap<Origin, Seq> = m
+            .joins
+            .iter()
+            .filter(|(j, _)| live_nodes.contains(&j.node))
+            .map(|(j, s)| (*j, *s))
+            .collect();
+        m.joins.retain(|j, _| !waiting.contains_key(j));
         let dead: Vec<Origin> = self
             .view
             .members
@@ -47,9 +52,10 @@ impl Engine {
             .copied()
             .collect();
         if m.joins.is_empty() && dead.is_empty() && leaving.is_empty() {
+            m.joins.extend(waiting);
             return;
         }
-        let joins = std::mem::take(&mut m.joins);
+        let joins = std::mem::replace(&mut m.joins, waiting);
         let mut members: Vec<Origin> = self
             .view
             .members
@@ -70,10 +76,23 @@ impl Engine {
             return;
         };
         tracing::info!(%view, ?members, "proposing a view");
+        self.membership.change_began.get_or_insert(now);
         let mut acks = BTreeMap::new();
         let last_seq = self.rel.last_seq();
         acks.insert(self.me, last_seq);
-        self.membership.flush = Some(Flush { view, last_seq });
+        let flush = self.membership.flush.get_or_insert(Flush {
+            view,
+            last_seq,
+            departing: BTreeSet::new(),
+        });
+        flush.view = view;
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| !members.contains(o)));
+        let held = self
+            .flush_ack()
+            .map(|a| a.held.into_iter().collect())
+            .unwrap_or_default();
         self.membership.change = Some(Change {
             view,
             members: members.clone(),
@@ -81,10 +100,90 @@ impl Engine {
             dead,
             joins,
             acks,
+            held,
             install: None,
+            dissolve: None,
+            installed_at: None,
             installed: BTreeSet::new(),
         });
-        self.send(Flags::default(), Body::Propose(Propose { view, members }));
+        self.send(
+            Flags::default(),
+            Body::Propose(Propose {
+                view,
+                members,
+                dissolve: false,
+            }),
+        );
+        self.timers
+            .set(Timer::Membership, now + self.config.view_retry);
+        self.coordinator_progress(now);
+    }
+
+    /// Ends our view because it lost a merge to the view `winner`
+    /// coordinates: a flush of every member, then a view of us alone; the
+    /// others find themselves left out and rejoin, and so do we.
+    pub(crate) fn start_dissolve(&mut self, winner: Origin, now: Instant) {
+        if !self.in_view
+            || self.membership.change.is_some()
+            || self.membership.coordinator(&self.view) != Some(self.me)
+        {
+            return;
+        }
+        let Some(view) = self.view.id.checked_next() else {
+            return;
+        };
+        tracing::warn!(%view, %winner, "our view loses a merge: ending it with a flush before rejoining the winner");
+        self.membership.change_began.get_or_insert(now);
+        let old: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| !self.membership.dead.contains(o))
+            .copied()
+            .collect();
+        let dead: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|o| self.membership.dead.contains(o))
+            .copied()
+            .collect();
+        let members = vec![self.me];
+        let last_seq = self.rel.last_seq();
+        let flush = self.membership.flush.get_or_insert(Flush {
+            view,
+            last_seq,
+            departing: BTreeSet::new(),
+        });
+        flush.view = view;
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| **o != self.me));
+        let held = self
+            .flush_ack()
+            .map(|a| a.held.into_iter().collect())
+            .unwrap_or_default();
+        self.membership.change = Some(Change {
+            view,
+            members: members.clone(),
+            old,
+            dead,
+            joins: BTreeMap::new(),
+            acks: BTreeMap::from([(self.me, last_seq)]),
+            held,
+            install: None,
+            dissolve: Some(winner),
+            installed_at: None,
+            installed: BTreeSet::new(),
+        });
+        self.send(
+            Flags::default(),
+            Body::Propose(Propose {
+                view,
+                members,
+                dissolve: true,
+            }),
+        );
         self.timers
             .set(Timer::Membership, now + self.config.view_retry);
         self.coordinator_progress(now);
@@ -105,16 +204,29 @@ impl Engine {
         {
             return;
         }
+        // Left out too (suspected, or our view dissolves into another in a
+        // merge): we flush all the same; the install tells us the rest. But
+        // a proposal by a few that leaves most of us out is theirs to leave.
+        if !p.members.contains(&self.me)
+            && !p.dissolve
+            && !self.membership.leaving
+            && !Membership::outweighs(&self.view, &p.members)
+        {
+            return;
+        }
         let last_seq = self.rel.last_seq();
+        self.membership.change_began.get_or_insert(now);
         let flush = self.membership.flush.get_or_insert(Flush {
             view: p.view,
             last_seq,
+            departing: BTreeSet::new(),
         });
-        let ack = FlushAck {
-            view: flush.view,
-            last_seq: flush.last_seq,
-        };
-        self.send(Flags::default(), Body::FlushAck(ack));
+        flush
+            .departing
+            .extend(self.view.members.iter().filter(|o| !p.members.contains(o)));
+        if let Some(ack) = self.flush_ack() {
+            self.send(Flags::default(), Body::FlushAck(ack));
+        }
         // Make our digest current at the coordinator; repeat the ack until the install.
         self.schedule_ack(now);
         self.timers
@@ -125,6 +237,10 @@ impl Engine {
         if let Some(c) = &mut self.membership.change {
             if c.view == f.view && c.old.contains(&sender) {
                 c.acks.insert(sender, f.last_seq);
+                for (o, s) in f.held {
+                    let e = c.held.entry(o).or_default();
+                    *e = (*e).max(s);
+                }
             }
         }
         self.coordinator_progress(now);
@@ -139,17 +255,25 @@ impl Engine {
         if let Some(install) = &c.install {
             // New members and leavers alike must have it: a leaver that
             // missed it would never learn that its leave completed.
-            let done = c
-                .members
-                .iter()
-                .chain(&c.old)
-                .all(|m| *m == self.me || c.installed.contains(m));
+            // Not forever: a member that crashed right after the install
+            // would block every later change. One that only missed it is
+            // sent it again when it speaks in the old view (`on_view_mismatch`).
+            let waited = c
+                .installed_at
+                .is_some_and(|t| now >= t + self.config.acceptable_heartbeat_pause);
+            let done = waited
+                || c.members.iter().chain(&c.old).all(|m| {
+                    *m == self.me || c.installed.contains(m) || self.membership.dead.contains(m)
+                });
             if done {
                 let left_ourselves = !install.members.contains(&self.me);
+                let dissolve = c.dissolve;
                 self.membership.change = None;
                 if left_ourselves {
                     self.membership.phase = Phase::Left;
                     self.timers.clear(Timer::Membership);
+                } else if let Some(winner) = dissolve {
+                    self.merge_into(winner, now);
                 } else {
                     self.maybe_start_change(now);
                 }
@@ -171,22 +295,18 @@ impl Engine {
             return;
         }
         // The cut: each old member's last message; a dead member's stream
-        // ends at the longest prefix any survivor has.
+        // ends at the longest prefix any survivor reported holding (each
+        // froze its delivery there, so nobody delivered beyond it).
         let mut cut: BTreeMap<Origin, Seq> = c.acks.clone();
         for d in &c.dead {
-            let best = c
-                .old
-                .iter()
-                .filter_map(|m| self.rel.peer_has(*m, *d))
-                .max()
-                .unwrap_or_default();
-            cut.insert(*d, best);
+            cut.insert(*d, c.held.get(d).copied().unwrap_or_default());
         }
+        let skip = self.config.bugs().skip_failure_flush && !c.dead.is_empty();
         let complete = c.old.iter().all(|m| {
             cut.iter()
                 .all(|(o, s)| self.rel.peer_has(*m, *o).is_some_and(|h| h >= *s))
         });
-        if !complete {
+        if !complete && !skip {
             return;
         }
         // The cut of every old stream (leavers' and the dead's too, so their
@@ -195,20 +315,31 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
+        let primary = self.membership.quorum(&members, self.config.cluster_size);
+        // Joiners that lived in this cluster in their process before and
+        // departed from us by failure: a healed partition (or a falsely
+        // suspected broker), whose publishes while apart we never got.
+        let merge = c.joins.keys().any(|j| {
+            self.membership.join_primary.get(j).is_some_and(|p| p.0 > 0)
+                && self.membership.failed_nodes.contains(&j.node)
+        });
         // Settle the old view here first, so the state a joiner receives
         // (topics, gseq) is the state after every old-view message.
         let map: BTreeMap<Origin, Seq> = digest.iter().copied().collect();
-        self.settle_view(&members, &map);
+        self.settle_view(&members, &map, primary);
         let install = Install {
             view,
             part: 0,
             parts: 1,
+            primary,
+            merge,
             members,
             digest,
             state: self.delivery.state(),
         };
         if let Some(c) = &mut self.membership.change {
             c.install = Some(install.clone());
+            c.installed_at = Some(now);
         }
         self.send_install(install.clone());
         self.apply_install(install, now);
@@ -299,12 +430,65 @@ impl Engine {
                 .flush
                 .as_ref()
                 .is_some_and(|f| f.view == i.view);
-        if next || (joining && for_us) {
+        if (next && (for_us || self.membership.leaving)) || (joining && for_us) {
             self.send(Flags::default(), Body::InstallAck(i.view));
             self.apply_install(i, now);
         } else if !self.in_view && !for_us && self.membership.leaving {
             self.send(Flags::default(), Body::InstallAck(i.view));
+        } else if self.in_view
+            && !self.membership.leaving
+            && self.view.members.contains(&sender)
+            && i.members.contains(&sender)
+            && !for_us
+            && !next
+            && !Membership::outweighs(&self.view, &i.members)
+        {
+            // A few of us went on alone (stalled, cut off): they left.
+            self.went_apart(&i.members, now);
+        } else if self.in_view
+            && !self.membership.leaving
+            && self.view.members.contains(&sender)
+            && i.members.contains(&sender)
+        {
+            // A newer view from a member of ours that we cannot apply: it
+            // leaves us out (we were suspected), or we missed a view.
+            let reason = if for_us {
+                format!("missed view {} of the group", i.view)
+            } else if self.membership.merge_target.is_some() {
+                format!(
+                    "view {} ended to merge into another view after a partition",
+                    self.view.id
+                )
+            } else {
+                format!("left out of view {} (suspected of failure)", i.view)
+            };
+            let digest: BTreeMap<Origin, Seq> = i.digest.iter().copied().collect();
+            if next && self.agreed_cut(&digest) {
+                // Our view ended with a flush we were part of (a merge
+                // dissolving it): the old view ends here as everywhere.
+                self.settle_view(&i.members, &digest, i.primary);
+            }
+            self.excluded(now, reason);
         }
+    }
+
+    /// Whether the cut `digest` covers exactly what our layers hold: all
+    /// our stream and no more of any other than the cut. Only then may a
+    /// member the view leaves out resolve what it holds like the others; a
+    /// suspected member whose flush was not counted holds more (its own
+    /// later messages, others' beyond the cut) and would order them apart.
+    fn agreed_cut(&self, digest: &BTreeMap<Origin, Seq>) -> bool {
+        if digest.get(&self.me) != Some(&self.rel.last_seq()) {
+            return false;
+        }
+        // We hold all of every stream up to its cut, and handed nothing
+        // beyond it to the ordering layers (our delivery froze at or below it).
+        digest.iter().all(|(o, cut)| {
+            *o == self.me || {
+                let held = self.rel.contiguous_of(*o).unwrap_or_default();
+                held >= *cut && self.rel.cap(*o).unwrap_or(held) <= *cut
+            }
+        }) && self.rel.origins().iter().all(|o| digest.contains_key(o))
     }
 
     pub(crate) fn on_install_ack(&mut self, sender: Origin, view: ViewId, now: Instant) {
@@ -324,7 +508,7 @@ impl Engine {
             self.delivery
                 .load_state(&i.state, &mut self.topics, &mut self.events);
         } else {
-            self.settle_view(&i.members, &digest);
+            self.settle_view(&i.members, &digest, i.primary);
         }
         if !i.members.contains(&self.me) {
             self.in_view = false;
@@ -336,23 +520,50 @@ impl Engine {
             tracing::info!(view = %i.view, "left the group");
             return;
         }
-        self.install_view(i.view, i.members, &digest, now);
+        let members = i.members.clone();
+        let (view, primary, merge) = (i.view, i.primary, i.merge);
+        self.membership.last_install = Some(i);
+        self.install_view(view, members, &digest, primary, merge, now);
     }
 
     /// Ends the old view: the flush proved every member holds everything
-    /// up to the cut, so deliver what waited for that (safe messages), then
-    /// let the ordering layers resolve what they hold, the same way on every
+    /// up to the cut, so deliver what waited for that (safe messages) and
+    /// departed members' streams exactly up to their cut, then let the
+    /// ordering layers resolve what they hold, the same way on every
     /// member, so nothing pending crosses into the new view.
-    pub(crate) fn settle_view(&mut self, members: &[Origin], digest: &BTreeMap<Origin, Seq>) {
+    pub(crate) fn settle_view(
+        &mut self,
+        members: &[Origin],
+        digest: &BTreeMap<Origin, Seq>,
+        primary: bool,
+    ) {
+        let bug = self.config.bugs().departed_on_one_survivor && members.get(1) == Some(&self.me);
         for (&origin, &cut) in digest {
+            if !members.contains(&origin) && origin != self.me {
+                self.rel.set_cap(origin, cut);
+            }
             self.deliver_waiting(origin, cut);
+            if bug && !members.contains(&origin) {
+                // Planted bug: this survivor delivers what it holds beyond the cut.
+                let (delivery, topics, events, stats) = (
+                    &mut self.delivery,
+                    &mut self.topics,
+                    &mut self.events,
+                    &mut self.stats,
+                );
+                self.rel.deliver_everything_held(origin, |m| {
+                    crate::engine::deliver_remote(delivery, topics, events, stats, origin, m);
+                });
+            }
         }
         self.deliver_local(true);
+        self.apply_own_control(true);
         let sequencer = members.first().map(|m| m.node);
         let n = self.delivery.install(
             self.me,
             members,
             sequencer,
+            primary,
             digest,
             &mut self.topics,
             &mut self.events,
@@ -366,16 +577,99 @@ impl Engine {
         id: ViewId,
         members: Vec<Origin>,
         digest: &BTreeMap<Origin, Seq>,
+        primary: bool,
+        merge: bool,
         now: Instant,
     ) {
-        for gone in self.rel.install(&members, digest) {
-            self.delivery.forget(gone);
-        }
-        self.membership.note_departed(&self.view.members, &members);
-        let coordinator = members.first().copied().unwrap_or(self.me);
         // Idempotent after `settle_view`; here for the first view of a
         // singleton or a joiner, which had nothing to settle.
-        self.settle_view(&members, digest);
+        self.settle_view(&members, digest, primary);
+        for gone in self.rel.install(&members, digest) {
+            self.delivery.forget(gone);
+            if self.departed_cuts.len() >= super::MAX_DEPARTED {
+                self.departed_cuts.clear();
+            }
+            if let Some(cut) = digest.get(&gone) {
+                self.departed_cuts.insert(gone, *cut);
+            }
+        }
+        self.rel.clear_caps();
+        let old = std::mem::take(&mut self.view.members);
+        let m = &mut self.membership;
+        // Why the view changed, for the metrics.
+        let departed: Vec<Origin> = old
+            .iter()
+            .filter(|o| !members.contains(o))
+            .copied()
+            .collect();
+        let failed: Vec<Origin> = departed
+            .iter()
+            .filter(|o| m.dead.contains(o))
+            .copied()
+            .collect();
+        let joined: Vec<Origin> = if old.is_empty() {
+            Vec::new()
+        } else {
+            members
+                .iter()
+                .filter(|o| !old.contains(o))
+                .copied()
+                .collect()
+        };
+        if !failed.is_empty() {
+            self.stats.view_changes_crash += 1;
+        } else if !departed.is_empty() {
+            self.stats.view_changes_leave += 1;
+        } else if merge {
+            self.stats.view_changes_merge += 1;
+        } else {
+            self.stats.view_changes_join += 1;
+        }
+        if m.failed_nodes.len() >= super::MAX_DEPARTED {
+            m.failed_nodes.clear();
+        }
+        m.failed_nodes.extend(failed.iter().map(|o| o.node));
+        for j in &joined {
+            m.failed_nodes.remove(&j.node);
+        }
+        if merge && !old.is_empty() && m.discontinuity.is_none() {
+            // Brokers cut off from us come back: what they published while
+            // apart was not delivered here (and the reverse).
+            m.discontinuity = Some((
+                self.view.id,
+                format!(
+                    "merged with {} broker(s) that were cut off from this view by a partition",
+                    joined.len()
+                ),
+            ));
+        }
+        m.note_departed(&old, &members);
+        if primary {
+            m.last_primary = members.clone();
+            m.last_primary_id = id;
+        }
+        m.join_primary.retain(|j, _| !members.contains(j));
+        if let Some(t) = m.change_began.take() {
+            self.stats.last_view_change_ms = now.saturating_duration_since(t).as_millis() as u64;
+        }
+        m.newer_view_since = None;
+        m.merge_target = None;
+        m.join_attempts = 0;
+        m.newer.retain(|node, (new, _)| {
+            members
+                .iter()
+                .any(|x| x.node == *node && x.incarnation < new.incarnation)
+        });
+        if let Some(c) = &m.change {
+            if c.view <= id && c.install.is_none() {
+                // Another member's install overtook the change we ran.
+                let joins = c.joins.clone();
+                m.change = None;
+                m.joins.extend(joins);
+            }
+        }
+        let coordinator = members.first().copied().unwrap_or(self.me);
+        self.detector.watch(&members, now);
         self.view = View {
             id,
             coordinator: coordinator.node,
@@ -383,17 +677,24 @@ impl Engine {
             // installed view, so it moves only with a view change, whose
             // flush hands its order over with no gap and no duplicate.
             sequencer: Some(coordinator.node),
+            primary,
             members,
         };
+        self.stats.primary = u64::from(primary);
         self.in_view = true;
         self.membership.phase = Phase::Member;
         self.membership.flush = None;
+        self.membership.join_not_before = None;
         self.membership.outranked_by.clear();
         let members = &self.view.members;
         self.membership.dead.retain(|d| members.contains(d));
         self.membership.leaves.retain(|l| members.contains(l));
         self.stats.view_changes += 1;
-        tracing::info!(view = %id, members = ?self.view.members, "view installed");
+        if primary {
+            tracing::info!(view = %id, members = ?self.view.members, "view installed");
+        } else {
+            tracing::warn!(view = %id, members = ?self.view.members, "view installed without a quorum of the last primary view: total-order topics are unavailable here until the partition heals");
+        }
         self.events
             .push_back(Event::ViewInstalled(self.view.clone()));
         if let Some((from, reason)) = self.membership.discontinuity.take() {

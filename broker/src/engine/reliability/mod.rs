@@ -79,6 +79,9 @@ pub(crate) struct Reliability {
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
     repairs: RepairQueue,
     pacer: NakPacer,
+    /// Per departing origin, the most a view change lets us deliver: what
+    /// we reported in our flush, then the agreed cut (see `membership`).
+    caps: BTreeMap<Origin, Seq>,
 }
 
 impl Reliability {
@@ -100,6 +103,52 @@ impl Reliability {
             sent: last_seq,
             confirms: BTreeMap::new(),
             repairs: RepairQueue::default(),
+            caps: BTreeMap::new(),
+        }
+    }
+
+    // ----- flush caps -----
+
+    /// Delivers nothing of `origin` beyond `upto` (lowering is allowed:
+    /// the agreed cut may be below what we hold, never below what we delivered).
+    pub(crate) fn set_cap(&mut self, origin: Origin, upto: Seq) {
+        self.caps.insert(origin, upto);
+    }
+
+    /// The cap on `origin`'s deliveries, if any.
+    pub(crate) fn cap(&self, origin: Origin) -> Option<Seq> {
+        self.caps.get(&origin).copied()
+    }
+
+    /// Lifts every cap (the view change they belonged to is over).
+    pub(crate) fn clear_caps(&mut self) {
+        self.caps.clear();
+    }
+
+    /// What we hold contiguously of `origin`.
+    pub(crate) fn contiguous_of(&self, origin: Origin) -> Option<Seq> {
+        self.logs.get(&origin).map(|l| l.contiguous)
+    }
+
+    /// Every origin we keep a stream of, ourselves included.
+    pub(crate) fn origins(&self) -> Vec<Origin> {
+        self.logs.keys().copied().collect()
+    }
+
+    /// Planted bug (`departed_on_one_survivor`): hands every message held
+    /// of `origin` beyond what was delivered to `deliver`, gaps and cut ignored.
+    pub(crate) fn deliver_everything_held(
+        &mut self,
+        origin: Origin,
+        mut deliver: impl FnMut(DataMsg),
+    ) {
+        let Some(log) = self.logs.get_mut(&origin) else {
+            return;
+        };
+        let from = log.delivered.next();
+        for (s, h) in log.msgs.range(from..) {
+            deliver(h.msg.clone());
+            log.delivered = *s;
         }
     }
 
@@ -378,10 +427,12 @@ impl Reliability {
             return;
         }
         let stable = self.stable_point(origin).max(flushed);
+        let cap = self.caps.get(&origin).copied();
         let Some(log) = self.logs.get_mut(&origin) else {
             return;
         };
-        while log.delivered < log.contiguous {
+        let upto = cap.map_or(log.contiguous, |c| c.min(log.contiguous));
+        while log.delivered < upto {
             let next = log.delivered.next();
             let Some(h) = log.msgs.get(&next) else {
                 break;
@@ -398,7 +449,11 @@ impl Reliability {
     pub(crate) fn waiting_origins(&self) -> Vec<Origin> {
         self.logs
             .iter()
-            .filter(|(o, l)| **o != self.me && l.delivered < l.contiguous)
+            .filter(|(o, l)| {
+                **o != self.me
+                    && l.delivered < l.contiguous
+                    && self.caps.get(o).is_none_or(|c| l.delivered < *c)
+            })
             .map(|(o, _)| *o)
             .collect()
     }

@@ -116,6 +116,16 @@ impl Reliability {
         done
     }
 
+    /// The most of our stream any other member says it holds.
+    pub(crate) fn held_by_a_peer(&self) -> Seq {
+        let me = self.me;
+        self.peers
+            .values()
+            .filter_map(|p| p.get(&me).copied())
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Confirms everything waiting (alone in the view).
     pub(crate) fn confirm_all(&mut self) -> Vec<ConfirmToken> {
         std::mem::take(&mut self.confirms)
