@@ -8,10 +8,13 @@
 #   bench/goals.sh big              # 8 KiB payloads vs peers/udp-limit (needs PEERS)
 #   bench/goals.sh scale 3 8 16 32  # 1 publisher + 3 subscribers on the first 3 of N brokers
 #   bench/goals.sh slow             # a publisher outruns a slow subscriber for SLOW_SECS; peak RSS
+#   BIN_A=dir BIN_B=dir bench/goals.sh ab   # A/B of two ordo-broker builds, alternating runs
 #
 # Environment: RUNS (3), SECS (5), OUT (target/bench-results/goals-<time>),
 # SKIP_BUILD=1, BROKER_ARGS (extra flags for every broker), PEERS/PEERS_OUT
-# (as compare.sh), LOSS (10), SLOW_SECS (60).
+# (as compare.sh), LOSS (10), SLOW_SECS (60); for ab: BIN_A, BIN_B (folders
+# holding an ordo-broker; the bench is $BIN/ordo for both), SIZE (128),
+# AB_ARGS (extra bench flags).
 #
 # Brokers listen on loopback only, on a multicast group of their own (TTL 0),
 # and are stopped by PID on exit. The machine's load average is printed with
@@ -58,7 +61,7 @@ start_cluster() {
   for i in $(seq "$n"); do
     port=$(free_port tcp); mport=$(free_port tcp)
     # shellcheck disable=SC2086
-    "$BIN/ordo-broker" --node-id "$i" --cluster "$cluster" --group "$group" \
+    "${BROKER_BIN:-$BIN}/ordo-broker" --node-id "$i" --cluster "$cluster" --group "$group" \
       --listen "127.0.0.1:$port" --metrics "127.0.0.1:$mport" ${BROKER_ARGS:-} "$@" \
       > "$OUT/$name-broker$i.log" 2>&1 &
     PIDS+=($!); CPIDS+=($!)
@@ -221,12 +224,43 @@ for _ in sys.stdin:
   stop_all
 }
 
+# cpu_med FILES... -> median broker CPU µs per message
+cpu_med() {
+  python3 - "$@" <<'EOF2'
+import json, os, sys
+hz = os.sysconf("SC_CLK_TCK")
+v = sorted(int(open(f + ".cpu").read()) / hz / max(json.load(open(f))["msgs"], 1) * 1e6 for f in sys.argv[1:])
+print(v[len(v) // 2])
+EOF2
+}
+
+do_ab() {
+  local size=${SIZE:-128} i
+  : "${BIN_A:?set BIN_A to the folder of the A ordo-broker}" "${BIN_B:?set BIN_B}"
+  BROKER_BIN=$BIN_A start_cluster abA 3; local sa; sa=$(IFS=,; echo "${SERVERS[*]}"); local ca=("${CPIDS[@]}")
+  BROKER_BIN=$BIN_B start_cluster abB 3; local sb; sb=$(IFS=,; echo "${SERVERS[*]}"); local cb=("${CPIDS[@]}")
+  say "# A/B: A=$BIN_A B=$BIN_B; 3 brokers each, 1 pub + 3 subs, $size B, ${SECS}s x $RUNS alternating (order swapped every run); load $(load)"
+  for i in $(seq "$RUNS"); do
+    local order=(A B); [ $((i % 2)) = 0 ] && order=(B A)
+    local x
+    for x in "${order[@]}"; do
+      if [ "$x" = A ]; then CPIDS=("${ca[@]}"); bench "$OUT/abA-$i.json" "$sa" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-}
+      else CPIDS=("${cb[@]}"); bench "$OUT/abB-$i.json" "$sb" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-}; fi
+    done
+  done
+  say "A per-sub msg/s: $(summary sub_rate_mean "$OUT"/abA-*.json)"
+  say "B per-sub msg/s: $(summary sub_rate_mean "$OUT"/abB-*.json)"
+  say "RATIO B/A: per-sub msg/s $(python3 -c "print(f'{$(med_of sub_rate_mean "$OUT"/abB-*.json)/$(med_of sub_rate_mean "$OUT"/abA-*.json):.3f}')"), broker CPU per msg $(python3 -c "print(f'{$(cpu_med "$OUT"/abB-*.json)/$(cpu_med "$OUT"/abA-*.json):.3f}')"); load $(load)"
+  stop_all
+}
+
 cmd=${1:-}; shift || true
 case "$cmd" in
   loss) do_loss ;;
   big) do_big ;;
   scale) [ $# -gt 0 ] || set -- 3 8 16; do_scale "$@" ;;
   slow) do_slow ;;
-  *) echo "usage: $0 loss|big|scale N...|slow" >&2; exit 2 ;;
+  ab) do_ab ;;
+  *) echo "usage: $0 loss|big|scale N...|slow|ab" >&2; exit 2 ;;
 esac
 say "# results in $OUT"

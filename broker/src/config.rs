@@ -109,7 +109,9 @@ pub struct Args {
     /// Bound on the multicast retransmit buffer [default: 64MiB].
     #[arg(long, env = "ORDO_RETRANSMIT_BUFFER_BYTES", value_name = "BYTES")]
     pub retransmit_buffer_bytes: Option<ByteSize>,
-    /// Largest datagram sent to the group, headers included [default: 8192].
+    /// Largest datagram sent to the group, headers included [default: the
+    /// --iface interface's MTU less 28 bytes of IP/UDP headers, at most 65000:
+    /// 1472 on Ethernet, 65000 on loopback; 1472 when the MTU cannot be read].
     #[arg(long, env = "ORDO_MAX_DATAGRAM", value_name = "BYTES")]
     pub max_datagram: Option<ByteSize>,
     /// Requested SO_RCVBUF of the group socket [default: 4MiB].
@@ -230,6 +232,8 @@ pub struct Config {
     pub auth_token: Option<String>,
     pub retransmit_buffer_bytes: usize,
     pub max_datagram: usize,
+    /// Where `max_datagram` came from ("configured", or the MTU it follows), for the log.
+    pub max_datagram_source: String,
     pub recv_buffer: usize,
     pub send_buffer: usize,
     pub shutdown_timeout: Duration,
@@ -467,10 +471,24 @@ impl Config {
                 "use at least 64KiB",
             ));
         }
-        let max_datagram = args
-            .max_datagram
-            .or(file.max_datagram)
-            .unwrap_or(ByteSize(8192));
+        // Unset: as large as the interface carries without IP fragmentation
+        // (a fragment lost loses the whole datagram; reassembly costs CPU).
+        let (max_datagram, max_datagram_source) = match args.max_datagram.or(file.max_datagram) {
+            Some(v) => (v, "configured".to_string()),
+            None => match crate::shell::transport::interface_mtu(iface, *group.ip()) {
+                Ok((name, mtu)) => (
+                    ByteSize(crate::shell::transport::datagram_for_mtu(mtu) as u64),
+                    format!("MTU {mtu} of {name}"),
+                ),
+                Err(e) => {
+                    let mtu = crate::shell::transport::FALLBACK_MTU;
+                    (
+                        ByteSize(crate::shell::transport::datagram_for_mtu(mtu) as u64),
+                        format!("MTU of {iface} unknown ({e}): assumed {mtu}"),
+                    )
+                }
+            },
+        };
         if !(512..=65_507).contains(&max_datagram.0) {
             return Err(invalid(
                 "--max-datagram",
@@ -583,6 +601,7 @@ impl Config {
             retransmit_buffer_bytes: usize::try_from(retransmit_buffer_bytes.0)
                 .unwrap_or(usize::MAX),
             max_datagram: usize::try_from(max_datagram.0).unwrap_or(usize::MAX),
+            max_datagram_source,
             recv_buffer: usize::try_from(recv_buffer.0).unwrap_or(usize::MAX),
             send_buffer: usize::try_from(send_buffer.0).unwrap_or(usize::MAX),
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
@@ -743,6 +762,26 @@ mod tests {
         assert_eq!(c.default_ordering, Ordering::Fifo);
         assert_eq!(c.client_queue_bytes, 64 * 1024 * 1024);
         assert!(c.auth_token.is_none());
+    }
+
+    #[test]
+    fn datagram_size_defaults_to_the_interface_mtu() {
+        let c = Config::resolve(args(&[]), FileConfig::default()).unwrap();
+        let (_, mtu) = crate::shell::transport::interface_mtu(c.iface, *c.group.ip()).unwrap();
+        assert_eq!(
+            c.max_datagram,
+            crate::shell::transport::datagram_for_mtu(mtu),
+            "{}",
+            c.max_datagram_source
+        );
+        assert!(
+            c.max_datagram_source.starts_with("MTU "),
+            "{}",
+            c.max_datagram_source
+        );
+        let c = Config::resolve(args(&["--max-datagram", "1400"]), FileConfig::default()).unwrap();
+        assert_eq!(c.max_datagram, 1400, "an explicit size wins");
+        assert_eq!(c.max_datagram_source, "configured");
     }
 
     #[test]

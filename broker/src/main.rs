@@ -119,6 +119,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut engine_config = EngineConfig::new(config.node_id, incarnation, config.cluster.clone());
     engine_config.seed = rand::random();
     engine_config.max_datagram = config.max_datagram;
+    tracing::info!(
+        max_datagram = config.max_datagram,
+        source = %config.max_datagram_source,
+        "group datagram size"
+    );
     engine_config.retransmit_buffer_bytes = config.retransmit_buffer_bytes;
     engine_config.max_message = config.max_payload as usize;
     engine_config.heartbeat_interval = config.heartbeat_interval;

@@ -587,6 +587,49 @@ impl Metrics {
     }
 }
 
+/// Delivery counts and latencies gathered by the driver without atomics
+/// (prometheus' local metrics) and merged into the shared ones by
+/// [`DeliveryRecorder::flush`], once per driver pass instead of per message.
+#[derive(Debug)]
+pub struct DeliveryRecorder {
+    by_ordering: [(
+        prometheus::local::LocalIntCounter,
+        prometheus::local::LocalHistogram,
+    ); 4],
+}
+
+impl DeliveryRecorder {
+    /// As [`Metrics::observe_delivery`], visible after the next [`flush`](Self::flush).
+    pub fn observe(&mut self, ordering: Ordering, latency: Duration) {
+        let i = usize::from(ordering.code()) % self.by_ordering.len();
+        let (delivered, hist) = &self.by_ordering[i];
+        delivered.inc();
+        hist.observe(latency.as_secs_f64());
+    }
+
+    /// Adds what was observed since the last flush to the shared metrics.
+    pub fn flush(&mut self) {
+        for (delivered, hist) in &self.by_ordering {
+            delivered.flush();
+            hist.flush();
+        }
+    }
+}
+
+impl Metrics {
+    /// A recorder of deliveries for one thread (the driver's).
+    pub fn delivery_recorder(&self) -> DeliveryRecorder {
+        DeliveryRecorder {
+            by_ordering: std::array::from_fn(|i| {
+                (
+                    self.by_ordering[i].delivered.local(),
+                    self.by_ordering[i].latency.local(),
+                )
+            }),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -860,6 +903,45 @@ mod tests {
         assert_eq!(
             sample(&b.render(), "ordo_slow_consumer_disconnects_total"),
             0.0
+        );
+    }
+
+    #[test]
+    fn delivery_recorder_shows_after_flush() {
+        let m = Metrics::new();
+        let mut r = m.delivery_recorder();
+        r.observe(Ordering::TotalSeq, Duration::from_millis(3));
+        r.observe(Ordering::TotalSeq, Duration::from_millis(3));
+        let before = m.render();
+        assert_eq!(
+            sample(
+                &before,
+                r#"ordo_delivery_latency_seconds_count{ordering="total-seq"}"#
+            ),
+            0.0
+        );
+        r.flush();
+        let t = m.render();
+        assert_eq!(
+            sample(
+                &t,
+                r#"ordo_delivery_latency_seconds_count{ordering="total-seq"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"ordo_delivery_latency_seconds_bucket{ordering="total-seq",le="0.0025"}"#
+            ),
+            0.0
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"ordo_delivery_latency_seconds_bucket{ordering="total-seq",le="0.005"}"#
+            ),
+            2.0
         );
     }
 

@@ -141,6 +141,35 @@ pub struct SubTrie<T> {
     root: Node<T>,
     patterns: HashMap<SubKey, Box<str>>,
     next_key: u64,
+    cache: MatchCache<T>,
+}
+
+/// Most topics whose matches [`SubTrie::matches`] keeps; when a new topic
+/// finds the cache full, the cache starts over (counted in
+/// [`SubTrie::match_cache_resets`]).
+pub const MATCH_CACHE_TOPICS: usize = 4096;
+
+/// The matches of recently delivered topics: topics repeat from message to
+/// message (and usually come in runs), while the trie walk splits the topic
+/// and hashes every token. Emptied by every insert and remove, so it never
+/// answers with a stale set.
+#[derive(Debug)]
+struct MatchCache<T> {
+    /// (topic, its matches), in insertion order.
+    slots: Vec<(Box<str>, Vec<T>)>,
+    index: HashMap<Box<str>, usize>,
+    /// The slot of the last lookup: a run of one topic costs a string
+    /// comparison per message, no hashing.
+    last: usize,
+    resets: u64,
+}
+
+impl<T> MatchCache<T> {
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.index.clear();
+        self.last = 0;
+    }
 }
 
 impl<T> Default for SubTrie<T> {
@@ -149,6 +178,12 @@ impl<T> Default for SubTrie<T> {
             root: Node::default(),
             patterns: HashMap::new(),
             next_key: 0,
+            cache: MatchCache {
+                slots: Vec::new(),
+                index: HashMap::new(),
+                last: 0,
+                resets: 0,
+            },
         }
     }
 }
@@ -162,6 +197,7 @@ impl<T> SubTrie<T> {
     /// Adds a subscription; the key removes it again.
     pub fn insert(&mut self, pattern: &str, value: T) -> Result<SubKey, PatternError> {
         validate_pattern(pattern)?;
+        self.cache.clear();
         let key = SubKey(self.next_key);
         self.next_key += 1;
         let mut node = &mut self.root;
@@ -185,7 +221,44 @@ impl<T> SubTrie<T> {
     /// Removes a subscription, returning its value (None if unknown).
     pub fn remove(&mut self, key: SubKey) -> Option<T> {
         let pattern = self.patterns.remove(&key)?;
+        self.cache.clear();
         self.root.remove(pattern.split('.'), key)
+    }
+
+    /// Every subscription matching `topic` (as [`for_each_match`](Self::for_each_match)
+    /// yields them), from a cache of the last [`MATCH_CACHE_TOPICS`] topics.
+    pub fn matches(&mut self, topic: &str) -> &[T]
+    where
+        T: Clone,
+    {
+        let cache = &mut self.cache;
+        let hit = cache
+            .slots
+            .get(cache.last)
+            .is_some_and(|(t, _)| &**t == topic);
+        if !hit {
+            match cache.index.get(topic) {
+                Some(&i) => cache.last = i,
+                None => {
+                    if cache.slots.len() >= MATCH_CACHE_TOPICS {
+                        cache.clear();
+                        cache.resets += 1;
+                    }
+                    let mut found = Vec::new();
+                    self.root
+                        .walk(topic.split('.'), &mut |v: &T| found.push(v.clone()));
+                    cache.last = cache.slots.len();
+                    cache.index.insert(topic.into(), cache.last);
+                    cache.slots.push((topic.into(), found));
+                }
+            }
+        }
+        cache.slots.get(cache.last).map_or(&[], |(_, v)| v)
+    }
+
+    /// How often the match cache was full and started over.
+    pub fn match_cache_resets(&self) -> u64 {
+        self.cache.resets
     }
 
     /// Calls `f` once for every subscription matching `topic`.
@@ -319,5 +392,49 @@ mod tests {
                 prop_assert_eq!(matches(&trie, topic), expected, "topic {}", topic);
             }
         }
+
+        /// Cached matches stay exact while subscriptions come and go
+        /// between lookups (the cache must never answer with a stale set).
+        #[test]
+        fn cached_matches_follow_inserts_and_removes(
+            ops in prop::collection::vec((pattern(), topic(), 0u8..3), 1..80),
+        ) {
+            let mut trie = SubTrie::new();
+            let mut live: Vec<(SubKey, String, u32)> = Vec::new();
+            for (i, (p, t, op)) in ops.into_iter().enumerate() {
+                match op {
+                    0 => live.push((trie.insert(&p, i as u32).unwrap(), p, i as u32)),
+                    1 if !live.is_empty() => {
+                        let (key, _, v) = live.remove(i % live.len());
+                        prop_assert_eq!(trie.remove(key), Some(v));
+                    }
+                    _ => {}
+                }
+                for topic in [t.as_str(), "a.b", "a.b"] {
+                    let mut got = trie.matches(topic).to_vec();
+                    got.sort_unstable();
+                    let mut want: Vec<u32> = live
+                        .iter()
+                        .filter(|(_, p, _)| naive(p, topic))
+                        .map(|(_, _, v)| *v)
+                        .collect();
+                    want.sort_unstable();
+                    prop_assert_eq!(got, want, "topic {}", topic);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn match_cache_is_bounded() {
+        let mut trie = SubTrie::new();
+        trie.insert("t.>", 1u32).unwrap();
+        for i in 0..=MATCH_CACHE_TOPICS {
+            assert_eq!(trie.matches(&format!("t.{i}")), &[1]);
+        }
+        assert_eq!(trie.match_cache_resets(), 1, "full once, then started over");
+        assert!(trie.cache.slots.len() <= MATCH_CACHE_TOPICS);
+        assert_eq!(trie.matches("t.0"), &[1]);
+        assert_eq!(trie.matches("u.0"), &[] as &[u32]);
     }
 }

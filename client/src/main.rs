@@ -1,7 +1,9 @@
 //! `ordo`: the command-line tool for Ordo (DESIGN.md "Command-line contract").
 //!
 //! Exit codes: 0 success, 2 usage (clap), 3 cannot connect, 4 refused by the
-//! broker, 5 disconnected, 6 timeout, 1 anything else.
+//! broker, 5 disconnected, 6 timeout, 130 / 143 `ordo pub` stopped by
+//! SIGINT / SIGTERM (after flushing what it had read), 1 anything else.
+//! Nothing here panics on a closed stdout or stderr.
 
 mod cmd;
 
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ordo: cannot start the async runtime: {e}");
+            cmd::note(format_args!("ordo: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let (code, text) = cmd::describe(&e);
-            eprintln!("ordo: {text}");
+            cmd::note(format_args!("ordo: {text}"));
             ExitCode::from(code)
         }
     }

@@ -516,3 +516,72 @@ fn commands_exit_zero_when_stdout_is_closed() {
         assert_eq!(code, 0, "ordo {args:?} with stdout closed: {err}");
     }
 }
+
+#[test]
+fn pub_exits_zero_when_stderr_is_closed() {
+    let b = broker();
+    let sub = Sub::start(&b, &["closed.err", "--count", "1"]);
+    let mut child = ordo(&b)
+        .args(["pub", "closed.err", "hello"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `sent 1 message(s)` then goes to a closed pipe: eprintln! would panic (101).
+    drop(child.stderr.take());
+    assert_eq!(wait_bounded(&mut child), 0);
+    assert_eq!(sub.stdout.next("the message"), "hello");
+}
+
+#[test]
+fn pub_flushes_what_it_read_on_sigint_and_exits_130() {
+    let b = broker();
+    let sub = Sub::start(&b, &["intr"]);
+    let mut publisher = ordo(&b)
+        .args(["pub", "intr"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin: ChildStdin = publisher.stdin.take().unwrap();
+    let stderr = Lines::new(publisher.stderr.take().unwrap());
+    // Once line 1 arrived the publisher is connected and catches signals.
+    writeln!(stdin, "line 1").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(sub.stdout.next("line 1"), "line 1");
+    for i in 2..=20 {
+        writeln!(stdin, "line {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let killed = Command::new("kill")
+        .args(["-INT", &publisher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(
+        wait_bounded(&mut publisher),
+        130,
+        "exit status after SIGINT"
+    );
+    // Every line it counted as sent reached the subscriber, in order.
+    let report = stderr.next("the sent count");
+    let sent: usize = report
+        .strip_prefix("sent ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected report {report:?}"));
+    assert!((1..=20).contains(&sent), "{report}");
+    for i in 2..=sent {
+        assert_eq!(
+            sub.stdout.next("a line sent before the signal"),
+            format!("line {i}")
+        );
+    }
+    let rest: Vec<String> = stderr.rest();
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted by SIGINT")),
+        "{rest:?}"
+    );
+}

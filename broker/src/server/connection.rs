@@ -30,8 +30,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const PUBLISH_BATCH: usize = 256;
 /// Items the writer takes off the queue per wake-up.
 const WRITE_BATCH: usize = 512;
-/// The writer stops adding frames to one write beyond this many bytes.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// The writer stops adding frames to one write beyond this many bytes
+/// (what it holds encoded, outside the queue's bound, stays near this).
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// The writer's buffer to start with (it grows to about one batch if needed).
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// After a fatal error, how long incoming bytes are drained (so closing does
 /// not reset the connection and destroy the error frame in flight).
 const LINGER: Duration = Duration::from_millis(500);
@@ -509,40 +512,59 @@ async fn write_loop(
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
+    // Items taken off the queue and not encoded yet (the tail of a batch
+    // that filled one write): they are still charged to the queue, so what
+    // the writer holds counts against the client's bound.
     let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
     let kill = rx.kill_watch();
     loop {
-        let n = tokio::select! {
-            biased;
-            _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-        };
-        if n == 0 {
-            // Every sender is gone: the client left, or the broker is stopping.
-            if *shutdown.borrow() {
-                Reply::Error {
-                    req: 0,
-                    code: ErrorCode::ShuttingDown,
-                    message: "the broker is shutting down; reconnect to another broker".into(),
+        if batch.is_empty() {
+            let n = tokio::select! {
+                biased;
+                _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+            };
+            if n == 0 {
+                // Every sender is gone: the client left, or the broker is stopping.
+                if *shutdown.borrow() {
+                    Reply::Error {
+                        req: 0,
+                        code: ErrorCode::ShuttingDown,
+                        message: "the broker is shutting down; reconnect to another broker".into(),
+                    }
+                    .encode(&mut out);
                 }
-                .encode(&mut out);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.shutdown().await;
+                return;
             }
-            let _ = wr.write_all(&out).await;
-            let _ = wr.shutdown().await;
-            return;
+        } else if kill.is_killed() {
+            return slow_consumer(wr, out, ctx).await;
         }
         let mut close = false;
         let mut released = 0;
         let mut frames = 0;
         'fill: loop {
-            for item in batch.drain(..) {
+            // Encode only up to one write's worth: the rest stays queued
+            // (and charged) instead of piling up encoded, uncharged, in `out`.
+            let mut used = 0;
+            for item in &batch {
+                used += 1;
                 released += item.charge();
                 frames += item.frames();
                 if !item.encode(&mut out) {
                     close = true;
-                    break 'fill;
+                    break;
                 }
+                if out.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
+            }
+            batch.drain(..used);
+            if close {
+                batch.clear();
+                break 'fill;
             }
             if out.len() >= WRITE_BATCH_BYTES {
                 break;
@@ -558,7 +580,6 @@ async fn write_loop(
                 break;
             }
         }
-        batch.clear();
         // One atomic update per batch, not per frame.
         rx.release(released, frames);
         while !out.is_empty() {
@@ -577,7 +598,7 @@ async fn write_loop(
         }
         if out.capacity() > 4 * WRITE_BATCH_BYTES {
             // One huge message must not pin its buffer for the connection's life.
-            out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+            out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
         }
     }
 }

@@ -73,9 +73,15 @@ impl Out {
     }
 }
 
-/// Bytes a delivery is charged: fixed fields plus topic, payload and context entries.
+/// Bytes a delivery is charged: what a queued one holds in memory, not only
+/// its encoded size. The shared `Arc<Delivered>` (with its reference counts
+/// and allocator rounding) stays alive as long as this subscriber's copy is
+/// queued, however fast the others are; the payload slice keeps its bytes of
+/// the received datagram alive together with the message's header there
+/// (~64 bytes and the topic again); and the queue slot of the `(sid, Arc)`.
 fn delivery_charge(msg: &Delivered) -> usize {
-    96 + msg.topic.len() + msg.payload.len() + msg.context.len() * 24
+    const HELD: usize = std::mem::size_of::<Delivered>() + 32 + 64 + 16;
+    HELD + 2 * msg.topic.len() + msg.payload.len() + msg.context.len() * 24
 }
 
 fn encode_delivery(sid: u64, msg: &Delivered, out: &mut BytesMut) {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::config::TopicDecl;
 use crate::engine::{ConfirmToken, Delivered, Engine, Event, Publish, PublishError, View};
 use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{DeliveryRecorder, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
 use crate::shell::transport::{RecvBatch, Transport};
 use crate::subs::{SubKey, SubTrie};
@@ -187,6 +187,9 @@ pub struct DriverConfig {
 /// Deliveries collected for one connection before they are pushed as one
 /// batch; a batch this long is pushed at once (bounding what waits here).
 const DELIVERY_BATCH: usize = 1024;
+/// ... or this many payload bytes: one queued item then stays about one
+/// write of the connection's writer, whatever the message size.
+const DELIVERY_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Per-connection state held by the driver.
 #[derive(Debug)]
@@ -196,6 +199,8 @@ struct ConnState {
     /// Deliveries of the current pass, pushed as one [`Out::Deliveries`]
     /// at the end of the pass or before anything else queued for the connection.
     pending: Vec<(u64, Arc<Delivered>)>,
+    /// Payload and topic bytes of `pending`.
+    pending_bytes: usize,
 }
 
 impl ConnState {
@@ -204,6 +209,7 @@ impl ConnState {
             outbox,
             sids: HashMap::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
@@ -212,6 +218,7 @@ impl ConnState {
         if self.pending.is_empty() {
             return true;
         }
+        self.pending_bytes = 0;
         let mut batch = std::mem::take(&mut self.pending);
         let item = match batch.pop() {
             Some((sid, msg)) if batch.is_empty() => Out::Deliver { sid, msg },
@@ -249,8 +256,8 @@ pub struct Driver {
     /// Byte budget of queued publishes, shared with every [`DriverHandle`].
     budget: Arc<Semaphore>,
     budget_max: u32,
-    /// Reused per delivery: the (conn, sid) pairs a topic matched.
-    matched: Vec<(u64, u64)>,
+    /// Deliveries counted and timed locally, merged once per pass.
+    deliveries: DeliveryRecorder,
     /// Reused per flush: datagrams to multicast.
     transmit: Vec<Bytes>,
     /// Connections that overflowed during the current dispatch.
@@ -319,11 +326,11 @@ impl Driver {
             pass_us: unix_micros(),
             commands: cmd_rx,
             gone: gone_rx,
-            metrics,
+            metrics: Arc::clone(&metrics),
             health,
             budget: Arc::clone(&budget),
             budget_max,
-            matched: Vec::new(),
+            deliveries: metrics.delivery_recorder(),
             transmit: Vec::new(),
             slow: Vec::new(),
             dirty: Vec::new(),
@@ -346,7 +353,10 @@ impl Driver {
     /// queued, leaves the group, flushes, and returns (dropping every outbox,
     /// which lets the connection writers finish and close).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut recv = RecvBatch::new(RECV_SLOTS, self.config.max_datagram);
+        // Slots of the UDP maximum, not of our own --max-datagram: a member
+        // on an interface with a larger MTU may send larger datagrams, and a
+        // truncated one would be lost (counted as corrupt) on every retry.
+        let mut recv = RecvBatch::new(RECV_SLOTS, crate::shell::transport::MAX_DATAGRAM);
         let mut cmds: Vec<Command> = Vec::with_capacity(COMMAND_BATCH);
         self.flush().await;
         loop {
@@ -518,6 +528,7 @@ impl Driver {
         }
         self.push_deliveries();
         self.kill_slow();
+        self.deliveries.flush();
         if self.last_metrics.elapsed() >= METRICS_EVERY {
             self.metrics.observe_engine(self.engine.stats());
             self.last_metrics = Instant::now();
@@ -790,15 +801,11 @@ impl Driver {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Deliver(msg) => {
-                self.metrics.observe_delivery(
+                self.deliveries.observe(
                     msg.ordering,
                     Duration::from_micros(self.pass_us.saturating_sub(msg.published_at_us)),
                 );
-                let matched = &mut self.matched;
-                matched.clear();
-                self.subs
-                    .for_each_match(&msg.topic, |&(conn, sid)| matched.push((conn, sid)));
-                for &(conn, sid) in matched.iter() {
+                for &(conn, sid) in self.subs.matches(&msg.topic) {
                     let Some(state) = self.conns.get_mut(&conn) else {
                         continue;
                     };
@@ -806,7 +813,11 @@ impl Driver {
                         self.dirty.push(conn);
                     }
                     state.pending.push((sid, Arc::clone(&msg)));
-                    if state.pending.len() >= DELIVERY_BATCH && !state.push_pending() {
+                    state.pending_bytes += msg.payload.len() + msg.topic.len();
+                    if (state.pending.len() >= DELIVERY_BATCH
+                        || state.pending_bytes >= DELIVERY_BATCH_BYTES)
+                        && !state.push_pending()
+                    {
                         self.slow.push(conn);
                     }
                 }

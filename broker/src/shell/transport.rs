@@ -344,6 +344,76 @@ impl RecvBatch {
     }
 }
 
+/// Largest group datagram chosen from an interface's MTU: loopback's 64 KiB
+/// MTU gives this (a round figure under the 65,507-byte UDP maximum, the
+/// size `bench/goals.sh big` was measured with).
+pub const AUTO_DATAGRAM_CAP: usize = 65_000;
+
+/// MTU assumed when the interface's cannot be read (Ethernet).
+pub const FALLBACK_MTU: u32 = 1500;
+
+/// IPv4 header (no options) plus UDP header: what an MTU holds besides the
+/// datagram.
+const IP_UDP_HEADERS: usize = 28;
+
+/// The largest group datagram that leaves `iface` unfragmented: its MTU less
+/// the IPv4 and UDP headers, within 512..=[`AUTO_DATAGRAM_CAP`].
+pub fn datagram_for_mtu(mtu: u32) -> usize {
+    usize::try_from(mtu)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(IP_UDP_HEADERS)
+        .clamp(512, AUTO_DATAGRAM_CAP)
+}
+
+/// The name and MTU of the interface that carries `iface` (the address given
+/// by `--iface`). For 0.0.0.0 the kernel's route to `group` decides which
+/// interface sends, so that route's source address is looked up instead.
+/// Errors say why the MTU could not be read; callers fall back to
+/// [`FALLBACK_MTU`].
+pub fn interface_mtu(iface: Ipv4Addr, group: Ipv4Addr) -> io::Result<(String, u32)> {
+    let addr = if iface.is_unspecified() {
+        // A connected UDP socket sends nothing; it only asks the route.
+        let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        probe.connect((group, 9))?;
+        match probe.local_addr()?.ip() {
+            std::net::IpAddr::V4(a) if !a.is_unspecified() => a,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the route to {group} has no IPv4 source address ({other})"),
+                ))
+            }
+        }
+    } else {
+        iface
+    };
+    let name = nix::ifaddrs::getifaddrs()
+        .map_err(io::Error::from)?
+        .find(|a| {
+            a.address
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .is_some_and(|sin| sin.ip() == addr)
+        })
+        .map(|a| a.interface_name)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface has the address {addr}"),
+            )
+        })?;
+    let path = format!("/sys/class/net/{name}/mtu");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| context(e, &format!("reading {path}")))?;
+    let mtu = text.trim().parse::<u32>().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path} holds {:?}, not a number: {e}", text.trim()),
+        )
+    })?;
+    Ok((name, mtu))
+}
+
 /// Adds what we were doing to an OS error, keeping its kind.
 fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("multicast transport: {what}: {e}"))
@@ -388,6 +458,29 @@ mod tests {
             recv_buffer: 0,
             send_buffer: 0,
         }
+    }
+
+    #[test]
+    fn datagram_size_follows_the_mtu() {
+        assert_eq!(
+            datagram_for_mtu(1500),
+            1472,
+            "Ethernet: no IP fragmentation"
+        );
+        assert_eq!(datagram_for_mtu(9000), 8972, "jumbo frames");
+        assert_eq!(datagram_for_mtu(65_536), AUTO_DATAGRAM_CAP, "loopback");
+        assert_eq!(datagram_for_mtu(68), 512, "never below the minimum");
+    }
+
+    #[test]
+    fn loopback_mtu_is_read() {
+        let (name, mtu) = interface_mtu(Ipv4Addr::LOCALHOST, Ipv4Addr::new(239, 255, 0, 1))
+            .expect("the loopback interface has an MTU");
+        assert!(!name.is_empty());
+        assert!(mtu >= 1280, "loopback MTU {mtu}");
+        let err = interface_mtu(Ipv4Addr::new(192, 0, 2, 77), Ipv4Addr::new(239, 255, 0, 1))
+            .expect_err("a TEST-NET address belongs to no interface here");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     async fn recv_within(t: &Transport, ms: u64) -> Option<Vec<u8>> {

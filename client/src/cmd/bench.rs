@@ -19,6 +19,7 @@ mod check;
 mod payload;
 mod stats;
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as Mem};
 use std::sync::Arc;
@@ -318,8 +319,8 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> anyhow::Result<()> {
     client.close().await?;
 
     if !args.json {
-        println!(
-            "Starting Ordo bench [topic={}, ordering={}, msgs={}, size={}, pubs={}, subs={}, rate={}, servers={}]",
+        super::emit(&format!(
+            "Starting Ordo bench [topic={}, ordering={}, msgs={}, size={}, pubs={}, subs={}, rate={}, servers={}]\n",
             plan.topic,
             args.ordering,
             match (&plan.counts, plan.duration) {
@@ -332,7 +333,7 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> anyhow::Result<()> {
             plan.subs,
             if args.rate == 0 { "max".to_string() } else { args.rate.to_string() },
             plan.servers.join(",")
-        );
+        ))?;
     }
     // The clients get runtimes of their own on their own threads; this
     // (current-thread) runtime only waits for the outcome.
@@ -346,10 +347,12 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> anyhow::Result<()> {
         .context("cannot start the bench thread")?;
     let (pub_outs, sub_outs, go_us) = rx.await.context("the bench thread died")??;
     let report = report(&plan, &args, &pub_outs, &sub_outs, go_us);
+    // A closed stdout (`| head`) is the reader's choice; the exit status
+    // still says whether every message arrived.
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        super::emit(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        print_human(&report);
+        super::emit(&human(&report))?;
     }
     if !report.errors.is_empty() {
         bail!("bench failed: {}", report.errors.join("; "));
@@ -991,10 +994,20 @@ fn report(plan: &Plan, args: &BenchArgs, pubs: &[PubOut], subs: &[SubOut], go_us
     }
 }
 
-fn print_human(r: &Report) {
+/// The human report (`nats bench`-like), as text for [`super::emit`].
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! w {
+    ($o:expr, $($arg:tt)*) => {{
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
+
+fn human(r: &Report) -> String {
+    let mut o = String::new();
     let mb = |rate: f64| stats::mib_per_sec(rate, r.size);
-    println!();
-    println!(
+    o.push('\n');
+    w!(
+        o,
         "Pub stats: {} msgs/sec ~ {:.2} MB/sec ({} msgs in {:.2} s)",
         stats::thousands(r.pub_rate),
         mb(r.pub_rate),
@@ -1003,7 +1016,8 @@ fn print_human(r: &Report) {
     );
     for (i, p) in r.per_pub.iter().enumerate() {
         if r.per_pub.len() > 1 {
-            println!(
+            w!(
+                o,
                 " [{}] {} msgs/sec ~ {:.2} MB/sec ({} msgs) via {}",
                 i + 1,
                 stats::thousands(p.rate),
@@ -1015,13 +1029,15 @@ fn print_human(r: &Report) {
     }
     if r.subs > 0 {
         let agg: f64 = r.per_sub.iter().map(|s| s.rate).sum();
-        println!(
+        w!(
+            o,
             "Sub stats: {} msgs/sec ~ {:.2} MB/sec (aggregate)",
             stats::thousands(agg),
             mb(agg)
         );
         for (i, s) in r.per_sub.iter().enumerate() {
-            println!(
+            w!(
+                o,
                 " [{}] {} msgs/sec ~ {:.2} MB/sec ({} msgs) via {}",
                 i + 1,
                 stats::thousands(s.rate),
@@ -1030,17 +1046,18 @@ fn print_human(r: &Report) {
                 s.server
             );
         }
-        println!(
+        w!(
+            o,
             " min {} | avg {} | max {} msgs/sec per subscriber",
             stats::thousands(r.sub_rate_min),
             stats::thousands(r.sub_rate_mean),
             stats::thousands(r.sub_rate_max)
         );
-        println!(
+        w!(o,
             "Latency (µs, publish to delivery, {} samples): p50 {} | p90 {} | p99 {} | p99.9 {} | max {}",
             r.latency_samples, r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
         );
-        println!(
+        w!(o,
             "Check: lost {} | reordered {} | duplicates {} | invalid {} | foreign {} | discontinuities {} -> {}",
             r.lost,
             r.reordered,
@@ -1056,8 +1073,9 @@ fn print_human(r: &Report) {
         );
     }
     for e in &r.errors {
-        println!("Error: {e}");
+        w!(o, "Error: {e}");
     }
+    o
 }
 
 #[cfg(test)]

@@ -105,6 +105,9 @@ impl Connection {
 /// hint saying what to do where the error itself does not.
 pub fn describe(err: &anyhow::Error) -> (u8, String) {
     let text = format!("{err:#}");
+    if let Some(i) = err.downcast_ref::<publish::Interrupted>() {
+        return (i.code, text);
+    }
     let Some(e) = err.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return (1, text);
     };
@@ -115,4 +118,24 @@ pub fn describe(err: &anyhow::Error) -> (u8, String) {
         _ => "",
     };
     (e.exit_code(), format!("{text}{hint}"))
+}
+
+/// Writes `text` to stdout. A closed pipe (`| head -1`) means the reader is
+/// done, which is success, as for `ordo sub`; `println!` would panic.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes a line to stderr, as `eprintln!` but without its panic when
+/// stderr is closed or full: then nobody is left to tell, so it is dropped.
+pub(crate) fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

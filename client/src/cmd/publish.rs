@@ -4,6 +4,8 @@ use std::io::{BufRead, Read};
 
 use anyhow::Context;
 use clap::Args;
+use futures_util::FutureExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::{Connection, OrderedPublisher};
@@ -26,33 +28,100 @@ pub struct PubArgs {
     confirm: bool,
 }
 
-/// Publishes, and returns once everything was handed over (and confirmed).
-pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
-    let client = conn.connect().await?;
-    let mut publisher = OrderedPublisher::new(client, args.topic.clone(), args.confirm);
-    if let Err(e) = feed(&mut publisher, &args).await {
-        // What was handed over before the failure (a refused stdin line,
-        // say) still goes out: a bad line must not silently take the valid
-        // lines before it with it. Best effort; the error is what we report.
-        let _ = publisher.client.flush().await;
-        return Err(e);
-    }
-    let topic = args.topic;
-    publisher.finish().await?;
-    publisher.client.close().await?;
-    let sent = publisher.sent;
-    let how = if args.confirm { "confirmed" } else { "sent" };
-    eprintln!("{how} {sent} message(s) to {topic}");
-    Ok(())
+/// `ordo pub` stopped by SIGINT or SIGTERM; what it had read was flushed
+/// first (unless a second signal came). Exit code 130 / 143, as a shell's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interrupted {
+    pub(crate) signal: &'static str,
+    pub(crate) code: u8,
 }
 
-/// Publishes MESSAGE --count times, or each stdin line.
-async fn feed(publisher: &mut OrderedPublisher, args: &PubArgs) -> anyhow::Result<()> {
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.signal)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught once a connection is up (before,
+/// they end the process as usual).
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal (cancel-safe).
+    async fn recv(&mut self) -> Interrupted {
+        tokio::select! {
+            Some(()) = self.int.recv() => Interrupted { signal: "SIGINT", code: 130 },
+            Some(()) = self.term.recv() => Interrupted { signal: "SIGTERM", code: 143 },
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Publishes, and returns once everything was handed over (and confirmed).
+/// On SIGINT/SIGTERM it stops reading, flushes what was already read
+/// (a second signal stops waiting) and fails with [`Interrupted`].
+pub async fn run(conn: &Connection, args: PubArgs) -> anyhow::Result<()> {
+    let client = conn.connect().await?;
+    let mut signals = Signals::new().context("cannot catch SIGINT/SIGTERM")?;
+    let mut publisher = OrderedPublisher::new(client, args.topic.clone(), args.confirm);
+    let stopped = match feed(&mut publisher, &args, &mut signals).await {
+        Ok(stopped) => stopped,
+        Err(e) => {
+            // What was handed over before the failure (a refused stdin line,
+            // say) still goes out: a bad line must not silently take the valid
+            // lines before it with it. Best effort; the error is what we report.
+            let _ = publisher.client.flush().await;
+            return Err(e);
+        }
+    };
+    let topic = args.topic;
+    let how = if args.confirm { "confirmed" } else { "sent" };
+    tokio::select! {
+        res = publisher.finish() => res?,
+        again = signals.recv() => {
+            let sent = publisher.sent;
+            super::note(format_args!(
+                "{again} while flushing: {sent} message(s) to {topic} handed over, not all acknowledged"
+            ));
+            return Err(again.into());
+        }
+    }
+    publisher.client.close().await?;
+    let sent = publisher.sent;
+    super::note(format_args!("{how} {sent} message(s) to {topic}"));
+    match stopped {
+        Some(sig) => Err(sig.into()),
+        None => Ok(()),
+    }
+}
+
+/// Publishes MESSAGE --count times, or each stdin line; stops early (with
+/// the signal) on SIGINT/SIGTERM.
+async fn feed(
+    publisher: &mut OrderedPublisher,
+    args: &PubArgs,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Interrupted>> {
     match &args.message {
         Some(template) => {
             let count = args.count.unwrap_or(1);
             let templated = template.contains("{n}");
             for n in 1..=count {
+                if let Some(sig) = signals.recv().now_or_never() {
+                    return Ok(Some(sig));
+                }
                 let payload = if templated {
                     template.replace("{n}", &n.to_string())
                 } else {
@@ -71,7 +140,10 @@ async fn feed(publisher: &mut OrderedPublisher, args: &PubArgs) -> anyhow::Resul
                 // Observe confirmations while waiting for input, so a refusal
                 // surfaces at once rather than at end of input.
                 let line = if !publisher.awaiting_confirmation() {
-                    lines.recv().await
+                    tokio::select! {
+                        line = lines.recv() => line,
+                        sig = signals.recv() => return drain(publisher, args, &mut lines, sig).await,
+                    }
                 } else {
                     tokio::select! {
                         line = lines.recv() => line,
@@ -79,6 +151,7 @@ async fn feed(publisher: &mut OrderedPublisher, args: &PubArgs) -> anyhow::Resul
                             res?;
                             continue;
                         }
+                        sig = signals.recv() => return drain(publisher, args, &mut lines, sig).await,
                     }
                 };
                 match line {
@@ -89,7 +162,24 @@ async fn feed(publisher: &mut OrderedPublisher, args: &PubArgs) -> anyhow::Resul
             }
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// After a signal: publishes the lines already taken from stdin (queued by
+/// the reader thread), so input the pipe gave up is not lost, then stops.
+async fn drain(
+    publisher: &mut OrderedPublisher,
+    args: &PubArgs,
+    lines: &mut mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    sig: Interrupted,
+) -> anyhow::Result<Option<Interrupted>> {
+    while let Ok(Ok(line)) = lines.try_recv() {
+        if args.count.is_some_and(|c| publisher.sent >= c) {
+            break;
+        }
+        publisher.send(line).await?;
+    }
+    Ok(Some(sig))
 }
 
 /// Reads stdin on a thread, one line at a time as it arrives (without the

@@ -125,7 +125,7 @@ async fn receive(conn: &Connection, args: &SubArgs, received: &Cell<u64>) -> any
         .subscribe(&args.pattern)
         .await
         .with_context(|| format!("cannot subscribe to {}", args.pattern))?;
-    eprintln!("subscribed {}", args.pattern);
+    super::note(format_args!("subscribed {}", args.pattern));
     // Messages are flushed before every wait for the next one, so each is
     // out as soon as it arrived, and a burst costs one write, not one per line.
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
@@ -138,10 +138,10 @@ async fn receive(conn: &Connection, args: &SubArgs, received: &Cell<u64>) -> any
                 }
                 received.set(received.get() + 1);
             }
-            Some(Ok(Event::Discontinuity(d))) => eprintln!(
+            Some(Ok(Event::Discontinuity(d))) => super::note(format_args!(
                 "discontinuity on {}: view {} -> {}: {}",
                 args.pattern, d.from_view, d.to_view, d.reason
-            ),
+            )),
             Some(Err(e)) => {
                 let _ = out.flush();
                 return Err(e).context(format!("subscription {} ended", args.pattern));

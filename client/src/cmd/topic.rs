@@ -1,7 +1,6 @@
 //! `ordo topic create|list`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -45,7 +44,7 @@ pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot declare topic {name} as {ordering}"))?;
             let safe = if safe { ", safe" } else { "" };
-            emit(&format!("topic {name} declared ({ordering}{safe})\n"))?;
+            super::emit(&format!("topic {name} declared ({ordering}{safe})\n"))?;
         }
         TopicCommand::List { json } => {
             let mut topics = client.list_topics().await?;
@@ -61,7 +60,7 @@ pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                emit(&format!("{}\n", serde_json::Value::Array(rows)))?;
+                super::emit(&format!("{}\n", serde_json::Value::Array(rows)))?;
             } else {
                 let width = topics.iter().map(|t| t.name.len()).max().unwrap_or(0);
                 // Writing to a String cannot fail.
@@ -70,22 +69,10 @@ pub async fn run(conn: &Connection, cmd: TopicCommand) -> anyhow::Result<()> {
                     let safe = if t.safe { "  safe" } else { "" };
                     let _ = writeln!(text, "{:width$}  {}{safe}", t.name, t.ordering);
                 }
-                emit(&text)?;
+                super::emit(&text)?;
             }
         }
     }
     client.close().await?;
     Ok(())
-}
-
-/// Writes `text` to stdout. A closed pipe (`| head -1`) means the reader is
-/// done, which is success, as for `ordo sub`; `println!` would panic.
-fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to standard output")
-        }
-        _ => Ok(()),
-    }
 }
