@@ -92,7 +92,13 @@ fn sequencer_cut_off_and_back(seed: u64, bugs: Bugs) -> SimReport {
 }
 
 fn with_failure_bug(bugs: Bugs, fault: fn(&mut SimConfig)) -> Vec<SimReport> {
-    (0..6).map(|seed| failure_run(seed, bugs, fault)).collect()
+    with_failure_bug_seeds(bugs, fault, 6)
+}
+
+fn with_failure_bug_seeds(bugs: Bugs, fault: fn(&mut SimConfig), seeds: u64) -> Vec<SimReport> {
+    (0..seeds)
+        .map(|seed| failure_run(seed, bugs, fault))
+        .collect()
 }
 
 fn assert_reported(reports: &[SimReport], needle: &str) {
@@ -234,12 +240,13 @@ fn a_stale_sequencer_acting_after_failover_is_reported() {
 
 #[test]
 fn delivering_a_departed_members_messages_on_one_survivor_is_reported() {
-    let reports = with_failure_bug(
+    let reports = with_failure_bug_seeds(
         Bugs {
             departed_on_one_survivor: true,
             ..Bugs::default()
         },
         crash_a_publisher,
+        30,
     );
     assert_reported_any(&reports, &["VIRTUAL SYNCHRONY", "FIFO GAP"]);
 }
