@@ -18,13 +18,58 @@ const DEFAULT_SEEDS: u64 = 500;
 /// and replay command, but does not fail on them (every other seed must
 /// pass); `known_engine_bugs` (ignored) fails until each one passes. Remove
 /// a seed once the engine is fixed (`many_seeds` says when one passes).
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
-    113,
-    "the sequencer crashes while two of five are cut off one way: both sides go non-primary; \
-     moving from primary view 3 to non-primary view 4 with 4#1, 3#1 drops its pending \
-     total-isis messages (6,2..4) while 4#1 had already delivered them in view 3 \
-     (virtual synchrony broken)",
-)];
+/// Seeds past the default range (found by soaks of seeds 500..2500) are
+/// listed too, so `known_engine_bugs` replays them.
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
+    (
+        113,
+        "sequencer crash while 2 of 5 are cut off one way: 3#1 and 4#1 move together from \
+         primary view 3 to non-primary view 4, 3#1 drops pending total messages (6,2..4) that \
+         4#1 had delivered in view 3 (virtual synchrony)",
+    ),
+    (
+        1258,
+        "2 of 5 cut off (symmetric): 3#1 and 4#1 move together to non-primary view 4, 4#1 \
+         delivered total messages (2,18),(2,19) in view 3 that 3#1 did not (virtual synchrony)",
+    ),
+    (
+        681,
+        "the sequencer's side {0,1} cut off with a stall and 19 ms jitter: the old sequencer \
+         delivered its own order (gseq 17 = (7,8)) that the majority gave (3,8) (total order)",
+    ),
+    (
+        959,
+        "the sequencer's side {0,1} cut off, the sequencer stalled, 26 ms jitter: it delivered \
+         gseq 2 = (7,1), the majority (3,0) (total order)",
+    ),
+    (
+        1975,
+        "the new coordinator 2#1 stalls just after the sequencer's crash: it installs view 4 \
+         [2,3,4,5] while 3,4,5 install another view 4 without it; 2#1 takes their view-4 frames \
+         for its own (delivers (5,26) sent in the other view 4) and they never merge (views \
+         are told apart by number only)",
+    ),
+    (
+        1991,
+        "two 2-of-5 splits: members moving together to a non-primary view delivered different \
+         sets in the old view (virtual synchrony)",
+    ),
+    (
+        1893,
+        "two of five cut off one way: 5#1, unheard, delivered its own isis message (10,26) at \
+         gseq 88, the others at 104 (total order)",
+    ),
+    (
+        2166,
+        "the sequencer cut off with one other: it delivered its own order gseq 70 = (7,37), the \
+         majority (3,32) (total order)",
+    ),
+    (
+        1413,
+        "one broker cut off for 2.9 s and merged back: its new incarnation delivered \
+         (4000001,14) before (5,36), which happened before it (causal)",
+    ),
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

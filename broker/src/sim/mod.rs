@@ -1228,6 +1228,15 @@ impl Sim {
                     }
                 }
                 Event::Confirmed(token) => {
+                    if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "TRACE {:?} slot {i} {} confirms publish #{} (publisher {})",
+                            now - self.start,
+                            e.origin(),
+                            token.req,
+                            token.conn
+                        );
+                    }
                     if let Some(p) = usize::try_from(token.req)
                         .ok()
                         .and_then(|k| self.published.get_mut(k))
@@ -1721,6 +1730,12 @@ impl Sim {
     }
 
     fn quiescent(&self) -> bool {
+        // Faults still acting (a partition not healed yet) keep the run going.
+        if self.last_fault_end.is_some_and(|t| self.now < t)
+            || self.settled_at.is_none() && self.last_fault_end.is_some()
+        {
+            return false;
+        }
         if !self.plan.is_empty()
             || !self.blocked.is_empty()
             || !self.actions.is_empty()
