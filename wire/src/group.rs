@@ -390,6 +390,27 @@ pub struct FlushAck {
     /// What the member holds contiguously of every other origin of the old
     /// view: the cut of a departed origin is the most any survivor holds.
     pub held: Vec<(Origin, Seq)>,
+    /// How many ISIS messages and how many sequenced messages (declarations
+    /// included) the member delivered in the old view: the install's agreed
+    /// frontier is the most any survivor delivered.
+    pub delivered: TotalCounts,
+}
+
+/// Counts of total-order deliveries in one view, per layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TotalCounts {
+    pub isis: u64,
+    pub seq: u64,
+}
+
+impl TotalCounts {
+    /// The most of each count.
+    pub fn max(self, other: TotalCounts) -> TotalCounts {
+        TotalCounts {
+            isis: self.isis.max(other.isis),
+            seq: self.seq.max(other.seq),
+        }
+    }
 }
 
 /// The next view with the digest it starts from.
@@ -412,6 +433,11 @@ pub struct Install {
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
     pub digest: Vec<(Origin, Seq)>,
+    /// The agreed frontier of the old view's total order: the most ISIS
+    /// and sequenced messages any survivor delivered in it. A member
+    /// entering a non-primary view delivers exactly this much of the old
+    /// view, so members moving together deliver the same messages.
+    pub delivered: TotalCounts,
     /// The group's agreed state a joiner starts from: every declared topic
     /// and, for total topics, the `gseq` of its last message before this view.
     pub state: Vec<TopicState>,
@@ -438,6 +464,7 @@ impl Install {
             + self.members.len() * ORIGIN_LEN
             + 4
             + self.digest.len() * (ORIGIN_LEN + 8)
+            + 16
             + 4
             + TRAILER_LEN;
         let room = max_datagram.saturating_sub(base);
@@ -467,6 +494,7 @@ impl Install {
                 merge: self.merge,
                 members: self.members.clone(),
                 digest: self.digest.clone(),
+                delivered: self.delivered,
                 state,
             })
             .collect()
@@ -668,6 +696,8 @@ impl Frame {
                 out.put_u64(f.view.0);
                 out.put_u64(f.last_seq.0);
                 put_seq_vector(&mut out, &f.held);
+                out.put_u64(f.delivered.isis);
+                out.put_u64(f.delivered.seq);
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
@@ -677,6 +707,8 @@ impl Frame {
                 put_bool(&mut out, i.merge);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
+                out.put_u64(i.delivered.isis);
+                out.put_u64(i.delivered.seq);
                 out.put_u32(i.state.len() as u32);
                 for t in &i.state {
                     put_str(&mut out, &t.name);
@@ -784,6 +816,7 @@ impl Frame {
                 view: ViewId(r.counter("view")?),
                 last_seq: Seq(r.counter("flush last seq")?),
                 held: seq_vector(&mut r)?,
+                delivered: total_counts(&mut r)?,
             }),
             kind::INSTALL => {
                 let view = ViewId(r.counter("view")?);
@@ -805,6 +838,7 @@ impl Frame {
                     merge,
                     members: members(&mut r)?,
                     digest: seq_vector(&mut r)?,
+                    delivered: total_counts(&mut r)?,
                     state: topic_states(&mut r)?,
                 })
             }
@@ -1010,6 +1044,13 @@ fn put_seq_vector(out: &mut BytesMut, entries: &[(Origin, Seq)]) {
     }
 }
 
+fn total_counts(r: &mut Reader<'_>) -> Result<TotalCounts, WireError> {
+    Ok(TotalCounts {
+        isis: r.counter("isis deliveries")?,
+        seq: r.counter("sequenced deliveries")?,
+    })
+}
+
 fn seq_vector(r: &mut Reader<'_>) -> Result<Vec<(Origin, Seq)>, WireError> {
     let n = r.count(ORIGIN_LEN + 8, "seq vector")?;
     let mut v = Vec::with_capacity(n);
@@ -1128,11 +1169,14 @@ mod tests {
                     members,
                 })
             }),
-            (ctr(), ctr(), seqs()).prop_map(|(v, s, held)| Body::FlushAck(FlushAck {
-                view: ViewId(v),
-                last_seq: Seq(s),
-                held
-            })),
+            (ctr(), ctr(), seqs(), ctr(), ctr()).prop_map(|(v, s, held, isis, seq)| {
+                Body::FlushAck(FlushAck {
+                    view: ViewId(v),
+                    last_seq: Seq(s),
+                    held,
+                    delivered: TotalCounts { isis, seq },
+                })
+            }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Suspect(Suspect {
                     view: ViewId(v),
@@ -1145,26 +1189,30 @@ mod tests {
                 ctr(),
                 proptest::collection::vec(origin(), 0..4),
                 seqs(),
-                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3)
+                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3),
+                (ctr(), ctr()),
             )
-                .prop_map(|(v, members, digest, st)| Body::Install(Install {
-                    view: ViewId(v),
-                    part: 0,
-                    parts: 1,
-                    primary: v % 2 == 0,
-                    merge: v % 3 == 0,
-                    members,
-                    digest,
-                    state: st
-                        .into_iter()
-                        .map(|(name, o, safe, gseq)| TopicState {
-                            name,
-                            ordering: Ordering::from_code(o).unwrap(),
-                            safe,
-                            gseq
-                        })
-                        .collect()
-                })),
+                .prop_map(|(v, members, digest, st, (isis, seq))| Body::Install(
+                    Install {
+                        view: ViewId(v),
+                        part: 0,
+                        parts: 1,
+                        primary: v % 2 == 0,
+                        merge: v % 3 == 0,
+                        members,
+                        digest,
+                        delivered: TotalCounts { isis, seq },
+                        state: st
+                            .into_iter()
+                            .map(|(name, o, safe, gseq)| TopicState {
+                                name,
+                                ordering: Ordering::from_code(o).unwrap(),
+                                safe,
+                                gseq
+                            })
+                            .collect()
+                    }
+                )),
             ctr().prop_map(|v| Body::InstallAck(ViewId(v))),
             Just(Body::Leave),
         ]
@@ -1370,6 +1418,7 @@ mod tests {
                     merge: false,
                     members: vec![Origin::default()],
                     digest: vec![],
+                    delivered: TotalCounts::default(),
                     state: vec![],
                 }),
             ),
@@ -1383,6 +1432,7 @@ mod tests {
                     merge: false,
                     members: vec![Origin::default()],
                     digest: vec![(Origin::default(), Seq(u64::MAX))],
+                    delivered: TotalCounts::default(),
                     state: vec![TopicState {
                         name: "t".into(),
                         ordering: Ordering::TotalSeq,
@@ -1487,6 +1537,7 @@ mod tests {
             merge: false,
             members: vec![Origin::default(); 3],
             digest: vec![(Origin::default(), Seq(9)); 3],
+            delivered: TotalCounts { isis: 4, seq: 5 },
             state: state.clone(),
         };
         for max in [512, 1400, 8192] {

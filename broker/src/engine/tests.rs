@@ -375,6 +375,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             merge: false,
             members: vec![forger, me],
             digest: vec![],
+            delivered: ordo_wire::group::TotalCounts::default(),
             state: vec![],
         }),
     };

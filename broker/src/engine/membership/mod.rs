@@ -43,6 +43,27 @@
 //! members of its last primary view are back in one view with it).
 //! Total-order topics deliver and accept publishes only in a primary view.
 //!
+//! **Quorum-held delivery.** An ordering decision (an ISIS final, a
+//! sequencer order: control messages in their sender's stream) is applied,
+//! by its sender as by everyone, only once a quorum of the current view
+//! holds that part of the sender's stream, under the same rule as above
+//! (strict majority, or half with the first member; learned from the
+//! digests). Every possible next primary view then contains a holder, its
+//! flush cut includes the decision, and it continues after it: a minority
+//! never delivers an order the majority will contradict.
+//!
+//! **Agreed frontier.** When a member flushes it stops delivering total
+//! order and reports how many ISIS and sequenced messages it delivered in
+//! the old view (`FlushAck::delivered`); the install carries the most any
+//! survivor delivered (`Install::delivered`). Every member then applies all
+//! the old view's control it holds (the flush made them hold the same).
+//! Into a primary successor it resolves everything pending (below); into a
+//! non-primary one it delivers exactly the frontier (ISIS finals in final
+//! order, sequenced messages in order: the sequence the furthest member
+//! delivered, whose finals, orders and data the flush gave everyone) and
+//! discards the rest. So members moving together deliver the same old-view
+//! messages, and nothing the primary side could order otherwise.
+//!
 //! **Merge.** A member that hears a heartbeat of another view of its
 //! cluster compares: a non-primary view loses to a primary one, then the
 //! view with fewer members loses, then the one whose coordinator has the
@@ -66,7 +87,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect};
+use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect, TotalCounts};
 use ordo_wire::{NodeId, Origin, Seq, ViewId};
 
 use super::timer::Timer;
@@ -109,6 +130,9 @@ struct Change {
     acks: BTreeMap<Origin, Seq>,
     /// Per departing origin, the most any flushed member holds of it.
     held: BTreeMap<Origin, Seq>,
+    /// The most total-order deliveries any flushed member made in the old
+    /// view: the agreed frontier the install carries.
+    delivered: TotalCounts,
     install: Option<Install>,
     /// Ends our view for a merge our view lost: we install ourselves alone,
     /// then rejoin this winner's coordinator (the others rejoin it too).
@@ -398,6 +422,7 @@ impl Engine {
             view,
             last_seq,
             held,
+            delivered: self.delivery.freeze_total(),
         })
     }
 
