@@ -58,10 +58,14 @@ pub const MAGIC: u16 = 0x4f72;
 /// 2: installs carry the agreed state (topics, gseq); ordering control
 /// messages ride in the data streams. A version-1 broker is refused, counted
 /// as `bad_version`, rather than misreading an install.
-pub const GROUP_PROTOCOL_VERSION: u8 = 2;
+///
+/// 3: the header carries the view's tag (views are told apart by number
+/// and members); flush acknowledgements and installs carry the total-order
+/// delivery counts (the agreed frontier).
+pub const GROUP_PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of the fixed header.
-pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8;
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4;
 
 /// Bytes of the checksum trailer.
 pub const TRAILER_LEN: usize = 4;
@@ -146,6 +150,29 @@ pub struct Header {
     pub sender: Origin,
     /// The view the sender has installed (0 before its first view).
     pub view: ViewId,
+    /// That view's tag, a hash of its members ([`view_tag`]; 0 before its
+    /// first view): two views with one number installed apart (a stalled
+    /// coordinator's and the others') are told apart by it.
+    pub tag: u32,
+}
+
+/// The tag of a view of `members` (FNV-1a over their node ids and
+/// incarnations, in view order).
+pub fn view_tag(members: &[Origin]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for m in members {
+        for b in m
+            .node
+            .0
+            .to_be_bytes()
+            .into_iter()
+            .chain(m.incarnation.0.to_be_bytes())
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
 }
 
 /// One decoded frame.
@@ -969,6 +996,7 @@ fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
         cluster: ClusterId(r.u64("cluster")?),
         sender: r.origin()?,
         view: ViewId(r.counter("view")?),
+        tag: r.u32("view tag")?,
     };
     Ok((header, kind, r.position(), body_end))
 }
@@ -982,6 +1010,7 @@ fn put_header(out: &mut BytesMut, kind: u8, h: &Header) {
     out.put_u64(h.cluster.0);
     put_origin(out, h.sender);
     out.put_u64(h.view.0);
+    out.put_u32(h.tag);
 }
 
 fn seal(mut out: BytesMut) -> Bytes {
@@ -1081,11 +1110,12 @@ mod tests {
     }
 
     fn header() -> impl Strategy<Value = Header> {
-        (0u8..4, any::<u64>(), origin(), ctr()).prop_map(|(f, c, s, v)| Header {
+        (0u8..4, any::<u64>(), origin(), ctr(), any::<u32>()).prop_map(|(f, c, s, v, tag)| Header {
             flags: Flags(f),
             cluster: ClusterId(c),
             sender: s,
             view: ViewId(v),
+            tag,
         })
     }
 
@@ -1318,6 +1348,7 @@ mod tests {
             cluster: ClusterId::from_name("c"),
             sender: Origin::default(),
             view: ViewId(1),
+            tag: 0,
         };
         let m = DataMsg {
             seq: Seq(1),
@@ -1354,6 +1385,7 @@ mod tests {
                     cluster: ClusterId(1),
                     sender: Origin::default(),
                     view: ViewId(0),
+                    tag: 0,
                 },
             );
             assert_eq!(Frame::decode(&seal(out)), Err(WireError::UnknownKind(k)));
@@ -1367,6 +1399,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(0),
+            tag: 0,
         };
         let patched = |at: usize, v: u8| {
             let mut out = BytesMut::new();
@@ -1394,6 +1427,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(view),
+            tag: 0,
         };
         let encode = |view: u64, body: Body| {
             Frame {
@@ -1520,6 +1554,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(3),
+            tag: 0,
         };
         let state: Vec<TopicState> = (0..1000)
             .map(|i| TopicState {

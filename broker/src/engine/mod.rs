@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ordo_wire::group::view_tag;
 use ordo_wire::group::{
     Body, ClusterId, Control, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header,
     Stable, TotalCounts, DATA_FRAME_OVERHEAD,
@@ -758,7 +759,7 @@ impl Engine {
             self.stats.dropped_not_member += 1;
             return;
         }
-        if h.view != self.view.id {
+        if !self.in_our_view(h) {
             self.stats.dropped_wrong_view += 1;
             self.on_view_mismatch(h.sender, h.view, None, now);
             return;
@@ -806,7 +807,7 @@ impl Engine {
 
     fn on_heartbeat(&mut self, h: &Header, d: Digest, now: Instant) {
         let member = self.view.members.contains(&h.sender);
-        if self.in_view && member && h.view == self.view.id {
+        if member && self.in_our_view(h) {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
@@ -818,7 +819,7 @@ impl Engine {
     }
 
     fn on_nak(&mut self, h: &Header, nak: ordo_wire::group::Nak, now: Instant) {
-        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+        if !self.view.members.contains(&h.sender) || !self.in_our_view(h) {
             self.stats.dropped_not_member += 1;
             return;
         }
@@ -841,7 +842,7 @@ impl Engine {
     }
 
     fn on_stable(&mut self, h: &Header, s: Stable, now: Instant) {
-        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+        if !self.view.members.contains(&h.sender) || !self.in_our_view(h) {
             self.stats.dropped_not_member += 1;
             return;
         }
@@ -959,7 +960,18 @@ impl Engine {
             } else {
                 ViewId(0)
             },
+            tag: if self.in_view {
+                view_tag(&self.view.members)
+            } else {
+                0
+            },
         }
+    }
+
+    /// Whether a frame was sent in our view: same number and same tag (a
+    /// view of the same number installed apart has other members).
+    fn in_our_view(&self, h: &Header) -> bool {
+        self.in_view && h.view == self.view.id && h.tag == view_tag(&self.view.members)
     }
 
     fn send(&mut self, flags: Flags, body: Body) {

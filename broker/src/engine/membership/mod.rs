@@ -71,6 +71,15 @@
 //! new incarnation (state transfer, discontinuity event), so nothing one
 //! side delivered during the split is delivered on the other.
 //!
+//! **View identity.** A view is named by its number and its tag (a hash
+//! of its members, `ordo_wire::group::view_tag`), both in every frame's
+//! header. Two views of one number installed apart (a stalled coordinator
+//! completing its change while the others installed theirs without it) are
+//! told apart: frames of the other are not taken for ours (data, digests,
+//! NAKs and stability are dropped), an install of our number with other
+//! members is not acknowledged as a retry, and a heartbeat of the other
+//! view is handled as a view mismatch, so the sides merge as above.
+//!
 //! **Duplicate node ids.** A live member that hears a newer incarnation of
 //! its own node id, or a member that keeps hearing an old incarnation after
 //! a newer one spoke, refuses the newcomer with a `Refuse` frame; the
@@ -442,6 +451,12 @@ impl Engine {
                 "this broker was paused; not suspecting anyone for the silence it caused"
             );
             self.detector.restart(now);
+            // A newer incarnation noted before the pause gets a fresh
+            // grace too: the restart counts the old one as heard now, which
+            // is no proof that it still speaks (a false duplicate refusal).
+            for (_, first) in self.membership.newer.values_mut() {
+                *first = now;
+            }
             return;
         }
         if !self.in_view || self.membership.has_left() {

@@ -427,6 +427,13 @@ impl Engine {
             self.membership.phase,
             Phase::Joining { .. } | Phase::Discovering { .. }
         );
+        if self.in_view && i.view == self.view.id && i.members != self.view.members {
+            // Another view of our number, installed apart from ours (a
+            // stalled coordinator's): not ours to acknowledge; the views
+            // tell each other apart by their tags and merge.
+            self.stats.dropped_wrong_view += 1;
+            return;
+        }
         if self.in_view && i.view <= self.view.id {
             // A retry: our acknowledgement was lost (maybe views ago, while
             // a leaving coordinator still waits for it).
