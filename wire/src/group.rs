@@ -396,6 +396,10 @@ pub struct Join {
     /// this process) was a member of, 0 if none: a broker merging back after
     /// a partition counts toward the quorum of that view.
     pub last_primary: ViewId,
+    /// How much total order it delivered in that view: it counts only if
+    /// the coordinator's side delivered at least as much (else it knew an
+    /// order the side does not).
+    pub primary_delivered: TotalCounts,
 }
 
 /// A view proposal; members of the current view stop sending and flush.
@@ -713,6 +717,8 @@ impl Frame {
                 }
                 out.put_u64(j.last_seq.0);
                 out.put_u64(j.last_primary.0);
+                out.put_u64(j.primary_delivered.isis);
+                out.put_u64(j.primary_delivered.seq);
             }
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
@@ -833,6 +839,7 @@ impl Frame {
                 target: r.opt("join target", |r| r.origin())?,
                 last_seq: Seq(r.counter("join last seq")?),
                 last_primary: ViewId(r.counter("join last primary")?),
+                primary_delivered: total_counts(&mut r)?,
             }),
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
@@ -1185,11 +1192,15 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), ctr(), ctr()).prop_map(|(target, s, p)| {
+            (proptest::option::of(origin()), ctr(), ctr(), ctr()).prop_map(|(target, s, p, n)| {
                 Body::Join(Join {
                     target,
                     last_seq: Seq(s),
                     last_primary: ViewId(p),
+                    primary_delivered: TotalCounts {
+                        isis: n,
+                        seq: n / 2,
+                    },
                 })
             }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
@@ -1494,6 +1505,7 @@ mod tests {
                     target: None,
                     last_seq: Seq(u64::MAX),
                     last_primary: ViewId(0),
+                    primary_delivered: TotalCounts::default(),
                 }),
             ),
         ];

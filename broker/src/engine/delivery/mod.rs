@@ -214,6 +214,16 @@ impl Delivery {
         self.total.freeze()
     }
 
+    /// Whether a view was installed in these layers.
+    pub(crate) fn installed(&self) -> bool {
+        self.total.installed()
+    }
+
+    /// What we delivered of total order in our last primary view.
+    pub(crate) fn primary_counts(&self) -> TotalCounts {
+        self.total.primary_counts()
+    }
+
     /// The agreed frontier for the next install into a non-primary view.
     pub(crate) fn set_frontier(&mut self, f: TotalCounts) {
         self.total.set_frontier(f);

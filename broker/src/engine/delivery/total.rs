@@ -87,6 +87,10 @@ pub(crate) struct Total {
     frontier: TotalCounts,
     /// Set with the frontier: delivery waits for the install.
     frozen: bool,
+    /// What we delivered in the last primary view we left.
+    left_primary: TotalCounts,
+    /// Whether a view was installed here.
+    installed: bool,
     // ----- agreed state -----
     gseq: BTreeMap<Bytes, u64>,
     agreed: BTreeMap<String, Spec>,
@@ -273,6 +277,21 @@ impl Total {
     pub(crate) fn freeze(&mut self) -> TotalCounts {
         self.frozen = true;
         self.done
+    }
+
+    /// Whether a view was installed in this layer.
+    pub(crate) fn installed(&self) -> bool {
+        self.installed
+    }
+
+    /// What we delivered in our last primary view (the current one if it
+    /// is primary): a rejoin reports it (see `Join::primary_delivered`).
+    pub(crate) fn primary_counts(&self) -> TotalCounts {
+        if self.primary {
+            self.done
+        } else {
+            self.left_primary
+        }
     }
 
     /// The agreed frontier for the next [`Total::install`] into a
@@ -564,7 +583,11 @@ impl Total {
         // What no quorum held was released nowhere (the caller released
         // everything into a primary successor).
         self.deferred.clear();
+        if self.primary {
+            self.left_primary = self.done;
+        }
         self.done = TotalCounts::default();
+        self.installed = true;
         self.frontier = TotalCounts::default();
         self.frozen = false;
         self.me = me;

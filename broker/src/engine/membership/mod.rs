@@ -177,7 +177,10 @@ pub(crate) struct Membership {
     last_primary: Vec<Origin>,
     last_primary_id: ViewId,
     /// The last primary view each joiner named in its join.
-    join_primary: BTreeMap<Origin, ViewId>,
+    join_primary: BTreeMap<Origin, (ViewId, TotalCounts)>,
+    /// What our previous incarnation delivered of total order in its last
+    /// primary view (reported in our joins).
+    rejoin_counts: TotalCounts,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -302,7 +305,12 @@ impl Membership {
     /// if a new incarnation of its node is that joined naming that same
     /// view as its last primary one (it merged back from a partition and
     /// was in no primary view since; a restarted process names none).
-    fn quorum(&self, members: &[Origin], cluster_size: usize) -> bool {
+    /// Such a joiner counts only if it delivered no more total order in
+    /// that view than we did (`mine`): both delivered prefixes of its
+    /// order, so ours then holds its; one that delivered more knew orders
+    /// a quorum held that our side may lack, and counting it could form a
+    /// primary view without any holder of them.
+    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: TotalCounts) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             // No primary view known yet: with the cluster's size configured,
@@ -315,7 +323,9 @@ impl Membership {
                 || members.iter().any(|m| {
                     m.node == l.node
                         && self.last_primary_id.0 > 0
-                        && self.join_primary.get(m) == Some(&self.last_primary_id)
+                        && self.join_primary.get(m).is_some_and(|(v, n)| {
+                            *v == self.last_primary_id && n.isis <= mine.isis && n.seq <= mine.seq
+                        })
                 })
         };
         let held = last.iter().filter(|l| present(l)).count();

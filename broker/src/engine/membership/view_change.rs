@@ -318,12 +318,18 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
-        let primary = self.membership.quorum(&members, self.config.cluster_size);
+        let mine = self.delivery.primary_counts();
+        let primary = self
+            .membership
+            .quorum(&members, self.config.cluster_size, mine);
         // Joiners that lived in this cluster in their process before and
         // departed from us by failure: a healed partition (or a falsely
         // suspected broker), whose publishes while apart we never got.
         let merge = c.joins.keys().any(|j| {
-            self.membership.join_primary.get(j).is_some_and(|p| p.0 > 0)
+            self.membership
+                .join_primary
+                .get(j)
+                .is_some_and(|p| p.0 .0 > 0)
                 && self.membership.failed_nodes.contains(&j.node)
         });
         // Settle the old view here first, so the state a joiner receives
