@@ -40,7 +40,13 @@
 //! carried in the install. Members are counted by incarnation, so a
 //! restarted broker does not restore a lost majority: safety first (a
 //! group that lost a majority keeps total topics unavailable until the
-//! members of its last primary view are back in one view with it).
+//! members of its last primary view are back in one view with it). A new
+//! incarnation that merged back naming that view as its last primary one
+//! (`Join::last_primary`) counts for its old self only if it delivered no
+//! more total order in that view than the coordinator did
+//! (`Join::primary_delivered`). Known gap: what the old incarnation *held*
+//! without delivering is lost with it, so such a view can still miss a
+//! quorum-held order (sim seed 447).
 //! Total-order topics deliver and accept publishes only in a primary view.
 //!
 //! **Quorum-held delivery.** An ordering decision (an ISIS final, a
