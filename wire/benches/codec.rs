@@ -64,6 +64,7 @@ fn header() -> Header {
         cluster: ClusterId::from_name("bench"),
         sender: origin(),
         view: ViewId(1),
+        tag: 0,
     }
 }
 

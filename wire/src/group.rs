@@ -58,10 +58,14 @@ pub const MAGIC: u16 = 0x4f72;
 /// 2: installs carry the agreed state (topics, gseq); ordering control
 /// messages ride in the data streams. A version-1 broker is refused, counted
 /// as `bad_version`, rather than misreading an install.
-pub const GROUP_PROTOCOL_VERSION: u8 = 2;
+///
+/// 3: the header carries the view's tag (views are told apart by number
+/// and members); flush acknowledgements and installs carry the total-order
+/// delivery counts (the agreed frontier).
+pub const GROUP_PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of the fixed header.
-pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8;
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4;
 
 /// Bytes of the checksum trailer.
 pub const TRAILER_LEN: usize = 4;
@@ -146,6 +150,29 @@ pub struct Header {
     pub sender: Origin,
     /// The view the sender has installed (0 before its first view).
     pub view: ViewId,
+    /// That view's tag, a hash of its members ([`view_tag`]; 0 before its
+    /// first view): two views with one number installed apart (a stalled
+    /// coordinator's and the others') are told apart by it.
+    pub tag: u32,
+}
+
+/// The tag of a view of `members` (FNV-1a over their node ids and
+/// incarnations, in view order).
+pub fn view_tag(members: &[Origin]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for m in members {
+        for b in m
+            .node
+            .0
+            .to_be_bytes()
+            .into_iter()
+            .chain(m.incarnation.0.to_be_bytes())
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
 }
 
 /// One decoded frame.
@@ -369,6 +396,10 @@ pub struct Join {
     /// this process) was a member of, 0 if none: a broker merging back after
     /// a partition counts toward the quorum of that view.
     pub last_primary: ViewId,
+    /// How much total order it delivered in that view: it counts only if
+    /// the coordinator's side delivered at least as much (else it knew an
+    /// order the side does not).
+    pub primary_delivered: TotalCounts,
 }
 
 /// A view proposal; members of the current view stop sending and flush.
@@ -390,6 +421,27 @@ pub struct FlushAck {
     /// What the member holds contiguously of every other origin of the old
     /// view: the cut of a departed origin is the most any survivor holds.
     pub held: Vec<(Origin, Seq)>,
+    /// How many ISIS messages and how many sequenced messages (declarations
+    /// included) the member delivered in the old view: the install's agreed
+    /// frontier is the most any survivor delivered.
+    pub delivered: TotalCounts,
+}
+
+/// Counts of total-order deliveries in one view, per layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TotalCounts {
+    pub isis: u64,
+    pub seq: u64,
+}
+
+impl TotalCounts {
+    /// The most of each count.
+    pub fn max(self, other: TotalCounts) -> TotalCounts {
+        TotalCounts {
+            isis: self.isis.max(other.isis),
+            seq: self.seq.max(other.seq),
+        }
+    }
 }
 
 /// The next view with the digest it starts from.
@@ -412,6 +464,11 @@ pub struct Install {
     /// For every member, the last sequence number before this view: old
     /// members' streams were flushed up to it, joiners' continue after it.
     pub digest: Vec<(Origin, Seq)>,
+    /// The agreed frontier of the old view's total order: the most ISIS
+    /// and sequenced messages any survivor delivered in it. A member
+    /// entering a non-primary view delivers exactly this much of the old
+    /// view, so members moving together deliver the same messages.
+    pub delivered: TotalCounts,
     /// The group's agreed state a joiner starts from: every declared topic
     /// and, for total topics, the `gseq` of its last message before this view.
     pub state: Vec<TopicState>,
@@ -438,6 +495,7 @@ impl Install {
             + self.members.len() * ORIGIN_LEN
             + 4
             + self.digest.len() * (ORIGIN_LEN + 8)
+            + 16
             + 4
             + TRAILER_LEN;
         let room = max_datagram.saturating_sub(base);
@@ -467,6 +525,7 @@ impl Install {
                 merge: self.merge,
                 members: self.members.clone(),
                 digest: self.digest.clone(),
+                delivered: self.delivered,
                 state,
             })
             .collect()
@@ -658,6 +717,8 @@ impl Frame {
                 }
                 out.put_u64(j.last_seq.0);
                 out.put_u64(j.last_primary.0);
+                out.put_u64(j.primary_delivered.isis);
+                out.put_u64(j.primary_delivered.seq);
             }
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
@@ -668,6 +729,8 @@ impl Frame {
                 out.put_u64(f.view.0);
                 out.put_u64(f.last_seq.0);
                 put_seq_vector(&mut out, &f.held);
+                out.put_u64(f.delivered.isis);
+                out.put_u64(f.delivered.seq);
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
@@ -677,6 +740,8 @@ impl Frame {
                 put_bool(&mut out, i.merge);
                 put_members(&mut out, &i.members);
                 put_seq_vector(&mut out, &i.digest);
+                out.put_u64(i.delivered.isis);
+                out.put_u64(i.delivered.seq);
                 out.put_u32(i.state.len() as u32);
                 for t in &i.state {
                     put_str(&mut out, &t.name);
@@ -774,6 +839,7 @@ impl Frame {
                 target: r.opt("join target", |r| r.origin())?,
                 last_seq: Seq(r.counter("join last seq")?),
                 last_primary: ViewId(r.counter("join last primary")?),
+                primary_delivered: total_counts(&mut r)?,
             }),
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
@@ -784,6 +850,7 @@ impl Frame {
                 view: ViewId(r.counter("view")?),
                 last_seq: Seq(r.counter("flush last seq")?),
                 held: seq_vector(&mut r)?,
+                delivered: total_counts(&mut r)?,
             }),
             kind::INSTALL => {
                 let view = ViewId(r.counter("view")?);
@@ -805,6 +872,7 @@ impl Frame {
                     merge,
                     members: members(&mut r)?,
                     digest: seq_vector(&mut r)?,
+                    delivered: total_counts(&mut r)?,
                     state: topic_states(&mut r)?,
                 })
             }
@@ -935,6 +1003,7 @@ fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
         cluster: ClusterId(r.u64("cluster")?),
         sender: r.origin()?,
         view: ViewId(r.counter("view")?),
+        tag: r.u32("view tag")?,
     };
     Ok((header, kind, r.position(), body_end))
 }
@@ -948,6 +1017,7 @@ fn put_header(out: &mut BytesMut, kind: u8, h: &Header) {
     out.put_u64(h.cluster.0);
     put_origin(out, h.sender);
     out.put_u64(h.view.0);
+    out.put_u32(h.tag);
 }
 
 fn seal(mut out: BytesMut) -> Bytes {
@@ -1010,6 +1080,13 @@ fn put_seq_vector(out: &mut BytesMut, entries: &[(Origin, Seq)]) {
     }
 }
 
+fn total_counts(r: &mut Reader<'_>) -> Result<TotalCounts, WireError> {
+    Ok(TotalCounts {
+        isis: r.counter("isis deliveries")?,
+        seq: r.counter("sequenced deliveries")?,
+    })
+}
+
 fn seq_vector(r: &mut Reader<'_>) -> Result<Vec<(Origin, Seq)>, WireError> {
     let n = r.count(ORIGIN_LEN + 8, "seq vector")?;
     let mut v = Vec::with_capacity(n);
@@ -1040,11 +1117,12 @@ mod tests {
     }
 
     fn header() -> impl Strategy<Value = Header> {
-        (0u8..4, any::<u64>(), origin(), ctr()).prop_map(|(f, c, s, v)| Header {
+        (0u8..4, any::<u64>(), origin(), ctr(), any::<u32>()).prop_map(|(f, c, s, v, tag)| Header {
             flags: Flags(f),
             cluster: ClusterId(c),
             sender: s,
             view: ViewId(v),
+            tag,
         })
     }
 
@@ -1114,11 +1192,15 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), ctr(), ctr()).prop_map(|(target, s, p)| {
+            (proptest::option::of(origin()), ctr(), ctr(), ctr()).prop_map(|(target, s, p, n)| {
                 Body::Join(Join {
                     target,
                     last_seq: Seq(s),
                     last_primary: ViewId(p),
+                    primary_delivered: TotalCounts {
+                        isis: n,
+                        seq: n / 2,
+                    },
                 })
             }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
@@ -1128,11 +1210,14 @@ mod tests {
                     members,
                 })
             }),
-            (ctr(), ctr(), seqs()).prop_map(|(v, s, held)| Body::FlushAck(FlushAck {
-                view: ViewId(v),
-                last_seq: Seq(s),
-                held
-            })),
+            (ctr(), ctr(), seqs(), ctr(), ctr()).prop_map(|(v, s, held, isis, seq)| {
+                Body::FlushAck(FlushAck {
+                    view: ViewId(v),
+                    last_seq: Seq(s),
+                    held,
+                    delivered: TotalCounts { isis, seq },
+                })
+            }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Suspect(Suspect {
                     view: ViewId(v),
@@ -1145,26 +1230,30 @@ mod tests {
                 ctr(),
                 proptest::collection::vec(origin(), 0..4),
                 seqs(),
-                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3)
+                proptest::collection::vec(("[a-z.]{1,8}", 0u8..4, any::<bool>(), ctr()), 0..3),
+                (ctr(), ctr()),
             )
-                .prop_map(|(v, members, digest, st)| Body::Install(Install {
-                    view: ViewId(v),
-                    part: 0,
-                    parts: 1,
-                    primary: v % 2 == 0,
-                    merge: v % 3 == 0,
-                    members,
-                    digest,
-                    state: st
-                        .into_iter()
-                        .map(|(name, o, safe, gseq)| TopicState {
-                            name,
-                            ordering: Ordering::from_code(o).unwrap(),
-                            safe,
-                            gseq
-                        })
-                        .collect()
-                })),
+                .prop_map(|(v, members, digest, st, (isis, seq))| Body::Install(
+                    Install {
+                        view: ViewId(v),
+                        part: 0,
+                        parts: 1,
+                        primary: v % 2 == 0,
+                        merge: v % 3 == 0,
+                        members,
+                        digest,
+                        delivered: TotalCounts { isis, seq },
+                        state: st
+                            .into_iter()
+                            .map(|(name, o, safe, gseq)| TopicState {
+                                name,
+                                ordering: Ordering::from_code(o).unwrap(),
+                                safe,
+                                gseq
+                            })
+                            .collect()
+                    }
+                )),
             ctr().prop_map(|v| Body::InstallAck(ViewId(v))),
             Just(Body::Leave),
         ]
@@ -1270,6 +1359,7 @@ mod tests {
             cluster: ClusterId::from_name("c"),
             sender: Origin::default(),
             view: ViewId(1),
+            tag: 0,
         };
         let m = DataMsg {
             seq: Seq(1),
@@ -1306,6 +1396,7 @@ mod tests {
                     cluster: ClusterId(1),
                     sender: Origin::default(),
                     view: ViewId(0),
+                    tag: 0,
                 },
             );
             assert_eq!(Frame::decode(&seal(out)), Err(WireError::UnknownKind(k)));
@@ -1319,6 +1410,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(0),
+            tag: 0,
         };
         let patched = |at: usize, v: u8| {
             let mut out = BytesMut::new();
@@ -1346,6 +1438,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(view),
+            tag: 0,
         };
         let encode = |view: u64, body: Body| {
             Frame {
@@ -1370,6 +1463,7 @@ mod tests {
                     merge: false,
                     members: vec![Origin::default()],
                     digest: vec![],
+                    delivered: TotalCounts::default(),
                     state: vec![],
                 }),
             ),
@@ -1383,6 +1477,7 @@ mod tests {
                     merge: false,
                     members: vec![Origin::default()],
                     digest: vec![(Origin::default(), Seq(u64::MAX))],
+                    delivered: TotalCounts::default(),
                     state: vec![TopicState {
                         name: "t".into(),
                         ordering: Ordering::TotalSeq,
@@ -1410,6 +1505,7 @@ mod tests {
                     target: None,
                     last_seq: Seq(u64::MAX),
                     last_primary: ViewId(0),
+                    primary_delivered: TotalCounts::default(),
                 }),
             ),
         ];
@@ -1470,6 +1566,7 @@ mod tests {
             cluster: ClusterId(1),
             sender: Origin::default(),
             view: ViewId(3),
+            tag: 0,
         };
         let state: Vec<TopicState> = (0..1000)
             .map(|i| TopicState {
@@ -1487,6 +1584,7 @@ mod tests {
             merge: false,
             members: vec![Origin::default(); 3],
             digest: vec![(Origin::default(), Seq(9)); 3],
+            delivered: TotalCounts { isis: 4, seq: 5 },
             state: state.clone(),
         };
         for max in [512, 1400, 8192] {

@@ -23,14 +23,15 @@ mod stats;
 mod timer;
 mod topics;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ordo_wire::group::view_tag;
 use ordo_wire::group::{
     Body, ClusterId, Control, DataFrameWriter, DataMsg, Digest, Flags, Fragment, Frame, Header,
-    Stable, DATA_FRAME_OVERHEAD,
+    Stable, TotalCounts, DATA_FRAME_OVERHEAD,
 };
 use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq, ViewId, WireError};
 use rand::rngs::SmallRng;
@@ -170,6 +171,9 @@ pub struct Engine {
     /// others cannot hear then orders nothing the survivors would order
     /// otherwise (the flush cut includes whatever a survivor holds).
     own_control: VecDeque<(Seq, Control)>,
+    /// The agreed frontier of total order carried by the install being
+    /// settled (`Install::delivered`).
+    frontier: TotalCounts,
     newer_self_warned: bool,
     /// The agreed cut of origins that departed (what every survivor held
     /// of them when the view without them was installed), for the
@@ -215,6 +219,7 @@ impl Engine {
             wanted: 0,
             local_pending: VecDeque::new(),
             own_control: VecDeque::new(),
+            frontier: TotalCounts::default(),
             newer_self_warned: false,
             departed_cuts: std::collections::BTreeMap::new(),
             stats: Stats {
@@ -507,25 +512,48 @@ impl Engine {
             self.stats.control_messages_sent += 1;
             self.own_control.push_back((seq, c));
         }
-        self.apply_own_control(false);
+        self.release_control(Release::Quorum);
     }
 
-    /// Applies our own ordering control that another member holds (with
-    /// `all`, every one: a flush proved every member holds it, or we are alone).
-    fn apply_own_control(&mut self, all: bool) {
-        let alone = self.view.members.len() <= 1;
-        let held = self.rel.held_by_a_peer();
+    /// Applies ordering control (ours, and the finals and orders of the
+    /// others) once a quorum of the view holds it (see
+    /// [`Reliability::held_by_quorum`]): a decision delivered here then
+    /// survives into every possible next primary view. Frozen during a
+    /// flush (what we applied is what we reported). See [`Release`].
+    fn release_control(&mut self, mode: Release) {
+        if matches!(mode, Release::Quorum) && self.membership.flushing() {
+            return;
+        }
+        let members = &self.view.members;
+        let held: BTreeMap<Origin, Seq> = members
+            .iter()
+            .map(|o| {
+                let s = match mode {
+                    Release::All => Seq(u64::MAX),
+                    Release::Quorum => self.rel.held_by_quorum(*o, members),
+                };
+                (*o, s)
+            })
+            .collect();
+        let mine = held.get(&self.me).copied().unwrap_or_default();
         while let Some((seq, _)) = self.own_control.front() {
-            if !(all || alone) && *seq > held {
-                return;
+            if *seq > mine {
+                break;
             }
             let Some((_, c)) = self.own_control.pop_front() else {
-                return;
+                break;
             };
             let n = self.delivery.sent(&c, &mut self.topics, &mut self.events);
             self.stats.delivered += n as u64;
             self.stats.messages_delivered += n as u64;
         }
+        let n = self.delivery.release_control(
+            |o| held.get(&o).copied().unwrap_or_default(),
+            &mut self.topics,
+            &mut self.events,
+        );
+        self.stats.delivered += n as u64;
+        self.stats.messages_delivered += n as u64;
     }
 
     /// Whether the ordering layers hold as much as their bound: new
@@ -731,7 +759,7 @@ impl Engine {
             self.stats.dropped_not_member += 1;
             return;
         }
-        if h.view != self.view.id {
+        if !self.in_our_view(h) {
             self.stats.dropped_wrong_view += 1;
             self.on_view_mismatch(h.sender, h.view, None, now);
             return;
@@ -779,7 +807,7 @@ impl Engine {
 
     fn on_heartbeat(&mut self, h: &Header, d: Digest, now: Instant) {
         let member = self.view.members.contains(&h.sender);
-        if self.in_view && member && h.view == self.view.id {
+        if member && self.in_our_view(h) {
             self.rel
                 .on_digest(h.sender, &d.entries, now, &mut self.rng, &mut self.stats);
         } else if !member || !self.in_view {
@@ -791,7 +819,7 @@ impl Engine {
     }
 
     fn on_nak(&mut self, h: &Header, nak: ordo_wire::group::Nak, now: Instant) {
-        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+        if !self.view.members.contains(&h.sender) || !self.in_our_view(h) {
             self.stats.dropped_not_member += 1;
             return;
         }
@@ -814,7 +842,7 @@ impl Engine {
     }
 
     fn on_stable(&mut self, h: &Header, s: Stable, now: Instant) {
-        if !self.in_view || !self.view.members.contains(&h.sender) || h.view != self.view.id {
+        if !self.view.members.contains(&h.sender) || !self.in_our_view(h) {
             self.stats.dropped_not_member += 1;
             return;
         }
@@ -885,7 +913,7 @@ impl Engine {
                 self.deliver_waiting(origin, Seq(0));
             }
             self.deliver_local(false);
-            self.apply_own_control(false);
+            self.release_control(Release::Quorum);
             let done = if self.view.members.len() == 1 {
                 self.rel.advance_stability(&mut self.stats);
                 self.rel.confirm_all()
@@ -932,7 +960,18 @@ impl Engine {
             } else {
                 ViewId(0)
             },
+            tag: if self.in_view {
+                view_tag(&self.view.members)
+            } else {
+                0
+            },
         }
+    }
+
+    /// Whether a frame was sent in our view: same number and same tag (a
+    /// view of the same number installed apart has other members).
+    fn in_our_view(&self, h: &Header) -> bool {
+        self.in_view && h.view == self.view.id && h.tag == view_tag(&self.view.members)
     }
 
     fn send(&mut self, flags: Flags, body: Body) {
@@ -1039,6 +1078,17 @@ fn fresh_delivery(config: &EngineConfig, me: Origin) -> delivery::Delivery {
     #[cfg(feature = "bug-injection")]
     d.plant_bugs(config.bugs);
     d
+}
+
+/// How far [`Engine::release_control`] applies ordering control.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// What a quorum of the view holds (normal operation).
+    Quorum,
+    /// Everything: the flush gave the successor's members the same control
+    /// (into a non-primary successor, what is delivered is then limited to
+    /// the agreed frontier, see `delivery::total`).
+    All,
 }
 
 /// Hands one message of `origin`'s stream to the delivery layers.

@@ -300,6 +300,7 @@ fn bad_datagrams_are_counted_and_dropped() {
             cluster: ClusterId::from_name(cluster),
             sender,
             view: ViewId(9),
+            tag: 0,
         },
         body: Body::Leave,
     };
@@ -318,6 +319,7 @@ fn bad_datagrams_are_counted_and_dropped() {
         cluster: ClusterId::from_name("unit"),
         sender: other,
         view: ViewId(9),
+        tag: 0,
     };
     let reserved = ordo_wire::group::kind::ISIS_PROPOSAL;
     e.handle_datagram(&ordo_wire::group::encode_raw(reserved, &header, &[]), now);
@@ -366,6 +368,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             cluster: ClusterId::from_name("unit"),
             sender: forger,
             view: ViewId(1),
+            tag: 0,
         },
         body: Body::Install(ordo_wire::group::Install {
             view: ViewId(view),
@@ -375,6 +378,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             merge: false,
             members: vec![forger, me],
             digest: vec![],
+            delivered: ordo_wire::group::TotalCounts::default(),
             state: vec![],
         }),
     };
@@ -406,6 +410,7 @@ fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
             cluster: ClusterId::from_name("unit"),
             sender: b,
             view: g.engines[0].view().id,
+            tag: ordo_wire::group::view_tag(&g.engines[0].view().members),
         },
         body: Body::Heartbeat(ordo_wire::group::Digest {
             coordinator: g.engines[0].view().members[0],

@@ -15,7 +15,7 @@ mod total;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ordo_wire::group::{Control, DataMsg, TopicState};
+use ordo_wire::group::{Control, DataMsg, TopicState, TotalCounts};
 use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq};
 
 use super::topics::TopicCache;
@@ -146,7 +146,7 @@ impl Delivery {
                 return;
             }
             match Control::decode(&ready.msg.payload) {
-                Ok(c) => self.total.on_control(ready.origin, c, out),
+                Ok(c) => self.total.defer_control(ready.origin, ready.seq, c, out),
                 Err(e) => {
                     self.bad_control += 1;
                     tracing::warn!(origin = %ready.origin, error = %e, "undecodable control message");
@@ -189,6 +189,44 @@ impl Delivery {
         };
         self.total.sent(c, &mut out);
         out.delivered
+    }
+
+    /// Applies the others' deferred finals and orders that a quorum holds
+    /// (`held` gives, per sender, how much of its stream a quorum holds).
+    pub(crate) fn release_control(
+        &mut self,
+        held: impl Fn(Origin) -> Seq,
+        topics: &mut TopicCache,
+        events: &mut VecDeque<Event>,
+    ) -> usize {
+        let mut out = Out {
+            events,
+            topics,
+            delivered: 0,
+        };
+        self.total.release(held, &mut out);
+        out.delivered
+    }
+
+    /// What this member delivered of total order in this view, per
+    /// layer; total-order delivery stops until the install.
+    pub(crate) fn freeze_total(&mut self) -> TotalCounts {
+        self.total.freeze()
+    }
+
+    /// Whether a view was installed in these layers.
+    pub(crate) fn installed(&self) -> bool {
+        self.total.installed()
+    }
+
+    /// What we delivered of total order in our last primary view.
+    pub(crate) fn primary_counts(&self) -> TotalCounts {
+        self.total.primary_counts()
+    }
+
+    /// The agreed frontier for the next install into a non-primary view.
+    pub(crate) fn set_frontier(&mut self, f: TotalCounts) {
+        self.total.set_frontier(f);
     }
 
     /// Our causal clock: what we delivered of each origin's causal messages.

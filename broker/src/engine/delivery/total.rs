@@ -15,10 +15,15 @@
 //! Proposals, finals and orders are control messages batched into the
 //! sender's own reliable stream (see `ordo_wire::group::Control`), so they
 //! are repaired like data, and a view change's flush makes every member hold
-//! the same ones. At the install every member resolves what is pending
-//! identically: ISIS messages with a final in final order, then the rest
-//! by (origin, seq); sequenced messages in order, then the rest by (origin,
-//! seq). Whatever a member delivered before is a prefix of that.
+//! the same ones. Finals and orders are applied (by their sender too) only
+//! once a quorum of the view holds them ([`Total::release`]; the engine
+//! judges holding from digests), so whatever they deliver survives into
+//! every possible next primary view. At the install into a primary view
+//! every member resolves what is pending identically: ISIS messages with a
+//! final in final order, then the rest by (origin, seq); sequenced messages
+//! in order, then the rest by (origin, seq). Whatever a member delivered
+//! before is a prefix of that. Into a non-primary view only the install's
+//! agreed frontier (counts per layer) is delivered (see `membership`).
 //!
 //! `gseq` counts a topic's messages in the agreed order; a joiner receives
 //! every topic's count in the install. Topic declarations ride as
@@ -28,7 +33,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use ordo_wire::group::{Control, Priority, TopicState};
+use ordo_wire::group::{Control, Priority, TopicState, TotalCounts};
 use ordo_wire::{NodeId, Ordering, Origin, Seq};
 
 use super::{Out, Ready};
@@ -72,6 +77,20 @@ pub(crate) struct Total {
     order_out: Vec<(Origin, Seq)>,
     /// Control messages built and not yet in our stream.
     ctl: VecDeque<Control>,
+    /// The others' finals and orders, per sender in stream order, until a
+    /// quorum of the view holds them (see [`Total::release`]).
+    deferred: BTreeMap<Origin, VecDeque<(Seq, Control)>>,
+    /// What we delivered in this view, per layer (reported in the flush).
+    done: TotalCounts,
+    /// The agreed frontier of the view being left (the install's): into a
+    /// non-primary view exactly this much of the old view is delivered.
+    frontier: TotalCounts,
+    /// Set with the frontier: delivery waits for the install.
+    frozen: bool,
+    /// What we delivered in the last primary view we left.
+    left_primary: TotalCounts,
+    /// Whether a view was installed here.
+    installed: bool,
     // ----- agreed state -----
     gseq: BTreeMap<Bytes, u64>,
     agreed: BTreeMap<String, Spec>,
@@ -100,7 +119,10 @@ impl Total {
 
     /// Messages pending in both layers and control entries not yet sent.
     pub(crate) fn pending(&self) -> usize {
-        self.isis.len() + self.seq_data.len() + self.seq_order.len()
+        self.isis.len()
+            + self.seq_data.len()
+            + self.seq_order.len()
+            + self.deferred.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// The agreed topic table.
@@ -210,6 +232,77 @@ impl Total {
         }
     }
 
+    /// A control message of `sender`'s stream at `seq`: proposals act at
+    /// once (they decide nothing); finals and orders wait until a quorum
+    /// holds them, so what is delivered by them is known to every possible
+    /// next primary view.
+    pub(crate) fn defer_control(
+        &mut self,
+        sender: Origin,
+        seq: Seq,
+        c: Control,
+        out: &mut Out<'_>,
+    ) {
+        match c {
+            Control::IsisFinal(_) | Control::SequencerOrder(_) => {
+                self.deferred.entry(sender).or_default().push_back((seq, c));
+            }
+            Control::IsisProposal(_) | Control::Declare { .. } => self.on_control(sender, c, out),
+        }
+    }
+
+    /// Applies the deferred control of each sender up to `held(sender)`.
+    pub(crate) fn release(&mut self, held: impl Fn(Origin) -> Seq, out: &mut Out<'_>) {
+        let senders: Vec<Origin> = self.deferred.keys().copied().collect();
+        for sender in senders {
+            let upto = held(sender);
+            while let Some(q) = self.deferred.get_mut(&sender) {
+                if q.front().is_none_or(|(s, _)| *s > upto) {
+                    break;
+                }
+                let Some((_, c)) = q.pop_front() else {
+                    break;
+                };
+                self.on_control(sender, c, out);
+            }
+            if self.deferred.get(&sender).is_some_and(VecDeque::is_empty) {
+                self.deferred.remove(&sender);
+            }
+        }
+    }
+
+    /// What we delivered in this view, per layer; from now on nothing
+    /// more is delivered until the install (a flush began: what we
+    /// report is what we delivered).
+    pub(crate) fn freeze(&mut self) -> TotalCounts {
+        self.frozen = true;
+        self.done
+    }
+
+    /// Whether a view was installed in this layer.
+    pub(crate) fn installed(&self) -> bool {
+        self.installed
+    }
+
+    /// What we delivered in our last primary view (the current one if it
+    /// is primary): a rejoin reports it (see `Join::primary_delivered`).
+    pub(crate) fn primary_counts(&self) -> TotalCounts {
+        if self.primary {
+            self.done
+        } else {
+            self.left_primary
+        }
+    }
+
+    /// The agreed frontier for the next [`Total::install`] into a
+    /// non-primary view.
+    /// Until then nothing is delivered by the usual rules (the old view's
+    /// control is applied, the install picks what to deliver).
+    pub(crate) fn set_frontier(&mut self, f: TotalCounts) {
+        self.frontier = f;
+        self.frozen = true;
+    }
+
     // ----- control we send -----
 
     /// The next control message to put in our stream (see [`Total::sent`]).
@@ -317,12 +410,16 @@ impl Total {
     }
 
     fn deliver_isis(&mut self, out: &mut Out<'_>) {
+        if self.frozen {
+            return;
+        }
         while let Some((&(_, o, s), &fin)) = self.queue.first_key_value() {
             if !fin {
                 return;
             }
             self.queue.pop_first();
             if let Some(e) = self.isis.remove(&(o, s)) {
+                self.done.isis += 1;
                 self.emit(e.ready, out);
             }
         }
@@ -331,6 +428,9 @@ impl Total {
     // ----- sequencer internals -----
 
     fn deliver_seq(&mut self, out: &mut Out<'_>) {
+        if self.frozen {
+            return;
+        }
         while let Some(&(o, s)) = self.seq_order.front() {
             if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
                 // Already delivered (only a second sequencer can order it twice).
@@ -342,6 +442,7 @@ impl Total {
             };
             self.seq_order.pop_front();
             self.seq_done.insert(o, s);
+            self.done.seq += 1;
             self.emit(r, out);
         }
     }
@@ -393,32 +494,51 @@ impl Total {
         out: &mut Out<'_>,
     ) {
         if !primary {
-            // The view lost its quorum. Deliver only what a member could
-            // already have delivered by the usual rules (the final prefix of
-            // the ISIS queue, the sequencer's order while its data is here:
-            // the flush gave every member the same finals and orders), so
-            // the members agree; the rest has no agreed place and would be
-            // placed apart from the primary side: it is delivered nowhere here.
-            let before = self.isis.len() + self.seq_data.len();
-            let prefix: std::collections::BTreeSet<(Origin, Seq)> = self
+            // The view lost its quorum. Deliver exactly the agreed frontier:
+            // as many ISIS messages (finals in final order, skipping those
+            // without one) and sequenced ones (in order) as the member that
+            // delivered most of the old view did. That member delivered the
+            // same sequence (a message without a final that sorts before a
+            // final one it delivered gets a final above it), and the flush
+            // gave us its finals, orders and data. The rest has no agreed
+            // place and would be placed apart from the primary side: it is
+            // delivered nowhere here.
+            let finals: Vec<Key> = self
                 .queue
                 .iter()
-                .take_while(|(_, fin)| **fin)
-                .map(|((_, o, s), _)| (*o, *s))
+                .filter(|(_, f)| **f)
+                .map(|(k, _)| *k)
                 .collect();
-            self.isis.retain(|k, _| prefix.contains(k));
-            self.queue.retain(|(_, o, s), _| prefix.contains(&(*o, *s)));
-            let mut ordered = std::collections::BTreeSet::new();
-            for k in &self.seq_order {
-                if !self.seq_data.contains_key(k)
-                    && self.seq_done.get(&k.0).is_none_or(|d| *d < k.1)
-                {
+            for (_, o, s) in finals {
+                if self.done.isis >= self.frontier.isis {
                     break;
                 }
-                ordered.insert(*k);
+                if let Some(e) = self.isis.remove(&(o, s)) {
+                    self.done.isis += 1;
+                    self.emit(e.ready, out);
+                }
             }
-            self.seq_data.retain(|k, _| ordered.contains(k));
-            self.discarded += (before - self.isis.len() - self.seq_data.len()) as u64;
+            while self.done.seq < self.frontier.seq {
+                let Some(&(o, s)) = self.seq_order.front() else {
+                    break;
+                };
+                if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
+                    self.seq_order.pop_front();
+                    continue;
+                }
+                let Some(r) = self.seq_data.remove(&(o, s)) else {
+                    break;
+                };
+                self.seq_order.pop_front();
+                self.seq_done.insert(o, s);
+                self.done.seq += 1;
+                self.emit(r, out);
+            }
+            self.discarded += (self.isis.len() + self.seq_data.len()) as u64;
+            self.isis.clear();
+            self.queue.clear();
+            self.seq_data.clear();
+            self.seq_order.clear();
         }
         // ISIS: finals in final order, then the rest by (origin, seq).
         let mut finals: Vec<Key> = self
@@ -460,6 +580,16 @@ impl Total {
         }
         self.order_out.clear();
         self.ctl.clear();
+        // What no quorum held was released nowhere (the caller released
+        // everything into a primary successor).
+        self.deferred.clear();
+        if self.primary {
+            self.left_primary = self.done;
+        }
+        self.done = TotalCounts::default();
+        self.installed = true;
+        self.frontier = TotalCounts::default();
+        self.frozen = false;
         self.me = me;
         self.members = members.to_vec();
         if self.sequencer.is_some() && self.sequencer != sequencer {

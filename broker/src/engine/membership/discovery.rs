@@ -38,7 +38,10 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        let primary = self.membership.quorum(&[self.me], self.config.cluster_size);
+        let mine = self.delivery.primary_counts();
+        let primary = self
+            .membership
+            .quorum(&[self.me], self.config.cluster_size, mine);
         self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
@@ -51,6 +54,11 @@ impl Engine {
                 target,
                 last_seq,
                 last_primary,
+                primary_delivered: if self.delivery.installed() {
+                    self.delivery.primary_counts()
+                } else {
+                    self.membership.rejoin_counts
+                },
             }),
         );
     }
@@ -167,7 +175,7 @@ impl Engine {
         }
         self.membership
             .join_primary
-            .insert(sender, join.last_primary);
+            .insert(sender, (join.last_primary, join.primary_delivered));
         self.maybe_start_change(now);
     }
 
@@ -221,6 +229,12 @@ impl Engine {
         self.own_control.clear();
         // A new incarnation starts with fresh layers; the group's agreed
         // state (topics, gseq) comes with the install that admits it.
+        // What the old incarnation delivered in its last primary view, for
+        // our joins (see `Membership::quorum`).
+        // (A fresh layer that never installed a view knows nothing: keep.)
+        if self.delivery.installed() {
+            self.membership.rejoin_counts = self.delivery.primary_counts();
+        }
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
         if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
             // Only the planted bug listens: the sequencer we were keeps acting.

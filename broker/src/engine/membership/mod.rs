@@ -40,8 +40,35 @@
 //! carried in the install. Members are counted by incarnation, so a
 //! restarted broker does not restore a lost majority: safety first (a
 //! group that lost a majority keeps total topics unavailable until the
-//! members of its last primary view are back in one view with it).
+//! members of its last primary view are back in one view with it). A new
+//! incarnation that merged back naming that view as its last primary one
+//! (`Join::last_primary`) counts for its old self only if it delivered no
+//! more total order in that view than the coordinator did
+//! (`Join::primary_delivered`). Known gap: what the old incarnation *held*
+//! without delivering is lost with it, so such a view can still miss a
+//! quorum-held order (sim seed 447).
 //! Total-order topics deliver and accept publishes only in a primary view.
+//!
+//! **Quorum-held delivery.** An ordering decision (an ISIS final, a
+//! sequencer order: control messages in their sender's stream) is applied,
+//! by its sender as by everyone, only once a quorum of the current view
+//! holds that part of the sender's stream, under the same rule as above
+//! (strict majority, or half with the first member; learned from the
+//! digests). Every possible next primary view then contains a holder, its
+//! flush cut includes the decision, and it continues after it: a minority
+//! never delivers an order the majority will contradict.
+//!
+//! **Agreed frontier.** When a member flushes it stops delivering total
+//! order and reports how many ISIS and sequenced messages it delivered in
+//! the old view (`FlushAck::delivered`); the install carries the most any
+//! survivor delivered (`Install::delivered`). Every member then applies all
+//! the old view's control it holds (the flush made them hold the same).
+//! Into a primary successor it resolves everything pending (below); into a
+//! non-primary one it delivers exactly the frontier (ISIS finals in final
+//! order, sequenced messages in order: the sequence the furthest member
+//! delivered, whose finals, orders and data the flush gave everyone) and
+//! discards the rest. So members moving together deliver the same old-view
+//! messages, and nothing the primary side could order otherwise.
 //!
 //! **Merge.** A member that hears a heartbeat of another view of its
 //! cluster compares: a non-primary view loses to a primary one, then the
@@ -49,6 +76,15 @@
 //! higher node id. Each member of the losing view rejoins the winner as a
 //! new incarnation (state transfer, discontinuity event), so nothing one
 //! side delivered during the split is delivered on the other.
+//!
+//! **View identity.** A view is named by its number and its tag (a hash
+//! of its members, `ordo_wire::group::view_tag`), both in every frame's
+//! header. Two views of one number installed apart (a stalled coordinator
+//! completing its change while the others installed theirs without it) are
+//! told apart: frames of the other are not taken for ours (data, digests,
+//! NAKs and stability are dropped), an install of our number with other
+//! members is not acknowledged as a retry, and a heartbeat of the other
+//! view is handled as a view mismatch, so the sides merge as above.
 //!
 //! **Duplicate node ids.** A live member that hears a newer incarnation of
 //! its own node id, or a member that keeps hearing an old incarnation after
@@ -66,7 +102,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect};
+use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect, TotalCounts};
 use ordo_wire::{NodeId, Origin, Seq, ViewId};
 
 use super::timer::Timer;
@@ -109,6 +145,9 @@ struct Change {
     acks: BTreeMap<Origin, Seq>,
     /// Per departing origin, the most any flushed member holds of it.
     held: BTreeMap<Origin, Seq>,
+    /// The most total-order deliveries any flushed member made in the old
+    /// view: the agreed frontier the install carries.
+    delivered: TotalCounts,
     install: Option<Install>,
     /// Ends our view for a merge our view lost: we install ourselves alone,
     /// then rejoin this winner's coordinator (the others rejoin it too).
@@ -144,7 +183,10 @@ pub(crate) struct Membership {
     last_primary: Vec<Origin>,
     last_primary_id: ViewId,
     /// The last primary view each joiner named in its join.
-    join_primary: BTreeMap<Origin, ViewId>,
+    join_primary: BTreeMap<Origin, (ViewId, TotalCounts)>,
+    /// What our previous incarnation delivered of total order in its last
+    /// primary view (reported in our joins).
+    rejoin_counts: TotalCounts,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -269,7 +311,12 @@ impl Membership {
     /// if a new incarnation of its node is that joined naming that same
     /// view as its last primary one (it merged back from a partition and
     /// was in no primary view since; a restarted process names none).
-    fn quorum(&self, members: &[Origin], cluster_size: usize) -> bool {
+    /// Such a joiner counts only if it delivered no more total order in
+    /// that view than we did (`mine`): both delivered prefixes of its
+    /// order, so ours then holds its; one that delivered more knew orders
+    /// a quorum held that our side may lack, and counting it could form a
+    /// primary view without any holder of them.
+    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: TotalCounts) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             // No primary view known yet: with the cluster's size configured,
@@ -282,7 +329,9 @@ impl Membership {
                 || members.iter().any(|m| {
                     m.node == l.node
                         && self.last_primary_id.0 > 0
-                        && self.join_primary.get(m) == Some(&self.last_primary_id)
+                        && self.join_primary.get(m).is_some_and(|(v, n)| {
+                            *v == self.last_primary_id && n.isis <= mine.isis && n.seq <= mine.seq
+                        })
                 })
         };
         let held = last.iter().filter(|l| present(l)).count();
@@ -398,6 +447,7 @@ impl Engine {
             view,
             last_seq,
             held,
+            delivered: self.delivery.freeze_total(),
         })
     }
 
@@ -417,6 +467,12 @@ impl Engine {
                 "this broker was paused; not suspecting anyone for the silence it caused"
             );
             self.detector.restart(now);
+            // A newer incarnation noted before the pause gets a fresh
+            // grace too: the restart counts the old one as heard now, which
+            // is no proof that it still speaks (a false duplicate refusal).
+            for (_, first) in self.membership.newer.values_mut() {
+                *first = now;
+            }
             return;
         }
         if !self.in_view || self.membership.has_left() {

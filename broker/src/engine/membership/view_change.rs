@@ -12,7 +12,7 @@ use ordo_wire::{Origin, Seq, ViewId};
 
 use super::{Change, Flush, Membership, Phase};
 use crate::engine::timer::Timer;
-use crate::engine::{Engine, Event, View};
+use crate::engine::{Engine, Event, Release, View};
 
 impl Engine {
     /// Starts a view change if one is wanted and none is running.
@@ -89,9 +89,9 @@ impl Engine {
         flush
             .departing
             .extend(self.view.members.iter().filter(|o| !members.contains(o)));
-        let held = self
+        let (held, delivered) = self
             .flush_ack()
-            .map(|a| a.held.into_iter().collect())
+            .map(|a| (a.held.into_iter().collect(), a.delivered))
             .unwrap_or_default();
         self.membership.change = Some(Change {
             view,
@@ -101,6 +101,7 @@ impl Engine {
             joins,
             acks,
             held,
+            delivered,
             install: None,
             dissolve: None,
             installed_at: None,
@@ -159,9 +160,9 @@ impl Engine {
         flush
             .departing
             .extend(self.view.members.iter().filter(|o| **o != self.me));
-        let held = self
+        let (held, delivered) = self
             .flush_ack()
-            .map(|a| a.held.into_iter().collect())
+            .map(|a| (a.held.into_iter().collect(), a.delivered))
             .unwrap_or_default();
         self.membership.change = Some(Change {
             view,
@@ -171,6 +172,7 @@ impl Engine {
             joins: BTreeMap::new(),
             acks: BTreeMap::from([(self.me, last_seq)]),
             held,
+            delivered,
             install: None,
             dissolve: Some(winner),
             installed_at: None,
@@ -241,6 +243,7 @@ impl Engine {
                     let e = c.held.entry(o).or_default();
                     *e = (*e).max(s);
                 }
+                c.delivered = c.delivered.max(f.delivered);
             }
         }
         self.coordinator_progress(now);
@@ -315,17 +318,30 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
-        let primary = self.membership.quorum(&members, self.config.cluster_size);
+        let mine = self.delivery.primary_counts();
+        let primary = self
+            .membership
+            .quorum(&members, self.config.cluster_size, mine);
         // Joiners that lived in this cluster in their process before and
         // departed from us by failure: a healed partition (or a falsely
         // suspected broker), whose publishes while apart we never got.
         let merge = c.joins.keys().any(|j| {
-            self.membership.join_primary.get(j).is_some_and(|p| p.0 > 0)
+            self.membership
+                .join_primary
+                .get(j)
+                .is_some_and(|p| p.0 .0 > 0)
                 && self.membership.failed_nodes.contains(&j.node)
         });
         // Settle the old view here first, so the state a joiner receives
         // (topics, gseq) is the state after every old-view message.
         let map: BTreeMap<Origin, Seq> = digest.iter().copied().collect();
+        let delivered = self
+            .membership
+            .change
+            .as_ref()
+            .map(|c| c.delivered)
+            .unwrap_or_default();
+        self.frontier = delivered;
         self.settle_view(&members, &map, primary);
         let install = Install {
             view,
@@ -335,6 +351,7 @@ impl Engine {
             merge,
             members,
             digest,
+            delivered,
             state: self.delivery.state(),
         };
         if let Some(c) = &mut self.membership.change {
@@ -416,6 +433,13 @@ impl Engine {
             self.membership.phase,
             Phase::Joining { .. } | Phase::Discovering { .. }
         );
+        if self.in_view && i.view == self.view.id && i.members != self.view.members {
+            // Another view of our number, installed apart from ours (a
+            // stalled coordinator's): not ours to acknowledge; the views
+            // tell each other apart by their tags and merge.
+            self.stats.dropped_wrong_view += 1;
+            return;
+        }
         if self.in_view && i.view <= self.view.id {
             // A retry: our acknowledgement was lost (maybe views ago, while
             // a leaving coordinator still waits for it).
@@ -466,6 +490,7 @@ impl Engine {
             if next && self.agreed_cut(&digest) {
                 // Our view ended with a flush we were part of (a merge
                 // dissolving it): the old view ends here as everywhere.
+                self.frontier = i.delivered;
                 self.settle_view(&i.members, &digest, i.primary);
             }
             self.excluded(now, reason);
@@ -508,6 +533,7 @@ impl Engine {
             self.delivery
                 .load_state(&i.state, &mut self.topics, &mut self.events);
         } else {
+            self.frontier = i.delivered;
             self.settle_view(&i.members, &digest, i.primary);
         }
         if !i.members.contains(&self.me) {
@@ -538,6 +564,11 @@ impl Engine {
         primary: bool,
     ) {
         let bug = self.config.bugs().departed_on_one_survivor && members.get(1) == Some(&self.me);
+        if !primary {
+            // Into a non-primary view exactly the agreed frontier of the
+            // old view's total order is delivered (see `delivery::total`).
+            self.delivery.set_frontier(self.frontier);
+        }
         for (&origin, &cut) in digest {
             if !members.contains(&origin) && origin != self.me {
                 self.rel.set_cap(origin, cut);
@@ -557,7 +588,9 @@ impl Engine {
             }
         }
         self.deliver_local(true);
-        self.apply_own_control(true);
+        self.release_control(Release::All);
+        // What is not applied now never is (the next view starts afresh).
+        self.own_control.clear();
         let sequencer = members.first().map(|m| m.node);
         let n = self.delivery.install(
             self.me,

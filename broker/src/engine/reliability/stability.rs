@@ -116,14 +116,45 @@ impl Reliability {
         done
     }
 
-    /// The most of our stream any other member says it holds.
-    pub(crate) fn held_by_a_peer(&self) -> Seq {
-        let me = self.me;
-        self.peers
-            .values()
-            .filter_map(|p| p.get(&me).copied())
-            .max()
-            .unwrap_or_default()
+    /// The most of `origin`'s stream that a quorum of `members` holds, by
+    /// the rule that defines a primary view (a strict majority, or exactly
+    /// half including the first member), we counting with what we hold
+    /// contiguously and the others with their digests. An ordering decision
+    /// in that prefix is held by a member of every possible next primary
+    /// view, so that view's flush cut includes it.
+    pub(crate) fn held_by_quorum(&self, origin: Origin, members: &[Origin]) -> Seq {
+        let mine = if origin == self.me {
+            self.sent
+        } else {
+            self.logs
+                .get(&origin)
+                .map(|l| l.contiguous)
+                .unwrap_or_default()
+        };
+        let held = |m: &Origin| {
+            if *m == self.me {
+                mine
+            } else {
+                self.peers
+                    .get(m)
+                    .and_then(|p| p.get(&origin))
+                    .copied()
+                    .unwrap_or_default()
+            }
+        };
+        let values: Vec<Seq> = members.iter().map(held).collect();
+        let mut best = Seq(0);
+        for &t in &values {
+            if t <= best {
+                continue;
+            }
+            let n = values.iter().filter(|v| **v >= t).count();
+            let first = values.first().is_some_and(|v| *v >= t);
+            if 2 * n > values.len() || (2 * n == values.len() && first) {
+                best = t;
+            }
+        }
+        best
     }
 
     /// Confirms everything waiting (alone in the view).
