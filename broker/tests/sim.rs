@@ -22,52 +22,16 @@ const DEFAULT_SEEDS: u64 = 500;
 /// listed too, so `known_engine_bugs` replays them.
 const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
     (
-        113,
-        "sequencer crash while 2 of 5 are cut off one way: 3#1 and 4#1 move together from \
-         primary view 3 to non-primary view 4, 3#1 drops pending total messages (6,2..4) that \
-         4#1 had delivered in view 3 (virtual synchrony)",
+        447,
+        "safety: 3#1 delivers a quorum-held sequencer order at gseq 39; every holder then \
+         crashes (1#1) or comes back as a new incarnation (3#2, 4#2) that counts toward the \
+         quorum for its old self without the old self's held orders, so the view \
+         {2, 5, 3#2, 4#2} is primary and gives gseq 39 to another message (total order)",
     ),
     (
-        1258,
-        "2 of 5 cut off (symmetric): 3#1 and 4#1 move together to non-primary view 4, 4#1 \
-         delivered total messages (2,18),(2,19) in view 3 that 3#1 did not (virtual synchrony)",
-    ),
-    (
-        681,
-        "the sequencer's side {0,1} cut off with a stall and 19 ms jitter: the old sequencer \
-         delivered its own order (gseq 17 = (7,8)) that the majority gave (3,8) (total order)",
-    ),
-    (
-        959,
-        "the sequencer's side {0,1} cut off, the sequencer stalled, 26 ms jitter: it delivered \
-         gseq 2 = (7,1), the majority (3,0) (total order)",
-    ),
-    (
-        1975,
-        "the new coordinator 2#1 stalls just after the sequencer's crash: it installs view 4 \
-         [2,3,4,5] while 3,4,5 install another view 4 without it; 2#1 takes their view-4 frames \
-         for its own (delivers (5,26) sent in the other view 4) and they never merge (views \
-         are told apart by number only)",
-    ),
-    (
-        1991,
-        "two 2-of-5 splits: members moving together to a non-primary view delivered different \
-         sets in the old view (virtual synchrony)",
-    ),
-    (
-        1893,
-        "two of five cut off one way: 5#1, unheard, delivered its own isis message (10,26) at \
-         gseq 88, the others at 104 (total order)",
-    ),
-    (
-        2166,
-        "the sequencer cut off with one other: it delivered its own order gseq 70 = (7,37), the \
-         majority (3,32) (total order)",
-    ),
-    (
-        1413,
-        "one broker cut off for 2.9 s and merged back: its new incarnation delivered \
-         (4000001,14) before (5,36), which happened before it (causal)",
+        1753,
+        "a stalled publisher's broker is excluded and rejoins; its last 17 messages are lost \
+         on every other member (no loss among survivors)",
     ),
 ];
 
