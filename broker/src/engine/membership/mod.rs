@@ -102,7 +102,9 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect, TotalCounts};
+use ordo_wire::group::{
+    Body, Flags, FlushAck, Install, Priority, Propose, Refuse, Suspect, TotalCounts,
+};
 use ordo_wire::{NodeId, Origin, Seq, ViewId};
 
 use super::timer::Timer;
@@ -182,11 +184,12 @@ pub(crate) struct Membership {
     /// and its id.
     last_primary: Vec<Origin>,
     last_primary_id: ViewId,
-    /// The last primary view each joiner named in its join.
-    join_primary: BTreeMap<Origin, (ViewId, TotalCounts)>,
-    /// What our previous incarnation delivered of total order in its last
+    /// The last primary view each joiner named in its join, and what it
+    /// held of that view's order.
+    join_primary: BTreeMap<Origin, (ViewId, Reach)>,
+    /// What our previous incarnation held of total order in its last
     /// primary view (reported in our joins).
-    rejoin_counts: TotalCounts,
+    rejoin_counts: Reach,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -316,7 +319,7 @@ impl Membership {
     /// order, so ours then holds its; one that delivered more knew orders
     /// a quorum held that our side may lack, and counting it could form a
     /// primary view without any holder of them.
-    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: TotalCounts) -> bool {
+    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: Reach, vouch: bool) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             // No primary view known yet: with the cluster's size configured,
@@ -325,12 +328,12 @@ impl Membership {
             return cluster_size == 0 || 2 * members.len() > cluster_size;
         }
         let present = |l: &Origin| {
-            members.contains(l)
+            (vouch && members.contains(l))
                 || members.iter().any(|m| {
                     m.node == l.node
                         && self.last_primary_id.0 > 0
                         && self.join_primary.get(m).is_some_and(|(v, n)| {
-                            *v == self.last_primary_id && n.isis <= mine.isis && n.seq <= mine.seq
+                            *v == self.last_primary_id && n.0.seq <= mine.0.seq && n.1 <= mine.1
                         })
                 })
         };
@@ -339,7 +342,22 @@ impl Membership {
     }
 }
 
+/// How far into a primary view's agreed order a member's decisions reach:
+/// counts (the sequencer's orders held, a prefix of its one sequence) and
+/// the highest ISIS place (final priority, origin, seq) delivered or held
+/// with a final. Reported by a rejoiner for its old self (what it *held*)
+/// and compared against what the coordinator's side is sure to deliver.
+pub(crate) type Reach = (TotalCounts, (Priority, Origin, Seq));
+
 impl Engine {
+    /// Whether the members of our view that were members of the last
+    /// primary view count for it (see `Membership::quorum`): we are one of
+    /// them (the others moved through the same installs with us, so they
+    /// hold what we hold) and we kept every decision of it we held.
+    fn vouches(&self) -> bool {
+        self.membership.last_primary.contains(&self.me) && self.delivery.primary_intact()
+    }
+
     /// Membership retries and deadlines.
     pub(super) fn membership_tick(&mut self, now: Instant) {
         let retry = now + self.config.view_retry;
