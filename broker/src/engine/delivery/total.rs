@@ -24,6 +24,10 @@
 //! in order, then the rest by (origin, seq). Whatever a member delivered
 //! before is a prefix of that. Into a non-primary view only the install's
 //! agreed frontier (counts per layer) is delivered (see `membership`).
+//! What we held of the last primary view's decisions when we left it (the
+//! sequencer orders by count, the highest ISIS place with a final) is kept
+//! for the quorum rule: a new incarnation reports it for its old self, and
+//! a member that discarded some of it no longer counts for that view.
 //!
 //! `gseq` counts a topic's messages in the agreed order; a joiner receives
 //! every topic's count in the install. Topic declarations ride as

@@ -40,13 +40,36 @@
 //! carried in the install. Members are counted by incarnation, so a
 //! restarted broker does not restore a lost majority: safety first (a
 //! group that lost a majority keeps total topics unavailable until the
-//! members of its last primary view are back in one view with it). A new
-//! incarnation that merged back naming that view as its last primary one
-//! (`Join::last_primary`) counts for its old self only if it delivered no
-//! more total order in that view than the coordinator did
-//! (`Join::primary_delivered`). Known gap: what the old incarnation *held*
-//! without delivering is lost with it, so such a view can still miss a
-//! quorum-held order (sim seed 447).
+//! members of its last primary view are back in one view with it).
+//!
+//! A member counts for the last primary view only if it still knows every
+//! ordering decision (ISIS final, sequencer order) it held there, since a
+//! quorum-held decision may have been delivered by someone and the next
+//! primary view must contain a holder of it:
+//! - a member of our view that was a member of that view (same
+//!   incarnation) counts only if the coordinator is one too and kept all
+//!   it held: still in that view (a primary successor resolves everything
+//!   held), or it delivered all it held when it moved to a non-primary
+//!   view (that move discards what lies beyond the agreed frontier). Such
+//!   members moved through the same installs as the coordinator, so they
+//!   hold and discarded the same;
+//! - a new incarnation that merged back naming that view as its last
+//!   primary one (`Join::last_primary`) counts for its old self only if
+//!   the coordinator's side knows at least what the old self *held*
+//!   (`Join::primary_held`, `Join::primary_final`): the sequencer orders
+//!   it held (a prefix of one sequence, compared by count) and the highest
+//!   ISIS place (final priority, origin, seq) it delivered or held a final
+//!   for, against the place of the last ISIS message the coordinator
+//!   delivered (ISIS places every message a member did not deliver above
+//!   its last delivered one, so this covers every final the old self held);
+//!   the side knows what it delivered there, plus, still in that view, the
+//!   orders it holds;
+//! - a restarted process (state lost) names no last primary view and never
+//!   counts for its old self.
+//!
+//! The price is availability: once every holder of a possibly delivered
+//! decision is gone, total topics stay unavailable (sim seed 447 formed a
+//! primary view without any holder of an order one member had delivered).
 //! Total-order topics deliver and accept publishes only in a primary view.
 //!
 //! **Quorum-held delivery.** An ordering decision (an ISIS final, a
@@ -310,15 +333,12 @@ impl Membership {
     }
 
     /// Whether a view of `members` is primary, judged against the last
-    /// primary view. A member of that view counts if it is in `members`, or
-    /// if a new incarnation of its node is that joined naming that same
-    /// view as its last primary one (it merged back from a partition and
-    /// was in no primary view since; a restarted process names none).
-    /// Such a joiner counts only if it delivered no more total order in
-    /// that view than we did (`mine`): both delivered prefixes of its
-    /// order, so ours then holds its; one that delivered more knew orders
-    /// a quorum held that our side may lack, and counting it could form a
-    /// primary view without any holder of them.
+    /// primary view (the rule and why: the `//!` above). A member of that
+    /// view counts if it is in `members` and `vouch` (we are of that view
+    /// and kept every decision of it we held, see `Engine::vouches`), or if
+    /// a new incarnation of its node joined naming that same view as its
+    /// last primary one and held no more of its order than `mine`, what our
+    /// side is sure to deliver of it (seq orders by count, ISIS by place).
     fn quorum(&self, members: &[Origin], cluster_size: usize, mine: Reach, vouch: bool) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
