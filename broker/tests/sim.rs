@@ -20,20 +20,11 @@ const DEFAULT_SEEDS: u64 = 500;
 /// a seed once the engine is fixed (`many_seeds` says when one passes).
 /// Seeds past the default range (found by soaks of seeds 500..2500) are
 /// listed too, so `known_engine_bugs` replays them.
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
-    (
-        447,
-        "safety: 3#1 delivers a quorum-held sequencer order at gseq 39; every holder then \
-         crashes (1#1) or comes back as a new incarnation (3#2, 4#2) that counts toward the \
-         quorum for its old self without the old self's held orders, so the view \
-         {2, 5, 3#2, 4#2} is primary and gives gseq 39 to another message (total order)",
-    ),
-    (
-        1753,
-        "a stalled publisher's broker is excluded and rejoins; its last 17 messages are lost \
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
+    1753,
+    "a stalled publisher's broker is excluded and rejoins; its last 17 messages are lost \
          on every other member (no loss among survivors)",
-    ),
-];
+)];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

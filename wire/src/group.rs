@@ -396,10 +396,20 @@ pub struct Join {
     /// this process) was a member of, 0 if none: a broker merging back after
     /// a partition counts toward the quorum of that view.
     pub last_primary: ViewId,
-    /// How much total order it delivered in that view: it counts only if
-    /// the coordinator's side delivered at least as much (else it knew an
-    /// order the side does not).
-    pub primary_delivered: TotalCounts,
+    /// How far into that view's agreed order its decisions reached: what it
+    /// delivered plus the ISIS finals and sequencer orders it held
+    /// undelivered. It counts only if the coordinator's side knows at least
+    /// as much (else it held an order a quorum may have delivered and the
+    /// side lacks). The sequencer's orders are one sequence, so `seq` names
+    /// a prefix of it; ISIS finals are not, and are judged by
+    /// `primary_final` (`isis` is informative).
+    pub primary_held: TotalCounts,
+    /// The highest ISIS place (final priority, origin, seq) it delivered or
+    /// held a final for in that view; the default if none. A coordinator's
+    /// side that delivered up to at least this place delivered every
+    /// message it held a final for (ISIS places every undelivered message
+    /// above a member's last delivered one).
+    pub primary_final: (Priority, Origin, Seq),
 }
 
 /// A view proposal; members of the current view stop sending and flush.
@@ -717,8 +727,11 @@ impl Frame {
                 }
                 out.put_u64(j.last_seq.0);
                 out.put_u64(j.last_primary.0);
-                out.put_u64(j.primary_delivered.isis);
-                out.put_u64(j.primary_delivered.seq);
+                out.put_u64(j.primary_held.isis);
+                out.put_u64(j.primary_held.seq);
+                put_priority(&mut out, j.primary_final.0);
+                put_origin(&mut out, j.primary_final.1);
+                out.put_u64(j.primary_final.2 .0);
             }
             Body::Propose(p) => {
                 out.put_u64(p.view.0);
@@ -839,7 +852,12 @@ impl Frame {
                 target: r.opt("join target", |r| r.origin())?,
                 last_seq: Seq(r.counter("join last seq")?),
                 last_primary: ViewId(r.counter("join last primary")?),
-                primary_delivered: total_counts(&mut r)?,
+                primary_held: total_counts(&mut r)?,
+                primary_final: (
+                    priority(&mut r)?,
+                    r.origin()?,
+                    Seq(r.counter("join final seq")?),
+                ),
             }),
             kind::PROPOSE => Body::Propose(Propose {
                 view: ViewId(r.counter("view")?),
@@ -1192,17 +1210,32 @@ mod tests {
                     ranges: r.into_iter().map(|(a, d)| (Seq(a), Seq(a + d))).collect()
                 })),
             seqs().prop_map(|entries| Body::Stable(Stable { entries })),
-            (proptest::option::of(origin()), ctr(), ctr(), ctr()).prop_map(|(target, s, p, n)| {
-                Body::Join(Join {
-                    target,
-                    last_seq: Seq(s),
-                    last_primary: ViewId(p),
-                    primary_delivered: TotalCounts {
-                        isis: n,
-                        seq: n / 2,
-                    },
-                })
-            }),
+            (
+                proptest::option::of(origin()),
+                ctr(),
+                ctr(),
+                ctr(),
+                origin()
+            )
+                .prop_map(|(target, s, p, n, o)| {
+                    Body::Join(Join {
+                        target,
+                        last_seq: Seq(s),
+                        last_primary: ViewId(p),
+                        primary_held: TotalCounts {
+                            isis: n,
+                            seq: n / 2,
+                        },
+                        primary_final: (
+                            Priority {
+                                counter: n / 3,
+                                node: o.node,
+                            },
+                            o,
+                            Seq(p),
+                        ),
+                    })
+                }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Propose(Propose {
                     view: ViewId(v),
@@ -1505,7 +1538,8 @@ mod tests {
                     target: None,
                     last_seq: Seq(u64::MAX),
                     last_primary: ViewId(0),
-                    primary_delivered: TotalCounts::default(),
+                    primary_held: TotalCounts::default(),
+                    primary_final: Default::default(),
                 }),
             ),
         ];

@@ -15,7 +15,7 @@ mod total;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ordo_wire::group::{Control, DataMsg, TopicState, TotalCounts};
+use ordo_wire::group::{Control, DataMsg, Priority, TopicState, TotalCounts};
 use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq};
 
 use super::topics::TopicCache;
@@ -219,9 +219,19 @@ impl Delivery {
         self.total.installed()
     }
 
-    /// What we delivered of total order in our last primary view.
-    pub(crate) fn primary_counts(&self) -> TotalCounts {
-        self.total.primary_counts()
+    /// What we held of our last primary view's decisions (see [`Total`]).
+    pub(crate) fn primary_held(&self) -> (TotalCounts, (Priority, Origin, Seq)) {
+        self.total.primary_held()
+    }
+
+    /// Whether we kept every decision of our last primary view we held.
+    pub(crate) fn primary_intact(&self) -> bool {
+        self.total.primary_intact()
+    }
+
+    /// What of our last primary view's order we are sure to deliver.
+    pub(crate) fn primary_known(&self) -> (TotalCounts, (Priority, Origin, Seq)) {
+        self.total.primary_known()
     }
 
     /// The agreed frontier for the next install into a non-primary view.

@@ -24,6 +24,10 @@
 //! in order, then the rest by (origin, seq). Whatever a member delivered
 //! before is a prefix of that. Into a non-primary view only the install's
 //! agreed frontier (counts per layer) is delivered (see `membership`).
+//! What we held of the last primary view's decisions when we left it (the
+//! sequencer orders by count, the highest ISIS place with a final) is kept
+//! for the quorum rule: a new incarnation reports it for its old self, and
+//! a member that discarded some of it no longer counts for that view.
 //!
 //! `gseq` counts a topic's messages in the agreed order; a joiner receives
 //! every topic's count in the install. Topic declarations ride as
@@ -89,6 +93,14 @@ pub(crate) struct Total {
     frozen: bool,
     /// What we delivered in the last primary view we left.
     left_primary: TotalCounts,
+    /// What we held of its decisions when we left it ([`Total::held`]).
+    left_primary_held: TotalCounts,
+    /// The place of the last ISIS message we delivered in this view.
+    last_key: Key,
+    /// The same in the last primary view we left.
+    left_primary_last: Key,
+    /// The highest ISIS place we held a final for when we left it.
+    left_primary_final: Key,
     /// Whether a view was installed here.
     installed: bool,
     // ----- agreed state -----
@@ -284,13 +296,79 @@ impl Total {
         self.installed
     }
 
-    /// What we delivered in our last primary view (the current one if it
-    /// is primary): a rejoin reports it (see `Join::primary_delivered`).
-    pub(crate) fn primary_counts(&self) -> TotalCounts {
+    /// How far into this view's agreed order our decisions reach: what we
+    /// delivered plus the ISIS finals and sequencer orders we hold and have
+    /// not delivered (applied or still waiting for a quorum). An order
+    /// another member delivered may be among them, so a new incarnation of
+    /// ours counts for us only where this much is known (see
+    /// `Membership::quorum`). The sequencer's orders form one sequence, so
+    /// the count names a prefix of it; ISIS finals do not, and the count is
+    /// only compared against a side that resolves all it holds.
+    fn held(&self) -> TotalCounts {
+        let deferred = |isis: bool| -> u64 {
+            self.deferred
+                .values()
+                .flatten()
+                .map(|(_, c)| match c {
+                    Control::IsisFinal(v) if isis => v.len() as u64,
+                    Control::SequencerOrder(v) if !isis => v.len() as u64,
+                    _ => 0,
+                })
+                .sum()
+        };
+        TotalCounts {
+            isis: self.done.isis
+                + self.queue.values().filter(|f| **f).count() as u64
+                + deferred(true),
+            seq: self.done.seq + self.seq_order.len() as u64 + deferred(false),
+        }
+    }
+
+    /// The highest ISIS place we delivered or hold a final for in this view.
+    fn held_final(&self) -> Key {
+        let applied = self.queue.iter().filter(|(_, f)| **f).map(|(k, _)| *k);
+        let deferred = self.deferred.iter().flat_map(|(o, q)| {
+            q.iter().flat_map(move |(_, c)| match c {
+                Control::IsisFinal(v) => v.iter().map(|(s, p)| (*p, *o, *s)).collect(),
+                _ => Vec::new(),
+            })
+        });
+        applied.chain(deferred).fold(self.last_key, std::cmp::max)
+    }
+
+    /// What we held of our last primary view's decisions (the current one's
+    /// if it is primary): a rejoin reports it (see `Join::primary_held`,
+    /// `Join::primary_final`).
+    pub(crate) fn primary_held(&self) -> (TotalCounts, Key) {
         if self.primary {
-            self.done
+            (self.held(), self.held_final())
         } else {
-            self.left_primary
+            (self.left_primary_held, self.left_primary_final)
+        }
+    }
+
+    /// What of our last primary view's order our side is sure to deliver:
+    /// in it still, all we hold (a primary successor resolves it all); after
+    /// a move to a non-primary view, what we delivered (the rest was
+    /// discarded there).
+    /// Whether we kept every decision of our last primary view we held:
+    /// still in it, or we delivered all we held when we left it (a move to
+    /// a non-primary view discards the rest, see [`Total::install`]).
+    pub(crate) fn primary_intact(&self) -> bool {
+        self.primary
+            || (self.left_primary_held.seq <= self.left_primary.seq
+                && self.left_primary_final <= self.left_primary_last)
+    }
+
+    /// For ISIS, only the place of the last message we delivered: finals
+    /// are no one sequence, but every message we did not deliver is placed
+    /// above it, so whoever held finals only up to it held none beyond
+    /// what we delivered.
+    pub(crate) fn primary_known(&self) -> (TotalCounts, Key) {
+        if self.primary {
+            (self.held(), self.last_key)
+        } else {
+            (self.left_primary, self.left_primary_last)
         }
     }
 
@@ -420,6 +498,7 @@ impl Total {
             self.queue.pop_first();
             if let Some(e) = self.isis.remove(&(o, s)) {
                 self.done.isis += 1;
+                self.last_key = e.key;
                 self.emit(e.ready, out);
             }
         }
@@ -493,6 +572,10 @@ impl Total {
         primary: bool,
         out: &mut Out<'_>,
     ) {
+        if self.primary {
+            self.left_primary_held = self.held();
+            self.left_primary_final = self.held_final();
+        }
         if !primary {
             // The view lost its quorum. Deliver exactly the agreed frontier:
             // as many ISIS messages (finals in final order, skipping those
@@ -515,6 +598,7 @@ impl Total {
                 }
                 if let Some(e) = self.isis.remove(&(o, s)) {
                     self.done.isis += 1;
+                    self.last_key = e.key;
                     self.emit(e.ready, out);
                 }
             }
@@ -585,8 +669,10 @@ impl Total {
         self.deferred.clear();
         if self.primary {
             self.left_primary = self.done;
+            self.left_primary_last = self.last_key;
         }
         self.done = TotalCounts::default();
+        self.last_key = Key::default();
         self.installed = true;
         self.frontier = TotalCounts::default();
         self.frozen = false;

@@ -38,27 +38,30 @@ impl Engine {
             tracing::error!(view = %self.view.id, "view ids exhausted");
             return;
         };
-        let mine = self.delivery.primary_counts();
+        let mine = self.delivery.primary_known();
+        let vouch = self.vouches();
         let primary = self
             .membership
-            .quorum(&[self.me], self.config.cluster_size, mine);
+            .quorum(&[self.me], self.config.cluster_size, mine, vouch);
         self.install_view(view, vec![self.me], &digest, primary, false, now);
     }
 
     pub(crate) fn send_join(&mut self, target: Option<Origin>) {
         let last_seq = self.rel.last_seq();
         let last_primary = self.membership.last_primary_id;
+        let held = if self.delivery.installed() {
+            self.delivery.primary_held()
+        } else {
+            self.membership.rejoin_counts
+        };
         self.send(
             Flags::default(),
             Body::Join(Join {
                 target,
                 last_seq,
                 last_primary,
-                primary_delivered: if self.delivery.installed() {
-                    self.delivery.primary_counts()
-                } else {
-                    self.membership.rejoin_counts
-                },
+                primary_held: held.0,
+                primary_final: held.1,
             }),
         );
     }
@@ -173,9 +176,10 @@ impl Engine {
         if self.membership.join_primary.len() >= super::MAX_DEPARTED {
             self.membership.join_primary.clear();
         }
-        self.membership
-            .join_primary
-            .insert(sender, (join.last_primary, join.primary_delivered));
+        self.membership.join_primary.insert(
+            sender,
+            (join.last_primary, (join.primary_held, join.primary_final)),
+        );
         self.maybe_start_change(now);
     }
 
@@ -233,7 +237,7 @@ impl Engine {
         // our joins (see `Membership::quorum`).
         // (A fresh layer that never installed a view knows nothing: keep.)
         if self.delivery.installed() {
-            self.membership.rejoin_counts = self.delivery.primary_counts();
+            self.membership.rejoin_counts = self.delivery.primary_held();
         }
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
         if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {

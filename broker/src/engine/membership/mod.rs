@@ -40,13 +40,36 @@
 //! carried in the install. Members are counted by incarnation, so a
 //! restarted broker does not restore a lost majority: safety first (a
 //! group that lost a majority keeps total topics unavailable until the
-//! members of its last primary view are back in one view with it). A new
-//! incarnation that merged back naming that view as its last primary one
-//! (`Join::last_primary`) counts for its old self only if it delivered no
-//! more total order in that view than the coordinator did
-//! (`Join::primary_delivered`). Known gap: what the old incarnation *held*
-//! without delivering is lost with it, so such a view can still miss a
-//! quorum-held order (sim seed 447).
+//! members of its last primary view are back in one view with it).
+//!
+//! A member counts for the last primary view only if it still knows every
+//! ordering decision (ISIS final, sequencer order) it held there, since a
+//! quorum-held decision may have been delivered by someone and the next
+//! primary view must contain a holder of it:
+//! - a member of our view that was a member of that view (same
+//!   incarnation) counts only if the coordinator is one too and kept all
+//!   it held: still in that view (a primary successor resolves everything
+//!   held), or it delivered all it held when it moved to a non-primary
+//!   view (that move discards what lies beyond the agreed frontier). Such
+//!   members moved through the same installs as the coordinator, so they
+//!   hold and discarded the same;
+//! - a new incarnation that merged back naming that view as its last
+//!   primary one (`Join::last_primary`) counts for its old self only if
+//!   the coordinator's side knows at least what the old self *held*
+//!   (`Join::primary_held`, `Join::primary_final`): the sequencer orders
+//!   it held (a prefix of one sequence, compared by count) and the highest
+//!   ISIS place (final priority, origin, seq) it delivered or held a final
+//!   for, against the place of the last ISIS message the coordinator
+//!   delivered (ISIS places every message a member did not deliver above
+//!   its last delivered one, so this covers every final the old self held);
+//!   the side knows what it delivered there, plus, still in that view, the
+//!   orders it holds;
+//! - a restarted process (state lost) names no last primary view and never
+//!   counts for its old self.
+//!
+//! The price is availability: once every holder of a possibly delivered
+//! decision is gone, total topics stay unavailable (sim seed 447 formed a
+//! primary view without any holder of an order one member had delivered).
 //! Total-order topics deliver and accept publishes only in a primary view.
 //!
 //! **Quorum-held delivery.** An ordering decision (an ISIS final, a
@@ -102,7 +125,9 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use ordo_wire::group::{Body, Flags, FlushAck, Install, Propose, Refuse, Suspect, TotalCounts};
+use ordo_wire::group::{
+    Body, Flags, FlushAck, Install, Priority, Propose, Refuse, Suspect, TotalCounts,
+};
 use ordo_wire::{NodeId, Origin, Seq, ViewId};
 
 use super::timer::Timer;
@@ -182,11 +207,12 @@ pub(crate) struct Membership {
     /// and its id.
     last_primary: Vec<Origin>,
     last_primary_id: ViewId,
-    /// The last primary view each joiner named in its join.
-    join_primary: BTreeMap<Origin, (ViewId, TotalCounts)>,
-    /// What our previous incarnation delivered of total order in its last
+    /// The last primary view each joiner named in its join, and what it
+    /// held of that view's order.
+    join_primary: BTreeMap<Origin, (ViewId, Reach)>,
+    /// What our previous incarnation held of total order in its last
     /// primary view (reported in our joins).
-    rejoin_counts: TotalCounts,
+    rejoin_counts: Reach,
     /// The last install applied, re-sent to members still in the view before it.
     last_install: Option<Install>,
     /// When we last re-sent it (at most once per `view_retry`).
@@ -307,16 +333,13 @@ impl Membership {
     }
 
     /// Whether a view of `members` is primary, judged against the last
-    /// primary view. A member of that view counts if it is in `members`, or
-    /// if a new incarnation of its node is that joined naming that same
-    /// view as its last primary one (it merged back from a partition and
-    /// was in no primary view since; a restarted process names none).
-    /// Such a joiner counts only if it delivered no more total order in
-    /// that view than we did (`mine`): both delivered prefixes of its
-    /// order, so ours then holds its; one that delivered more knew orders
-    /// a quorum held that our side may lack, and counting it could form a
-    /// primary view without any holder of them.
-    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: TotalCounts) -> bool {
+    /// primary view (the rule and why: the `//!` above). A member of that
+    /// view counts if it is in `members` and `vouch` (we are of that view
+    /// and kept every decision of it we held, see `Engine::vouches`), or if
+    /// a new incarnation of its node joined naming that same view as its
+    /// last primary one and held no more of its order than `mine`, what our
+    /// side is sure to deliver of it (seq orders by count, ISIS by place).
+    fn quorum(&self, members: &[Origin], cluster_size: usize, mine: Reach, vouch: bool) -> bool {
         let last = &self.last_primary;
         if last.is_empty() {
             // No primary view known yet: with the cluster's size configured,
@@ -325,12 +348,12 @@ impl Membership {
             return cluster_size == 0 || 2 * members.len() > cluster_size;
         }
         let present = |l: &Origin| {
-            members.contains(l)
+            (vouch && members.contains(l))
                 || members.iter().any(|m| {
                     m.node == l.node
                         && self.last_primary_id.0 > 0
                         && self.join_primary.get(m).is_some_and(|(v, n)| {
-                            *v == self.last_primary_id && n.isis <= mine.isis && n.seq <= mine.seq
+                            *v == self.last_primary_id && n.0.seq <= mine.0.seq && n.1 <= mine.1
                         })
                 })
         };
@@ -339,7 +362,22 @@ impl Membership {
     }
 }
 
+/// How far into a primary view's agreed order a member's decisions reach:
+/// counts (the sequencer's orders held, a prefix of its one sequence) and
+/// the highest ISIS place (final priority, origin, seq) delivered or held
+/// with a final. Reported by a rejoiner for its old self (what it *held*)
+/// and compared against what the coordinator's side is sure to deliver.
+pub(crate) type Reach = (TotalCounts, (Priority, Origin, Seq));
+
 impl Engine {
+    /// Whether the members of our view that were members of the last
+    /// primary view count for it (see `Membership::quorum`): we are one of
+    /// them (the others moved through the same installs with us, so they
+    /// hold what we hold) and we kept every decision of it we held.
+    fn vouches(&self) -> bool {
+        self.membership.last_primary.contains(&self.me) && self.delivery.primary_intact()
+    }
+
     /// Membership retries and deadlines.
     pub(super) fn membership_tick(&mut self, now: Instant) {
         let retry = now + self.config.view_retry;

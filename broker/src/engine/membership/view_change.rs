@@ -318,10 +318,11 @@ impl Engine {
         digest.extend(c.joins.iter().map(|(j, s)| (*j, *s)));
         let members = c.members.clone();
         let view = c.view;
-        let mine = self.delivery.primary_counts();
+        let mine = self.delivery.primary_known();
+        let vouch = self.vouches();
         let primary = self
             .membership
-            .quorum(&members, self.config.cluster_size, mine);
+            .quorum(&members, self.config.cluster_size, mine, vouch);
         // Joiners that lived in this cluster in their process before and
         // departed from us by failure: a healed partition (or a falsely
         // suspected broker), whose publishes while apart we never got.
