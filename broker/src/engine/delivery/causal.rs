@@ -196,11 +196,7 @@ mod tests {
     fn a_message_waits_for_what_its_context_names() {
         let mut c = Causal::default();
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
-        let mut out = Out {
-            events: &mut ev,
-            topics: &mut topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(&mut ev, &mut topics);
         c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
         // 2:1 follows 1:5, which has not arrived.
         c.accept(msg(2, 1, &[(1, 5)]), &mut out);
@@ -219,11 +215,7 @@ mod tests {
     fn contexts_naming_non_members_are_satisfied_and_a_view_change_flushes() {
         let mut c = Causal::default();
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
-        let mut out = Out {
-            events: &mut ev,
-            topics: &mut topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(&mut ev, &mut topics);
         c.install(&[o(1), o(2)], &BTreeMap::new(), &mut out);
         c.accept(msg(2, 1, &[(9, 4)]), &mut out);
         c.accept(msg(2, 2, &[(1, 7)]), &mut out);

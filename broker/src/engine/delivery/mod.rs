@@ -41,7 +41,16 @@ pub(crate) struct Out<'a> {
     pub(crate) delivered: usize,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// An `Out` that has delivered nothing yet.
+    pub(crate) fn new(events: &'a mut VecDeque<Event>, topics: &'a mut TopicCache) -> Self {
+        Out {
+            events,
+            topics,
+            delivered: 0,
+        }
+    }
+
     /// Delivers a message to subscribers, with its `gseq` on a total topic.
     pub(crate) fn deliver(&mut self, ready: Ready, gseq: Option<u64>) {
         let mut d = delivered(ready, self.topics);
@@ -112,11 +121,7 @@ impl Delivery {
         let Some(ready) = self.fifo.reassemble(origin, msg)? else {
             return Ok(0);
         };
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.dispatch(ready, &mut out);
         Ok(out.delivered)
     }
@@ -128,11 +133,7 @@ impl Delivery {
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) -> usize {
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.dispatch(ready, &mut out);
         out.delivered
     }
@@ -182,11 +183,7 @@ impl Delivery {
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) -> usize {
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.total.sent(c, &mut out);
         out.delivered
     }
@@ -199,11 +196,7 @@ impl Delivery {
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) -> usize {
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.total.release(held, &mut out);
         out.delivered
     }
@@ -257,11 +250,7 @@ impl Delivery {
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) -> usize {
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.causal.install(members, digest, &mut out);
         self.total
             .install(me, members, sequencer, primary, &mut out);
@@ -280,11 +269,7 @@ impl Delivery {
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) {
-        let mut out = Out {
-            events,
-            topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(events, topics);
         self.total.load(state, &mut out);
     }
 

@@ -777,11 +777,7 @@ mod tests {
     fn isis_origin_fixes_the_maximum_and_keeps_its_own_order() {
         let mut t = Total::new(o(1), 100);
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
-        let mut out = Out {
-            events: &mut ev,
-            topics: &mut topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(&mut ev, &mut topics);
         t.install(o(1), &[o(1), o(2)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out);
         t.accept_isis(msg(1, 2, Ordering::TotalIsis), &mut out);
@@ -809,11 +805,7 @@ mod tests {
     fn isis_waits_while_a_tentative_priority_is_lower() {
         let mut t = Total::new(o(3), 100);
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
-        let mut out = Out {
-            events: &mut ev,
-            topics: &mut topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(&mut ev, &mut topics);
         t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.accept_isis(msg(1, 1, Ordering::TotalIsis), &mut out); // we propose 1.3
         t.accept_isis(msg(2, 1, Ordering::TotalIsis), &mut out); // we propose 2.3
@@ -830,11 +822,7 @@ mod tests {
     fn sequenced_messages_wait_for_data_and_order_and_resolve_at_a_view_change() {
         let mut t = Total::new(o(2), 100);
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
-        let mut out = Out {
-            events: &mut ev,
-            topics: &mut topics,
-            delivered: 0,
-        };
+        let mut out = Out::new(&mut ev, &mut topics);
         t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
         t.on_control(
             o(1),
