@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{self, ByteBudget, Command, ReplyResult, Shared, SubSender};
+use crate::connection::{self, Budget, Command, ReplyResult, Shared, SubSender};
 use crate::error::Error;
 use crate::subscription::Subscription;
 
@@ -455,9 +455,11 @@ impl Client {
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let sid = self.next_id();
         let (tx, rx) = mpsc::channel(self.inner.options.subscription_capacity.max(1));
-        let bytes = Arc::new(ByteBudget::new(self.inner.options.subscription_bytes));
+        let events = Arc::new(Budget::new(self.inner.options.subscription_capacity));
+        let bytes = Arc::new(Budget::new(self.inner.options.subscription_bytes));
         let sender = SubSender {
             tx,
+            events: Arc::clone(&events),
             bytes: Arc::clone(&bytes),
         };
         self.inner.shared.add_subscription(sid, sender)?;
@@ -465,6 +467,9 @@ impl Client {
             sid,
             pattern: pattern.to_string(),
             rx,
+            current: Vec::new().into_iter(),
+            held: (0, 0),
+            events,
             bytes,
             shared: self.inner.shared.clone(),
             client: self.clone(),

@@ -3,10 +3,13 @@
 //!
 //! The writer drains every queued command into one buffer before it writes,
 //! so a burst of publishes costs one syscall, not one per message. The reader
-//! decodes every whole frame a read brought in. A subscription's channel is
-//! bounded: when the application stops reading, the reader waits for room and
-//! so stops reading the socket, and the broker's slow-consumer policy decides
-//! what happens next (rather than this process buffering without bound).
+//! decodes every whole frame a read brought in and hands each subscription
+//! its deliveries of that read as one batch (one channel send, one lock and
+//! one wake-up per batch instead of per message). A subscription's channel is
+//! bounded in events and in payload bytes: when the application stops
+//! reading, the reader waits for room and so stops reading the socket, and
+//! the broker's slow-consumer policy decides what happens next (rather than
+//! this process buffering without bound).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
@@ -37,6 +40,10 @@ const LAST_WORD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// nothing new from every answer.
 const MAX_QUEUED_PONGS: usize = 64;
 
+/// Most deliveries the reader collects for one subscription before it hands
+/// them over, so one huge read does not wait whole in the reader.
+const DELIVERY_BATCH: usize = 256;
+
 /// What a client handle asks the connection task to do, in order.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -52,27 +59,32 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// The connection's end of one subscription: a channel bounded in events
-/// and a budget bounding the payload bytes waiting in it.
+/// The connection's end of one subscription: a channel of event batches
+/// and two budgets bounding the events and the payload bytes waiting in it.
 #[derive(Debug, Clone)]
 pub(crate) struct SubSender {
     pub(crate) tx: mpsc::Sender<Queued>,
-    pub(crate) bytes: Arc<ByteBudget>,
+    pub(crate) events: Arc<Budget>,
+    pub(crate) bytes: Arc<Budget>,
 }
 
-/// An event in a subscription's channel with the bytes it holds of the
-/// budget; the subscription gives them back when it takes the event out.
+/// A batch of events in a subscription's channel with what it holds of the
+/// budgets; the subscription gives them back once it handed out the last
+/// event of the batch.
 #[derive(Debug)]
 pub(crate) struct Queued {
-    pub(crate) event: Event,
+    pub(crate) events: Vec<Event>,
+    /// Charged to the event budget.
+    pub(crate) count: usize,
+    /// Charged to the byte budget.
     pub(crate) bytes: usize,
 }
 
-/// Payload bytes waiting in one subscription's channel, bounded: one atomic
-/// add per event on each side (a semaphore permit per event cost a lock on
+/// Events or payload bytes waiting in one subscription's channel, bounded:
+/// one atomic add per batch on each side (a semaphore permit cost a lock on
 /// release), and a wake-up only when the connection reader waits for room.
 #[derive(Debug)]
-pub(crate) struct ByteBudget {
+pub(crate) struct Budget {
     used: AtomicUsize,
     max: usize,
     /// Set by a reader about to wait; the next release wakes it.
@@ -80,9 +92,9 @@ pub(crate) struct ByteBudget {
     room: Notify,
 }
 
-impl ByteBudget {
+impl Budget {
     pub(crate) fn new(max: usize) -> Self {
-        ByteBudget {
+        Budget {
             used: AtomicUsize::new(0),
             max: max.max(1),
             waiting: AtomicBool::new(false),
@@ -94,6 +106,11 @@ impl ByteBudget {
     /// budget, so one large message always fits an empty channel.
     pub(crate) fn charge(&self, size: usize) -> usize {
         size.min(self.max)
+    }
+
+    /// The bound.
+    pub(crate) fn max(&self) -> usize {
+        self.max
     }
 
     /// Takes `n` bytes if they fit.
@@ -315,6 +332,7 @@ async fn read_loop(
     // connection's requests in order, after what it sent before).
     let mut last_word: Option<(ErrorCode, String)> = None;
     let mut unreported: Option<(ErrorCode, String)> = None;
+    let mut batches = Batches::default();
     loop {
         // Every whole frame already buffered first: one read often brings many.
         loop {
@@ -323,7 +341,24 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(e) => return Error::Protocol(format!("bad frame from the broker: {e}")),
             };
-            match reply {
+            let full = match reply {
+                Reply::Message(d) => {
+                    let d = *d;
+                    batches.add(d.sid, Event::Message(Message::from_delivery(d)))
+                }
+                Reply::Discontinuity {
+                    sid,
+                    from_view,
+                    to_view,
+                    reason,
+                } => batches.add(
+                    sid,
+                    Event::Discontinuity(Discontinuity {
+                        from_view,
+                        to_view,
+                        reason,
+                    }),
+                ),
                 Reply::Error {
                     req: 0,
                     code,
@@ -334,23 +369,37 @@ async fn read_loop(
                     unreported = Some((code, message));
                     continue;
                 }
-                Reply::Cluster { req, .. } if unreported.is_some() && shared.is_barrier(req) => {
-                    if let Some((code, message)) = unreported.take() {
-                        complete(
-                            shared,
-                            req,
-                            Err(Error::from_connection_error(code, message)),
-                        );
-                    }
-                }
                 reply => {
-                    if let Err(e) = dispatch(reply, shared).await {
-                        return e;
+                    // Whatever was delivered before an answer is in its
+                    // subscription before the answer is (a flush relies on it).
+                    batches.hand_over(shared).await;
+                    match reply {
+                        Reply::Cluster { req, .. }
+                            if unreported.is_some() && shared.is_barrier(req) =>
+                        {
+                            if let Some((code, message)) = unreported.take() {
+                                complete(
+                                    shared,
+                                    req,
+                                    Err(Error::from_connection_error(code, message)),
+                                );
+                            }
+                        }
+                        reply => {
+                            if let Err(e) = dispatch(reply, shared) {
+                                return e;
+                            }
+                        }
                     }
+                    false
                 }
+            };
+            if full {
+                batches.hand_over(shared).await;
             }
             last_word = None;
         }
+        batches.hand_over(shared).await;
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -370,49 +419,142 @@ async fn read_loop(
     }
 }
 
-/// Routes one frame from the broker. Waits only when a subscription's
-/// channel is full, which is the back-pressure this reader exerts.
-async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
-    let (sid, event) = match reply {
-        Reply::Message(d) => {
-            bump(&shared.stats.delivered);
-            let d = *d;
-            let sid = d.sid;
-            (sid, Event::Message(Message::from_delivery(d)))
+/// Events decoded from the bytes of one read, per subscription, not yet
+/// handed over: at most [`DELIVERY_BATCH`] per subscription, and at most
+/// what one read brought in.
+#[derive(Debug, Default)]
+struct Batches {
+    /// By `sid`; a connection has few subscriptions, so a `Vec`.
+    by_sid: Vec<(u64, Vec<Event>)>,
+}
+
+impl Batches {
+    /// Adds an event for `sid`; true when its batch is full.
+    fn add(&mut self, sid: u64, event: Event) -> bool {
+        let i = match self.by_sid.iter().position(|(s, _)| *s == sid) {
+            Some(i) => i,
+            None => {
+                self.by_sid.push((sid, Vec::with_capacity(16)));
+                self.by_sid.len() - 1
+            }
+        };
+        let batch = &mut self.by_sid[i].1;
+        batch.push(event);
+        batch.len() >= DELIVERY_BATCH
+    }
+
+    /// Hands every batch to its subscription, in order. Waits only when a
+    /// subscription's channel is full, which is the back-pressure this
+    /// reader exerts.
+    async fn hand_over(&mut self, shared: &Shared) {
+        for (sid, events) in self.by_sid.drain(..) {
+            let messages = events
+                .iter()
+                .filter(|e| matches!(e, Event::Message(_)))
+                .count();
+            shared
+                .stats
+                .delivered
+                .fetch_add(messages as u64, AtomicOrdering::Relaxed);
+            let sub = {
+                let mut st = shared.state();
+                for e in &events {
+                    if let Event::Message(m) = e {
+                        if !m.context.is_empty() {
+                            st.context.merge(&m.context);
+                        }
+                    }
+                }
+                st.subs.get(&sid).cloned()
+            };
+            match sub {
+                Some(sub) => send_events(&sub, events, shared).await,
+                None => {
+                    shared
+                        .stats
+                        .dropped_unsubscribed
+                        .fetch_add(events.len() as u64, AtomicOrdering::Relaxed);
+                }
+            }
         }
-        Reply::Discontinuity {
-            sid,
-            from_view,
-            to_view,
-            reason,
-        } => (
-            sid,
-            Event::Discontinuity(Discontinuity {
-                from_view,
-                to_view,
-                reason,
-            }),
-        ),
-        Reply::Ok { req } => {
-            complete(shared, req, Ok(Reply::Ok { req }));
-            return Ok(());
+    }
+}
+
+/// Sends `events` to one subscription in chunks that fit its budgets
+/// (usually one chunk), waiting for room.
+async fn send_events(sub: &SubSender, events: Vec<Event>, shared: &Shared) {
+    let size = |e: &Event| match e {
+        Event::Message(m) => m.payload.len(),
+        Event::Discontinuity(_) => 0,
+    };
+    let (max_events, max_bytes) = (sub.events.max(), sub.bytes.max());
+    let total: usize = events.iter().map(size).sum();
+    if events.len() <= max_events && total <= max_bytes {
+        send_chunk(sub, events, total, shared).await;
+        return;
+    }
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for e in events {
+        let n = size(&e);
+        if !chunk.is_empty() && (chunk.len() >= max_events || bytes + n > max_bytes) {
+            send_chunk(sub, std::mem::take(&mut chunk), bytes, shared).await;
+            bytes = 0;
         }
-        r @ Reply::Error { req, .. } => {
-            complete(shared, req, Ok(r));
-            return Ok(());
+        bytes += n;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        send_chunk(sub, chunk, bytes, shared).await;
+    }
+}
+
+/// Sends one chunk (within the event bound; a single event may exceed the
+/// byte bound and is charged the whole of it).
+async fn send_chunk(sub: &SubSender, events: Vec<Event>, bytes: usize, shared: &Shared) {
+    let count = sub.events.charge(events.len());
+    let bytes = sub.bytes.charge(bytes);
+    let mut waited = false;
+    if !sub.events.try_take(count) {
+        waited = true;
+        sub.events.take(count).await;
+    }
+    if !sub.bytes.try_take(bytes) {
+        waited = true;
+        sub.bytes.take(bytes).await;
+    }
+    if waited {
+        bump(&shared.stats.backpressure_waits);
+    }
+    let n = events.len();
+    let queued = Queued {
+        events,
+        count,
+        bytes,
+    };
+    // The budgets bound the channel before its own capacity does, so this
+    // does not wait but for a moment of reordering between the two.
+    if sub.tx.send(queued).await.is_err() {
+        sub.events.release(count);
+        sub.bytes.release(bytes);
+        shared
+            .stats
+            .dropped_unsubscribed
+            .fetch_add(n as u64, AtomicOrdering::Relaxed);
+    }
+}
+
+/// Routes one frame from the broker that is not a delivery.
+fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
+    match reply {
+        Reply::Message(_) | Reply::Discontinuity { .. } => {
+            // Batched by the reader; never routed here.
         }
-        r @ Reply::Topics { req, .. } => {
-            complete(shared, req, Ok(r));
-            return Ok(());
-        }
-        r @ Reply::Cluster { req, .. } => {
-            complete(shared, req, Ok(r));
-            return Ok(());
-        }
-        r @ Reply::Pong { nonce } => {
-            complete(shared, nonce, Ok(r));
-            return Ok(());
-        }
+        Reply::Ok { req } => complete(shared, req, Ok(Reply::Ok { req })),
+        r @ Reply::Error { req, .. } => complete(shared, req, Ok(r)),
+        r @ Reply::Topics { req, .. } => complete(shared, req, Ok(r)),
+        r @ Reply::Cluster { req, .. } => complete(shared, req, Ok(r)),
+        r @ Reply::Pong { nonce } => complete(shared, nonce, Ok(r)),
         Reply::Ping { nonce } => {
             let mut st = shared.state();
             let owed = st
@@ -427,61 +569,9 @@ async fn dispatch(reply: Reply, shared: &Shared) -> Result<(), Error> {
             } else {
                 bump(&shared.stats.pongs_dropped);
             }
-            return Ok(());
         }
         Reply::Welcome { .. } => {
             return Err(Error::Protocol("a second welcome from the broker".into()))
-        }
-    };
-
-    let size = match &event {
-        Event::Message(m) => m.payload.len(),
-        Event::Discontinuity(_) => 0,
-    };
-    // Fast path under the lock; clone the sender only when we must wait.
-    let blocked = {
-        let mut st = shared.state();
-        if let Event::Message(m) = &event {
-            if !m.context.is_empty() {
-                st.context.merge(&m.context);
-            }
-        }
-        match st.subs.get(&sid) {
-            None => {
-                bump(&shared.stats.dropped_unsubscribed);
-                return Ok(());
-            }
-            Some(sub) => {
-                let need = sub.bytes.charge(size);
-                if sub.bytes.try_take(need) {
-                    let queued = Queued { event, bytes: need };
-                    match sub.tx.try_send(queued) {
-                        Ok(()) => None,
-                        Err(mpsc::error::TrySendError::Full(q)) => {
-                            Some((sub.clone(), q.event, need, true))
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            sub.bytes.release(need);
-                            bump(&shared.stats.dropped_unsubscribed);
-                            None
-                        }
-                    }
-                } else {
-                    Some((sub.clone(), event, need, false))
-                }
-            }
-        }
-    };
-    // Slow path: wait for room, which stops this reader and so the socket.
-    if let Some((sub, event, need, taken)) = blocked {
-        bump(&shared.stats.backpressure_waits);
-        if !taken {
-            sub.bytes.take(need).await;
-        }
-        let queued = Queued { event, bytes: need };
-        if sub.tx.send(queued).await.is_err() {
-            sub.bytes.release(need);
-            bump(&shared.stats.dropped_unsubscribed);
         }
     }
     Ok(())
@@ -577,7 +667,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_budget_blocks_until_room_is_released() {
-        let b = Arc::new(ByteBudget::new(100));
+        let b = Arc::new(Budget::new(100));
         assert_eq!(b.charge(500), 100, "a large event takes the whole budget");
         assert!(b.try_take(60));
         assert!(!b.try_take(60), "over the budget");

@@ -10,7 +10,7 @@ use ordo_wire::client::Delivery;
 use ordo_wire::{CausalContext, GlobalSeq, Ordering, Origin, Seq, ViewId};
 use tokio::sync::mpsc;
 
-use crate::connection::{ByteBudget, Queued, Shared};
+use crate::connection::{Budget, Queued, Shared};
 use crate::error::Error;
 use crate::Client;
 
@@ -75,7 +75,7 @@ pub struct Discontinuity {
 ///
 /// The stream ends after yielding one `Err` when the connection fails, or
 /// with `None` after [`Client::close`]. Dropping it unsubscribes. Events wait
-/// in a channel bounded in events and in payload bytes
+/// (in batches, one per read of the socket) in a channel bounded in events and in payload bytes
 /// ([`crate::ClientOptions::subscription_capacity`] and
 /// [`crate::ClientOptions::subscription_bytes`]); when it is full the
 /// connection stops reading the socket, so a subscriber that does not keep up is eventually disconnected
@@ -85,8 +85,15 @@ pub struct Subscription {
     pub(crate) sid: u64,
     pub(crate) pattern: String,
     pub(crate) rx: mpsc::Receiver<Queued>,
-    /// The payload bytes waiting in `rx`, given back as events are taken.
-    pub(crate) bytes: Arc<ByteBudget>,
+    /// The batch being handed out (taken off `rx`).
+    pub(crate) current: std::vec::IntoIter<Event>,
+    /// What `current` holds of the budgets (events, bytes), given back with
+    /// its last event.
+    pub(crate) held: (usize, usize),
+    /// The events waiting in `rx` and `current`.
+    pub(crate) events: Arc<Budget>,
+    /// The payload bytes waiting in `rx` and `current`.
+    pub(crate) bytes: Arc<Budget>,
     pub(crate) shared: Arc<Shared>,
     /// Keeps the connection open while the subscription lives.
     pub(crate) client: Client,
@@ -114,9 +121,36 @@ impl Subscription {
         if self.done {
             return None;
         }
+        if let Some(e) = self.next_buffered() {
+            return Some(e);
+        }
         let q = self.rx.try_recv().ok()?;
-        self.bytes.release(q.bytes);
-        Some(q.event)
+        self.start_batch(q)
+    }
+
+    /// The next event of the current batch; the batch's budget is given
+    /// back with its last event.
+    fn next_buffered(&mut self) -> Option<Event> {
+        let e = self.current.next()?;
+        if self.current.len() == 0 {
+            let (events, bytes) = std::mem::take(&mut self.held);
+            self.events.release(events);
+            self.bytes.release(bytes);
+        }
+        Some(e)
+    }
+
+    /// Makes `q` the current batch and takes its first event.
+    fn start_batch(&mut self, q: Queued) -> Option<Event> {
+        self.current = q.events.into_iter();
+        self.held = (q.count, q.bytes);
+        if self.current.len() == 0 {
+            // Never sent empty; give the charge back all the same.
+            let (events, bytes) = std::mem::take(&mut self.held);
+            self.events.release(events);
+            self.bytes.release(bytes);
+        }
+        self.next_buffered()
     }
 }
 
@@ -128,20 +162,26 @@ impl Stream for Subscription {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(q)) => {
-                this.bytes.release(q.bytes);
-                Poll::Ready(Some(Ok(q.event)))
-            }
-            Poll::Ready(None) => {
-                // The connection dropped our sender: it has ended. Say why once.
-                this.done = true;
-                match this.shared.closed() {
-                    Some(Error::Closed) | None => Poll::Ready(None),
-                    Some(e) => Poll::Ready(Some(Err(e))),
+        if let Some(e) = this.next_buffered() {
+            return Poll::Ready(Some(Ok(e)));
+        }
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(q)) => {
+                    if let Some(e) = this.start_batch(q) {
+                        return Poll::Ready(Some(Ok(e)));
+                    }
                 }
+                Poll::Ready(None) => {
+                    // The connection dropped our sender: it has ended. Say why once.
+                    this.done = true;
+                    return match this.shared.closed() {
+                        Some(Error::Closed) | None => Poll::Ready(None),
+                        Some(e) => Poll::Ready(Some(Err(e))),
+                    };
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
