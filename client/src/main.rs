@@ -7,6 +7,11 @@
 
 mod cmd;
 
+/// mimalloc rather than glibc's malloc: `ordo bench` allocates per delivered
+/// message on several threads at once.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -201,6 +201,9 @@ struct ConnState {
     pending: Vec<(u64, Arc<Delivered>)>,
     /// Payload and topic bytes of `pending`.
     pending_bytes: usize,
+    /// Length of the last batch pushed: `pending` starts a pass with room
+    /// for as many, instead of growing (and copying) from empty each pass.
+    batch_hint: usize,
 }
 
 impl ConnState {
@@ -210,6 +213,7 @@ impl ConnState {
             sids: HashMap::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            batch_hint: 0,
         }
     }
 
@@ -220,6 +224,7 @@ impl ConnState {
         }
         self.pending_bytes = 0;
         let mut batch = std::mem::take(&mut self.pending);
+        self.batch_hint = batch.len().min(DELIVERY_BATCH);
         let item = match batch.pop() {
             Some((sid, msg)) if batch.is_empty() => Out::Deliver { sid, msg },
             Some(last) => {
@@ -811,6 +816,7 @@ impl Driver {
                     };
                     if state.pending.is_empty() {
                         self.dirty.push(conn);
+                        state.pending.reserve(state.batch_hint);
                     }
                     state.pending.push((sid, Arc::clone(&msg)));
                     state.pending_bytes += msg.payload.len() + msg.topic.len();
