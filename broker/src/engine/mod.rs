@@ -1098,7 +1098,7 @@ fn deliver_remote(
     events: &mut VecDeque<Event>,
     stats: &mut Stats,
     origin: Origin,
-    m: DataMsg,
+    m: &DataMsg,
 ) {
     match delivery.accept(origin, m, topics, events) {
         Ok(n) => {

@@ -114,11 +114,21 @@ impl Delivery {
     pub(crate) fn accept(
         &mut self,
         origin: Origin,
-        msg: DataMsg,
+        msg: &DataMsg,
         topics: &mut TopicCache,
         events: &mut VecDeque<Event>,
     ) -> Result<usize, ReassemblyError> {
-        let Some(ready) = self.fifo.reassemble(origin, msg)? else {
+        if msg.ordering == Ordering::Fifo
+            && msg.fragment.is_none()
+            && !msg.topic.is_empty()
+            && self.fifo.passes_through(origin)
+        {
+            // The common case: a whole FIFO message is delivered at once,
+            // built from the log's copy without cloning it first.
+            events.push_back(Event::Deliver(Arc::new(delivered_fifo(origin, msg, topics))));
+            return Ok(1);
+        }
+        let Some(ready) = self.fifo.reassemble(origin, msg.clone())? else {
             return Ok(0);
         };
         let mut out = Out::new(events, topics);
@@ -340,6 +350,21 @@ pub(crate) fn delivered(ready: Ready, topics: &mut TopicCache) -> Delivered {
         context,
         gseq: None,
         payload: msg.payload,
+        published_at_us: msg.published_at_us,
+    }
+}
+
+/// The delivery of a whole FIFO message (no context, no global sequence).
+fn delivered_fifo(origin: Origin, msg: &DataMsg, topics: &mut TopicCache) -> Delivered {
+    Delivered {
+        topic: topics.name(&msg.topic),
+        ordering: msg.ordering,
+        publisher: msg.publisher,
+        origin,
+        seq: msg.seq,
+        context: CausalContext::new(),
+        gseq: None,
+        payload: msg.payload.clone(),
         published_at_us: msg.published_at_us,
     }
 }

@@ -140,14 +140,14 @@ impl Reliability {
     pub(crate) fn deliver_everything_held(
         &mut self,
         origin: Origin,
-        mut deliver: impl FnMut(DataMsg),
+        mut deliver: impl FnMut(&DataMsg),
     ) {
         let Some(log) = self.logs.get_mut(&origin) else {
             return;
         };
         let from = log.delivered.next();
         for (s, h) in log.msgs.range(from..) {
-            deliver(h.msg.clone());
+            deliver(&h.msg);
             log.delivered = *s;
         }
     }
@@ -389,7 +389,7 @@ impl Reliability {
         origin: Origin,
         now: Instant,
         rng: &mut SmallRng,
-        deliver: impl FnMut(DataMsg),
+        deliver: impl FnMut(&DataMsg),
     ) {
         let initial = self.cfg.nak_backoff_initial;
         let Some(log) = self.logs.get_mut(&origin) else {
@@ -416,12 +416,14 @@ impl Reliability {
 
     /// Hands `origin`'s received messages to `deliver` in order, stopping at
     /// a `safe` message not yet held by every member (unless at or below
-    /// `flushed`: a completed flush proved every member holds those).
+    /// `flushed`: a completed flush proved every member holds those). By
+    /// reference: the log keeps each message for repairs, and the delivery
+    /// layers copy only what they keep (FIFO keeps nothing but the payload).
     pub(crate) fn deliver_ready(
         &mut self,
         origin: Origin,
         flushed: Seq,
-        mut deliver: impl FnMut(DataMsg),
+        mut deliver: impl FnMut(&DataMsg),
     ) {
         if origin == self.me {
             return;
@@ -440,7 +442,7 @@ impl Reliability {
             if h.msg.safe && next > stable && !self.cfg.bugs.early_safe {
                 break;
             }
-            deliver(h.msg.clone());
+            deliver(&h.msg);
             log.delivered = next;
         }
     }
