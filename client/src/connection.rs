@@ -514,17 +514,14 @@ async fn send_events(sub: &SubSender, events: Vec<Event>, shared: &Shared) {
 async fn send_chunk(sub: &SubSender, events: Vec<Event>, bytes: usize, shared: &Shared) {
     let count = sub.events.charge(events.len());
     let bytes = sub.bytes.charge(bytes);
-    let mut waited = false;
-    if !sub.events.try_take(count) {
-        waited = true;
-        sub.events.take(count).await;
-    }
-    if !sub.bytes.try_take(bytes) {
-        waited = true;
-        sub.bytes.take(bytes).await;
-    }
-    if waited {
+    let have_events = sub.events.try_take(count);
+    if !(have_events && sub.bytes.try_take(bytes)) {
+        // Counted before waiting: the wait may last until the broker gives up on us.
         bump(&shared.stats.backpressure_waits);
+        if !have_events {
+            sub.events.take(count).await;
+        }
+        sub.bytes.take(bytes).await;
     }
     let n = events.len();
     let queued = Queued {
