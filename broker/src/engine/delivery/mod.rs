@@ -125,7 +125,9 @@ impl Delivery {
         {
             // The common case: a whole FIFO message is delivered at once,
             // built from the log's copy without cloning it first.
-            events.push_back(Event::Deliver(Arc::new(delivered_fifo(origin, msg, topics))));
+            events.push_back(Event::Deliver(Arc::new(delivered_fifo(
+                origin, msg, topics,
+            ))));
             return Ok(1);
         }
         let Some(ready) = self.fifo.reassemble(origin, msg.clone())? else {
