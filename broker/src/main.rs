@@ -21,9 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 /// mimalloc rather than glibc's malloc: cheaper per allocation (an
-/// `Arc<Delivered>` per message, delivery batches), and it keeps less freed
-/// memory when one thread frees what another allocated (the driver and the
-/// connection writers): see docs/PERFORMANCE.md, session 4.
+/// `Arc<Delivered>` per message, delivery batches; docs/PERFORMANCE.md,
+/// session 4).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
