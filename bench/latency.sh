@@ -9,7 +9,8 @@
 #     udp                          peers' udp-limit one-way multicast latency, 3 receivers
 #   e.g. bench/latency.sh base=/tmp/base/release new=target/release nats udp
 #
-# Environment: ROUNDS (5), SECS (5), RATE (10000), SIZE (128), WARMUP (1),
+# Environment: ROUNDS (5), SECS (5), RATE (10000), SIZE (128), WARMUP (1), MAX_OTHER (leave
+#   out of the summary runs during which other processes used more than this % of a core),
 #   PEERS_BIN (directory with broker-bench and udp-limit, e.g. /work/peers-out/target/release),
 #   OUT (default target/bench-results/lat-<UTC time>), ENV_<name> (environment for that
 #   variant's brokers, e.g. ENV_new="MALLOC_ARENA_MAX=1").
@@ -63,6 +64,8 @@ pid_ticks() {
   echo "$t"
 }
 
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+
 ctx_switches() { # pids... -> context switches (voluntary + involuntary) of all their threads
   local p n=0 x
   for p in "$@"; do
@@ -92,8 +95,8 @@ run_ordo() { # name bindir flags outfile
     sleep 0.1
   done
   sleep 0.5
-  local t0 t1 c0 c1 bp bt=0 bc=0 x y
-  t0=$(pid_ticks "${PIDS[@]}"); c0=$(ctx_switches "${PIDS[@]}")
+  local t0 t1 c0 c1 bp bt=0 bc=0 x y m0 m1 w0 w1
+  t0=$(pid_ticks "${PIDS[@]}"); c0=$(ctx_switches "${PIDS[@]}"); m0=$(busy_ticks); w0=$(date +%s%N)
   "$bin/ordo" bench --servers "$s" --pub 1 --sub 3 --size "$SIZE" --duration "${SECS}s" \
     --rate "$RATE" --warmup "${WARMUP}s" --topic "lat.$name" --json > "$f" 2>> "$OUT/log.txt" &
   bp=$!
@@ -104,8 +107,11 @@ run_ordo() { # name bindir flags outfile
     sleep 0.2
   done
   wait "$bp" || true
-  t1=$(pid_ticks "${PIDS[@]}"); c1=$(ctx_switches "${PIDS[@]}")
+  t1=$(pid_ticks "${PIDS[@]}"); c1=$(ctx_switches "${PIDS[@]}"); m1=$(busy_ticks); w1=$(date +%s%N)
   echo "$((t1 - t0))" > "$f.ticks"
+  # other processes' CPU in % of one core (machine busy - brokers - bench; an upper
+  # bound: kernel work done for us outside our processes counts as other)
+  python3 -c "print(max(0.0, ($m1 - $m0 - $t1 + $t0 - $bt) / $(getconf CLK_TCK) / (($w1 - $w0) / 1e9) * 100))" > "$f.other"
   echo "$((c1 - c0)) $bt $bc" > "$f.cs"
   stop_all
 }
@@ -161,9 +167,11 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$SECS" "$RATE" "${VARIANTS[@]}" <<'PY' | tee "$OUT/summary.txt"
+MAX_OTHER=${MAX_OTHER:-1000} python3 - "$OUT" "$SECS" "$RATE" "${VARIANTS[@]}" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys
 out, secs, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+max_other = float(os.environ.get("MAX_OTHER", "1000"))
+skipped = {}
 hz = os.sysconf("SC_CLK_TCK")
 def stat(v):
     v = sorted(v)
@@ -171,7 +179,8 @@ def stat(v):
     n = len(v); med = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
     if med < 20: return f"{med:.1f} [{v[0]:.1f}-{v[-1]:.1f}]"
     return f"{med:.0f} [{v[0]:.0f}-{v[-1]:.0f}]"
-print(f"# {out}: median [min-max] over rounds, µs; cpu = brokers' utime+stime per message")
+print(f"# {out}: median [min-max] over rounds, µs; cpu = brokers' utime+stime per message"
+      + (f"; rounds with other processes above {max_other:.0f}% of a core left out" if max_other < 1000 else ""))
 for v in sys.argv[4:]:
     name = v.split("=", 1)[0]
     rows = {"p50": [], "p99": [], "p999": [], "local_p99": [], "remote_p99": [], "cpu_us": [],
@@ -181,6 +190,14 @@ for v in sys.argv[4:]:
         try:
             j = json.load(open(f"{out}/{name}-{r}.json"))
         except Exception:
+            r += 1; continue
+        other = j.get("cpu_other_pct")
+        try:
+            other = float(open(f"{out}/{name}-{r}.json.other").read())
+        except (OSError, ValueError):
+            pass
+        if other is not None and other > max_other:
+            skipped[name] = skipped.get(name, 0) + 1
             r += 1; continue
         if name == "udp":
             lat = j.get("lat_us") or []
@@ -208,7 +225,7 @@ for v in sys.argv[4:]:
                 except (OSError, ValueError):
                     pass
         r += 1
-    print(f"{name:>10}: n={len(rows['p50'])} p50 {stat(rows['p50'])}  p99 {stat(rows['p99'])}  p99.9 {stat(rows['p999'])}"
+    print(f"{name:>10}: n={len(rows['p50'])}{'' if not skipped.get(name) else f' (-{skipped[name]})'} p50 {stat(rows['p50'])}  p99 {stat(rows['p99'])}  p99.9 {stat(rows['p999'])}"
           f"  | local p99 {stat(rows['local_p99'])}  remote p99 {stat(rows['remote_p99'])}  | cpu/msg {stat(rows['cpu_us'])}"
           + (f"  switches/msg {stat(rows['cs'])}  bench cpu/msg {stat(rows['bench_cpu_us'])} switches/msg {stat(rows['bench_cs'])}" if rows['cs'] else ""))
 print("# per round, p50/p99 µs:")
@@ -220,7 +237,11 @@ while any(os.path.exists(f"{out}/{n}-{r}.json") for n in names):
         try:
             j = json.load(open(f"{out}/{n}-{r}.json"))
             a, b = (j["lat_us"][0], j["lat_us"][1]) if "lat_us" in j else (j["p50_us"], j["p99_us"])
-            row.append(f"{n} {a:.0f}/{b:.0f}")
+            try:
+                o = float(open(f"{out}/{n}-{r}.json.other").read())
+            except (OSError, ValueError):
+                o = j.get("cpu_other_pct", -1)
+            row.append(f"{n} {a:.0f}/{b:.0f} ({o:.0f}%)")
         except Exception:
             row.append(f"{n} -")
     print(f"#  {r}: " + " | ".join(row)); r += 1
