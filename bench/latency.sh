@@ -173,6 +173,10 @@ out, secs, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 max_other = float(os.environ.get("MAX_OTHER", "1000"))
 skipped = {}
 hz = os.sysconf("SC_CLK_TCK")
+medians = {}
+def median(v):
+    v = sorted(v); n = len(v)
+    return None if not n else (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2)
 def stat(v):
     v = sorted(v)
     if not v: return "-"
@@ -228,7 +232,14 @@ for v in sys.argv[4:]:
     print(f"{name:>10}: n={len(rows['p50'])}{'' if not skipped.get(name) else f' (-{skipped[name]})'} p50 {stat(rows['p50'])}  p99 {stat(rows['p99'])}  p99.9 {stat(rows['p999'])}"
           f"  | local p99 {stat(rows['local_p99'])}  remote p99 {stat(rows['remote_p99'])}  | cpu/msg {stat(rows['cpu_us'])}"
           + (f"  switches/msg {stat(rows['cs'])}  bench cpu/msg {stat(rows['bench_cpu_us'])} switches/msg {stat(rows['bench_cs'])}" if rows['cs'] else ""))
-print("# per round, p50/p99 µs:")
+    medians[name] = (median(rows["p50"]), median(rows["p99"]))
+if medians.get("nats") and all(medians["nats"]):
+    n50, n99 = medians["nats"]
+    for name, (m50, m99) in medians.items():
+        if name in ("nats", "udp") or m50 is None:
+            continue
+        print(f"RATIO {name}/nats3 (medians over rounds): p50 {m50 / n50:.2f}x, p99 {m99 / n99:.2f}x (goal <= 1, stretch 0.5)")
+print("# per round, p50/p99 µs (other processes, % of a core):")
 r = 1
 names = [v.split("=", 1)[0] for v in sys.argv[4:]]
 while any(os.path.exists(f"{out}/{n}-{r}.json") for n in names):
