@@ -23,12 +23,18 @@ files = sorted(glob.glob(f"{d}/drv.stages.*"), key=lambda f: int(f.rsplit(".", 1
 st = [collections.defaultdict(dict) for _ in files]
 for i, f in enumerate(files):
     for line in open(f):
-        stage, sent, t = map(int, line.split())
+        fields = line.split()
+        if len(fields) != 3:
+            continue  # a line cut short by the broker's stop
+        stage, sent, t = map(int, fields)
         st[i][sent].setdefault(stage, t)  # first occurrence
 recv = collections.defaultdict(dict)
 written = {}
 for line in open(f"{d}/bench.txt"):
-    s, t, lat = map(int, line.split())
+    fields = line.split()
+    if len(fields) != 3:
+        continue
+    s, t, lat = map(int, fields)
     if s == 9:
         written[t] = t + lat
     else:

@@ -506,15 +506,6 @@ impl Driver {
     async fn flush(&mut self) {
         self.pass_us = unix_micros();
         self.declare_configured();
-        // Local subscribers first: on loopback (and with other members on
-        // this host) the multicast send below copies the datagram into every
-        // member's socket inside our syscall and wakes their threads, which
-        // can preempt this one; measured, it held local deliveries up by
-        // 17 µs at the median and ~0.1–5 ms in the tail (docs/PERFORMANCE.md).
-        while let Some(ev) = self.engine.poll_event() {
-            self.event(ev);
-        }
-        self.push_deliveries();
         loop {
             while let Some(d) = self.engine.poll_transmit() {
                 self.transmit.push(d);
