@@ -19,6 +19,8 @@
 #   OUT             where logs and JSON go (default: target/bench-results/<UTC time>)
 #   BROKER_ARGS     extra flags for every ordo-broker
 #   SKIP_BUILD=1    use the release binaries as they are
+#   LAT_ROUNDS (0)  with PEERS: also N interleaved rounds of Ordo / NATS 3-node /
+#                   raw UDP latency runs (bench/latency.sh) and their p99 ratio
 #   QUIET_PCT (8), QUIET_WAIT (90), MAX_OTHER (15): as the peer harness, wait for
 #                   a quiet machine before each run and redo runs during which
 #                   other processes used more than MAX_OTHER % of one core
@@ -246,6 +248,24 @@ print(f'RATIO ordo-{\"$o\"}/nats3: throughput per sub {t/n:.2f}x (goal >= 1.5 fo
     done
   else
     say "# NATS figures missing: see $OUT/nats3-*.txt"
+  fi
+fi
+# ---------------------------------------------------------------- interleaved latency
+# The blocks above measure Ordo first and NATS minutes later: a load change in
+# between moves the p99 ratio more than anything in either broker. LAT_ROUNDS
+# rounds of Ordo / NATS 3-node / raw UDP multicast alternate instead (each run
+# on a fresh cluster; bench/latency.sh), and runs disturbed by other processes
+# (> MAX_OTHER % of a core) are left out of the medians.
+if [ -n "${PEERS:-}" ] && [ "${LAT_ROUNDS:-0}" -gt 0 ]; then
+  pb=$PEERS_OUT/target/release
+  if [ -x "$pb/broker-bench" ] && [ -x "$pb/udp-limit" ]; then
+    cleanup; PIDS=()
+    say "# interleaved latency: $LAT_ROUNDS rounds of ordo / nats3 / udp at $RATE msg/s, ${SECS}s each, load $(load)"
+    ROUNDS=$LAT_ROUNDS SECS=$SECS RATE=$RATE SIZE=$SIZE WARMUP=$WARMUP PEERS_BIN=$pb OUT=$OUT/lat-ab \
+      MAX_OTHER=${MAX_OTHER:-15} bench/latency.sh "ordo=$BIN@${BROKER_ARGS:-}" nats udp > "$OUT/lat-ab.txt" 2>&1 || true
+    grep -v '^# round' "$OUT/lat-ab.txt" | tee -a "$OUT/summary.txt"
+  else
+    say "# interleaved latency skipped: no broker-bench/udp-limit in $pb"
   fi
 fi
 say "# results in $OUT (load at end $(load))"

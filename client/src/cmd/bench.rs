@@ -700,17 +700,11 @@ fn on_payload(plan: &Plan, shared: &Shared, s: usize, out: &mut SubOut, payload:
 
 fn publisher(plan: &Plan, shared: &Shared, p: usize) -> PubOut {
     let mut out = PubOut::default();
-    // Rate mode sleeps between publishes on this thread, so the connection
-    // must be driven by a worker thread of its own.
-    let rt = if plan.interval_us.is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-    } else {
-        runtime()
-    };
-    let res = match rt {
+    // Rate mode too runs the connection on this thread (as broker-bench's
+    // publisher): each message is written to the socket before the thread
+    // sleeps (see `paced`), so no hand-off to another thread sits between
+    // the send stamp and the socket.
+    let res = match runtime() {
         Ok(rt) => publish_all(&rt, plan, shared, p, &mut out),
         Err(e) => Err(anyhow!("cannot start a runtime: {e}")),
     };
@@ -893,12 +887,31 @@ fn paced(
             continue;
         }
         let now = now_us();
-        rt.block_on(send_one(plan, sender, p, seq, now, limit, out))?;
+        let writes = sender.client.stats().writes;
+        rt.block_on(async {
+            send_one(plan, sender, p, seq, now, limit, out).await?;
+            written(&sender.client, writes).await
+        })?;
         seq += 1;
         out.sent = seq;
         shared.sent[p].store(seq, Mem::Relaxed);
     }
     out.sent = seq;
+    Ok(())
+}
+
+/// Returns once the connection wrote to the socket after `writes` writes
+/// (as broker-bench's `push`): on the current-thread runtime the connection
+/// task runs while this yields, and the message is on its way before the
+/// publisher thread sleeps.
+async fn written(client: &Client, writes: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    while client.stats().writes == writes {
+        if Instant::now() > deadline {
+            bail!("a publish was not written to the socket within {SETUP_TIMEOUT:?}");
+        }
+        tokio::task::yield_now().await;
+    }
     Ok(())
 }
 
