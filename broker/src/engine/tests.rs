@@ -1035,3 +1035,89 @@ fn with_the_cluster_size_known_a_broker_restarted_alone_forms_no_primary_view() 
     }
     assert!(e.view().primary);
 }
+
+/// The body of a datagram, if it decodes.
+fn body(dg: &Bytes) -> Option<Body> {
+    Frame::decode(dg).ok().map(|f| f.body)
+}
+
+/// Sim seed 1753: engine 2 stalls past failure detection and resumes while
+/// the others are flushing it out of the view (engine 1's flush report is
+/// slow to reach the coordinator, and the proposal has not reached engine
+/// 2). It publishes; the others receive its messages beyond what they
+/// reported, and their digests reach it. Returns the payloads engine 2
+/// confirmed, each survivor's deliveries of engine 2's messages, and
+/// whether the survivors held engine 2's new messages beyond their reports.
+fn stalled_publisher_resumes_during_its_exclusion() -> (Vec<Bytes>, [Vec<Bytes>; 2], bool) {
+    let mut g = Group::new(3);
+    let from2 = g.engines[2].origin();
+    let slow_ack = |from: usize, to: usize, dg: &Bytes| {
+        from == 1 && to == 0 && matches!(body(dg), Some(Body::FlushAck(_)))
+    };
+    let stalled = g.engines.remove(2);
+    let stalled_events = g.events.remove(2);
+    g.run(ms(2500), |from, to, dg| !slow_ack(from, to, dg));
+    for i in 0..2 {
+        assert!(
+            g.engines[i].membership.flushing(),
+            "engine {i} not flushing"
+        );
+        assert_eq!(g.engines[i].view().members.len(), 3, "installed too early");
+    }
+    g.engines.push(stalled);
+    g.events.push(stalled_events);
+    let tokens: Vec<ConfirmToken> = (0..5).map(|req| ConfirmToken { conn: 7, req }).collect();
+    for t in &tokens {
+        let payload = [b'z', t.req as u8];
+        g.engines[2]
+            .publish(msg(&payload, Some(*t)), g.now)
+            .unwrap();
+    }
+    let to_stalled = |to: usize, dg: &Bytes| {
+        to == 2 && matches!(body(dg), Some(Body::Propose(_) | Body::Install(_)))
+    };
+    g.run(ms(60), |from, to, dg| {
+        !slow_ack(from, to, dg) && !to_stalled(to, dg)
+    });
+    let beyond = (0..2).all(|i| {
+        let rel = &g.engines[i].rel;
+        let held = rel.contiguous_of(from2).unwrap_or_default();
+        rel.cap(from2).is_some_and(|c| c < held)
+    });
+    g.run(ms(4000), |_, _, _| true);
+    assert_eq!(g.engines[0].view().members.len(), 3, "engine 2 rejoined");
+    assert!(g.engines[2].origin().incarnation > from2.incarnation);
+    let confirmed = g.events[2]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Confirmed(t) if t.conn == 7 => Some(Bytes::from(vec![b'z', t.req as u8])),
+            _ => None,
+        })
+        .collect();
+    let of2 = |i: usize| {
+        g.delivered(i)
+            .into_iter()
+            .filter(|p| p.first() == Some(&b'z'))
+            .collect::<Vec<_>>()
+    };
+    (confirmed, [of2(0), of2(1)], beyond)
+}
+
+#[test]
+fn a_stalled_publisher_resuming_during_its_exclusion_confirms_nothing_the_cut_discards() {
+    let (confirmed, [a, b], beyond) = stalled_publisher_resumes_during_its_exclusion();
+    assert!(
+        beyond,
+        "the survivors should hold engine 2's new messages beyond their flush reports"
+    );
+    assert_eq!(a, b, "the survivors disagree on engine 2's messages");
+    for c in &confirmed {
+        assert!(
+            a.contains(c),
+            "{c:?} was confirmed but the cut discarded it"
+        );
+    }
+    // The survivors reported less than they hold and vouch for no more, so
+    // engine 2 confirms none of what it published after their reports.
+    assert!(confirmed.is_empty(), "{confirmed:?}");
+}
