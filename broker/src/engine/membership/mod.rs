@@ -19,10 +19,31 @@
 //! that (`FlushAck::held`); the cut of a departed origin is the most any
 //! survivor reported, so it covers everything any survivor delivered. The
 //! survivors repair each other up to the cut (any holder repairs), and only
-//! once every survivor's digest shows the cut does the coordinator install;
-//! each survivor delivers the departed streams exactly up to the cut and
-//! discards the rest. So each departed message reaches every survivor or
-//! none. A proposer dying mid-change is itself suspected and the next live
+//! once every survivor's digest shows it holds the cut does the
+//! coordinator install; each survivor delivers the departed streams
+//! exactly up to the cut and discards the rest. So each departed message
+//! reaches every survivor or none.
+//!
+//! **Vouching: what a confirmation rests on.** The invariant: *a message
+//! is confirmed, and an ordering decision applied, only if it is at or
+//! below the cut of every view change that the member vouching for it
+//! survives.* A member vouches (in its digests) for an origin's stream up
+//! to what it holds, except that once it flushes the origin out it vouches
+//! only up to its report, frozen at the first (`reliability::stability`
+//! says how the digest carries it). Reports only grow before the freeze, the
+//! cut is at least every survivor's report, and confirmations (another
+//! member vouches; every member for `safe`) and quorum-held decisions count
+//! only what members vouch for; so whatever a survivor vouched for is
+//! delivered by every survivor. Without the freeze, a broker stalled past
+//! failure detection resumed and published while the others flushed it out;
+//! they held its new messages beyond their reports, confirmed them to it,
+//! and the cut discarded them (sim seed 1753). The stalled broker is not
+//! stopped from publishing: it cannot know in time that it is suspected
+//! (the proposal may be lost or late), and what it publishes then is simply
+//! never confirmed; it rejoins as a new incarnation when the install that
+//! leaves it out arrives.
+//!
+//! A proposer dying mid-change is itself suspected and the next live
 //! member proposes again (members accept a proposer whose predecessors the
 //! proposal leaves out); a member dying mid-flush gets the proposal
 //! repeated without it. A member that installed a view re-sends the install

@@ -87,12 +87,16 @@ impl Reliability {
                     if vouched > *have {
                         *have = vouched;
                     }
-                    let key = (from, e.origin);
-                    let held = self.held_beyond.get(&key).map_or(held, |h| held.max(*h));
-                    if held > *have {
-                        self.held_beyond.insert(key, held);
-                    } else {
-                        self.held_beyond.remove(&key);
+                    // Outside flushes the map is empty and nothing is
+                    // held beyond: no lookup on the hot path.
+                    if held > *have || !self.held_beyond.is_empty() {
+                        let key = (from, e.origin);
+                        let held = self.held_beyond.get(&key).map_or(held, |h| held.max(*h));
+                        if held > *have {
+                            self.held_beyond.insert(key, held);
+                        } else {
+                            self.held_beyond.remove(&key);
+                        }
                     }
                 }
             }
