@@ -22,7 +22,7 @@ const DEFAULT_SEEDS: u64 = 500;
 const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[];
 
 /// Seeds past the default range that once failed (found by soaks of seeds
-/// 500..2500), with what they catch: `once_failing_seeds` runs them in
+/// 500..5000), with what they catch: `once_failing_seeds` runs them in
 /// every `cargo test`.
 const FIXED_SEEDS: &[(u64, &str)] = &[
     (
@@ -34,6 +34,16 @@ const FIXED_SEEDS: &[(u64, &str)] = &[
         1413,
         "causal delivery across the rejoin of a broker as a new incarnation",
     ),
+    (
+        3153,
+        "a broker cut off alone delivers the departed origins' messages the flush hands it in \
+         causal order",
+    ),
+    (
+        3173,
+        "the same, with the sequencer crashing during the partition",
+    ),
+    (4204, "the same, after a one-way partition"),
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
