@@ -85,6 +85,7 @@ pub(crate) struct Reliability {
     caps: BTreeMap<Origin, Seq>,
     /// (member, origin) -> what `member` holds of `origin` where that is
     /// more than it vouches for (it flushes `origin` out; see `stability`).
+    /// Both are view members: at most one entry per pair of them.
     held_beyond: BTreeMap<(Origin, Origin), Seq>,
 }
 
