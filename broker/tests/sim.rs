@@ -22,7 +22,7 @@ const DEFAULT_SEEDS: u64 = 500;
 const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[];
 
 /// Seeds past the default range that once failed (found by soaks of seeds
-/// 500..5000), with what they catch: `once_failing_seeds` runs them in
+/// 500..20000), with what they catch: `once_failing_seeds` runs them in
 /// every `cargo test`.
 const FIXED_SEEDS: &[(u64, &str)] = &[
     (
@@ -44,6 +44,12 @@ const FIXED_SEEDS: &[(u64, &str)] = &[
         "the same, with the sequencer crashing during the partition",
     ),
     (4204, "the same, after a one-way partition"),
+    (
+        13101,
+        "a second cut of one side within the first (the harness merges them: it never fired)",
+    ),
+    (14702, "the same, one way"),
+    (18433, "the same"),
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
