@@ -50,6 +50,11 @@ const FIXED_SEEDS: &[(u64, &str)] = &[
     ),
     (14702, "the same, one way"),
     (18433, "the same"),
+    (
+        14993,
+        "a joiner two coordinators admitted at once: the losing view's dissolve must not wait \
+         for it",
+    ),
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -772,9 +772,14 @@ impl Engine {
                     self.send_install(i);
                 }
             }
-        } else if self.view.members.contains(&sender) && self.membership.flush.is_none() {
-            // A member of ours speaks in a newer view: its digest names
-            // that view's members.
+        } else if self.view.members.contains(&sender)
+            && (self.membership.flush.is_none() || view == self.view.id)
+        {
+            // A member of ours speaks in a newer view, or in another view
+            // of our number (installed apart from ours, so even during our
+            // flush it answers none of it: a joiner two coordinators
+            // admitted at once, sim seed 14993, whose frames keep the
+            // failure detector quiet): its digest names that view's members.
             let Some(d) = digest else { return };
             let theirs: Vec<Origin> = d.entries.iter().map(|e| e.origin).collect();
             if theirs.contains(&self.me) || Membership::outweighs(&self.view, &theirs) {
