@@ -128,7 +128,11 @@
 //! told apart: frames of the other are not taken for ours (data, digests,
 //! NAKs and stability are dropped), an install of our number with other
 //! members is not acknowledged as a retry, and a heartbeat of the other
-//! view is handled as a view mismatch, so the sides merge as above.
+//! view is handled as a view mismatch, so the sides merge as above. A
+//! member of ours that speaks in another view of our number installed it
+//! apart from us and answers none of our flush, so it is gone for our view
+//! even mid-flush (its frames keep the failure detector quiet: a joiner
+//! two coordinators admitted at once wedged a dissolve, sim seed 14993).
 //!
 //! **Duplicate node ids.** A live member that hears a newer incarnation of
 //! its own node id, or a member that keeps hearing an old incarnation after
