@@ -330,7 +330,10 @@ mod tests {
         c.observe(o(5), Seq(1));
         c.observe(o(3), Seq(7));
         c.observe(o(9), Seq(1));
-        assert_eq!(c.entries(), &[(o(3), Seq(7)), (o(5), Seq(2)), (o(9), Seq(1))]);
+        assert_eq!(
+            c.entries(),
+            &[(o(3), Seq(7)), (o(5), Seq(2)), (o(9), Seq(1))]
+        );
     }
 
     proptest::proptest! {

@@ -308,7 +308,10 @@ mod tests {
         c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
         for seq in 1..=3 {
             let context = ctx(&c, &[(1, seq - 1)]);
-            assert!(context.is_empty(), "our own entry is implied by FIFO: {context:?}");
+            assert!(
+                context.is_empty(),
+                "our own entry is implied by FIFO: {context:?}"
+            );
             c.accept(msg(1, seq, &[]), &mut out);
         }
         assert_eq!(out.delivered, 3);
