@@ -1043,7 +1043,14 @@ mod tests {
         delivery_ref(&d).encode_vectored(&d.payload, &mut f);
         let mut io = [std::io::IoSlice::new(&[]); 4];
         assert_eq!(f.chunks_vectored(&mut io), 2, "head, then the payload");
-        assert_eq!(io[1].as_ptr(), d.payload.as_ptr(), "the payload's own bytes");
-        assert!(f.capacity() < SHARE_MIN, "nothing of the payload was copied");
+        assert_eq!(
+            io[1].as_ptr(),
+            d.payload.as_ptr(),
+            "the payload's own bytes"
+        );
+        assert!(
+            f.capacity() < SHARE_MIN,
+            "nothing of the payload was copied"
+        );
     }
 }

@@ -505,13 +505,13 @@ fn open_sender(config: &TransportConfig) -> io::Result<Socket> {
 /// socket's filter sees the packet from the UDP header on; the IPv4 header
 /// is reached through the kernel's `SKF_NET_OFF` offset.
 fn own_datagram_filter(from: SocketAddrV4) -> [socket2::SockFilter; 6] {
+    use libc::{BPF_ABS, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SKF_NET_OFF};
     use socket2::SockFilter;
-    // Opcodes of linux/filter.h (cBPF).
-    const LD_H_ABS: u16 = 0x00 | 0x08 | 0x20; // BPF_LD | BPF_H | BPF_ABS
-    const LD_W_ABS: u16 = 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const SKF_NET_OFF: i32 = -0x100000;
+    // cBPF opcodes (linux/filter.h); every one fits the 16-bit code field.
+    const LD_H_ABS: u16 = (BPF_LD | BPF_H | BPF_ABS) as u16;
+    const LD_W_ABS: u16 = (BPF_LD | BPF_W | BPF_ABS) as u16;
+    const JEQ_K: u16 = (BPF_JMP | BPF_JEQ | BPF_K) as u16;
+    const RET_K: u16 = (BPF_RET | BPF_K) as u16;
     const IPV4_SRC: i32 = 12;
     [
         // UDP source port; if not ours, keep.
