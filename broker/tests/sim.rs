@@ -13,18 +13,49 @@ use ordo_broker::sim::{replay_command, run_seed};
 /// Seeds `cargo test` runs by default.
 const DEFAULT_SEEDS: u64 = 500;
 
-/// Seeds of the default range that fail on an engine bug already reported,
-/// with the bug. `many_seeds` still runs them and prints their violations
-/// and replay command, but does not fail on them (every other seed must
-/// pass); `known_engine_bugs` (ignored) fails until each one passes. Remove
-/// a seed once the engine is fixed (`many_seeds` says when one passes).
-/// Seeds past the default range (found by soaks of seeds 500..2500) are
-/// listed too, so `known_engine_bugs` replays them.
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
-    1753,
-    "a stalled publisher's broker is excluded and rejoins; its last 17 messages are lost \
-         on every other member (no loss among survivors)",
-)];
+/// Seeds that fail on an engine bug already reported, with the bug.
+/// `many_seeds` still runs them and prints their violations and replay
+/// command, but does not fail on them (every other seed must pass). Empty
+/// now: list a seed here only while its bug is open, and move it to
+/// [`FIXED_SEEDS`] once the engine is fixed (`many_seeds` says when a
+/// listed seed passes).
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[];
+
+/// Seeds past the default range that once failed (found by soaks of seeds
+/// 500..20000), with what they catch: `once_failing_seeds` runs them in
+/// every `cargo test`.
+const FIXED_SEEDS: &[(u64, &str)] = &[
+    (
+        1753,
+        "a publisher's broker stalled past failure detection publishes as it resumes, while the \
+         others flush it out: they must not confirm what the cut discards",
+    ),
+    (
+        1413,
+        "causal delivery across the rejoin of a broker as a new incarnation",
+    ),
+    (
+        3153,
+        "a broker cut off alone delivers the departed origins' messages the flush hands it in \
+         causal order",
+    ),
+    (
+        3173,
+        "the same, with the sequencer crashing during the partition",
+    ),
+    (4204, "the same, after a one-way partition"),
+    (
+        13101,
+        "a second cut of one side within the first (the harness merges them: it never fired)",
+    ),
+    (14702, "the same, one way"),
+    (18433, "the same"),
+    (
+        14993,
+        "a joiner two coordinators admitted at once: the losing view's dissolve must not wait \
+         for it",
+    ),
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -81,11 +112,10 @@ fn many_seeds() {
     );
 }
 
-/// The seeds of [`KNOWN_ENGINE_BUGS`]: fails until the engine passes them all.
+/// The seeds of [`FIXED_SEEDS`] pass.
 #[test]
-#[ignore = "known engine bugs, listed in KNOWN_ENGINE_BUGS"]
-fn known_engine_bugs() {
-    let failing: Vec<u64> = KNOWN_ENGINE_BUGS
+fn once_failing_seeds() {
+    let failing: Vec<u64> = FIXED_SEEDS
         .iter()
         .filter(|(seed, why)| {
             let r = run_seed(*seed);
@@ -96,7 +126,7 @@ fn known_engine_bugs() {
         })
         .map(|(seed, _)| *seed)
         .collect();
-    assert!(failing.is_empty(), "still failing: {failing:?}");
+    assert!(failing.is_empty(), "failing again: {failing:?}");
 }
 
 #[test]

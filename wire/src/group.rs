@@ -353,7 +353,9 @@ pub struct DigestEntry {
     pub origin: Origin,
     /// Everything up to this was received (for the sender itself: sent).
     pub contiguous: Seq,
-    /// The highest sequence number known to exist.
+    /// The highest sequence number known to exist. Below `contiguous` only
+    /// from a member flushing `origin` out of the view: it vouches for no
+    /// more than this (its flush report), so nobody confirms beyond it.
     pub highest: Seq,
 }
 

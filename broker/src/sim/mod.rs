@@ -163,7 +163,23 @@ impl FaultPlan {
                     let first = rng.gen_range(0..nodes);
                     let side: BTreeSet<usize> = (0..size).map(|k| (first + k) % nodes).collect();
                     let len = Duration::from_millis(rng.gen_range(2000..5000));
-                    self.partitions.push((at, len, side, rng.gen_bool(0.3)));
+                    let one_way = rng.gen_bool(0.3);
+                    // A second cut of the same side while another lasts
+                    // may drop nothing of its own (the first drops it all,
+                    // and it counts as never fired): one longer cut instead.
+                    let same = self
+                        .partitions
+                        .iter_mut()
+                        .find(|(from, l, s, _)| *s == side && at < *from + *l && *from < at + len);
+                    match same {
+                        Some((from, l, _, ow)) => {
+                            let until = (*from + *l).max(at + len);
+                            *from = (*from).min(at);
+                            *l = until - *from;
+                            *ow &= one_way;
+                        }
+                        None => self.partitions.push((at, len, side, one_way)),
+                    }
                 }
             }
         }

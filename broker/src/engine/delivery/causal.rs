@@ -23,11 +23,15 @@
 //! origin's messages were all delivered by the flush that removed it (up to
 //! the agreed cut; a message of a crashed broker beyond it, which only that
 //! broker delivered, is no dependency), and a context cannot name a future
-//! one. At a view change every held message is delivered (the flush makes
-//! every member hold the same ones), so nothing held crosses a view, and
-//! the sender forgets what it sent: the first causal message of a view
-//! carries the whole clock again, so a joiner (which starts at the view's
-//! digest) never relies on a message it did not receive.
+//! one. But a departed origin's message still held here (the flush handed
+//! it over) is waited for, so the flush delivers those in causal order too
+//! (sim seeds 3153, 3173, 4204: a broker cut off alone delivered one
+//! departed origin's message before another's that it followed). At a view
+//! change every held message is delivered (the flush makes every member
+//! hold the same ones), so nothing held crosses a view, and the sender
+//! forgets what it sent: the first causal message of a view carries the
+//! whole clock again, so a joiner (which starts at the view's digest) never
+//! relies on a message it did not receive.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -168,9 +172,17 @@ impl Causal {
         }
         r.msg.context.entries().iter().all(|(o, s)| {
             *o == r.origin
-                || !self.members.contains(o)
                 || self.delivered.get(o).copied().unwrap_or_default() >= *s
+                || (!self.members.contains(o) && !self.holds_upto(*o, *s))
         })
+    }
+
+    /// Whether a message of `origin` at or below `seq` is still held.
+    fn holds_upto(&self, origin: Origin, seq: Seq) -> bool {
+        self.held
+            .get(&origin)
+            .and_then(VecDeque::front)
+            .is_some_and(|r| r.seq <= seq)
     }
 
     /// Delivers every held message whose context is covered, until none is.
@@ -355,5 +367,22 @@ mod tests {
         assert_eq!(delivered(out.events), ["1:1", "2:1", "3:1", "3:2"]);
         assert_eq!(c.held(), (0, 0));
         assert!(c.held.is_empty());
+    }
+
+    #[test]
+    fn departed_origins_messages_the_flush_hands_over_keep_their_causal_order() {
+        let mut c = Causal::default();
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        c.install(&[o(1), o(2), o(3), o(4)], &BTreeMap::new(), &mut out);
+        // Cut off alone, node 4 holds 2:1 (which waits for 3:1, never
+        // received) and 1:1, which follows 2:1.
+        c.accept(msg(2, 1, &[(3, 1)]), &mut out);
+        c.accept(msg(1, 1, &[(2, 1)]), &mut out);
+        assert_eq!(out.delivered, 0);
+        // Its view of itself alone: 3:1 is void, 2:1 still comes before 1:1.
+        c.install(&[o(4)], &BTreeMap::new(), &mut out);
+        assert_eq!(delivered(out.events), ["2:1", "1:1"]);
+        assert_eq!(c.forced, 0);
     }
 }

@@ -19,10 +19,31 @@
 //! that (`FlushAck::held`); the cut of a departed origin is the most any
 //! survivor reported, so it covers everything any survivor delivered. The
 //! survivors repair each other up to the cut (any holder repairs), and only
-//! once every survivor's digest shows the cut does the coordinator install;
-//! each survivor delivers the departed streams exactly up to the cut and
-//! discards the rest. So each departed message reaches every survivor or
-//! none. A proposer dying mid-change is itself suspected and the next live
+//! once every survivor's digest shows it holds the cut does the
+//! coordinator install; each survivor delivers the departed streams
+//! exactly up to the cut and discards the rest. So each departed message
+//! reaches every survivor or none.
+//!
+//! **Vouching: what a confirmation rests on.** The invariant: *a message
+//! is confirmed, and an ordering decision applied, only if it is at or
+//! below the cut of every view change that the member vouching for it
+//! survives.* A member vouches (in its digests) for an origin's stream up
+//! to what it holds, except that once it flushes the origin out it vouches
+//! only up to its report, frozen at the first (`reliability::stability`
+//! says how the digest carries it). Reports only grow before the freeze, the
+//! cut is at least every survivor's report, and confirmations (another
+//! member vouches; every member for `safe`) and quorum-held decisions count
+//! only what members vouch for; so whatever a survivor vouched for is
+//! delivered by every survivor. Without the freeze, a broker stalled past
+//! failure detection resumed and published while the others flushed it out;
+//! they held its new messages beyond their reports, confirmed them to it,
+//! and the cut discarded them (sim seed 1753). The stalled broker is not
+//! stopped from publishing: it cannot know in time that it is suspected
+//! (the proposal may be lost or late), and what it publishes then is simply
+//! never confirmed; it rejoins as a new incarnation when the install that
+//! leaves it out arrives.
+//!
+//! A proposer dying mid-change is itself suspected and the next live
 //! member proposes again (members accept a proposer whose predecessors the
 //! proposal leaves out); a member dying mid-flush gets the proposal
 //! repeated without it. A member that installed a view re-sends the install
@@ -107,7 +128,11 @@
 //! told apart: frames of the other are not taken for ours (data, digests,
 //! NAKs and stability are dropped), an install of our number with other
 //! members is not acknowledged as a retry, and a heartbeat of the other
-//! view is handled as a view mismatch, so the sides merge as above.
+//! view is handled as a view mismatch, so the sides merge as above. A
+//! member of ours that speaks in another view of our number installed it
+//! apart from us and answers none of our flush, so it is gone for our view
+//! even mid-flush (its frames keep the failure detector quiet: a joiner
+//! two coordinators admitted at once wedged a dissolve, sim seed 14993).
 //!
 //! **Duplicate node ids.** A live member that hears a newer incarnation of
 //! its own node id, or a member that keeps hearing an old incarnation after
@@ -751,9 +776,14 @@ impl Engine {
                     self.send_install(i);
                 }
             }
-        } else if self.view.members.contains(&sender) && self.membership.flush.is_none() {
-            // A member of ours speaks in a newer view: its digest names
-            // that view's members.
+        } else if self.view.members.contains(&sender)
+            && (self.membership.flush.is_none() || view == self.view.id)
+        {
+            // A member of ours speaks in a newer view, or in another view
+            // of our number (installed apart from ours, so even during our
+            // flush it answers none of it: a joiner two coordinators
+            // admitted at once, sim seed 14993, whose frames keep the
+            // failure detector quiet): its digest names that view's members.
             let Some(d) = digest else { return };
             let theirs: Vec<Origin> = d.entries.iter().map(|e| e.origin).collect();
             if theirs.contains(&self.me) || Membership::outweighs(&self.view, &theirs) {

@@ -628,6 +628,7 @@ impl Engine {
             }
         }
         self.rel.clear_caps();
+        self.rel.clear_held_beyond();
         let old = std::mem::take(&mut self.view.members);
         let m = &mut self.membership;
         // Why the view changed, for the metrics.

@@ -69,7 +69,8 @@ pub(crate) struct Reliability {
     me: Origin,
     cfg: RelConfig,
     logs: BTreeMap<Origin, OriginLog>,
-    /// Each other member's latest digest: what it has of each origin.
+    /// Each other member's latest digest: what it has of each origin (what
+    /// it vouches for, see `stability`).
     peers: BTreeMap<Origin, BTreeMap<Origin, Seq>>,
     held_bytes: usize,
     /// Members in the view: each origin's window is a share of the buffer.
@@ -82,6 +83,10 @@ pub(crate) struct Reliability {
     /// Per departing origin, the most a view change lets us deliver: what
     /// we reported in our flush, then the agreed cut (see `membership`).
     caps: BTreeMap<Origin, Seq>,
+    /// (member, origin) -> what `member` holds of `origin` where that is
+    /// more than it vouches for (it flushes `origin` out; see `stability`).
+    /// Both are view members: at most one entry per pair of them.
+    held_beyond: BTreeMap<(Origin, Origin), Seq>,
 }
 
 impl Reliability {
@@ -104,6 +109,7 @@ impl Reliability {
             confirms: BTreeMap::new(),
             repairs: RepairQueue::default(),
             caps: BTreeMap::new(),
+            held_beyond: BTreeMap::new(),
         }
     }
 

@@ -1,6 +1,37 @@
 //! Digests and stability: what each member has, what every member has
 //! (and so may be freed), when our messages are confirmed, and when a
 //! message we need is gone for good.
+//!
+//! **Holding and vouching.** A member's digest entry for an origin says
+//! what it holds (`contiguous`) and what it *vouches for*: normally the
+//! same, but a member flushing a departing origin out of the view vouches
+//! only up to what it reported in its flush (`FlushAck::held`, frozen at
+//! its first report, see `membership`), and says so by sending that as
+//! `highest`, below `contiguous` (an entry never has that shape
+//! otherwise). The invariant:
+//!
+//! > A member never vouches for more of a stream than any flush report it
+//! > may make of it, and the cut of a departed stream is at least every
+//! > survivor's report. So whatever a member vouched for is at or below
+//! > the cut of every view change that member survives.
+//!
+//! Every decision whose safety rests on another member keeping a message
+//! uses what members vouch for (`peers`): confirming a publish (another
+//! member vouches for it; every member for `safe`), stability and
+//! freeing, and the quorum behind an ordering decision
+//! ([`Reliability::held_by_quorum`]). A confirmed message is then at or
+//! below the cut of every change its voucher survives: delivered to all
+//! survivors unless every voucher fails too. (Sim seed 1753: a broker
+//! stalled past failure detection resumed and published while the others
+//! flushed it out; they received its messages beyond their reports, their
+//! digests confirmed them, and the cut, fixed from the reports, discarded
+//! them.) Only the flush's completeness check ([`Reliability::peer_has`]:
+//! does every survivor hold the cut?) reads what members hold: a survivor
+//! holding more than it reported must count as holding a cut another
+//! survivor's report set higher, or the flush would wedge.
+//!
+//! Both are kept as the most any digest of the member said, so a late,
+//! reordered digest from before the flush lowers neither.
 
 use ordo_wire::group::DigestEntry;
 use ordo_wire::{Origin, Seq};
@@ -50,9 +81,22 @@ impl Reliability {
         if let Some(peer) = self.peers.get_mut(&from) {
             for (e, (_, cap)) in entries.iter().zip(caps) {
                 if let Some(have) = peer.get_mut(&e.origin) {
-                    let claim = e.contiguous.min(cap);
-                    if claim > *have {
-                        *have = claim;
+                    let held = e.contiguous.min(cap);
+                    // `highest` below `contiguous`: it vouches for less.
+                    let vouched = held.min(e.highest);
+                    if vouched > *have {
+                        *have = vouched;
+                    }
+                    // Outside flushes the map is empty and nothing is
+                    // held beyond: no lookup on the hot path.
+                    if held > *have || !self.held_beyond.is_empty() {
+                        let key = (from, e.origin);
+                        let held = self.held_beyond.get(&key).map_or(held, |h| held.max(*h));
+                        if held > *have {
+                            self.held_beyond.insert(key, held);
+                        } else {
+                            self.held_beyond.remove(&key);
+                        }
                     }
                 }
             }
@@ -198,7 +242,9 @@ impl Reliability {
 
     /// Our digest: per view member, contiguous and highest known.
     /// Our own entry names what we sent, not what is still queued, so
-    /// nobody asks for messages already on their way.
+    /// nobody asks for messages already on their way. An origin we flush
+    /// out of the view and hold beyond what we reported gets the report
+    /// as `highest`: we vouch for no more (see the `//!` above).
     pub(crate) fn digest(&self) -> Vec<DigestEntry> {
         self.logs
             .iter()
@@ -206,7 +252,10 @@ impl Reliability {
                 let (contiguous, highest) = if *o == self.me {
                     (self.sent, self.sent)
                 } else {
-                    (l.contiguous, l.highest.max(l.contiguous))
+                    match self.caps.get(o) {
+                        Some(cap) if *cap < l.contiguous => (l.contiguous, *cap),
+                        _ => (l.contiguous, l.highest.max(l.contiguous)),
+                    }
                 };
                 DigestEntry {
                     origin: *o,
@@ -217,14 +266,138 @@ impl Reliability {
             .collect()
     }
 
-    /// What `member` last said it has of `origin`.
+    /// What `member` said it holds of `origin` (even beyond what it
+    /// vouches for: only for the flush's completeness check).
     pub(crate) fn peer_has(&self, member: Origin, origin: Origin) -> Option<Seq> {
         if member == self.me {
             return self.logs.get(&origin).map(|l| l.contiguous);
         }
-        self.peers
-            .get(&member)
-            .and_then(|p| p.get(&origin))
-            .copied()
+        let vouched = self.peers.get(&member).and_then(|p| p.get(&origin))?;
+        Some(
+            self.held_beyond
+                .get(&(member, origin))
+                .map_or(*vouched, |h| (*vouched).max(*h)),
+        )
+    }
+
+    /// Forgets what members held beyond what they vouched for (a view was
+    /// installed: the flush is over and the digests restart from the cut).
+    pub(crate) fn clear_held_beyond(&mut self) {
+        self.held_beyond.clear();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ordo_wire::{Incarnation, NodeId};
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn origin(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    /// Node `me`'s reliability in a view of nodes 1, 2, 3, every stream at 0.
+    fn rel(me: u32) -> Reliability {
+        let cfg = EngineConfig::new(NodeId(me), Incarnation(1), "unit").reliability();
+        let mut r = Reliability::new(origin(me), Seq(0), cfg);
+        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        r.install(&members, &BTreeMap::new());
+        r
+    }
+
+    fn entry(o: u32, contiguous: u64, highest: u64) -> DigestEntry {
+        DigestEntry {
+            origin: origin(o),
+            contiguous: Seq(contiguous),
+            highest: Seq(highest),
+        }
+    }
+
+    fn digest_from(r: &mut Reliability, from: u32, entries: &[DigestEntry]) {
+        let mut rng = SmallRng::seed_from_u64(1);
+        r.on_digest(
+            origin(from),
+            entries,
+            Instant::now(),
+            &mut rng,
+            &mut Stats::default(),
+        );
+    }
+
+    /// Node 1 holds 10 of node 3's stream.
+    fn holding_ten_of_3() -> Reliability {
+        let mut r = rel(1);
+        let log = r.logs.get_mut(&origin(3)).unwrap();
+        log.contiguous = Seq(10);
+        log.highest = Seq(10);
+        r
+    }
+
+    #[test]
+    fn a_member_flushing_an_origin_vouches_only_for_its_report() {
+        let mut r = holding_ten_of_3();
+        let of3 = |r: &Reliability| {
+            let e = r.digest().into_iter().find(|e| e.origin == origin(3));
+            e.map(|e| (e.contiguous, e.highest))
+        };
+        assert_eq!(of3(&r), Some((Seq(10), Seq(10))));
+        // It reported 6 in its flush: it still says it holds 10.
+        r.set_cap(origin(3), Seq(6));
+        assert_eq!(of3(&r), Some((Seq(10), Seq(6))));
+        // A cap at or above what it holds limits nothing.
+        r.set_cap(origin(3), Seq(12));
+        assert_eq!(of3(&r), Some((Seq(10), Seq(10))));
+    }
+
+    #[test]
+    fn a_publisher_confirms_only_what_another_member_vouches_for() {
+        let mut r = rel(3);
+        r.sent = Seq(10);
+        for req in 1..=10 {
+            r.await_confirm(Seq(req), ConfirmToken { conn: 0, req }, false);
+        }
+        let confirmed = |r: &mut Reliability| {
+            let mut v: Vec<u64> = r
+                .advance_stability(&mut Stats::default())
+                .into_iter()
+                .map(|t| t.req)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // Node 1 holds all 10 but flushes us out, having reported 6.
+        digest_from(&mut r, 1, &[entry(3, 10, 6)]);
+        assert_eq!(confirmed(&mut r), (1..=6).collect::<Vec<_>>());
+        // A late digest of node 1 from before its flush undoes nothing.
+        digest_from(&mut r, 1, &[entry(3, 4, 4)]);
+        assert_eq!(confirmed(&mut r), Vec::<u64>::new());
+        // The flush's completeness check still sees what node 1 holds.
+        assert_eq!(r.peer_has(origin(1), origin(3)), Some(Seq(10)));
+        assert_eq!(r.stable_point(origin(3)), Seq(0));
+        // Node 2, not flushing, vouches for what it holds.
+        digest_from(&mut r, 2, &[entry(3, 8, 8)]);
+        assert_eq!(confirmed(&mut r), vec![7, 8]);
+        r.clear_held_beyond();
+        assert_eq!(r.peer_has(origin(1), origin(3)), Some(Seq(6)));
+    }
+
+    #[test]
+    fn the_quorum_behind_an_ordering_decision_counts_what_members_vouch_for() {
+        let mut r = holding_ten_of_3();
+        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        // Node 2 holds 10 of node 3's stream but reported (vouches for) 6.
+        digest_from(&mut r, 2, &[entry(3, 10, 6)]);
+        assert_eq!(r.held_by_quorum(origin(3), &members), Seq(6));
+        digest_from(&mut r, 2, &[entry(3, 10, 10)]);
+        assert_eq!(r.held_by_quorum(origin(3), &members), Seq(10));
     }
 }
