@@ -9,12 +9,14 @@
 #   bench/goals.sh scale 3 8 16 32  # 1 publisher + 3 subscribers on the first 3 of N brokers
 #   bench/goals.sh slow             # a publisher outruns a slow subscriber for SLOW_SECS; peak RSS
 #   BIN_A=dir BIN_B=dir bench/goals.sh ab   # A/B of two ordo-broker builds, alternating runs
+#   BIN_A=dir BIN_B=dir AB_ARGS_A="--ordering fifo" AB_ARGS_B="--ordering causal" bench/goals.sh ab
+#                                           # two orderings (or any two bench flag sets) alike
 #
 # Environment: RUNS (3), SECS (5), OUT (target/bench-results/goals-<time>),
 # SKIP_BUILD=1, BROKER_ARGS (extra flags for every broker), PEERS/PEERS_OUT
 # (as compare.sh), LOSS (10), SLOW_SECS (60); for ab: BIN_A, BIN_B (folders
 # holding an ordo-broker; the bench is $BIN/ordo for both), SIZE (128),
-# AB_ARGS (extra bench flags).
+# AB_ARGS (extra bench flags for both), AB_ARGS_A / AB_ARGS_B (for one side only).
 #
 # Brokers listen on loopback only, on a multicast group of their own (TTL 0),
 # and are stopped by PID on exit. The machine's load average is printed with
@@ -239,13 +241,14 @@ do_ab() {
   : "${BIN_A:?set BIN_A to the folder of the A ordo-broker}" "${BIN_B:?set BIN_B}"
   BROKER_BIN=$BIN_A start_cluster abA 3; local sa; sa=$(IFS=,; echo "${SERVERS[*]}"); local ca=("${CPIDS[@]}")
   BROKER_BIN=$BIN_B start_cluster abB 3; local sb; sb=$(IFS=,; echo "${SERVERS[*]}"); local cb=("${CPIDS[@]}")
-  say "# A/B: A=$BIN_A B=$BIN_B; 3 brokers each, 1 pub + 3 subs, $size B, ${SECS}s x $RUNS alternating (order swapped every run); load $(load)"
+  say "# A/B: A=$BIN_A ${AB_ARGS_A:-} B=$BIN_B ${AB_ARGS_B:-}; 3 brokers each, 1 pub + 3 subs, $size B, ${SECS}s x $RUNS alternating (order swapped every run); load $(load)"
   for i in $(seq "$RUNS"); do
     local order=(A B); [ $((i % 2)) = 0 ] && order=(B A)
     local x
     for x in "${order[@]}"; do
-      if [ "$x" = A ]; then CPIDS=("${ca[@]}"); bench "$OUT/abA-$i.json" "$sa" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-}
-      else CPIDS=("${cb[@]}"); bench "$OUT/abB-$i.json" "$sb" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-}; fi
+      # shellcheck disable=SC2086
+      if [ "$x" = A ]; then CPIDS=("${ca[@]}"); bench "$OUT/abA-$i.json" "$sa" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-} ${AB_ARGS_A:-}
+      else CPIDS=("${cb[@]}"); bench "$OUT/abB-$i.json" "$sb" --pub 1 --sub 3 --size "$size" --duration "${SECS}s" ${AB_ARGS:-} ${AB_ARGS_B:-}; fi
     done
   done
   say "A per-sub msg/s: $(summary sub_rate_mean "$OUT"/abA-*.json)"

@@ -5,6 +5,7 @@
 //! before anything is allocated for them.
 
 use bytes::{BufMut, Bytes};
+use smallvec::SmallVec;
 
 use crate::types::{CausalContext, Incarnation, NodeId, Origin, Seq};
 use crate::WireError;
@@ -126,12 +127,15 @@ impl<'a> Reader<'a> {
 
     pub fn causal_context(&mut self) -> Result<CausalContext, WireError> {
         let n = self.count(ORIGIN_LEN + 8, "causal context")?;
-        let mut entries = Vec::with_capacity(n);
+        if n == 0 {
+            return Ok(CausalContext::new());
+        }
+        let mut entries = SmallVec::with_capacity(n);
         for _ in 0..n {
             let origin = self.origin()?;
             entries.push((origin, Seq(self.u64("causal seq")?)));
         }
-        Ok(CausalContext::from_entries(entries))
+        Ok(CausalContext::from_decoded(entries))
     }
 }
 

@@ -189,23 +189,51 @@ pub struct DeliveryRef<'a> {
 impl DeliveryRef<'_> {
     /// Appends the frame, length prefix included, to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(LEN_PREFIX);
         put_frame(out, |out| self.put_body(out));
     }
 
+    /// Appends the frame to `out` like [`DeliveryRef::encode`], but a
+    /// payload of [`SHARE_MIN`] bytes or more is written from `shared` (the
+    /// same bytes as `self.payload`, e.g. a slice of the datagram it
+    /// arrived in) in place instead of being copied.
+    pub fn encode_vectored(&self, shared: &Bytes, out: &mut FrameBuf) {
+        debug_assert_eq!(&shared[..], self.payload, "shared must hold the payload");
+        if shared.len() < SHARE_MIN {
+            self.encode(out.copied());
+            return;
+        }
+        let head = out.copied();
+        head.reserve(LEN_PREFIX + self.head_len());
+        let len = (self.head_len() + shared.len()) as u32;
+        head.put_u32(len);
+        self.put_head(head);
+        out.push_shared(shared.clone());
+    }
+
+    /// Bytes of the body before the payload.
+    fn head_len(&self) -> usize {
+        1 + 8
+            + 2
+            + self.topic.len()
+            + 1
+            + 8
+            + ORIGIN_LEN
+            + 8
+            + causal_context_len(self.context)
+            + 1
+            + if self.gseq.is_some() { 8 } else { 0 }
+            + 4
+    }
+
     fn put_body(&self, out: &mut BytesMut) {
-        out.reserve(
-            1 + 8
-                + 2
-                + self.topic.len()
-                + 1
-                + 8
-                + ORIGIN_LEN
-                + 8
-                + causal_context_len(self.context)
-                + 9
-                + 4
-                + self.payload.len(),
-        );
+        out.reserve(self.head_len() + self.payload.len());
+        self.put_head(out);
+        out.put_slice(self.payload);
+    }
+
+    /// The body up to and including the payload's length.
+    fn put_head(&self, out: &mut BytesMut) {
         out.put_u8(K_MESSAGE);
         out.put_u64(self.sid);
         put_str(out, self.topic);
@@ -219,7 +247,119 @@ impl DeliveryRef<'_> {
             out.put_u64(g.0);
         }
         out.put_u32(self.payload.len() as u32);
-        out.put_slice(self.payload);
+    }
+}
+
+/// Payloads at least this long are written in place by
+/// [`DeliveryRef::encode_vectored`]; shorter ones are cheaper to copy than
+/// to give a slot of a vectored write (and a reference count).
+pub const SHARE_MIN: usize = 2048;
+
+/// Encoded frames waiting to be written to a socket, for vectored writes:
+/// small frames and frame headers are copied into one buffer, large
+/// payloads stay shared [`Bytes`] (no copy between the datagram they arrived
+/// in and the socket). As a [`Buf`] its `chunks_vectored` hands out every
+/// piece in order, so tokio's `write_buf`/`write_all_buf` send many frames
+/// with one `writev`.
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    /// Pieces before `tail`, in write order; none is empty.
+    pieces: std::collections::VecDeque<Bytes>,
+    /// Copied bytes after the last piece.
+    tail: BytesMut,
+    /// Bytes in `pieces`.
+    pieces_len: usize,
+}
+
+impl FrameBuf {
+    /// An empty buffer whose copy buffer starts with `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        FrameBuf {
+            tail: BytesMut::with_capacity(capacity),
+            ..FrameBuf::default()
+        }
+    }
+
+    /// Where whole frames (or a frame's head) are appended by copying.
+    pub fn copied(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    /// Appends `b` without copying it.
+    pub fn push_shared(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if !self.tail.is_empty() {
+            // The copied bytes so far go first; splitting them off shares
+            // the buffer (no copy), and `tail` reclaims it once written.
+            let head = self.tail.split().freeze();
+            self.pieces_len += head.len();
+            self.pieces.push_back(head);
+        }
+        self.pieces_len += b.len();
+        self.pieces.push_back(b);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.pieces_len + self.tail.len()
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Capacity of the copy buffer (shared pieces not counted).
+    pub fn capacity(&self) -> usize {
+        self.tail.capacity()
+    }
+}
+
+impl Buf for FrameBuf {
+    fn remaining(&self) -> usize {
+        self.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.pieces.front() {
+            Some(p) => p,
+            None => &self.tail,
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let pieces = self.pieces.iter().map(|p| &p[..]);
+        for chunk in pieces.chain(std::iter::once(&self.tail[..])) {
+            if n == dst.len() {
+                break;
+            }
+            if !chunk.is_empty() {
+                dst[n] = std::io::IoSlice::new(chunk);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                // Past the pieces: the rest is in `tail` (Buf::advance
+                // panics beyond `remaining` for every implementation).
+                self.tail.advance(cnt);
+                return;
+            };
+            let n = cnt.min(front.len());
+            front.advance(n);
+            self.pieces_len -= n;
+            cnt -= n;
+            if front.is_empty() {
+                self.pieces.pop_front();
+            }
+        }
     }
 }
 
@@ -812,5 +952,105 @@ mod tests {
         assert_eq!(by_ref, buf, "the borrowed encoder writes the same frame");
         let back = Reply::decode(&mut by_ref, 1 << 20).unwrap().unwrap();
         assert_eq!(back, Reply::Message(Box::new(d)));
+    }
+
+    fn delivery_ref<'a>(d: &'a Delivery) -> DeliveryRef<'a> {
+        DeliveryRef {
+            sid: d.sid,
+            topic: &d.topic,
+            ordering: d.ordering,
+            publisher: d.publisher,
+            origin: d.origin,
+            seq: d.seq,
+            context: &d.context,
+            gseq: d.gseq,
+            payload: &d.payload,
+        }
+    }
+
+    /// Drains a `FrameBuf` the way a vectored writer does: up to `slots`
+    /// pieces per call, `take` bytes of them accepted per call.
+    fn drain(f: &mut FrameBuf, slots: usize, take: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while f.has_remaining() {
+            let mut io = vec![std::io::IoSlice::new(&[]); slots];
+            let n = f.chunks_vectored(&mut io);
+            assert!(n > 0);
+            let flat: Vec<u8> = io[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            let k = flat.len().min(take);
+            out.extend_from_slice(&flat[..k]);
+            let before = f.remaining();
+            f.advance(k);
+            assert_eq!(f.remaining(), before - k);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Frames written through a `FrameBuf` (large payloads shared,
+        /// replies copied) are byte for byte the frames copied into one
+        /// buffer, however the socket splits the writes.
+        #[test]
+        fn vectored_frames_are_the_copied_frames(
+            sizes in proptest::collection::vec(0usize..3 * SHARE_MIN, 1..12),
+            slots in 1usize..8,
+            take in 1usize..20_000,
+        ) {
+            let origin = Origin { node: NodeId(1), incarnation: Incarnation(2) };
+            let mut want = BytesMut::new();
+            let mut f = FrameBuf::with_capacity(64);
+            for (i, n) in sizes.iter().enumerate() {
+                let d = Delivery {
+                    sid: i as u64,
+                    topic: "t".into(),
+                    ordering: Ordering::Causal,
+                    publisher: 3,
+                    origin,
+                    seq: Seq(i as u64 + 1),
+                    context: CausalContext::from_entries([(origin, Seq(i as u64 + 1))]),
+                    gseq: (i % 2 == 0).then_some(GlobalSeq(i as u64)),
+                    payload: Bytes::from(vec![i as u8; *n]),
+                };
+                delivery_ref(&d).encode(&mut want);
+                delivery_ref(&d).encode_vectored(&d.payload, &mut f);
+                if i % 3 == 0 {
+                    let pong = Reply::Pong { nonce: i as u64 };
+                    pong.encode(&mut want);
+                    pong.encode(f.copied());
+                }
+            }
+            proptest::prop_assert_eq!(f.len(), want.len());
+            let got = drain(&mut f, slots, take);
+            proptest::prop_assert!(got == want[..], "frames differ");
+            proptest::prop_assert!(f.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_large_payload_is_shared_not_copied() {
+        let d = Delivery {
+            sid: 1,
+            topic: "t".into(),
+            ordering: Ordering::Fifo,
+            publisher: 0,
+            origin: Origin::default(),
+            seq: Seq(1),
+            context: CausalContext::new(),
+            gseq: None,
+            payload: Bytes::from(vec![7u8; SHARE_MIN]),
+        };
+        let mut f = FrameBuf::default();
+        delivery_ref(&d).encode_vectored(&d.payload, &mut f);
+        let mut io = [std::io::IoSlice::new(&[]); 4];
+        assert_eq!(f.chunks_vectored(&mut io), 2, "head, then the payload");
+        assert_eq!(
+            io[1].as_ptr(),
+            d.payload.as_ptr(),
+            "the payload's own bytes"
+        );
+        assert!(
+            f.capacity() < SHARE_MIN,
+            "nothing of the payload was copied"
+        );
     }
 }

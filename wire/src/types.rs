@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use smallvec::SmallVec;
+
 /// A broker's configured identity, unique within a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct NodeId(pub u32);
@@ -161,11 +163,17 @@ impl FromStr for Ordering {
 
 /// A causal context: for each sender, the highest sequence number of its
 /// messages that happened before the message carrying the context.
-/// Entries are kept sorted by origin and unique.
+/// Entries are kept sorted by origin and unique. One entry is held inline
+/// (a delivery's context is usually just its own origin and sequence
+/// number), so the common context costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CausalContext {
-    entries: Vec<(Origin, Seq)>,
+    entries: SmallVec<[(Origin, Seq); 1]>,
 }
+
+/// Up to this many entries, [`CausalContext::merge`] inserts one by one;
+/// beyond, it appends and sorts once (inserting would be quadratic).
+const MERGE_BY_INSERT: usize = 8;
 
 impl CausalContext {
     /// An empty context (nothing happened before).
@@ -184,8 +192,18 @@ impl CausalContext {
         ctx
     }
 
+    /// Builds a context from decoded entries in any order (no second buffer).
+    pub(crate) fn from_decoded(entries: SmallVec<[(Origin, Seq); 1]>) -> Self {
+        let mut ctx = CausalContext { entries };
+        ctx.normalize();
+        ctx
+    }
+
     /// Sorts by origin and keeps the maximum per origin.
     fn normalize(&mut self) {
+        if self.entries.len() < 2 {
+            return;
+        }
         self.entries
             .sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)));
         self.entries.dedup_by_key(|(o, _)| *o);
@@ -205,7 +223,12 @@ impl CausalContext {
 
     /// Merges another context into this one (entry-wise maximum).
     pub fn merge(&mut self, other: &CausalContext) {
-        if other.entries.is_empty() {
+        // A client merges every delivery's context (usually one entry it
+        // already names): update in place, no sort, no allocation.
+        if other.entries.len() <= MERGE_BY_INSERT {
+            for &(o, q) in &other.entries {
+                self.observe(o, q);
+            }
             return;
         }
         self.entries.extend_from_slice(&other.entries);
@@ -290,5 +313,45 @@ mod tests {
         assert_eq!(ctx.get(a), Seq(5));
         ctx.merge(&CausalContext::from_entries([(b, Seq(9))]));
         assert_eq!(ctx.entries(), &[(a, Seq(5)), (b, Seq(9))]);
+    }
+
+    fn o(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    #[test]
+    fn a_one_entry_context_is_inline_and_observe_keeps_order() {
+        let mut c = CausalContext::new();
+        c.observe(o(5), Seq(2));
+        assert!(!c.entries.spilled(), "one entry needs no allocation");
+        c.observe(o(5), Seq(1));
+        c.observe(o(3), Seq(7));
+        c.observe(o(9), Seq(1));
+        assert_eq!(
+            c.entries(),
+            &[(o(3), Seq(7)), (o(5), Seq(2)), (o(9), Seq(1))]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merge_is_the_entry_wise_maximum(
+            a in proptest::collection::vec((0u32..40, 0u64..100), 0..30),
+            b in proptest::collection::vec((0u32..40, 0u64..100), 0..30),
+        ) {
+            use std::collections::BTreeMap;
+            let mut want = BTreeMap::new();
+            for &(n, s) in a.iter().chain(&b) {
+                let e = want.entry(o(n)).or_insert(Seq(0));
+                *e = (*e).max(Seq(s));
+            }
+            let mut m = CausalContext::from_entries(a.iter().map(|&(n, s)| (o(n), Seq(s))));
+            m.merge(&CausalContext::from_entries(b.iter().map(|&(n, s)| (o(n), Seq(s)))));
+            let want: Vec<(Origin, Seq)> = want.into_iter().collect();
+            proptest::prop_assert_eq!(m.entries(), &want[..]);
+        }
     }
 }

@@ -265,27 +265,9 @@ impl Engine {
         }
         let mut msg = msg;
         if msg.ordering == Ordering::Causal {
-            // Everything delivered here happened before (the connection's
-            // deliveries are among them), plus what the client carried from
-            // other brokers; contexts naming no member are dropped (nothing
-            // can be waited for from them) and our own entry is ours to know.
-            // So the context sent holds at most one entry per member, however
-            // many the client sent, and each below the wire's counter limit
-            // (a larger one would make every peer drop the frame).
-            let mut ctx = self.delivery.causal_clock();
-            let last = self.rel.last_seq();
-            let mut members = self.view.members.clone();
-            members.sort_unstable();
-            let mut extra = Vec::new();
-            for &(o, s) in msg.context.entries() {
-                if o == self.me {
-                    extra.push((o, s.min(last)));
-                } else if members.binary_search(&o).is_ok() && s > ctx.get(o) {
-                    extra.push((o, s.min(Seq(ordo_wire::group::COUNTER_LIMIT - 1))));
-                }
-            }
-            ctx.merge(&CausalContext::from_entries(extra));
-            msg.context = ctx;
+            // What was delivered here and what the client carried, less
+            // what FIFO from us implies (see `delivery::causal`).
+            msg.context = self.delivery.causal_context(&msg.context);
         } else {
             msg.context = CausalContext::new();
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ordo_wire::client::{
-    delivery_len, frame_len, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
+    delivery_len, frame_len, ErrorCode, FrameBuf, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use ordo_wire::WireError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -512,7 +512,8 @@ async fn write_loop(
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
+    // Frames to write; large payloads stay in their datagrams (one writev).
+    let mut out = FrameBuf::with_capacity(WRITE_BUFFER_BYTES);
     // Items taken off the queue and not encoded yet (the tail of a batch
     // that filled one write): they are still charged to the queue, so what
     // the writer holds counts against the client's bound.
@@ -533,9 +534,9 @@ async fn write_loop(
                         code: ErrorCode::ShuttingDown,
                         message: "the broker is shutting down; reconnect to another broker".into(),
                     }
-                    .encode(&mut out);
+                    .encode(out.copied());
                 }
-                let _ = wr.write_all(&out).await;
+                let _ = wr.write_all_buf(&mut out).await;
                 let _ = wr.shutdown().await;
                 return;
             }
@@ -598,14 +599,14 @@ async fn write_loop(
         }
         if out.capacity() > 4 * WRITE_BATCH_BYTES {
             // One huge message must not pin its buffer for the connection's life.
-            out = BytesMut::with_capacity(WRITE_BUFFER_BYTES);
+            out = FrameBuf::with_capacity(WRITE_BUFFER_BYTES);
         }
     }
 }
 
 /// The driver gave up on this client: drop what is queued, finish the frame
 /// in flight, say why, and close.
-async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: BytesMut, ctx: &ServerCtx) {
+async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: FrameBuf, ctx: &ServerCtx) {
     // `out` holds the unwritten tail of whole frames, so appending keeps the
     // stream well-formed.
     Reply::Error {
@@ -617,8 +618,8 @@ async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: BytesMut, ctx: &ServerC
             ctx.config.client_queue_bytes, ctx.config.client_queue_frames
         ),
     }
-    .encode(&mut out);
-    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, wr.write_all(&out)).await;
+    .encode(out.copied());
+    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, wr.write_all_buf(&mut out)).await;
     let _ = wr.shutdown().await;
 }
 

@@ -10,8 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use ordo_wire::client::{DeliveryRef, Reply};
+use ordo_wire::client::{DeliveryRef, FrameBuf, Reply};
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::Delivered;
@@ -58,9 +57,10 @@ impl Out {
     }
 
     /// Appends the frame(s) to `out`; returns false for [`Out::Close`].
-    pub fn encode(&self, out: &mut BytesMut) -> bool {
+    /// Large payloads are not copied: `out` writes them from the datagram.
+    pub fn encode(&self, out: &mut FrameBuf) -> bool {
         match self {
-            Out::Reply(r) => r.encode(out),
+            Out::Reply(r) => r.encode(out.copied()),
             Out::Deliver { sid, msg } => encode_delivery(*sid, msg, out),
             Out::Deliveries(items) => {
                 for (sid, msg) in items {
@@ -84,7 +84,7 @@ fn delivery_charge(msg: &Delivered) -> usize {
     HELD + 2 * msg.topic.len() + msg.payload.len() + msg.context.len() * 24
 }
 
-fn encode_delivery(sid: u64, msg: &Delivered, out: &mut BytesMut) {
+fn encode_delivery(sid: u64, msg: &Delivered, out: &mut FrameBuf) {
     DeliveryRef {
         sid,
         topic: &msg.topic,
@@ -96,7 +96,7 @@ fn encode_delivery(sid: u64, msg: &Delivered, out: &mut BytesMut) {
         gseq: msg.gseq,
         payload: &msg.payload,
     }
-    .encode(out);
+    .encode_vectored(&msg.payload, out);
 }
 
 /// Why a push did not queue the item.
@@ -354,12 +354,14 @@ mod tests {
         assert_eq!(tx.push(batch(5)), Err(PushError::Full), "6 + 5 frames > 10");
         tx.push(batch(4)).unwrap();
         // The frames come out in order, each a whole delivery frame.
-        let mut out = BytesMut::new();
+        let mut frames = FrameBuf::default();
         let mut sids = Vec::new();
         while let Some(item) = rx.try_recv() {
             rx.release(item.charge(), item.frames());
-            assert!(item.encode(&mut out));
+            assert!(item.encode(&mut frames));
         }
+        let n = frames.len();
+        let mut out = bytes::BytesMut::from(&bytes::Buf::copy_to_bytes(&mut frames, n)[..]);
         while let Some(reply) = Reply::decode(&mut out, 1 << 20).unwrap() {
             match reply {
                 Reply::Message(d) => sids.push(d.sid),

@@ -8,19 +8,34 @@
 //! the delivered clock covers its context; happened-before spans every
 //! causal topic (one clock for all of them).
 //!
+//! The context a message carries is minimal in the sense that matters
+//! most: it leaves out what FIFO from its own origin already implies. A
+//! message is delivered only after its origin's previous causal message,
+//! whose context was met first, so an entry no higher than one the origin
+//! already sent is implied, and so is the origin's own entry. A single
+//! publisher's messages (the common case) therefore carry an empty
+//! context, and the check on arrival is O(entries) with no allocation;
+//! delivered sets stay causally closed, so implied entries need no
+//! repeating (a delivery's context, given to clients, names its direct
+//! dependencies and itself; the rest follows transitively).
+//!
 //! Entries for origins outside the view are taken as satisfied: a departed
 //! origin's messages were all delivered by the flush that removed it (up to
 //! the agreed cut; a message of a crashed broker beyond it, which only that
-//! broker delivered, is no dependency), and a context cannot name a future one.
-//! But a departed origin's message still held here (the flush handed it
-//! over) is waited for, so the flush delivers those in causal order too
+//! broker delivered, is no dependency), and a context cannot name a future
+//! one. But a departed origin's message still held here (the flush handed
+//! it over) is waited for, so the flush delivers those in causal order too
 //! (sim seeds 3153, 3173, 4204: a broker cut off alone delivered one
 //! departed origin's message before another's that it followed). At a view
 //! change every held message is delivered (the flush makes every member
-//! hold the same ones), so nothing held crosses a view.
+//! hold the same ones), so nothing held crosses a view, and the sender
+//! forgets what it sent: the first causal message of a view carries the
+//! whole clock again, so a joiner (which starts at the view's digest) never
+//! relies on a message it did not receive.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use ordo_wire::group::COUNTER_LIMIT;
 use ordo_wire::{CausalContext, Origin, Seq};
 
 use super::{Out, Ready};
@@ -28,7 +43,13 @@ use super::{Out, Ready};
 /// The causal layer: the delivered clock and the per-origin hold-back queues.
 #[derive(Debug, Default)]
 pub(crate) struct Causal {
+    /// This member's origin: its own causal messages update `sent`.
+    me: Option<Origin>,
     delivered: BTreeMap<Origin, Seq>,
+    /// Per origin, the highest entry our own causal messages carried in
+    /// this view (so every later one of ours implies it).
+    sent: BTreeMap<Origin, Seq>,
+    /// Hold-back queues; an origin has an entry only while it holds messages.
     held: BTreeMap<Origin, VecDeque<Ready>>,
     held_count: usize,
     held_bytes: usize,
@@ -41,22 +62,67 @@ pub(crate) struct Causal {
 }
 
 impl Causal {
+    /// The causal layer of member `me`.
+    pub(crate) fn new(me: Origin) -> Self {
+        Causal {
+            me: Some(me),
+            ..Causal::default()
+        }
+    }
+
     /// Takes a complete causal message of `ready.origin` (in its stream order).
     pub(crate) fn accept(&mut self, ready: Ready, out: &mut Out<'_>) {
+        if Some(ready.origin) == self.me {
+            for &(o, s) in ready.msg.context.entries() {
+                let e = self.sent.entry(o).or_default();
+                *e = (*e).max(s);
+            }
+        }
+        // The common case: nothing of this origin waits and the context is
+        // met, so it is delivered without touching a queue. Holding it back
+        // instead cannot unblock anything else: no clock entry moved.
+        let queued = self.held.contains_key(&ready.origin);
+        if !queued && self.satisfied(&ready) {
+            self.deliver(ready, out);
+            if self.held_count > 0 {
+                self.deliver_ready(out);
+            }
+            return;
+        }
         self.held_bytes += ready.msg.payload.len();
         self.held_count += 1;
         self.held.entry(ready.origin).or_default().push_back(ready);
-        self.deliver_ready(out);
     }
 
-    /// The clock of what this member delivered, for a local publish's context.
-    pub(crate) fn clock(&self) -> CausalContext {
-        CausalContext::from_entries(
-            self.delivered
-                .iter()
-                .filter(|(_, s)| s.0 > 0)
-                .map(|(o, s)| (*o, *s)),
-        )
+    /// The context for our next causal publish: everything delivered here
+    /// happened before it, plus `carried` (what the client brought from
+    /// other brokers), less what FIFO from us implies (our own entry and
+    /// entries no higher than our previous messages carried) and less
+    /// origins outside the view (nothing can be waited for from them). So
+    /// it holds at most one entry per other member, each below the wire's
+    /// counter limit (a larger one would make every peer drop the frame).
+    pub(crate) fn publish_context(&self, carried: &CausalContext) -> CausalContext {
+        let needed = |o: Origin, s: Seq| {
+            Some(o) != self.me
+                && s.0 > 0
+                && self.members.contains(&o)
+                && s > self.sent.get(&o).copied().unwrap_or_default()
+        };
+        let limit = Seq(COUNTER_LIMIT - 1);
+        let entries: Vec<(Origin, Seq)> = self
+            .delivered
+            .iter()
+            .map(|(o, s)| (*o, (*s).max(carried.get(*o).min(limit))))
+            .chain(
+                carried
+                    .entries()
+                    .iter()
+                    .filter(|(o, _)| !self.delivered.contains_key(o))
+                    .map(|(o, s)| (*o, (*s).min(limit))),
+            )
+            .filter(|&(o, s)| needed(o, s))
+            .collect();
+        CausalContext::from_entries(entries)
     }
 
     /// Messages and payload bytes held back.
@@ -87,7 +153,6 @@ impl Causal {
                 self.forced += 1;
                 self.deliver(r, out);
             }
-            self.held.remove(&origin);
             self.deliver_ready(out);
         }
         self.members = members.iter().copied().collect();
@@ -97,6 +162,8 @@ impl Causal {
         }
         let keep = &self.members;
         self.delivered.retain(|o, _| keep.contains(o));
+        // The view's first causal message of ours carries the whole clock.
+        self.sent.clear();
     }
 
     fn satisfied(&self, r: &Ready) -> bool {
@@ -119,34 +186,32 @@ impl Causal {
     }
 
     /// Delivers every held message whose context is covered, until none is.
+    /// Few origins hold messages at once, so a scan per delivery is cheap
+    /// and allocates nothing.
     fn deliver_ready(&mut self, out: &mut Out<'_>) {
         loop {
-            let mut progress = false;
-            let origins: Vec<Origin> = self.held.keys().copied().collect();
-            for o in origins {
-                while self
-                    .held
-                    .get(&o)
-                    .and_then(VecDeque::front)
-                    .is_some_and(|r| self.satisfied(r))
-                {
-                    if let Some(r) = self.pop(o) {
-                        self.deliver(r, out);
-                        progress = true;
-                    }
-                }
-                if self.held.get(&o).is_some_and(VecDeque::is_empty) {
-                    self.held.remove(&o);
-                }
-            }
-            if !progress {
+            let next = self
+                .held
+                .iter()
+                .find(|(_, q)| q.front().is_some_and(|r| self.satisfied(r)))
+                .map(|(o, _)| *o);
+            let Some(o) = next else {
                 return;
+            };
+            if let Some(r) = self.pop(o) {
+                self.deliver(r, out);
             }
         }
     }
 
+    /// Takes the next held message of `origin`, dropping its queue once empty.
     fn pop(&mut self, origin: Origin) -> Option<Ready> {
-        let r = self.held.get_mut(&origin)?.pop_front()?;
+        let q = self.held.get_mut(&origin)?;
+        let r = q.pop_front();
+        if q.is_empty() {
+            self.held.remove(&origin);
+        }
+        let r = r?;
         self.held_count -= 1;
         self.held_bytes -= r.msg.payload.len();
         Some(r)
@@ -206,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_message_waits_for_what_its_context_names() {
-        let mut c = Causal::default();
+        let mut c = Causal::new(o(3));
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
         let mut out = Out::new(&mut ev, &mut topics);
         c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
@@ -219,13 +284,13 @@ mod tests {
         c.accept(msg(1, 5, &[]), &mut out);
         assert_eq!(delivered(out.events), ["1:5", "2:1", "2:2"]);
         assert_eq!(c.held(), (0, 0));
-        assert_eq!(c.clock().get(o(1)), Seq(5));
-        assert_eq!(c.clock().get(o(2)), Seq(2));
+        assert_eq!(c.delivered[&o(1)], Seq(5));
+        assert_eq!(c.delivered[&o(2)], Seq(2));
     }
 
     #[test]
     fn contexts_naming_non_members_are_satisfied_and_a_view_change_flushes() {
-        let mut c = Causal::default();
+        let mut c = Causal::new(o(3));
         let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
         let mut out = Out::new(&mut ev, &mut topics);
         c.install(&[o(1), o(2)], &BTreeMap::new(), &mut out);
@@ -236,6 +301,72 @@ mod tests {
         c.install(&[o(1), o(2)], &BTreeMap::from([(o(1), Seq(3))]), &mut out);
         assert_eq!(delivered(out.events), ["2:1", "2:2"]);
         assert_eq!(c.forced, 1);
+    }
+
+    fn ctx(c: &Causal, carried: &[(u32, u64)]) -> Vec<(u32, u64)> {
+        let carried = CausalContext::from_entries(carried.iter().map(|(n, s)| (o(*n), Seq(*s))));
+        c.publish_context(&carried)
+            .entries()
+            .iter()
+            .map(|(o, s)| (o.node.0, s.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_single_publishers_messages_carry_no_context() {
+        let mut c = Causal::new(o(1));
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
+        for seq in 1..=3 {
+            let context = ctx(&c, &[(1, seq - 1)]);
+            assert!(
+                context.is_empty(),
+                "our own entry is implied by FIFO: {context:?}"
+            );
+            c.accept(msg(1, seq, &[]), &mut out);
+        }
+        assert_eq!(out.delivered, 3);
+        assert!(c.held.is_empty(), "delivered without a queue");
+    }
+
+    #[test]
+    fn a_context_names_only_what_our_previous_messages_did_not() {
+        let mut c = Causal::new(o(1));
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
+        c.accept(msg(2, 4, &[]), &mut out);
+        // Delivered 2:4; the client carried 3:7 (from another broker), 9:1
+        // (no member) and our own 1:50.
+        let first = ctx(&c, &[(3, 7), (9, 1), (1, 50)]);
+        assert_eq!(first, [(2, 4), (3, 7)]);
+        c.accept(msg(1, 1, &first), &mut out);
+        // Our 1:1 carried both: the next message implies them.
+        assert_eq!(ctx(&c, &[(3, 7)]), []);
+        c.accept(msg(2, 5, &[]), &mut out);
+        assert_eq!(ctx(&c, &[(3, 6)]), [(2, 5)], "only what moved");
+        // A carried entry past the wire's counter limit is capped below it.
+        assert_eq!(ctx(&c, &[(3, u64::MAX)]), [(2, 5), (3, COUNTER_LIMIT - 1)]);
+        // A new view: the first message carries the whole clock again.
+        c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
+        assert_eq!(ctx(&c, &[]), [(2, 5)]);
+    }
+
+    #[test]
+    fn a_held_message_is_released_by_another_origins_delivery() {
+        let mut c = Causal::new(o(9));
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        c.install(&[o(1), o(2), o(3)], &BTreeMap::new(), &mut out);
+        c.accept(msg(3, 1, &[(2, 1)]), &mut out);
+        c.accept(msg(2, 1, &[(1, 1)]), &mut out);
+        c.accept(msg(3, 2, &[]), &mut out);
+        assert_eq!(c.held(), (3, 9));
+        c.accept(msg(1, 1, &[]), &mut out);
+        assert_eq!(delivered(out.events), ["1:1", "2:1", "3:1", "3:2"]);
+        assert_eq!(c.held(), (0, 0));
+        assert!(c.held.is_empty());
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl Delivery {
     ) -> Self {
         Delivery {
             fifo: Fifo::new(max_message, reassembly_limit),
+            causal: Causal::new(me),
             total: Total::new(me, batch),
             ..Delivery::default()
         }
@@ -244,9 +245,10 @@ impl Delivery {
         self.total.set_frontier(f);
     }
 
-    /// Our causal clock: what we delivered of each origin's causal messages.
-    pub(crate) fn causal_clock(&self) -> CausalContext {
-        self.causal.clock()
+    /// The context for our next causal publish, given what the client
+    /// carried (see [`Causal::publish_context`]).
+    pub(crate) fn causal_context(&self, carried: &CausalContext) -> CausalContext {
+        self.causal.publish_context(carried)
     }
 
     /// A new view (after every old-view message was handed over): resolves
