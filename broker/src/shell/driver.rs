@@ -473,6 +473,10 @@ impl Driver {
             }
             self.flush().await;
         }
+        // A leave that timed out leaves confirmations unanswered: answer them.
+        self.engine
+            .abandon_pending("this broker shut down before the group confirmed the message");
+        self.flush().await;
         let _ = self.health.send(Health::NotReady {
             node_id: self.engine.origin().node,
             reason: "shutting down".into(),
@@ -829,6 +833,24 @@ impl Driver {
                 }
             }
             Event::Confirmed(ConfirmToken { conn, req }) => self.reply(conn, Reply::Ok { req }),
+            Event::PublishFailed {
+                token: ConfirmToken { conn, req },
+                reason,
+            } => {
+                // Our stream ended before the group vouched for it; the
+                // client gets its one answer now rather than its timeout.
+                tracing::debug!(conn, req, %reason, "publish not confirmed");
+                if conn != 0 {
+                    self.reply(
+                        conn,
+                        Reply::Error {
+                            req,
+                            code: ErrorCode::Unavailable,
+                            message: reason,
+                        },
+                    );
+                }
+            }
             Event::Discontinuity { from, to, reason } => {
                 tracing::warn!(%from, %to, %reason, "discontinuity");
                 for (&conn, state) in &mut self.conns {

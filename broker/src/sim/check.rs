@@ -45,6 +45,9 @@ pub struct Published {
     pub view: ViewKey,
     /// The engine confirmed it (another member holds it).
     pub confirmed: bool,
+    /// The engine answered it with an error (`Event::PublishFailed`): its
+    /// stream ended before the group vouched for it.
+    pub failed: bool,
     /// On a total-order topic.
     pub total: bool,
 }
@@ -606,6 +609,7 @@ mod tests {
                 life: 0,
                 view: key(view),
                 confirmed: false,
+                failed: false,
                 total: false,
             })
             .collect()
