@@ -1844,6 +1844,7 @@ impl Sim {
             }
         }
         let mut v = std::mem::take(&mut self.violations);
+        v.extend(check::answers(&self.lives, &self.published));
         v.extend(check::deliveries(&self.lives, &self.published));
         v.extend(check::causal(&self.lives, &self.past));
         let (total, diverged) = check::total(&self.lives);
