@@ -450,6 +450,32 @@ impl Driver {
                 "shutting down with publishes the engine could not take"
             );
         }
+        // Those get their one answer too: never published, so delivered nowhere.
+        for cmd in std::mem::take(&mut self.stalled) {
+            let reqs: Vec<(u64, u64)> = match cmd {
+                Command::Publish {
+                    conn,
+                    confirm: Some(req),
+                    ..
+                }
+                | Command::Declare { conn, req, .. } => vec![(conn, req)],
+                Command::PublishBatch { conn, items } => items
+                    .iter()
+                    .filter_map(|it| it.confirm.map(|req| (conn, req)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (conn, req) in reqs {
+                self.reply(
+                    conn,
+                    Reply::Error {
+                        req,
+                        code: ErrorCode::ShuttingDown,
+                        message: "not published: this broker is shutting down; the message reached no member".into(),
+                    },
+                );
+            }
+        }
         self.flush().await;
         self.engine.leave(Instant::now());
         self.flush().await;
