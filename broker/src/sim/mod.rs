@@ -1277,8 +1277,10 @@ impl Sim {
                             token.conn
                         );
                     }
+                    // Connection 0 is `declare_topics`' declarations, not a publish.
                     if let Some(p) = usize::try_from(token.req)
                         .ok()
+                        .filter(|_| token.conn != 0)
                         .and_then(|k| self.published.get_mut(k))
                     {
                         if p.confirmed || p.failed {
