@@ -78,6 +78,7 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_view_changes_crash_total", "Views installed because a broker crashed or was cut off (suspected)."),
     ("ordo_view_changes_merge_total", "Views installed that merged brokers cut off by a partition back in."),
     ("ordo_publishes_no_quorum_total", "Total-order publishes and declarations refused because the view is not primary (no quorum)."),
+    ("ordo_publishes_unconfirmed_total", "Confirm-requested publishes and declarations answered with an error: this broker's stream ended (excluded from the view, refused, shut down) before the group vouched for them."),
     ("ordo_duplicate_node_refusals_total", "Brokers refused because they claimed the node id of a live member."),
     ("ordo_exclusions_total", "Times this broker found itself excluded from the view (suspected, or losing a merge) and rejoined."),
 ];
@@ -170,6 +171,9 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     }),
     ("ordo_publishes_no_quorum_total", "", |s| {
         s.publishes_no_quorum
+    }),
+    ("ordo_publishes_unconfirmed_total", "", |s| {
+        s.publishes_unconfirmed
     }),
     ("ordo_duplicate_node_refusals_total", "", |s| {
         s.duplicate_node_refusals

@@ -1275,6 +1275,10 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
     let subs = c.subscribe(&c.everyone(), "p.>");
     let load_seq = c.load(other, "p.seq", "seq");
     let load_fifo = c.load(other, "p.fifo", "fifo");
+    // A confirmed publisher on the paused broker: each of its publishes gets
+    // one answer from the broker (confirmed, or an error once the broker
+    // finds itself excluded), never the client's own timeout.
+    let load_paused = c.load(paused, "p.fifo", "paused");
     std::thread::sleep(LOAD_AROUND);
 
     signal(c.broker(paused).pid(), "STOP");
@@ -1321,6 +1325,15 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
     let rs = [load_seq.finish(&c.rt), load_fifo.finish(&c.rt)];
     for r in &rs {
         r.assert_not_stopped();
+    }
+    let rp = load_paused.finish(&c.rt);
+    eprintln!("{}", rp.summary());
+    rp.assert_not_stopped();
+    for (n, why) in &rp.refused {
+        assert!(
+            why.contains("not confirmed") || why.contains("cannot publish now"),
+            "the paused broker's publisher: paused:{n} got no answer from the broker: {why}"
+        );
     }
     let others: Vec<&CliSub> = alive.iter().map(|&i| &subs[i]).collect();
     wait_settled(&others, "p.seq", &[&rs[0]]);

@@ -1,7 +1,8 @@
 //! `ordo`: the command-line tool for Ordo (DESIGN.md "Command-line contract").
 //!
 //! Exit codes: 0 success, 2 usage (clap), 3 cannot connect, 4 refused by the
-//! broker, 5 disconnected, 6 timeout, 130 / 143 `ordo pub` stopped by
+//! broker (also a `--confirm` publish the group could not confirm: the
+//! broker answers `unavailable`), 5 disconnected, 6 timeout, 130 / 143 `ordo pub` stopped by
 //! SIGINT / SIGTERM (after flushing what it had read), 1 anything else.
 //! Nothing here panics on a closed stdout or stderr.
 

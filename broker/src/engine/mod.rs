@@ -111,6 +111,12 @@ pub enum Event {
     Deliver(Arc<Delivered>),
     /// The publish identified by the token is safe; answer the client.
     Confirmed(ConfirmToken),
+    /// The publish (or topic declaration) identified by the token will
+    /// never be confirmed: this broker's stream ended before the group
+    /// vouched for it (excluded from the view, refused, shut down). Answer
+    /// the client with an error saying `reason`. Every token gets exactly
+    /// one answer: `Confirmed` (`TopicDeclared` for a declaration) or this.
+    PublishFailed { token: ConfirmToken, reason: String },
     /// A new view was installed.
     ViewInstalled(View),
     /// Messages may be missing between two views (partition, rejoin); tell subscribers.
@@ -179,6 +185,11 @@ pub struct Engine {
     /// of them when the view without them was installed), for the
     /// simulator's checks of safe delivery; bounded.
     departed_cuts: std::collections::BTreeMap<Origin, Seq>,
+    /// Our topic declarations not yet answered by
+    /// [`Event::TopicDeclared`] (bounded by the send window, like the
+    /// declarations themselves), so that a declaration our stream loses is
+    /// answered with [`Event::PublishFailed`].
+    pending_declares: VecDeque<ConfirmToken>,
     /// Bytes the last refused publish needed: `can_publish` stays false
     /// until they fit, so a driver never spins on a message that does not.
     wanted: usize,
@@ -217,6 +228,7 @@ impl Engine {
             timers: TimerTable::default(),
             last_ack: None,
             wanted: 0,
+            pending_declares: VecDeque::new(),
             local_pending: VecDeque::new(),
             own_control: VecDeque::new(),
             frontier: TotalCounts::default(),
@@ -419,6 +431,7 @@ impl Engine {
             payload,
         };
         self.rel.push_own(msg.clone());
+        self.pending_declares.push_back(token);
         self.enter_local(delivery::Ready {
             origin: self.me,
             seq,
@@ -687,7 +700,69 @@ impl Engine {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if let Some(Event::TopicDeclared { token: Some(t), .. }) = &ev {
+            self.pending_declares.retain(|p| p != t);
+        }
+        ev
+    }
+
+    /// Answers every publish and declaration still awaiting confirmation
+    /// with [`Event::PublishFailed`] (`reason` says why): for a driver that
+    /// stops without completing [`Engine::leave`]. Nothing is left unanswered.
+    pub fn abandon_pending(&mut self, reason: &str) {
+        self.resolve_confirms(None, reason);
+    }
+
+    /// Our stream ends (or the view it was sent in does): answer every
+    /// confirmation still waiting, and every declaration still unordered.
+    /// With `settled` = (view, cut), an installed view `view` carries the
+    /// cut of our stream: every member of that view delivers our messages
+    /// up to `cut` (confirmed: more than another member holding them) and
+    /// none of them delivers a later one. Without it nothing is known
+    /// beyond this broker. `why` says what happened.
+    pub(crate) fn resolve_confirms(&mut self, settled: Option<(ViewId, Seq)>, why: &str) {
+        for (seq, token) in self.rel.take_confirms() {
+            let reason = match settled {
+                Some((_, cut)) if seq <= cut => {
+                    self.events.push_back(Event::Confirmed(token));
+                    continue;
+                }
+                Some((view, _)) => format!(
+                    "not confirmed: {why}; view {view} of the group ends this broker's messages before this one, so no member of view {view} delivered it (subscribers of this broker may have)"
+                ),
+                None => format!(
+                    "not confirmed: {why}; the message may or may not have reached the other members"
+                ),
+            };
+            self.stats.publishes_unconfirmed += 1;
+            self.events
+                .push_back(Event::PublishFailed { token, reason });
+        }
+        self.fail_declarations(why);
+    }
+
+    /// Answers our declarations that the ordering layers dropped unordered
+    /// (`why` says why) and that no queued [`Event::TopicDeclared`] answers.
+    pub(crate) fn fail_declarations(&mut self, why: &str) {
+        let pending = std::mem::take(&mut self.pending_declares);
+        for token in pending {
+            let answered = self
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::TopicDeclared { token: Some(t), .. } if *t == token));
+            if answered {
+                self.pending_declares.push_back(token);
+                continue;
+            }
+            self.stats.publishes_unconfirmed += 1;
+            self.events.push_back(Event::PublishFailed {
+                token,
+                reason: format!(
+                    "topic declaration not agreed: {why}; the group may or may not have ordered it, declare it again"
+                ),
+            });
+        }
     }
 
     /// Leaves the group gracefully (on shutdown): the view is flushed and a

@@ -125,6 +125,9 @@ pub struct Stats {
     /// Publishes and declarations of total-order topics refused because the
     /// view is not primary (no quorum).
     pub publishes_no_quorum: u64,
+    /// Confirm-requested publishes and declarations answered with an error
+    /// because our stream ended before the group vouched for them.
+    pub publishes_unconfirmed: u64,
     /// Brokers refused because they claimed the node id of a live member.
     pub duplicate_node_refusals: u64,
     /// Times this engine learned it was excluded from the view (falsely

@@ -1049,6 +1049,17 @@ fn body(dg: &Bytes) -> Option<Body> {
 /// confirmed, each survivor's deliveries of engine 2's messages, and
 /// whether the survivors held engine 2's new messages beyond their reports.
 fn stalled_publisher_resumes_during_its_exclusion() -> (Vec<Bytes>, [Vec<Bytes>; 2], bool) {
+    let (confirmed, _, delivered, beyond) = stalled_publisher_answers();
+    (confirmed, delivered, beyond)
+}
+
+/// Answers engine 2 gave its five confirm-requested publishes.
+type Answers = Vec<(u64, Result<(), String>)>;
+
+/// [`stalled_publisher_resumes_during_its_exclusion`], also returning every
+/// answer (confirmed or failed, by request id) engine 2 gave its five
+/// confirm-requested publishes.
+fn stalled_publisher_answers() -> (Vec<Bytes>, Answers, [Vec<Bytes>; 2], bool) {
     let mut g = Group::new(3);
     let from2 = g.engines[2].origin();
     let slow_ack = |from: usize, to: usize, dg: &Bytes| {
@@ -1100,7 +1111,91 @@ fn stalled_publisher_resumes_during_its_exclusion() -> (Vec<Bytes>, [Vec<Bytes>;
             .filter(|p| p.first() == Some(&b'z'))
             .collect::<Vec<_>>()
     };
-    (confirmed, [of2(0), of2(1)], beyond)
+    let answers = g.events[2]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Confirmed(t) if t.conn == 7 => Some((t.req, Ok(()))),
+            Event::PublishFailed { token, reason } if token.conn == 7 => {
+                Some((token.req, Err(reason.clone())))
+            }
+            _ => None,
+        })
+        .collect();
+    (confirmed, answers, [of2(0), of2(1)], beyond)
+}
+
+#[test]
+fn an_excluded_brokers_pending_confirmations_each_get_exactly_one_answer() {
+    let (_, answers, [a, b], _) = stalled_publisher_answers();
+    assert_eq!(a, b, "the survivors disagree on engine 2's messages");
+    let mut reqs: Vec<u64> = answers.iter().map(|(r, _)| *r).collect();
+    reqs.sort_unstable();
+    assert_eq!(reqs, (0..5).collect::<Vec<_>>(), "{answers:?}");
+    for (req, answer) in &answers {
+        let payload = Bytes::from(vec![b'z', *req as u8]);
+        match answer {
+            Ok(()) => assert!(a.contains(&payload), "#{req} confirmed, not delivered"),
+            Err(reason) => {
+                assert!(reason.starts_with("not confirmed: "), "{reason}");
+                assert!(
+                    reason.contains("excluded") || reason.contains("lost its place"),
+                    "{reason}"
+                );
+                // Said to have reached nobody in the new view: true.
+                if reason.contains("no member of view") {
+                    assert!(!a.contains(&payload), "#{req}: {reason}");
+                }
+            }
+        }
+    }
+    // The cut discarded them all (the test above): each one failed.
+    assert!(answers.iter().all(|(_, a)| a.is_err()), "{answers:?}");
+}
+
+#[test]
+fn a_leaver_confirms_what_it_published_before_leaving() {
+    let mut g = Group::new(3);
+    let now = g.now;
+    let token = ConfirmToken { conn: 3, req: 9 };
+    g.engines[1]
+        .publish(msg(b"last", Some(token)), now)
+        .unwrap();
+    g.engines[1].leave(now);
+    g.run(ms(500), |_, _, _| true);
+    assert!(g.engines[1].has_left());
+    let answers: Vec<&Event> = g.events[1]
+        .iter()
+        .filter(|e| matches!(e, Event::Confirmed(_) | Event::PublishFailed { .. }))
+        .collect();
+    assert!(
+        matches!(answers[..], [Event::Confirmed(t)] if *t == token),
+        "{answers:?}"
+    );
+    for i in [0, 2] {
+        assert!(g.delivered(i).contains(&Bytes::from_static(b"last")));
+    }
+}
+
+#[test]
+fn abandoning_answers_each_pending_confirmation_once_with_an_error() {
+    let mut g = Group::new(2);
+    let now = g.now;
+    let token = ConfirmToken { conn: 3, req: 1 };
+    g.engines[1].publish(msg(b"m", Some(token)), now).unwrap();
+    // Nobody hears engine 1: nothing confirms it.
+    g.run(ms(50), |from, _, _| from != 1);
+    g.engines[1].abandon_pending("this broker shut down");
+    g.run(ms(300), |_, _, _| true);
+    let answers: Vec<&Event> = g.events[1]
+        .iter()
+        .filter(|e| matches!(e, Event::Confirmed(_) | Event::PublishFailed { .. }))
+        .collect();
+    assert!(
+        matches!(answers[..], [Event::PublishFailed { token: t, reason }]
+            if *t == token && reason.starts_with("not confirmed: this broker shut down")),
+        "{answers:?}"
+    );
+    assert_eq!(g.engines[1].stats().publishes_unconfirmed, 1);
 }
 
 #[test]

@@ -450,6 +450,32 @@ impl Driver {
                 "shutting down with publishes the engine could not take"
             );
         }
+        // Those get their one answer too: never published, so delivered nowhere.
+        for cmd in std::mem::take(&mut self.stalled) {
+            let reqs: Vec<(u64, u64)> = match cmd {
+                Command::Publish {
+                    conn,
+                    confirm: Some(req),
+                    ..
+                }
+                | Command::Declare { conn, req, .. } => vec![(conn, req)],
+                Command::PublishBatch { conn, items } => items
+                    .iter()
+                    .filter_map(|it| it.confirm.map(|req| (conn, req)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (conn, req) in reqs {
+                self.reply(
+                    conn,
+                    Reply::Error {
+                        req,
+                        code: ErrorCode::ShuttingDown,
+                        message: "not published: this broker is shutting down; the message reached no member".into(),
+                    },
+                );
+            }
+        }
         self.flush().await;
         self.engine.leave(Instant::now());
         self.flush().await;
@@ -473,6 +499,10 @@ impl Driver {
             }
             self.flush().await;
         }
+        // A leave that timed out leaves confirmations unanswered: answer them.
+        self.engine
+            .abandon_pending("this broker shut down before the group confirmed the message");
+        self.flush().await;
         let _ = self.health.send(Health::NotReady {
             node_id: self.engine.origin().node,
             reason: "shutting down".into(),
@@ -829,6 +859,24 @@ impl Driver {
                 }
             }
             Event::Confirmed(ConfirmToken { conn, req }) => self.reply(conn, Reply::Ok { req }),
+            Event::PublishFailed {
+                token: ConfirmToken { conn, req },
+                reason,
+            } => {
+                // Our stream ended before the group vouched for it; the
+                // client gets its one answer now rather than its timeout.
+                tracing::debug!(conn, req, %reason, "publish not confirmed");
+                if conn != 0 {
+                    self.reply(
+                        conn,
+                        Reply::Error {
+                            req,
+                            code: ErrorCode::Unavailable,
+                            message: reason,
+                        },
+                    );
+                }
+            }
             Event::Discontinuity { from, to, reason } => {
                 tracing::warn!(%from, %to, %reason, "discontinuity");
                 for (&conn, state) in &mut self.conns {

@@ -16,6 +16,9 @@
 //!   together with an engine (same next view, or the end of the run, or a
 //!   graceful leave) was delivered by that engine; so was a confirmed
 //!   message of a publisher that crashed alone.
+//! - **One answer per publish**: every publish of an engine that did not
+//!   crash is confirmed or failed (`Event::PublishFailed`) by the end of
+//!   the run, never both, never twice.
 //! - **No duplicates, FIFO**: each engine's deliveries of a publisher
 //!   strictly increase.
 //! - **Causal**: against the happened-before relation the harness computed.
@@ -45,6 +48,9 @@ pub struct Published {
     pub view: ViewKey,
     /// The engine confirmed it (another member holds it).
     pub confirmed: bool,
+    /// The engine answered it with an error (`Event::PublishFailed`): its
+    /// stream ended before the group vouched for it.
+    pub failed: bool,
     /// On a total-order topic.
     pub total: bool,
 }
@@ -207,6 +213,23 @@ pub fn outstanding(lives: &[Life], published: &[Published]) -> bool {
                     .is_some_and(|s| s.contains(&(p.publisher, p.index)))
         })
     })
+}
+
+/// Every publish (each asks for a confirmation) of an engine that did not
+/// crash got an answer by the end of the run: confirmed, or failed because
+/// its stream ended. (Two answers are flagged as they happen.)
+pub fn answers(lives: &[Life], published: &[Published]) -> Vec<String> {
+    published
+        .iter()
+        .filter(|p| !p.confirmed && !p.failed)
+        .filter(|p| lives.get(p.life).is_some_and(|l| !l.crashed))
+        .map(|p| {
+            format!(
+                "UNANSWERED: publish {}/{} (life {}, view {:?}) was neither confirmed nor failed by the end of the run",
+                p.publisher, p.index, p.life, p.view
+            )
+        })
+        .collect()
 }
 
 /// Whether life `i` (which installed `p.view`) must deliver `p`.
@@ -606,9 +629,24 @@ mod tests {
                 life: 0,
                 view: key(view),
                 confirmed: false,
+                failed: false,
                 total: false,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_publish_of_a_live_engine_left_unanswered_is_flagged() {
+        let mut p = pubs(3, 1);
+        p[0].confirmed = true;
+        p[1].failed = true;
+        let mut lives = vec![life(1, &[1], &[])];
+        let v = answers(&lives, &p);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].starts_with("UNANSWERED: publish 1/2"), "{v:?}");
+        // A crashed engine's clients lost their connection instead.
+        lives[0].crashed = true;
+        assert!(answers(&lives, &p).is_empty());
     }
 
     #[test]

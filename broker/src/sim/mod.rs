@@ -1077,6 +1077,7 @@ impl Sim {
                             life,
                             view,
                             confirmed: false,
+                            failed: false,
                             total: matches!(ordering, Ordering::TotalIsis | Ordering::TotalSeq),
                         });
                         if let Some(q) = self.blocked.get_mut(&publisher) {
@@ -1250,7 +1251,52 @@ impl Sim {
                         .ok()
                         .and_then(|k| self.published.get_mut(k))
                     {
+                        if p.confirmed || p.failed {
+                            self.violations.push(format!(
+                                "slot {i} answered publish #{} ({}/{}) twice (confirmed after {})",
+                                token.req,
+                                p.publisher,
+                                p.index,
+                                if p.failed {
+                                    "failing it"
+                                } else {
+                                    "confirming it"
+                                }
+                            ));
+                        }
                         p.confirmed = true;
+                    }
+                }
+                Event::PublishFailed { token, reason } => {
+                    if std::env::var("ORDO_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "TRACE {:?} slot {i} {} fails publish #{} (publisher {}): {reason}",
+                            now - self.start,
+                            e.origin(),
+                            token.req,
+                            token.conn
+                        );
+                    }
+                    // Connection 0 is `declare_topics`' declarations, not a publish.
+                    if let Some(p) = usize::try_from(token.req)
+                        .ok()
+                        .filter(|_| token.conn != 0)
+                        .and_then(|k| self.published.get_mut(k))
+                    {
+                        if p.confirmed || p.failed {
+                            self.violations.push(format!(
+                                "slot {i} answered publish #{} ({}/{}) twice (failed after {})",
+                                token.req,
+                                p.publisher,
+                                p.index,
+                                if p.failed {
+                                    "failing it"
+                                } else {
+                                    "confirming it"
+                                }
+                            ));
+                        }
+                        p.failed = true;
                     }
                 }
                 Event::TopicDeclared { .. } => {}
@@ -1800,6 +1846,7 @@ impl Sim {
             }
         }
         let mut v = std::mem::take(&mut self.violations);
+        v.extend(check::answers(&self.lives, &self.published));
         v.extend(check::deliveries(&self.lives, &self.published));
         v.extend(check::causal(&self.lives, &self.past));
         let (total, diverged) = check::total(&self.lives);

@@ -223,6 +223,14 @@ impl Engine {
     /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
     pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
         self.stats.rejoins += 1;
+        // Our stream ends here: what still awaits confirmation never gets
+        // it (an install that carried our cut answered those it settled).
+        self.resolve_confirms(
+            None,
+            &format!(
+                "this broker lost its place in the group's view ({reason}) and rejoined as a new incarnation"
+            ),
+        );
         self.membership.discontinuity = Some((self.view.id, reason));
         self.me = Origin {
             node: self.me.node,

@@ -713,6 +713,7 @@ impl Engine {
             self.me.node, r.holder
         );
         tracing::error!(holder = %r.holder, "{reason}");
+        self.resolve_confirms(None, &format!("this broker stopped: {reason}"));
         self.membership.refused_reason = Some(reason);
         self.membership.phase = Phase::Left;
         self.membership.flush = None;

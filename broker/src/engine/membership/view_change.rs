@@ -494,6 +494,14 @@ impl Engine {
                 self.frontier = i.delivered;
                 self.settle_view(&i.members, &digest, i.primary);
             }
+            if let Some(&cut) = digest.get(&self.me) {
+                // The install carries the cut of our stream: every member
+                // of it delivers our messages up to the cut, none beyond.
+                self.resolve_confirms(
+                    Some((i.view, cut)),
+                    &format!("this broker was excluded from the group's view ({reason})"),
+                );
+            }
             self.excluded(now, reason);
         }
     }
@@ -538,6 +546,10 @@ impl Engine {
             self.settle_view(&i.members, &digest, i.primary);
         }
         if !i.members.contains(&self.me) {
+            // We left: the view's cut of our stream (all of it, after a
+            // graceful leave's flush) is delivered by every member.
+            let cut = digest.get(&self.me).map(|c| (i.view, *c));
+            self.resolve_confirms(cut, "this broker left the group");
             self.in_view = false;
             self.membership.flush = None;
             if self.membership.change.is_none() {
@@ -618,6 +630,13 @@ impl Engine {
         // Idempotent after `settle_view`; here for the first view of a
         // singleton or a joiner, which had nothing to settle.
         self.settle_view(&members, digest, primary);
+        if !primary {
+            // Our declarations still unordered were discarded with the
+            // rest of the old view's total order beyond the frontier.
+            self.fail_declarations(&format!(
+                "view {id} of the group has no quorum of the last primary view (a partition?)"
+            ));
+        }
         for gone in self.rel.install(&members, digest) {
             self.delivery.forget(gone);
             if self.departed_cuts.len() >= super::MAX_DEPARTED {

@@ -209,6 +209,16 @@ impl Reliability {
             .collect()
     }
 
+    /// Takes every confirmation still waiting, with the sequence number
+    /// each waits for: the caller answers them some other way (the stream
+    /// they belong to ends, see `Engine::resolve_confirms`).
+    pub(crate) fn take_confirms(&mut self) -> Vec<(Seq, ConfirmToken)> {
+        std::mem::take(&mut self.confirms)
+            .into_iter()
+            .map(|(s, (t, _))| (s, t))
+            .collect()
+    }
+
     /// What every member has of `origin`.
     pub(crate) fn stable_point(&self, origin: Origin) -> Seq {
         let Some(log) = self.logs.get(&origin) else {
