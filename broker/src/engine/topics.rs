@@ -14,6 +14,9 @@ const MAX_TOPICS: usize = 4096;
 pub(crate) struct TopicCache {
     by_name: BTreeMap<Arc<str>, Bytes>,
     by_bytes: BTreeMap<Bytes, Arc<str>>,
+    /// The name `name` returned last: consecutive messages mostly share a
+    /// topic, and comparing a few bytes is cheaper than a map lookup.
+    last: Option<(Bytes, Arc<str>)>,
 }
 
 impl TopicCache {
@@ -29,11 +32,23 @@ impl TopicCache {
 
     /// The name for wire bytes (UTF-8 was checked by the decoder).
     pub(crate) fn name(&mut self, bytes: &Bytes) -> Arc<str> {
-        if let Some(n) = self.by_bytes.get(bytes.as_ref()) {
-            return n.clone();
+        if let Some((b, n)) = &self.last {
+            if b[..] == bytes[..] {
+                return n.clone();
+            }
         }
-        let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes).as_ref());
-        self.insert(name.clone(), Bytes::copy_from_slice(name.as_bytes()));
+        let name = match self.by_bytes.get_key_value(bytes.as_ref()) {
+            Some((b, n)) => {
+                // The map's own key, not `bytes`: keeping `bytes` would pin
+                // the whole received datagram it was sliced from.
+                self.last = Some((b.clone(), n.clone()));
+                return n.clone();
+            }
+            None => Arc::<str>::from(String::from_utf8_lossy(bytes).as_ref()),
+        };
+        let b = Bytes::copy_from_slice(name.as_bytes());
+        self.insert(name.clone(), b.clone());
+        self.last = Some((b, name.clone()));
         name
     }
 
@@ -60,5 +75,18 @@ mod tests {
         assert_eq!(&b[..], b"orders.eu");
         let n = c.name(&Bytes::from_static(b"orders.eu"));
         assert!(Arc::ptr_eq(&n, &t));
+    }
+
+    #[test]
+    fn last_name_is_reused_and_replaced() {
+        let mut c = TopicCache::default();
+        let a = c.name(&Bytes::from_static(b"a"));
+        let a2 = c.name(&Bytes::from_static(b"a"));
+        assert!(Arc::ptr_eq(&a, &a2));
+        let b = c.name(&Bytes::from_static(b"b"));
+        assert_eq!(&*b, "b");
+        let a3 = c.name(&Bytes::from_static(b"a"));
+        assert!(Arc::ptr_eq(&a, &a3));
+        assert_eq!(&*c.name(&Bytes::from_static(b"b")), "b");
     }
 }
