@@ -30,6 +30,23 @@ impl TopicCache {
         b
     }
 
+    /// The interned wire bytes of a known topic, for the decoder (see
+    /// `Frame::decode_with`): unlike a slice of the datagram, their reference
+    /// count is touched by this thread only. `None` for a topic not seen yet.
+    pub(crate) fn interned(&mut self, raw: &[u8]) -> Option<Bytes> {
+        if raw.is_empty() {
+            return Some(Bytes::new());
+        }
+        if let Some((b, _)) = &self.last {
+            if b[..] == *raw {
+                return Some(b.clone());
+            }
+        }
+        let (b, n) = self.by_bytes.get_key_value(raw)?;
+        self.last = Some((b.clone(), n.clone()));
+        Some(b.clone())
+    }
+
     /// The name for wire bytes (UTF-8 was checked by the decoder).
     pub(crate) fn name(&mut self, bytes: &Bytes) -> Arc<str> {
         if let Some((b, n)) = &self.last {
@@ -88,5 +105,19 @@ mod tests {
         let a3 = c.name(&Bytes::from_static(b"a"));
         assert!(Arc::ptr_eq(&a, &a3));
         assert_eq!(&*c.name(&Bytes::from_static(b"b")), "b");
+    }
+
+    #[test]
+    fn interned_bytes_are_the_cache_copy() {
+        let mut c = TopicCache::default();
+        assert_eq!(c.interned(b""), Some(Bytes::new()));
+        assert_eq!(c.interned(b"x"), None);
+        c.name(&Bytes::from_static(b"x"));
+        c.name(&Bytes::from_static(b"y"));
+        let x = c.interned(b"x").unwrap();
+        assert_eq!(&x[..], b"x");
+        assert_eq!(&c.interned(b"x").unwrap()[..], b"x");
+        assert_eq!(&c.interned(b"y").unwrap()[..], b"y");
+        assert_eq!(c.interned(b"z"), None);
     }
 }
