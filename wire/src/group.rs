@@ -300,22 +300,13 @@ impl DataMsg {
         out.put_slice(&self.payload);
     }
 
-    fn decode(
-        r: &mut Reader<'_>,
-        frame: &Bytes,
-        topic_of: &mut impl FnMut(&[u8]) -> Option<Bytes>,
-    ) -> Result<DataMsg, WireError> {
+    fn decode(r: &mut Reader<'_>, frame: &Bytes) -> Result<DataMsg, WireError> {
         let seq = Seq(r.counter("seq")?);
         let topic_len = usize::from(r.u16("topic")?);
-        let start = r.position();
-        let raw = r.take(topic_len, "topic")?;
-        if std::str::from_utf8(raw).is_err() {
+        let topic = slice(r, frame, topic_len, "topic")?;
+        if std::str::from_utf8(&topic).is_err() {
             return Err(WireError::malformed("topic", "not UTF-8"));
         }
-        let topic = match topic_of(raw) {
-            Some(t) if t[..] == *raw => t,
-            _ => frame.slice(start..start + topic_len),
-        };
         let code = r.u8("ordering")?;
         let ordering = Ordering::from_code(code)
             .ok_or_else(|| WireError::malformed("ordering", format!("unknown code {code}")))?;
@@ -808,18 +799,6 @@ impl Frame {
 
     /// Decodes one datagram. Never panics; payloads share `datagram`'s memory.
     pub fn decode(datagram: &Bytes) -> Result<Frame, WireError> {
-        Frame::decode_with(datagram, &mut |_| None)
-    }
-
-    /// [`Frame::decode`], taking each data message's topic from `topic_of`
-    /// when it returns the same bytes (an interned copy), else slicing it from
-    /// the datagram. A receiver's datagrams share one reference count with
-    /// every payload in flight (often contended across threads); an interned
-    /// topic spares that count two atomic operations per message.
-    pub fn decode_with(
-        datagram: &Bytes,
-        topic_of: &mut impl FnMut(&[u8]) -> Option<Bytes>,
-    ) -> Result<Frame, WireError> {
         let (header, kind, body_start, body_end) = check(datagram)?;
         let body_bytes = datagram.slice(..body_end);
         let mut r = Reader::new(&body_bytes);
@@ -830,7 +809,7 @@ impl Frame {
                 let n = r.count(DataMsg::FIXED_LEN, "data messages")?;
                 let mut msgs = Vec::with_capacity(n);
                 for _ in 0..n {
-                    msgs.push(DataMsg::decode(&mut r, &body_bytes, topic_of)?);
+                    msgs.push(DataMsg::decode(&mut r, &body_bytes)?);
                 }
                 Body::Data(DataFrame { origin, msgs })
             }

@@ -566,7 +566,7 @@ impl Engine {
     pub fn handle_datagram_bytes(&mut self, datagram: Bytes, now: Instant) {
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let frame = match Frame::decode_with(&datagram, &mut |t| self.topics.interned(t)) {
+        let frame = match Frame::decode(&datagram) {
             Ok(f) => f,
             Err(e) => {
                 self.count_decode_error(&e);
