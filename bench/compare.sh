@@ -44,24 +44,10 @@ mkdir -p "$OUT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$CARGO_TARGET_DIR/release
 
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    kill "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+trap stop_all EXIT
 trap "exit 143" INT TERM
-
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "# building release binaries (cargo build --release -p ordo-broker -p ordo-client)"
@@ -69,15 +55,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------- cluster
-free_port() { # proto
-  python3 - "$1" <<'EOF'
-import socket, sys
-kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-EOF
-}
 CLUSTER="bench-$$-$(date +%s)"
 GROUP="239.255.$(( ($$ % 250) + 2 )).$(( RANDOM % 250 + 2 )):$(free_port udp)"
 SERVERS=()
@@ -221,7 +198,7 @@ fi
 if [ -n "${PEERS:-}" ]; then
   # Our brokers would disturb the harness' quiet-machine check; they are idle
   # between runs, but stop them anyway so NATS gets the machine alone, as Ordo had.
-  cleanup; PIDS=()
+  stop_all
   export PEERS_OUT=${PEERS_OUT:-$OUT/peers}
   mkdir -p "$PEERS_OUT"
   say "# NATS 3-node cluster via $PEERS/run.sh (RUNS=$RUNS SECS=$SECS SIZE=$SIZE RATE=$RATE), load $(load)"
@@ -259,7 +236,7 @@ fi
 if [ -n "${PEERS:-}" ] && [ "${LAT_ROUNDS:-0}" -gt 0 ]; then
   pb=$PEERS_OUT/target/release
   if [ -x "$pb/broker-bench" ] && [ -x "$pb/udp-limit" ]; then
-    cleanup; PIDS=()
+    stop_all
     say "# interleaved latency: $LAT_ROUNDS rounds of ordo / nats3 / udp at $RATE msg/s, ${SECS}s each, load $(load)"
     ROUNDS=$LAT_ROUNDS SECS=$SECS RATE=$RATE SIZE=$SIZE WARMUP=$WARMUP PEERS_BIN=$pb OUT=$OUT/lat-ab \
       MAX_OTHER=${MAX_OTHER:-15} bench/latency.sh "ordo=$BIN@${BROKER_ARGS:-}" nats udp > "$OUT/lat-ab.txt" 2>&1 || true

@@ -32,27 +32,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$CARGO_TARGET_DIR/release
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p ordo-broker -p ordo-client
 
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 trap stop_all EXIT
 trap "exit 143" INT TERM
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-say() { echo "$*" | tee -a "$OUT/summary.txt"; }
-free_port() {
-  python3 -c "
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1] == 'tcp' else socket.SOCK_DGRAM)
-s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" "$1"
-}
 
 # start_cluster NAME N [broker flags...]: sets SERVERS (array), METRICS (array), CPIDS (array)
 start_cluster() {

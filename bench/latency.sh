@@ -32,29 +32,10 @@ mkdir -p "$OUT"
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 VARIANTS=("$@")
 
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 trap stop_all EXIT
 trap "exit 143" INT TERM
-
-free_port() { # proto
-  python3 - "$1" <<'PY'
-import socket, sys
-kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-PY
-}
 pid_ticks() {
   local p t=0 f
   for p in "$@"; do

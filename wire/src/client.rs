@@ -934,18 +934,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
         };
         let mut by_ref = BytesMut::new();
-        DeliveryRef {
-            sid: d.sid,
-            topic: &d.topic,
-            ordering: d.ordering,
-            publisher: d.publisher,
-            origin: d.origin,
-            seq: d.seq,
-            context: &d.context,
-            gseq: d.gseq,
-            payload: &d.payload,
-        }
-        .encode(&mut by_ref);
+        delivery_ref(&d).encode(&mut by_ref);
         let mut buf = BytesMut::new();
         Reply::Message(Box::new(d.clone())).encode(&mut buf);
         assert_eq!(buf.len(), LEN_PREFIX + delivery_len(9, 1, 5));
