@@ -575,3 +575,40 @@ fn a_publishers_broker_resuming_during_its_exclusion_has_nothing_confirmed_lost(
         assert_ok(&sim.run());
     }
 }
+
+#[test]
+fn a_broker_that_hears_nobody_does_not_wedge_the_others() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 5, loss(0.05));
+        // Jitter staggers when the deaf broker suspects each of the others
+        // (as real timers do): it reports its first suspicion, the
+        // coordinator starts a change for it, and only then does the deaf
+        // one install a view of its own with the same number.
+        c.faults.jitter = ms(40);
+        // Slot 2 hears nobody; everyone still hears it (the netns test
+        // `a_broker_that_hears_nobody_does_not_wedge`).
+        c.faults
+            .partitions
+            .push((ms(200), ms(6000), BTreeSet::from([0, 1, 3, 4]), true));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(6000), &[0, 1, 3, 4]);
+        // Well after detection and a view change, the others are together
+        // in a primary view (sim seed of the wedge: the members of the
+        // change took the deaf broker's own install of that view number
+        // for their exclusion and all rejoined, with nobody left to admit
+        // them but the deaf broker).
+        sim.run_for(ms(5000));
+        let together = [0, 1, 3, 4]
+            .iter()
+            .filter_map(|&s| sim.engine(s))
+            .filter(|e| e.in_view() && e.view().primary && e.view().members.len() >= 3)
+            .count();
+        assert!(
+            together >= 3,
+            "seed {seed}: the brokers that hear each other are not in a primary view: {}",
+            sim.views_summary()
+        );
+        assert_ok(&sim.run());
+    }
+}

@@ -180,6 +180,11 @@ struct Flush {
     /// Origins some proposal of this flush left out: their delivery is
     /// frozen at what we report (see [`Engine::flush_ack`]).
     departing: BTreeSet<Origin>,
+    /// Who proposed this flush's view (us, when we coordinate it): only
+    /// their install of it can end our view. Another member's install of
+    /// that number is a view it formed on its own (one that hears nobody
+    /// suspects us all), see `on_install`.
+    proposers: BTreeSet<Origin>,
 }
 
 /// A view change the coordinator runs.

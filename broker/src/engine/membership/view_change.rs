@@ -84,8 +84,10 @@ impl Engine {
             view,
             last_seq,
             departing: BTreeSet::new(),
+            proposers: BTreeSet::new(),
         });
         flush.view = view;
+        flush.proposers.insert(self.me);
         flush
             .departing
             .extend(self.view.members.iter().filter(|o| !members.contains(o)));
@@ -155,8 +157,10 @@ impl Engine {
             view,
             last_seq,
             departing: BTreeSet::new(),
+            proposers: BTreeSet::new(),
         });
         flush.view = view;
+        flush.proposers.insert(self.me);
         flush
             .departing
             .extend(self.view.members.iter().filter(|o| **o != self.me));
@@ -222,7 +226,9 @@ impl Engine {
             view: p.view,
             last_seq,
             departing: BTreeSet::new(),
+            proposers: BTreeSet::new(),
         });
+        flush.proposers.insert(sender);
         flush
             .departing
             .extend(self.view.members.iter().filter(|o| !p.members.contains(o)));
@@ -455,6 +461,17 @@ impl Engine {
                 .flush
                 .as_ref()
                 .is_some_and(|f| f.view == i.view);
+        // The next view as one who proposed it installs it. A member that
+        // never proposed it installing that number without us went on in a
+        // view of its own (one that hears nobody suspects us all at once,
+        // after its earlier suspicion started our change): that is no
+        // exclusion of ours, or every member of the change would rejoin.
+        let proposed = next
+            && self
+                .membership
+                .flush
+                .as_ref()
+                .is_some_and(|f| f.proposers.contains(&sender));
         if (next && (for_us || self.membership.leaving)) || (joining && for_us) {
             self.send(Flags::default(), Body::InstallAck(i.view));
             self.apply_install(i, now);
@@ -465,7 +482,7 @@ impl Engine {
             && self.view.members.contains(&sender)
             && i.members.contains(&sender)
             && !for_us
-            && !next
+            && !proposed
             && !Membership::outweighs(&self.view, &i.members)
         {
             // A few of us went on alone (stalled, cut off): they left.
