@@ -138,10 +138,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.cluster_size = config.cluster_size;
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
-    let (health_tx, health_rx) = watch::channel(Health::NotReady {
-        node_id: config.node_id,
-        reason: "starting: not in a view yet".into(),
-    });
+    let (health_tx, health_rx) = watch::channel(Health::of(&engine));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (driver, handle) = Driver::new(

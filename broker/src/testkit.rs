@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ordo_wire::client::{ClusterView, ErrorCode, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION};
+use ordo_wire::client::{
+    ClusterView, ErrorCode, MembershipState, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
+};
 
 /// How long [`BrokerBuilder::start`] waits for the broker to serve.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -632,21 +634,29 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 /// What `GET /healthz` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Healthz {
-    /// 200: the broker is in a view.
+    /// 200: the broker is a member of this view (state member or flushing).
     InView(HealthView),
-    /// 503: not in a view, and why.
+    /// 503: the broker is not a member of a view.
     NotReady {
+        /// What it is doing (discovering, joining, rejoining, leaving, left).
+        state: MembershipState,
         /// The broker's reason.
         reason: String,
+        /// The last view it was a member of, if any: not its view now.
+        last_view: Option<HealthView>,
     },
 }
 
-/// The view `/healthz` shows (200).
+/// A view `/healthz` shows: the broker's view (200) or its last one (503).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthView {
     /// The answering broker's node id.
     pub node_id: u32,
-    /// The installed view's id.
+    /// The answering broker's incarnation.
+    pub incarnation: u64,
+    /// The answering broker's membership state.
+    pub state: MembershipState,
+    /// The view's id.
     pub view_id: u64,
     /// Its members' node ids.
     pub members: Vec<u32>,
@@ -659,54 +669,88 @@ pub struct HealthView {
 }
 
 impl Healthz {
-    /// The view, when the broker is in one.
+    /// The view the broker is a member of, if it is one (never a stale one).
     pub fn view(&self) -> Option<&HealthView> {
         match self {
             Healthz::InView(v) => Some(v),
             Healthz::NotReady { .. } => None,
         }
     }
+
+    /// The broker's membership state.
+    pub fn state(&self) -> MembershipState {
+        match self {
+            Healthz::InView(v) => v.state,
+            Healthz::NotReady { state, .. } => *state,
+        }
+    }
 }
 
 /// `GET /healthz` on a metrics address, parsed; Err for no answer or an
-/// answer that breaks the contract (README, *healthz*).
+/// answer that breaks the contract (README, *Watching it*).
 pub fn healthz(metrics: SocketAddr) -> Result<Healthz, String> {
     let (status, body) = http_get(metrics, "/healthz").map_err(|e| format!("/healthz: {e}"))?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| format!("/healthz body is not JSON ({e}): {body}"))?;
     let bad = |field: &str| format!("/healthz lacks a valid {field:?}: {body}");
+    let state = v["state"]
+        .as_str()
+        .and_then(MembershipState::from_name)
+        .ok_or_else(|| bad("state"))?;
+    let node_id = v["node_id"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| bad("node_id"))?;
+    let incarnation = v["incarnation"]
+        .as_u64()
+        .ok_or_else(|| bad("incarnation"))?;
+    // The view fields of `view` (the top level, or `last_view`).
+    let parse_view = |view: &serde_json::Value| -> Result<HealthView, String> {
+        let id = |field: &str| -> Result<u32, String> {
+            view[field]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad(field))
+        };
+        let members = view["members"]
+            .as_array()
+            .ok_or_else(|| bad("members"))?
+            .iter()
+            .map(|m| m.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| bad("members"))?;
+        let sequencer = match &view["sequencer"] {
+            serde_json::Value::Null => None,
+            _ => Some(id("sequencer")?),
+        };
+        Ok(HealthView {
+            node_id,
+            incarnation,
+            state,
+            view_id: view["view_id"].as_u64().ok_or_else(|| bad("view_id"))?,
+            members,
+            coordinator: id("coordinator")?,
+            sequencer,
+            primary: view["primary"].as_bool().ok_or_else(|| bad("primary"))?,
+        })
+    };
+    let ready = v["ready"].as_bool().ok_or_else(|| bad("ready"))?;
     match status {
-        200 => {
-            let id = |field: &str| -> Result<u32, String> {
-                v[field]
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad(field))
-            };
-            let members = v["members"]
-                .as_array()
-                .ok_or_else(|| bad("members"))?
-                .iter()
-                .map(|m| m.as_u64().and_then(|n| u32::try_from(n).ok()))
-                .collect::<Option<Vec<u32>>>()
-                .ok_or_else(|| bad("members"))?;
-            let sequencer = match &v["sequencer"] {
+        200 if ready && state.is_member() => Ok(Healthz::InView(parse_view(&v)?)),
+        503 if !ready && !state.is_member() => Ok(Healthz::NotReady {
+            state,
+            reason: v["reason"]
+                .as_str()
+                .ok_or_else(|| bad("reason"))?
+                .to_string(),
+            last_view: match &v["last_view"] {
                 serde_json::Value::Null => None,
-                _ => Some(id("sequencer")?),
-            };
-            Ok(Healthz::InView(HealthView {
-                node_id: id("node_id")?,
-                view_id: v["view_id"].as_u64().ok_or_else(|| bad("view_id"))?,
-                members,
-                coordinator: id("coordinator")?,
-                sequencer,
-                primary: v["primary"].as_bool().ok_or_else(|| bad("primary"))?,
-            }))
-        }
-        503 => Ok(Healthz::NotReady {
-            reason: v["reason"].as_str().unwrap_or_default().to_string(),
+                last => Some(parse_view(last)?),
+            },
         }),
-        other => Err(format!("/healthz answered {other}: {body}")),
+        other => Err(format!(
+            "/healthz answered {other} with state {state} and ready {ready}: {body}"
+        )),
     }
 }
 
@@ -745,12 +789,14 @@ mod tests {
     fn healthz_parses_a_view() {
         let addr = serve_once(
             "200 OK",
-            r#"{"node_id":2,"view_id":7,"members":[1,2,3],"coordinator":1,"sequencer":null,"primary":false}"#,
+            r#"{"node_id":2,"incarnation":5,"state":"flushing","ready":true,"view_id":7,"members":[1,2,3],"coordinator":1,"sequencer":null,"primary":false}"#,
         );
         assert_eq!(
             healthz(addr).unwrap(),
             Healthz::InView(HealthView {
                 node_id: 2,
+                incarnation: 5,
+                state: MembershipState::Flushing,
                 view_id: 7,
                 members: vec![1, 2, 3],
                 coordinator: 1,
@@ -764,17 +810,40 @@ mod tests {
     fn healthz_parses_not_ready_and_refuses_a_broken_contract() {
         let addr = serve_once(
             "503 Service Unavailable",
-            r#"{"node_id":2,"status":"not ready","reason":"joining"}"#,
+            r#"{"node_id":2,"incarnation":6,"state":"rejoining","ready":false,"status":"not ready","reason":"rejoining: x","last_view":{"view_id":7,"members":[1,2],"coordinator":1,"sequencer":1,"primary":true}}"#,
         );
+        let h = healthz(addr).unwrap();
+        assert_eq!(h.view(), None, "a last view is not the broker's view");
         assert_eq!(
-            healthz(addr).unwrap(),
+            h,
             Healthz::NotReady {
-                reason: "joining".into()
+                state: MembershipState::Rejoining,
+                reason: "rejoining: x".into(),
+                last_view: Some(HealthView {
+                    node_id: 2,
+                    incarnation: 6,
+                    state: MembershipState::Rejoining,
+                    view_id: 7,
+                    members: vec![1, 2],
+                    coordinator: 1,
+                    sequencer: Some(1),
+                    primary: true,
+                }),
             }
         );
         // A 200 without the fields the contract names is an error, not a view.
-        let addr = serve_once("200 OK", r#"{"node_id":2,"view_id":7,"members":[1]}"#);
+        let addr = serve_once(
+            "200 OK",
+            r#"{"node_id":2,"incarnation":1,"state":"member","ready":true,"view_id":7,"members":[1]}"#,
+        );
         let e = healthz(addr).unwrap_err();
         assert!(e.contains("coordinator"), "{e}");
+        // So is a 200 for a broker that says it is not a member.
+        let addr = serve_once(
+            "200 OK",
+            r#"{"node_id":2,"incarnation":1,"state":"rejoining","ready":true,"view_id":7,"members":[1],"coordinator":1,"sequencer":null,"primary":true}"#,
+        );
+        let e = healthz(addr).unwrap_err();
+        assert!(e.contains("rejoining"), "{e}");
     }
 }

@@ -346,7 +346,7 @@ fn dashboard_panels_return_data_from_the_catalog() {
     use ordo_broker::engine::Stats;
     use ordo_broker::http::{serve_on, Health};
     use ordo_broker::metrics::Metrics;
-    use ordo_wire::{NodeId, ViewId};
+    use ordo_wire::{Incarnation, NodeId, ViewId};
     use std::sync::Arc;
 
     let Some((prometheus_bin, _)) =
@@ -363,10 +363,8 @@ fn dashboard_panels_return_data_from_the_catalog() {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_health, health_rx) = tokio::sync::watch::channel(Health::NotReady {
-            node_id: NodeId(node),
-            reason: "test".into(),
-        });
+        let (_health, health_rx) =
+            tokio::sync::watch::channel(Health::starting(NodeId(node), Incarnation(1)));
         let mut stopped = stopped.clone();
         rt.spawn(serve_on(listener, metrics.clone(), health_rx, async move {
             let _ = stopped.wait_for(|s| *s).await;

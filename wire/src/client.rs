@@ -381,6 +381,115 @@ pub struct ClusterView {
     pub coordinator: NodeId,
     /// The total-seq sequencer, if the view has one.
     pub sequencer: Option<NodeId>,
+    /// What the answering broker is doing in the group and whether the view
+    /// is primary; `None` from a broker that predates these fields (sent
+    /// after the others, so such a reply still decodes). The broker is a
+    /// member of `view_id` only while the state [`MembershipState::is_member`];
+    /// otherwise the view is the last one it was a member of.
+    pub status: Option<ViewStatus>,
+}
+
+/// The answering broker's place in the group ([`ClusterView::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewStatus {
+    pub state: MembershipState,
+    /// Whether the view holds a quorum of the last primary view, i.e.
+    /// whether total-order topics deliver and accept publishes in it.
+    pub primary: bool,
+}
+
+/// What a broker is doing in the group, as `/healthz` and `ordo cluster`
+/// show it. Unknown codes (a newer broker) survive a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipState {
+    /// Listening for an existing group of its cluster at start-up.
+    Discovering,
+    /// Asking a coordinator for admission (its first join).
+    Joining,
+    /// Lost its place in the group's view (excluded after a suspicion, cut
+    /// off, or merging into a winning view) and asking for admission as a
+    /// new incarnation.
+    Rejoining,
+    /// A member of its installed view.
+    Member,
+    /// A member of its installed view that stopped sending while a view
+    /// change completes (milliseconds, unless a member dies mid-change).
+    Flushing,
+    /// Leaving the group (shutting down).
+    Leaving,
+    /// Out of the group: it left, or was refused (duplicate node id).
+    Left,
+    /// A code this build does not know.
+    Other(u8),
+}
+
+impl MembershipState {
+    /// Every state this build knows, in wire-code order.
+    pub const ALL: [MembershipState; 7] = [
+        MembershipState::Discovering,
+        MembershipState::Joining,
+        MembershipState::Rejoining,
+        MembershipState::Member,
+        MembershipState::Flushing,
+        MembershipState::Leaving,
+        MembershipState::Left,
+    ];
+
+    /// The name shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipState::Discovering => "discovering",
+            MembershipState::Joining => "joining",
+            MembershipState::Rejoining => "rejoining",
+            MembershipState::Member => "member",
+            MembershipState::Flushing => "flushing",
+            MembershipState::Leaving => "leaving",
+            MembershipState::Left => "left",
+            MembershipState::Other(_) => "unknown",
+        }
+    }
+
+    /// The state a name shown by [`MembershipState::as_str`] stands for.
+    pub fn from_name(name: &str) -> Option<MembershipState> {
+        MembershipState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+
+    /// The one-byte wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            MembershipState::Other(c) => c,
+            // ALL holds every other variant.
+            s => MembershipState::ALL
+                .iter()
+                .position(|a| *a == s)
+                .map_or(u8::MAX, |i| i as u8),
+        }
+    }
+
+    /// The state for a wire code; unknown codes are kept as `Other`.
+    pub fn from_code(code: u8) -> MembershipState {
+        MembershipState::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or(MembershipState::Other(code))
+    }
+
+    /// Whether the broker is a member of its installed view (it serves
+    /// clients there; a flush holds publishes for milliseconds only).
+    pub fn is_member(self) -> bool {
+        matches!(self, MembershipState::Member | MembershipState::Flushing)
+    }
+}
+
+impl std::fmt::Display for MembershipState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipState::Other(c) => write!(f, "unknown state {c}"),
+            s => f.write_str(s.as_str()),
+        }
+    }
 }
 
 /// Why a request or connection failed. Unknown codes survive a round trip.
@@ -778,6 +887,11 @@ impl Reply {
                 if let Some(s) = view.sequencer {
                     out.put_u32(s.0);
                 }
+                // Last, so that a reply without them still decodes.
+                if let Some(st) = view.status {
+                    out.put_u8(st.state.code());
+                    put_bool(out, st.primary);
+                }
             }
             Reply::Ping { nonce } => {
                 out.put_u8(K_REPLY_PING);
@@ -859,6 +973,14 @@ impl Reply {
                 }
                 let coordinator = NodeId(r.u32("coordinator")?);
                 let sequencer = r.opt("sequencer", |r| r.u32("sequencer").map(NodeId))?;
+                let status = if r.remaining() > 0 {
+                    Some(ViewStatus {
+                        state: MembershipState::from_code(r.u8("membership state")?),
+                        primary: r.bool("primary")?,
+                    })
+                } else {
+                    None
+                };
                 Reply::Cluster {
                     req,
                     view: ClusterView {
@@ -867,6 +989,7 @@ impl Reply {
                         members,
                         coordinator,
                         sequencer,
+                        status,
                     },
                 }
             }
@@ -1041,5 +1164,57 @@ mod tests {
             f.capacity() < SHARE_MIN,
             "nothing of the payload was copied"
         );
+    }
+
+    #[test]
+    fn cluster_view_carries_the_membership_state_and_decodes_without_it() {
+        let view = ClusterView {
+            view_id: ViewId(6),
+            this: Origin {
+                node: NodeId(3),
+                incarnation: Incarnation(2),
+            },
+            members: vec![Origin {
+                node: NodeId(1),
+                incarnation: Incarnation(1),
+            }],
+            coordinator: NodeId(1),
+            sequencer: Some(NodeId(1)),
+            status: Some(ViewStatus {
+                state: MembershipState::Rejoining,
+                primary: true,
+            }),
+        };
+        let reply = Reply::Cluster { req: 4, view };
+        let mut buf = BytesMut::new();
+        reply.encode(&mut buf);
+        let full = buf.clone();
+        assert_eq!(Reply::decode(&mut buf, 1024), Ok(Some(reply.clone())));
+
+        // A broker that predates the status sends the frame without its
+        // two trailing bytes (and a length two shorter): still a view.
+        let mut old = BytesMut::new();
+        let body = &full[LEN_PREFIX..full.len() - 2];
+        old.put_u32(body.len() as u32);
+        old.put_slice(body);
+        let Ok(Some(Reply::Cluster { view, .. })) = Reply::decode(&mut old, 1024) else {
+            panic!("an old cluster reply must decode");
+        };
+        assert_eq!(view.status, None);
+        assert_eq!(view.view_id, ViewId(6));
+    }
+
+    #[test]
+    fn membership_state_codes_and_names_round_trip() {
+        for s in MembershipState::ALL {
+            assert_eq!(MembershipState::from_code(s.code()), s);
+            assert_eq!(MembershipState::from_name(s.as_str()), Some(s));
+        }
+        let unknown = MembershipState::from_code(200);
+        assert_eq!(unknown, MembershipState::Other(200));
+        assert_eq!(unknown.code(), 200);
+        assert!(!unknown.is_member());
+        assert!(MembershipState::Flushing.is_member());
+        assert!(!MembershipState::Rejoining.is_member());
     }
 }

@@ -20,7 +20,7 @@ use ordo_wire::CausalContext;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::TopicDecl;
-use crate::engine::{ConfirmToken, Delivered, Engine, Event, Publish, PublishError, View};
+use crate::engine::{ConfirmToken, Delivered, Engine, Event, Publish, PublishError};
 use crate::http::Health;
 use crate::metrics::{DeliveryRecorder, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
@@ -503,10 +503,7 @@ impl Driver {
         self.engine
             .abandon_pending("this broker shut down before the group confirmed the message");
         self.flush().await;
-        let _ = self.health.send(Health::NotReady {
-            node_id: self.engine.origin().node,
-            reason: "shutting down".into(),
-        });
+        crate::http::publish_health(&self.health, &self.engine);
         self.metrics.observe_engine(self.engine.stats());
         tracing::info!(connections = self.conns.len(), "engine driver stopped");
     }
@@ -561,6 +558,9 @@ impl Driver {
                 break;
             }
         }
+        // After the events: a view change, exclusion or rejoin shows on
+        // `/healthz` as soon as the engine is in it.
+        crate::http::publish_health(&self.health, &self.engine);
         self.push_deliveries();
         self.kill_slow();
         self.deliveries.flush();
@@ -709,7 +709,7 @@ impl Driver {
                 self.reply(conn, reply);
             }
             Command::Cluster { conn, req } => {
-                let view = cluster_view(self.engine.view(), self.engine.origin());
+                let view = cluster_view(&self.engine);
                 self.reply(conn, Reply::Cluster { req, view });
             }
         }
@@ -933,25 +933,8 @@ impl Driver {
             }
             Event::ViewInstalled(view) => {
                 self.metrics.set_view(view.id, view.members.len());
-                let node_id = self.engine.origin().node;
-                let health = if view.members.iter().any(|m| m.node == node_id) {
-                    tracing::info!(view = %view.id, members = view.members.len(), "view installed");
-                    Health::InView {
-                        node_id,
-                        view_id: view.id,
-                        members: view.members.iter().map(|m| m.node).collect(),
-                        coordinator: view.coordinator,
-                        sequencer: view.sequencer,
-                        primary: view.primary,
-                    }
-                } else {
-                    // The view of a group we left (or were excluded from).
-                    Health::NotReady {
-                        node_id,
-                        reason: format!("not a member of view {}", view.id),
-                    }
-                };
-                let _ = self.health.send(health);
+                // `/healthz` follows at the end of the pass (`flush`).
+                tracing::info!(view = %view.id, members = view.members.len(), "view installed");
             }
         }
     }
@@ -1039,13 +1022,19 @@ fn topics_reply(req: u64, topics: Vec<TopicInfo>, max_frame: usize) -> Reply {
     }
 }
 
-fn cluster_view(view: &View, this: ordo_wire::Origin) -> ClusterView {
+/// The last view installed here, and whether this broker is still in it.
+fn cluster_view(engine: &Engine) -> ClusterView {
+    let view = engine.view();
     ClusterView {
         view_id: view.id,
-        this,
+        this: engine.origin(),
         members: view.members.clone(),
         coordinator: view.coordinator,
         sequencer: view.sequencer,
+        status: Some(ordo_wire::client::ViewStatus {
+            state: engine.membership_state().0,
+            primary: view.primary,
+        }),
     }
 }
 
@@ -1167,10 +1156,7 @@ mod tests {
         ec.retransmit_buffer_bytes = retransmit;
         ec.discovery_timeout = Duration::from_millis(20);
         let engine = Engine::new(ec, Instant::now());
-        let (health, _) = watch::channel(Health::NotReady {
-            node_id: NodeId(1),
-            reason: "test".into(),
-        });
+        let (health, _) = watch::channel(Health::starting(NodeId(1), Incarnation(1)));
         let (d, handle) = Driver::new(
             DriverConfig {
                 default_ordering: Ordering::Fifo,

@@ -819,3 +819,30 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// What this engine is doing in the group, with why it is out of a view
+    /// when that is known (rejoining: what ended its place; left: a
+    /// refusal), for `/healthz` and `ordo cluster`. [`Engine::view`] stays
+    /// the last view installed here: this engine is a member of it only
+    /// while the state `is_member()` (member or flushing).
+    pub fn membership_state(&self) -> (ordo_wire::client::MembershipState, Option<&str>) {
+        use ordo_wire::client::MembershipState as S;
+        let m = &self.membership;
+        match m.phase {
+            Phase::Discovering { .. } => (S::Discovering, None),
+            // A join after losing continuity (exclusion, merge) reports
+            // that loss with its install.
+            Phase::Joining { .. } => match &m.discontinuity {
+                Some((_, why)) => (S::Rejoining, Some(why.as_str())),
+                None => (S::Joining, None),
+            },
+            // A coordinator whose own leave is installed waits for the
+            // acknowledgements out of the view.
+            Phase::Member if m.leaving || !self.in_view => (S::Leaving, None),
+            Phase::Member if m.flush.is_some() => (S::Flushing, None),
+            Phase::Member => (S::Member, None),
+            Phase::Left => (S::Left, m.refused_reason.as_deref()),
+        }
+    }
+}
