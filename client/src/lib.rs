@@ -37,6 +37,8 @@ mod subscription;
 
 pub use client::{Client, ClientOptions, ClientStats, Confirmation, ServerInfo};
 pub use error::Error;
-pub use ordo_wire::client::{ClusterView, ErrorCode, Limits, TopicInfo};
+pub use ordo_wire::client::{
+    ClusterView, ErrorCode, Limits, MembershipState, TopicInfo, ViewStatus,
+};
 pub use ordo_wire::{CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
 pub use subscription::{Discontinuity, Event, Message, Subscription};

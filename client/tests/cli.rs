@@ -438,6 +438,18 @@ fn topic_list_and_cluster_as_json() {
         view["view_id"].is_u64() && view["coordinator"].is_u64(),
         "{view}"
     );
+    // A lone broker is a member of its own primary view.
+    assert_eq!(
+        (&view["state"], &view["primary"]),
+        (&"member".into(), &true.into()),
+        "{view}"
+    );
+    let out = run(ordo(&b).args(["cluster"]));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.starts_with("state        member\n") && shown.contains("\nprimary      yes\n"),
+        "{shown}"
+    );
 }
 
 /// A stdin line above the broker's payload limit (here one that never ends)
