@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 use common::{check_stream, CliSub, SubLine};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use netns::Netns;
-use ordo_broker::testkit::{BrokerProcess, HealthView};
+use ordo_broker::testkit::{BrokerProcess, HealthView, Healthz};
 use ordo_client::{Client, ClientOptions};
+use ordo_wire::client::MembershipState;
 use ordo_wire::Ordering;
 
 /// Bound on anything that must happen on a loaded machine (never a timing
@@ -167,9 +168,38 @@ impl Cluster {
         self.brokers[i] = Some(self.net.start_broker(i, &self.name, self.group, &[]));
     }
 
-    /// Broker `i`'s view, if it answers 200.
+    /// Broker `i`'s view, if it is a member of one (`/healthz` 200): never
+    /// the stale view of a broker that is rejoining.
     fn view(&self, i: usize) -> Option<HealthView> {
         self.brokers[i].as_ref()?.healthz().ok()?.view().cloned()
+    }
+
+    /// What broker `i`'s `/healthz` says, for messages: its state and view,
+    /// or its state, reason and last view.
+    fn health(&self, i: usize) -> String {
+        match self.brokers[i].as_ref().map(BrokerProcess::healthz) {
+            None => "killed".into(),
+            Some(Err(e)) => e,
+            Some(Ok(Healthz::InView(v))) => format!(
+                "{} of view {} {:?} (incarnation {}, primary {})",
+                v.state, v.view_id, v.members, v.incarnation, v.primary
+            ),
+            Some(Ok(Healthz::NotReady {
+                state,
+                reason,
+                last_view,
+            })) => format!(
+                "{state} ({reason}); last view {:?}",
+                last_view.map(|v| (v.view_id, v.members, v.incarnation))
+            ),
+        }
+    }
+
+    /// [`Cluster::health`] of every broker, one line each.
+    fn healths(&self) -> String {
+        (0..self.n())
+            .map(|i| format!("  node {}: {}\n", i + 1, self.health(i)))
+            .collect()
     }
 
     /// Node id of broker `i`.
@@ -208,8 +238,11 @@ impl Cluster {
                 return first.into_iter().map(Option::unwrap).collect();
             }
             if Instant::now() >= deadline {
-                let views: Vec<_> = nodes.iter().map(|&i| (i + 1, self.view(i))).collect();
-                panic!("{what}: not reached in {timeout:?}; views (node, view): {views:#?}");
+                panic!(
+                    "{what}: not reached in {timeout:?} by nodes {:?}; /healthz:\n{}",
+                    nodes.iter().map(|i| i + 1).collect::<Vec<_>>(),
+                    self.healths()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -230,8 +263,10 @@ impl Cluster {
         })
     }
 
-    /// Waits until every broker of `nodes` is in one and the same view made
-    /// of exactly them, primary; returns that view.
+    /// Waits until every broker of `nodes` is a settled member (state
+    /// `member`, no view change in flight) of one and the same view made of
+    /// exactly them, primary; returns that view. A broker that is rejoining
+    /// shows no view (`/healthz` 503), so a stale view never counts.
     fn wait_one_view(&self, nodes: &[usize], timeout: Duration) -> HealthView {
         let want: Vec<u32> = nodes.iter().map(|&i| Cluster::id(i)).collect();
         let deadline = Instant::now() + timeout;
@@ -241,7 +276,7 @@ impl Cluster {
                 v.as_ref().is_some_and(|v| {
                     let mut m = v.members.clone();
                     m.sort_unstable();
-                    m == want && v.primary
+                    m == want && v.primary && v.state == MembershipState::Member
                 })
             }) && views
                 .windows(2)
@@ -251,7 +286,8 @@ impl Cluster {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "nodes {want:?} did not converge on one primary view of them all in {timeout:?}: {views:#?}"
+                    "nodes {want:?} did not converge on one primary view of them all in {timeout:?}; /healthz:\n{}",
+                    self.healths()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -764,6 +800,8 @@ fn sequencer_killed_under_load() {
     assert_eq!(code, Some(0), "ordo cluster failed: {err}");
     let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(shown["view_id"], v.view_id, "{out}");
+    assert_eq!(shown["state"], "member", "{out}");
+    assert_eq!(shown["primary"], v.primary, "{out}");
     assert_eq!(shown["coordinator"], v.coordinator, "{out}");
     assert_eq!(shown["sequencer"], serde_json::json!(v.sequencer), "{out}");
     let nodes: Vec<u64> = shown["members"]
@@ -1086,21 +1124,23 @@ fn one_way_cut(c: &Cluster, deaf: usize, from: &[usize]) {
     );
     // Longer than failure detection and a view change (README, *Failures*).
     std::thread::sleep(CUT_HOLD);
-    let views: Vec<_> = (0..5).map(|i| (i + 1, c.view(i))).collect();
-    eprintln!("views {CUT_HOLD:?} into the cut: {views:?}");
+    eprintln!("{CUT_HOLD:?} into the cut, /healthz:\n{}", c.healths());
     // Progress while the cut holds: a publish now reaches the subscribers
     // of every broker outside the cut. Through a broker that is in a
     // primary view (which one that is depends on what the detector made of
     // the cut; at least the majority outside it must have one).
-    let at = others
+    let (at, members) = others
         .iter()
-        .copied()
-        .find(|&i| c.view(i).is_some_and(|v| v.primary))
-        .expect("no broker outside the cut is in a primary view");
+        .find_map(|&i| c.view(i).filter(|v| v.primary).map(|v| (i, v.members)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no broker outside the cut is a member of a primary view; /healthz:\n{}",
+                c.healths()
+            )
+        });
     let probe = Instant::now();
     publish_ok(c.addr(at), "a.seq", "probe:{n}", 5);
     publish_ok(c.addr(at), "a.fifo", "fprobe:{n}", 5);
-    let members = c.view(at).unwrap().members;
     for &i in &others {
         if !members.contains(&Cluster::id(i)) {
             continue;
@@ -1314,6 +1354,9 @@ fn a_paused_broker_is_excluded_and_rejoins_cleanly() {
         new.incarnation, old.incarnation,
         "an excluded broker must rejoin as a new incarnation"
     );
+    // `/healthz` names the incarnation that is the member (not the old one).
+    let shown = c.view(paused).map(|v| v.incarnation);
+    assert_eq!(shown, Some(new.incarnation.0), "{}", c.healths());
     let s = &subs[paused];
     let d = wait_discontinuity("the paused broker's subscriber", s);
     eprintln!("node {}: {d}", paused + 1);
