@@ -1,6 +1,7 @@
 //! Proves the namespace harness: raw UDP multicast (through the broker's own
 //! `Transport`) between two namespaces on a bridge, first without loss, then
-//! with nftables dropping 30% — the loss must be real and of the right size.
+//! with nftables dropping 30% — the loss must be real and of the right size;
+//! a timed partition ends on its own.
 //! Also checks that the harness removes everything, leftovers of dead runs
 //! included. Skips loudly without root/iproute2/nftables.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -163,6 +164,27 @@ fn multicast_crosses_the_bridge_and_nftables_drops_the_chosen_share() {
     // Removing the rule restores delivery.
     net.set_loss(1, group, 0);
     assert_eq!(exchange(&mut net, group), COUNT);
+}
+
+/// A timed partition (`Netns::partition_for`) ends in the kernel on its
+/// own: once its time is up nothing is dropped, with the rule still there.
+/// (That it drops while it holds, the short-partition test of
+/// `netns_failures` shows with the rule's counters.)
+#[test]
+fn a_timed_partition_ends_by_itself() {
+    let Some(mut net) = Netns::create("netns_timed_cut", 2) else {
+        return;
+    };
+    let group = unique_group();
+    net.partition_for(&[&[0], &[1]], Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        exchange(&mut net, group),
+        COUNT,
+        "the expired cut still drops"
+    );
+    assert_eq!(net.partition_dropped(1), 0);
+    net.heal();
 }
 
 #[test]

@@ -26,6 +26,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Prefix of every namespace this harness creates.
 const NS_PREFIX: &str = "ordo-ns-";
@@ -253,6 +254,40 @@ impl Netns {
         std::thread::scope(|s| {
             for (i, from) in &deaf_to {
                 s.spawn(move || self.deafen(*i, from));
+            }
+        });
+    }
+
+    /// [`Netns::partition`] that ends on its own: each node drops the other
+    /// sides' datagrams for exactly `hold` from the moment its own rule is
+    /// set (the addresses sit in an nftables set whose elements time out),
+    /// however slow the `nft` commands are. A partition meant to be shorter
+    /// than failure detection stays so on a loaded machine, where setting
+    /// five namespaces took up to a second and healing them as long again.
+    /// The rules stay (inert, with their counters) until [`Netns::heal`].
+    pub fn partition_for(&self, sides: &[&[usize]], hold: Duration) {
+        let ms = hold.as_millis().max(1);
+        let mut scripts: Vec<(usize, String)> = Vec::new();
+        for side in sides {
+            let others: Vec<String> = (0..self.nodes.len())
+                .filter(|j| !side.contains(j))
+                .map(|j| format!("{} timeout {ms}ms", self.nodes[j].addr))
+                .collect();
+            let script = format!(
+                "table inet {NFT_PARTITION}\ndelete table inet {NFT_PARTITION}\n\
+                 table inet {NFT_PARTITION} {{\n  \
+                 set cut {{ type ipv4_addr; flags timeout; elements = {{ {} }} }}\n  \
+                 chain input {{\n    \
+                 type filter hook input priority filter; policy accept;\n    \
+                 ip saddr @cut meta l4proto udp counter drop\n  }}\n}}\n",
+                others.join(", ")
+            );
+            scripts.extend(side.iter().map(|&i| (i, script.clone())));
+        }
+        std::thread::scope(|s| {
+            for (i, script) in &scripts {
+                let ns = self.nodes[*i].ns.as_str();
+                s.spawn(move || run_stdin("ip", &["netns", "exec", ns, "nft", "-f", "-"], script));
             }
         });
     }
