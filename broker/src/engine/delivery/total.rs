@@ -35,14 +35,66 @@
 //! everywhere.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use ordo_wire::group::{Control, Priority, TopicState, TotalCounts};
-use ordo_wire::{NodeId, Ordering, Origin, Seq};
+use ordo_wire::{GlobalSeq, NodeId, Ordering, Origin, Seq};
 
 use super::{Out, Ready};
+use crate::engine::Delivered;
 
 type Key = (Priority, Origin, Seq);
+
+/// A total-seq message waiting for its place in the sequencer's order.
+#[derive(Debug)]
+enum Held {
+    /// Its delivery, built on arrival (while its datagram is still in
+    /// cache); only the `gseq` is filled in when its place is known. Boxed
+    /// in the `Arc` it is delivered in, so holding it moves 8 bytes.
+    Msg(Arc<Delivered>),
+    /// A topic declaration (decoded when its place is reached).
+    Declare(Box<Ready>),
+}
+
+/// What [`Total::take_seq`] found for an order entry.
+enum Taken {
+    Held(Held),
+    /// Delivered before (only a second sequencer orders a message twice).
+    Twice,
+    /// Not here (yet): the order came before the data.
+    Missing,
+}
+
+/// One origin's total-seq messages not yet delivered, in stream order,
+/// and the last one delivered. Orders are FIFO per origin, so a message's
+/// place is almost always at the front: no search, no map per message.
+#[derive(Debug, Default)]
+struct SeqOrigin {
+    held: VecDeque<(Seq, Held)>,
+    done: Option<Seq>,
+}
+
+impl SeqOrigin {
+    /// Whether `s` was delivered already (only a second sequencer can
+    /// order a message twice).
+    fn delivered(&self, s: Seq) -> bool {
+        self.done.is_some_and(|d| d >= s)
+    }
+
+    /// Takes message `s` out if we hold it.
+    fn take(&mut self, s: Seq) -> Option<Held> {
+        match self.held.front() {
+            Some((f, _)) if *f == s => self.held.pop_front().map(|(_, h)| h),
+            // Out of FIFO order (a broken or second sequencer): search.
+            Some(_) => {
+                let i = self.held.binary_search_by_key(&s, |(q, _)| *q).ok()?;
+                self.held.remove(i).map(|(_, h)| h)
+            }
+            None => None,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct IsisEntry {
@@ -74,10 +126,11 @@ pub(crate) struct Total {
     proposals_out: Vec<(Origin, Seq, Priority)>,
     finals_out: Vec<(Seq, Priority)>,
     // ----- sequencer -----
-    seq_data: BTreeMap<(Origin, Seq), Ready>,
+    /// Per origin, the messages held for their order and the last delivered.
+    seq: BTreeMap<Origin, SeqOrigin>,
+    /// Messages in `seq` (the sum of its queues).
+    seq_held: usize,
     seq_order: VecDeque<(Origin, Seq)>,
-    /// Per origin, the last sequenced message delivered (orders are FIFO per origin).
-    seq_done: BTreeMap<Origin, Seq>,
     order_out: Vec<(Origin, Seq)>,
     /// Control messages built and not yet in our stream.
     ctl: VecDeque<Control>,
@@ -104,7 +157,7 @@ pub(crate) struct Total {
     /// Whether a view was installed here.
     installed: bool,
     // ----- agreed state -----
-    gseq: BTreeMap<Bytes, u64>,
+    gseq: BTreeMap<Arc<str>, u64>,
     agreed: BTreeMap<String, Spec>,
     /// Planted bugs.
     pub(crate) skip_max: bool,
@@ -132,7 +185,7 @@ impl Total {
     /// Messages pending in both layers and control entries not yet sent.
     pub(crate) fn pending(&self) -> usize {
         self.isis.len()
-            + self.seq_data.len()
+            + self.seq_held
             + self.seq_order.len()
             + self.deferred.values().map(VecDeque::len).sum::<usize>()
     }
@@ -197,10 +250,31 @@ impl Total {
             self.discarded += 1;
             return;
         }
-        let k = (ready.origin, ready.seq);
-        self.seq_data.insert(k, ready);
+        let (o, s) = (ready.origin, ready.seq);
+        let held = if ready.msg.topic.is_empty() {
+            Held::Declare(Box::new(ready))
+        } else {
+            Held::Msg(Arc::new(super::delivered(ready, out.topics)))
+        };
+        self.hold_seq(o, s, held, out);
+    }
+
+    /// A whole total-seq message on a client topic, its delivery already
+    /// built (see `Delivery::accept`: no clone of the message on the way).
+    pub(crate) fn accept_seq_built(&mut self, d: Arc<Delivered>, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
+        let (o, s) = (d.origin, d.seq);
+        self.hold_seq(o, s, Held::Msg(d), out);
+    }
+
+    fn hold_seq(&mut self, o: Origin, s: Seq, held: Held, out: &mut Out<'_>) {
+        self.seq.entry(o).or_default().held.push_back((s, held));
+        self.seq_held += 1;
         if self.sequencing() {
-            self.order_out.push(k);
+            self.order_out.push((o, s));
         }
         self.deliver_seq(out);
     }
@@ -265,8 +339,10 @@ impl Total {
 
     /// Applies the deferred control of each sender up to `held(sender)`.
     pub(crate) fn release(&mut self, held: impl Fn(Origin) -> Seq, out: &mut Out<'_>) {
-        let senders: Vec<Origin> = self.deferred.keys().copied().collect();
-        for sender in senders {
+        // Called after every input: walk the senders without collecting
+        // them (at most one per member), each from the one after the last.
+        let mut next = self.deferred.keys().next().copied();
+        while let Some(sender) = next {
             let upto = held(sender);
             while let Some(q) = self.deferred.get_mut(&sender) {
                 if q.front().is_none_or(|(s, _)| *s > upto) {
@@ -280,6 +356,11 @@ impl Total {
             if self.deferred.get(&sender).is_some_and(VecDeque::is_empty) {
                 self.deferred.remove(&sender);
             }
+            next = self
+                .deferred
+                .range((Bound::Excluded(sender), Bound::Unbounded))
+                .next()
+                .map(|(o, _)| *o);
         }
     }
 
@@ -511,19 +592,34 @@ impl Total {
             return;
         }
         while let Some(&(o, s)) = self.seq_order.front() {
-            if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
-                // Already delivered (only a second sequencer can order it twice).
-                self.seq_order.pop_front();
-                continue;
+            match self.take_seq(o, s) {
+                Taken::Twice => {
+                    self.seq_order.pop_front();
+                }
+                Taken::Missing => return, // the order came before the data
+                Taken::Held(h) => {
+                    self.seq_order.pop_front();
+                    self.done.seq += 1;
+                    self.emit_held(h, out);
+                }
             }
-            let Some(r) = self.seq_data.remove(&(o, s)) else {
-                return; // the order came before the data
-            };
-            self.seq_order.pop_front();
-            self.seq_done.insert(o, s);
-            self.done.seq += 1;
-            self.emit(r, out);
         }
+    }
+
+    /// Takes the message the order names, marking it delivered.
+    fn take_seq(&mut self, o: Origin, s: Seq) -> Taken {
+        let Some(q) = self.seq.get_mut(&o) else {
+            return Taken::Missing;
+        };
+        if q.delivered(s) {
+            return Taken::Twice;
+        }
+        let Some(h) = q.take(s) else {
+            return Taken::Missing;
+        };
+        q.done = Some(s);
+        self.seq_held -= 1;
+        Taken::Held(h)
     }
 
     // ----- delivery, gseq and declarations -----
@@ -533,10 +629,37 @@ impl Total {
             self.declaration(r, out);
             return;
         }
-        let g = self.gseq.entry(r.msg.topic.clone()).or_default();
-        *g += 1;
-        let g = *g;
-        out.deliver(r, Some(g));
+        let d = Arc::new(super::delivered(r, out.topics));
+        self.emit_delivered(d, out);
+    }
+
+    fn emit_held(&mut self, h: Held, out: &mut Out<'_>) {
+        match h {
+            Held::Msg(d) => self.emit_delivered(d, out),
+            Held::Declare(r) => self.declaration(*r, out),
+        }
+    }
+
+    /// Delivers with the topic's next `gseq`.
+    fn emit_delivered(&mut self, mut d: Arc<Delivered>, out: &mut Out<'_>) {
+        let g = if let Some(g) = self.gseq.get_mut(&d.topic) {
+            *g += 1;
+            *g
+        } else {
+            self.gseq.insert(d.topic.clone(), 1);
+            1
+        };
+        let gseq = Some(GlobalSeq(g));
+        match Arc::get_mut(&mut d) {
+            Some(m) => m.gseq = gseq,
+            // Never shared before delivery; if it were, deliver a copy.
+            None => {
+                let mut c = Delivered::clone(&d);
+                c.gseq = gseq;
+                d = Arc::new(c);
+            }
+        }
+        out.push(d);
     }
 
     fn declaration(&mut self, r: Ready, out: &mut Out<'_>) {
@@ -606,22 +729,25 @@ impl Total {
                 let Some(&(o, s)) = self.seq_order.front() else {
                     break;
                 };
-                if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
-                    self.seq_order.pop_front();
-                    continue;
+                match self.take_seq(o, s) {
+                    Taken::Twice => {
+                        self.seq_order.pop_front();
+                    }
+                    Taken::Missing => break,
+                    Taken::Held(h) => {
+                        self.seq_order.pop_front();
+                        self.done.seq += 1;
+                        self.emit_held(h, out);
+                    }
                 }
-                let Some(r) = self.seq_data.remove(&(o, s)) else {
-                    break;
-                };
-                self.seq_order.pop_front();
-                self.seq_done.insert(o, s);
-                self.done.seq += 1;
-                self.emit(r, out);
             }
-            self.discarded += (self.isis.len() + self.seq_data.len()) as u64;
+            self.discarded += (self.isis.len() + self.seq_held) as u64;
             self.isis.clear();
             self.queue.clear();
-            self.seq_data.clear();
+            for q in self.seq.values_mut() {
+                q.held.clear();
+            }
+            self.seq_held = 0;
             self.seq_order.clear();
         }
         // ISIS: finals in final order, then the rest by (origin, seq).
@@ -650,16 +776,22 @@ impl Total {
         self.last_final = Priority::default();
         // Sequencer: its order, then the rest by (origin, seq).
         while let Some((o, s)) = self.seq_order.pop_front() {
-            if let Some(r) = self.seq_data.remove(&(o, s)) {
-                self.seq_done.insert(o, s);
-                self.emit(r, out);
+            if let Some(q) = self.seq.get_mut(&o) {
+                if let Some(h) = q.take(s) {
+                    q.done = Some(s);
+                    self.seq_held -= 1;
+                    self.emit_held(h, out);
+                }
             }
         }
-        let rest: Vec<(Origin, Seq)> = self.seq_data.keys().copied().collect();
-        for k in rest {
-            if let Some(r) = self.seq_data.remove(&k) {
-                self.seq_done.insert(k.0, k.1);
-                self.emit(r, out);
+        let origins: Vec<Origin> = self.seq.keys().copied().collect();
+        for o in origins {
+            while let Some((s, h)) = self.seq.get_mut(&o).and_then(|q| q.held.pop_front()) {
+                if let Some(q) = self.seq.get_mut(&o) {
+                    q.done = Some(s);
+                }
+                self.seq_held -= 1;
+                self.emit_held(h, out);
             }
         }
         self.order_out.clear();
@@ -684,7 +816,7 @@ impl Total {
         self.sequencer = sequencer;
         self.primary = primary;
         let keep = &self.members;
-        self.seq_done.retain(|o, _| keep.contains(o));
+        self.seq.retain(|o, _| keep.contains(o));
     }
 
     /// The agreed state a joiner needs: topics and their `gseq`.
@@ -697,7 +829,7 @@ impl Total {
                 name: name.clone(),
                 ordering: *ordering,
                 safe: *safe,
-                gseq: self.gseq.get(name.as_bytes()).copied().unwrap_or(0),
+                gseq: self.gseq.get(name.as_str()).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -706,8 +838,7 @@ impl Total {
     pub(crate) fn load(&mut self, state: &[TopicState], out: &mut Out<'_>) {
         for t in state {
             if t.gseq > 0 {
-                self.gseq
-                    .insert(Bytes::copy_from_slice(t.name.as_bytes()), t.gseq);
+                self.gseq.insert(Arc::from(t.name.as_str()), t.gseq);
             }
             if self.agreed.contains_key(&t.name) {
                 continue;
@@ -725,6 +856,7 @@ mod tests {
     use super::*;
     use crate::engine::topics::TopicCache;
     use crate::engine::Event;
+    use bytes::Bytes;
     use ordo_wire::group::DataMsg;
     use ordo_wire::{CausalContext, Incarnation};
 
