@@ -137,17 +137,21 @@ impl Delivery {
             ))));
             return Ok(1);
         }
-        if msg.ordering == Ordering::TotalSeq
+        if matches!(msg.ordering, Ordering::TotalSeq | Ordering::TotalIsis)
             && msg.fragment.is_none()
             && !msg.topic.is_empty()
             && self.fifo.passes_through(origin)
         {
-            // A whole total-seq message waits for its place as the delivery
-            // it will become (no clone of the message, topic looked up
-            // while the datagram is in cache).
+            // A whole total-order message waits for its place as the
+            // delivery it will become (no clone of the message, topic
+            // looked up while the datagram is in cache).
             let mut out = Out::new(events, topics);
             let d = Arc::new(delivered_whole(origin, msg, out.topics));
-            self.total.accept_seq_built(d, &mut out);
+            if msg.ordering == Ordering::TotalSeq {
+                self.total.accept_seq_built(d, &mut out);
+            } else {
+                self.total.accept_isis_built(d, &mut out);
+            }
             return Ok(out.delivered);
         }
         let Some(ready) = self.fifo.reassemble(origin, msg.clone())? else {
@@ -377,8 +381,8 @@ pub(crate) fn delivered(ready: Ready, topics: &mut TopicCache) -> Delivered {
     }
 }
 
-/// The delivery of a whole FIFO or total-seq message as received (no
-/// context; a total-seq one gets its `gseq` when its place is known).
+/// The delivery of a whole FIFO or total-order message as received (no
+/// context; a total-order one gets its `gseq` when its place is known).
 fn delivered_whole(origin: Origin, msg: &DataMsg, topics: &mut TopicCache) -> Delivered {
     Delivered {
         topic: topics.name(&msg.topic),

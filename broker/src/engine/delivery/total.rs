@@ -98,7 +98,8 @@ impl SeqOrigin {
 
 #[derive(Debug)]
 struct IsisEntry {
-    ready: Ready,
+    /// Its delivery, built on arrival; the `gseq` is set when delivered.
+    d: Arc<Delivered>,
     key: Key,
 }
 
@@ -226,15 +227,26 @@ impl Total {
             self.discarded += 1;
             return;
         }
+        let d = Arc::new(super::delivered(ready, out.topics));
+        self.accept_isis_built(d, out);
+    }
+
+    /// A whole total-isis message, its delivery already built (see
+    /// `Delivery::accept`).
+    pub(crate) fn accept_isis_built(&mut self, d: Arc<Delivered>, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         self.counter += 1;
         let p = Priority {
             counter: self.counter,
             node: self.me.node,
         };
-        let (o, s) = (ready.origin, ready.seq);
+        let (o, s) = (d.origin, d.seq);
         let key = (p, o, s);
         self.queue.insert(key, false);
-        self.isis.insert((o, s), IsisEntry { ready, key });
+        self.isis.insert((o, s), IsisEntry { d, key });
         if o == self.me {
             self.collecting.entry(s).or_default().insert(self.me, p);
             self.try_finalize();
@@ -580,7 +592,7 @@ impl Total {
             if let Some(e) = self.isis.remove(&(o, s)) {
                 self.done.isis += 1;
                 self.last_key = e.key;
-                self.emit(e.ready, out);
+                self.emit_delivered(e.d, out);
             }
         }
     }
@@ -623,15 +635,6 @@ impl Total {
     }
 
     // ----- delivery, gseq and declarations -----
-
-    fn emit(&mut self, r: Ready, out: &mut Out<'_>) {
-        if r.msg.topic.is_empty() {
-            self.declaration(r, out);
-            return;
-        }
-        let d = Arc::new(super::delivered(r, out.topics));
-        self.emit_delivered(d, out);
-    }
 
     fn emit_held(&mut self, h: Held, out: &mut Out<'_>) {
         match h {
@@ -722,7 +725,7 @@ impl Total {
                 if let Some(e) = self.isis.remove(&(o, s)) {
                     self.done.isis += 1;
                     self.last_key = e.key;
-                    self.emit(e.ready, out);
+                    self.emit_delivered(e.d, out);
                 }
             }
             while self.done.seq < self.frontier.seq {
@@ -760,13 +763,13 @@ impl Total {
         finals.sort();
         for (_, o, s) in finals {
             if let Some(e) = self.isis.remove(&(o, s)) {
-                self.emit(e.ready, out);
+                self.emit_delivered(e.d, out);
             }
         }
         let rest: Vec<(Origin, Seq)> = self.isis.keys().copied().collect();
         for k in rest {
             if let Some(e) = self.isis.remove(&k) {
-                self.emit(e.ready, out);
+                self.emit_delivered(e.d, out);
             }
         }
         self.queue.clear();
