@@ -96,11 +96,23 @@ impl SeqOrigin {
     }
 }
 
+/// A total-isis message without a final priority yet.
 #[derive(Debug)]
 struct IsisEntry {
+    seq: Seq,
     /// Its delivery, built on arrival; the `gseq` is set when delivered.
     d: Arc<Delivered>,
-    key: Key,
+}
+
+/// The proposals for one of our messages, one per member (a handful).
+type Proposals = Vec<(Origin, Priority)>;
+
+/// Records `sender`'s proposal (a later one replaces an earlier one).
+fn propose(props: &mut Proposals, sender: Origin, p: Priority) {
+    match props.iter_mut().find(|(o, _)| *o == sender) {
+        Some(e) => e.1 = p,
+        None => props.push((sender, p)),
+    }
 }
 
 /// The agreed settings of a topic.
@@ -116,11 +128,20 @@ pub(crate) struct Total {
     batch: usize,
     // ----- ISIS -----
     counter: u64,
-    isis: BTreeMap<(Origin, Seq), IsisEntry>,
-    /// Every pending ISIS message by key; true once final.
-    queue: BTreeMap<Key, bool>,
+    /// Per origin, its messages without a final, in stream order (an
+    /// origin fixes its finals in stream order, so a final almost always
+    /// names the front: no search, no map entry per message).
+    isis: BTreeMap<Origin, VecDeque<IsisEntry>>,
+    /// Messages in `isis`.
+    isis_len: usize,
+    /// The priorities we proposed, ascending (each above the last): the
+    /// places of messages without a final, plus stale ones of messages that
+    /// got theirs since (skipped at the front, see [`Total::deliver_isis`]).
+    tentative: VecDeque<Key>,
+    /// Messages with a final priority, not yet delivered, in final order.
+    finals: BTreeMap<Key, Arc<Delivered>>,
     /// Our own messages collecting proposals, in stream order.
-    collecting: BTreeMap<Seq, BTreeMap<Origin, Priority>>,
+    collecting: BTreeMap<Seq, Proposals>,
     last_final: Priority,
     /// Our last message with a final (finals are fixed in stream order).
     final_upto: Seq,
@@ -185,7 +206,8 @@ impl Total {
 
     /// Messages pending in both layers and control entries not yet sent.
     pub(crate) fn pending(&self) -> usize {
-        self.isis.len()
+        self.isis_len
+            + self.finals.len()
             + self.seq_held
             + self.seq_order.len()
             + self.deferred.values().map(VecDeque::len).sum::<usize>()
@@ -245,10 +267,19 @@ impl Total {
         };
         let (o, s) = (d.origin, d.seq);
         let key = (p, o, s);
-        self.queue.insert(key, false);
-        self.isis.insert((o, s), IsisEntry { d, key });
+        self.isis
+            .entry(o)
+            .or_default()
+            .push_back(IsisEntry { seq: s, d });
+        self.isis_len += 1;
+        self.tentative.push_back(key);
         if o == self.me {
-            self.collecting.entry(s).or_default().insert(self.me, p);
+            let n = self.members.len();
+            let props = self
+                .collecting
+                .entry(s)
+                .or_insert_with(|| Vec::with_capacity(n));
+            propose(props, self.me, p);
             self.try_finalize();
         } else {
             self.proposals_out.push((o, s, p));
@@ -307,7 +338,7 @@ impl Total {
                     }
                     // Our message may not be in the layer yet (held until
                     // stable behind a safe one): its proposals wait for it.
-                    self.collecting.entry(s).or_default().insert(sender, p);
+                    propose(self.collecting.entry(s).or_default(), sender, p);
                 }
                 self.try_finalize();
             }
@@ -410,23 +441,24 @@ impl Total {
                 .sum()
         };
         TotalCounts {
-            isis: self.done.isis
-                + self.queue.values().filter(|f| **f).count() as u64
-                + deferred(true),
+            isis: self.done.isis + self.finals.len() as u64 + deferred(true),
             seq: self.done.seq + self.seq_order.len() as u64 + deferred(false),
         }
     }
 
     /// The highest ISIS place we delivered or hold a final for in this view.
     fn held_final(&self) -> Key {
-        let applied = self.queue.iter().filter(|(_, f)| **f).map(|(k, _)| *k);
+        let applied = self.finals.keys().next_back().copied();
         let deferred = self.deferred.iter().flat_map(|(o, q)| {
             q.iter().flat_map(move |(_, c)| match c {
                 Control::IsisFinal(v) => v.iter().map(|(s, p)| (*p, *o, *s)).collect(),
                 _ => Vec::new(),
             })
         });
-        applied.chain(deferred).fold(self.last_key, std::cmp::max)
+        applied
+            .into_iter()
+            .chain(deferred)
+            .fold(self.last_key, std::cmp::max)
     }
 
     /// What we held of our last primary view's decisions (the current one's
@@ -528,7 +560,7 @@ impl Total {
     /// Fixes the final priority of our oldest messages that have every proposal.
     fn try_finalize(&mut self) {
         while let Some((&s, props)) = self.collecting.first_key_value() {
-            if !self.isis.contains_key(&(self.me, s)) {
+            if !self.isis_holds(self.me, s) {
                 // Our messages enter in stream order: if a later one is here,
                 // this seq is no ISIS message of ours (a broken peer's
                 // proposal); otherwise it has not entered yet.
@@ -536,7 +568,7 @@ impl Total {
                     .collecting
                     .keys()
                     .skip(1)
-                    .any(|k| self.isis.contains_key(&(self.me, *k)));
+                    .any(|k| self.isis_holds(self.me, *k));
                 if later {
                     self.collecting.remove(&s);
                     self.unknown += 1;
@@ -544,13 +576,21 @@ impl Total {
                 }
                 return;
             }
-            if !self.members.iter().all(|m| props.contains_key(m)) {
+            if !self
+                .members
+                .iter()
+                .all(|m| props.iter().any(|(o, _)| o == m))
+            {
                 return;
             }
             let max = if self.skip_max {
-                props.get(&self.me).copied().unwrap_or_default()
+                props
+                    .iter()
+                    .find(|(o, _)| *o == self.me)
+                    .map(|(_, p)| *p)
+                    .unwrap_or_default()
             } else {
-                props.values().max().copied().unwrap_or_default()
+                props.iter().map(|(_, p)| *p).max().unwrap_or_default()
             };
             // Above our previous final, so our messages keep their order.
             let fin = if max > self.last_final {
@@ -571,29 +611,63 @@ impl Total {
 
     fn apply_final(&mut self, origin: Origin, s: Seq, p: Priority) {
         self.counter = self.counter.max(p.counter);
-        let Some(e) = self.isis.get_mut(&(origin, s)) else {
+        let Some(e) = self.take_isis(origin, s) else {
+            // Unknown, or final already (an origin fixes each final once).
             self.unknown += 1;
             return;
         };
-        self.queue.remove(&e.key);
-        e.key = (p, origin, s);
-        self.queue.insert(e.key, true);
+        self.finals.insert((p, origin, s), e.d);
     }
 
+    /// Where `origin`'s message `s` is in its queue of messages without a final.
+    fn isis_index(&self, origin: Origin, s: Seq) -> Option<usize> {
+        let q = self.isis.get(&origin)?;
+        match q.front() {
+            Some(f) if f.seq == s => Some(0),
+            Some(f) if f.seq > s => None,
+            Some(_) => q.binary_search_by_key(&s, |e| e.seq).ok(),
+            None => None,
+        }
+    }
+
+    /// Whether `origin`'s message `s` is here without a final.
+    fn isis_holds(&self, origin: Origin, s: Seq) -> bool {
+        self.isis_index(origin, s).is_some()
+    }
+
+    /// Takes `origin`'s message `s` out of the messages without a final.
+    fn take_isis(&mut self, origin: Origin, s: Seq) -> Option<IsisEntry> {
+        let i = self.isis_index(origin, s)?;
+        let e = self.isis.get_mut(&origin)?.remove(i)?;
+        self.isis_len -= 1;
+        Some(e)
+    }
+
+    /// Delivers while the lowest place of all pending messages is final:
+    /// the first final is below every proposal still tentative.
     fn deliver_isis(&mut self, out: &mut Out<'_>) {
         if self.frozen {
             return;
         }
-        while let Some((&(_, o, s), &fin)) = self.queue.first_key_value() {
-            if !fin {
+        loop {
+            while let Some(&(_, o, s)) = self.tentative.front() {
+                if self.isis_holds(o, s) {
+                    break;
+                }
+                self.tentative.pop_front(); // it has its final now
+            }
+            let Some((first, _)) = self.finals.first_key_value() else {
+                return;
+            };
+            if self.tentative.front().is_some_and(|t| t < first) {
                 return;
             }
-            self.queue.pop_first();
-            if let Some(e) = self.isis.remove(&(o, s)) {
-                self.done.isis += 1;
-                self.last_key = e.key;
-                self.emit_delivered(e.d, out);
-            }
+            let Some((key, d)) = self.finals.pop_first() else {
+                return;
+            };
+            self.done.isis += 1;
+            self.last_key = key;
+            self.emit_delivered(d, out);
         }
     }
 
@@ -712,21 +786,13 @@ impl Total {
             // gave us its finals, orders and data. The rest has no agreed
             // place and would be placed apart from the primary side: it is
             // delivered nowhere here.
-            let finals: Vec<Key> = self
-                .queue
-                .iter()
-                .filter(|(_, f)| **f)
-                .map(|(k, _)| *k)
-                .collect();
-            for (_, o, s) in finals {
-                if self.done.isis >= self.frontier.isis {
+            while self.done.isis < self.frontier.isis {
+                let Some((key, d)) = self.finals.pop_first() else {
                     break;
-                }
-                if let Some(e) = self.isis.remove(&(o, s)) {
-                    self.done.isis += 1;
-                    self.last_key = e.key;
-                    self.emit_delivered(e.d, out);
-                }
+                };
+                self.done.isis += 1;
+                self.last_key = key;
+                self.emit_delivered(d, out);
             }
             while self.done.seq < self.frontier.seq {
                 let Some(&(o, s)) = self.seq_order.front() else {
@@ -744,9 +810,11 @@ impl Total {
                     }
                 }
             }
-            self.discarded += (self.isis.len() + self.seq_held) as u64;
+            self.discarded += (self.isis_len + self.finals.len() + self.seq_held) as u64;
             self.isis.clear();
-            self.queue.clear();
+            self.isis_len = 0;
+            self.finals.clear();
+            self.tentative.clear();
             for q in self.seq.values_mut() {
                 q.held.clear();
             }
@@ -754,25 +822,16 @@ impl Total {
             self.seq_order.clear();
         }
         // ISIS: finals in final order, then the rest by (origin, seq).
-        let mut finals: Vec<Key> = self
-            .queue
-            .iter()
-            .filter(|(_, f)| **f)
-            .map(|(k, _)| *k)
-            .collect();
-        finals.sort();
-        for (_, o, s) in finals {
-            if let Some(e) = self.isis.remove(&(o, s)) {
+        while let Some((_, d)) = self.finals.pop_first() {
+            self.emit_delivered(d, out);
+        }
+        for q in std::mem::take(&mut self.isis).into_values() {
+            for e in q {
                 self.emit_delivered(e.d, out);
             }
         }
-        let rest: Vec<(Origin, Seq)> = self.isis.keys().copied().collect();
-        for k in rest {
-            if let Some(e) = self.isis.remove(&k) {
-                self.emit_delivered(e.d, out);
-            }
-        }
-        self.queue.clear();
+        self.isis_len = 0;
+        self.tentative.clear();
         self.collecting.clear();
         self.proposals_out.clear();
         self.finals_out.clear();
