@@ -142,6 +142,9 @@ pub(crate) struct Total {
     finals: BTreeMap<Key, Arc<Delivered>>,
     /// Our own messages collecting proposals, in stream order.
     collecting: BTreeMap<Seq, Proposals>,
+    /// Our own ISIS messages in the layer whose final we have not fixed,
+    /// in stream order (which of `collecting` are here).
+    own_open: VecDeque<Seq>,
     last_final: Priority,
     /// Our last message with a final (finals are fixed in stream order).
     final_upto: Seq,
@@ -274,6 +277,7 @@ impl Total {
         self.isis_len += 1;
         self.tentative.push_back(key);
         if o == self.me {
+            self.own_open.push_back(s);
             let n = self.members.len();
             let props = self
                 .collecting
@@ -560,15 +564,17 @@ impl Total {
     /// Fixes the final priority of our oldest messages that have every proposal.
     fn try_finalize(&mut self) {
         while let Some((&s, props)) = self.collecting.first_key_value() {
-            if !self.isis_holds(self.me, s) {
+            let here = match self.own_open.front() {
+                Some(f) if *f == s => true,
+                Some(f) if *f > s => false,
+                Some(_) => self.own_open.binary_search(&s).is_ok(),
+                None => false,
+            };
+            if !here {
                 // Our messages enter in stream order: if a later one is here,
                 // this seq is no ISIS message of ours (a broken peer's
                 // proposal); otherwise it has not entered yet.
-                let later = self
-                    .collecting
-                    .keys()
-                    .skip(1)
-                    .any(|k| self.isis_holds(self.me, *k));
+                let later = self.own_open.back().is_some_and(|b| *b > s);
                 if later {
                     self.collecting.remove(&s);
                     self.unknown += 1;
@@ -606,6 +612,11 @@ impl Total {
             self.counter = self.counter.max(fin.counter);
             self.finals_out.push((s, fin));
             self.collecting.remove(&s);
+            if self.own_open.front() == Some(&s) {
+                self.own_open.pop_front();
+            } else if let Ok(i) = self.own_open.binary_search(&s) {
+                self.own_open.remove(i);
+            }
         }
     }
 
@@ -833,6 +844,7 @@ impl Total {
         self.isis_len = 0;
         self.tentative.clear();
         self.collecting.clear();
+        self.own_open.clear();
         self.proposals_out.clear();
         self.finals_out.clear();
         self.last_final = Priority::default();
@@ -1042,5 +1054,72 @@ mod tests {
         t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
         assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
         assert_eq!(t.state(), vec![]);
+    }
+
+    #[test]
+    fn isis_delivers_finals_in_final_order_past_stale_proposals() {
+        // We are node 3; nodes 1 and 2 each send two messages.
+        let mut t = Total::new(o(3), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
+        for (origin, seq) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            t.accept_isis(msg(origin, seq, Ordering::TotalIsis), &mut out);
+        }
+        // We proposed 1.3, 2.3, 3.3, 4.3. Node 2's messages get finals
+        // first (above our first proposal): nothing may be delivered.
+        t.on_control(
+            o(2),
+            Control::IsisFinal(vec![(Seq(1), p(5, 1)), (Seq(2), p(7, 2))]),
+            &mut out,
+        );
+        assert_eq!(out.delivered, 0, "1:1 (tentative 1.3) may still come first");
+        // Node 1's: 1:1 lands between node 2's, 1:2 after both.
+        t.on_control(
+            o(1),
+            Control::IsisFinal(vec![(Seq(1), p(6, 1)), (Seq(2), p(8, 1))]),
+            &mut out,
+        );
+        assert_eq!(
+            delivered(out.events),
+            [
+                ("2:1".into(), 1),
+                ("1:1".into(), 2),
+                ("2:2".into(), 3),
+                ("1:2".into(), 4)
+            ]
+        );
+        // A second final for a delivered message is counted, not applied.
+        t.on_control(o(1), Control::IsisFinal(vec![(Seq(2), p(9, 1))]), &mut out);
+        assert_eq!(t.unknown, 1);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn sequenced_orders_out_of_stream_order_and_twice_are_handled() {
+        let mut t = Total::new(o(2), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
+        for seq in 1..=3 {
+            t.accept_seq(msg(3, seq, Ordering::TotalSeq), &mut out);
+        }
+        // A (broken) order naming 3:2 before 3:1 (found behind the front),
+        // then 3:1: as before, an origin's order is taken to be FIFO, so
+        // 3:1 counts as passed and is skipped, both times.
+        t.on_control(
+            o(1),
+            Control::SequencerOrder(vec![(o(3), Seq(2)), (o(3), Seq(1)), (o(3), Seq(1))]),
+            &mut out,
+        );
+        assert_eq!(delivered(out.events), [("3:2".into(), 1)]);
+        assert_eq!(t.pending(), 2, "3:1 and 3:3 are held, nothing is ordered");
+        // The view change delivers what was never delivered, by seq.
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("3:1".into(), 2), ("3:3".into(), 3)]
+        );
+        assert_eq!(t.pending(), 0);
     }
 }
