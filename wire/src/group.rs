@@ -594,7 +594,8 @@ impl Control {
 
     /// The payload carrying this control message.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
+        // Sized up front: a batch fills most of a datagram.
+        let mut out = BytesMut::with_capacity(Self::HEADER_LEN + self.entries_len());
         match self {
             Control::IsisProposal(v) => {
                 out.put_u8(kind::ISIS_PROPOSAL);
@@ -631,6 +632,16 @@ impl Control {
             }
         }
         out.freeze()
+    }
+
+    /// Bytes of the entries (a declaration's fields, roughly).
+    fn entries_len(&self) -> usize {
+        match self {
+            Control::IsisProposal(v) => v.len() * Self::PROPOSAL_LEN,
+            Control::IsisFinal(v) => v.len() * Self::FINAL_LEN,
+            Control::SequencerOrder(v) => v.len() * Self::ORDER_LEN,
+            Control::Declare { name, .. } => name.len() + 16,
+        }
     }
 
     /// Decodes a control payload. Never panics.

@@ -23,7 +23,7 @@ mod stats;
 mod timer;
 mod topics;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -519,18 +519,23 @@ impl Engine {
         if matches!(mode, Release::Quorum) && self.membership.flushing() {
             return;
         }
-        let members = &self.view.members;
-        let held: BTreeMap<Origin, Seq> = members
-            .iter()
-            .map(|o| {
-                let s = match mode {
-                    Release::All => Seq(u64::MAX),
-                    Release::Quorum => self.rel.held_by_quorum(*o, members),
-                };
-                (*o, s)
-            })
-            .collect();
-        let mine = held.get(&self.me).copied().unwrap_or_default();
+        // Asked per sender only when something of it waits (this runs
+        // after every input).
+        let (rel, members) = (&self.rel, &self.view.members);
+        let held = |o: Origin| {
+            if !members.contains(&o) {
+                return Seq::default();
+            }
+            match mode {
+                Release::All => Seq(u64::MAX),
+                Release::Quorum => rel.held_by_quorum(o, members),
+            }
+        };
+        let mine = if self.own_control.is_empty() {
+            Seq::default()
+        } else {
+            held(self.me)
+        };
         while let Some((seq, _)) = self.own_control.front() {
             if *seq > mine {
                 break;
@@ -542,11 +547,9 @@ impl Engine {
             self.stats.delivered += n as u64;
             self.stats.messages_delivered += n as u64;
         }
-        let n = self.delivery.release_control(
-            |o| held.get(&o).copied().unwrap_or_default(),
-            &mut self.topics,
-            &mut self.events,
-        );
+        let n = self
+            .delivery
+            .release_control(held, &mut self.topics, &mut self.events);
         self.stats.delivered += n as u64;
         self.stats.messages_delivered += n as u64;
     }

@@ -59,6 +59,12 @@ impl<'a> Out<'a> {
         self.events.push_back(Event::Deliver(Arc::new(d)));
     }
 
+    /// Delivers a delivery built beforehand (its `gseq` set).
+    pub(crate) fn push(&mut self, d: Arc<Delivered>) {
+        self.delivered += 1;
+        self.events.push_back(Event::Deliver(d));
+    }
+
     /// A topic declaration reached its place in the total order.
     pub(crate) fn declared(
         &mut self,
@@ -126,10 +132,27 @@ impl Delivery {
         {
             // The common case: a whole FIFO message is delivered at once,
             // built from the log's copy without cloning it first.
-            events.push_back(Event::Deliver(Arc::new(delivered_fifo(
+            events.push_back(Event::Deliver(Arc::new(delivered_whole(
                 origin, msg, topics,
             ))));
             return Ok(1);
+        }
+        if matches!(msg.ordering, Ordering::TotalSeq | Ordering::TotalIsis)
+            && msg.fragment.is_none()
+            && !msg.topic.is_empty()
+            && self.fifo.passes_through(origin)
+        {
+            // A whole total-order message waits for its place as the
+            // delivery it will become (no clone of the message, topic
+            // looked up while the datagram is in cache).
+            let mut out = Out::new(events, topics);
+            let d = Arc::new(delivered_whole(origin, msg, out.topics));
+            if msg.ordering == Ordering::TotalSeq {
+                self.total.accept_seq_built(d, &mut out);
+            } else {
+                self.total.accept_isis_built(d, &mut out);
+            }
+            return Ok(out.delivered);
         }
         let Some(ready) = self.fifo.reassemble(origin, msg.clone())? else {
             return Ok(0);
@@ -358,8 +381,9 @@ pub(crate) fn delivered(ready: Ready, topics: &mut TopicCache) -> Delivered {
     }
 }
 
-/// The delivery of a whole FIFO message (no context, no global sequence).
-fn delivered_fifo(origin: Origin, msg: &DataMsg, topics: &mut TopicCache) -> Delivered {
+/// The delivery of a whole FIFO or total-order message as received (no
+/// context; a total-order one gets its `gseq` when its place is known).
+fn delivered_whole(origin: Origin, msg: &DataMsg, topics: &mut TopicCache) -> Delivered {
     Delivered {
         topic: topics.name(&msg.topic),
         ordering: msg.ordering,

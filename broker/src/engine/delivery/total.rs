@@ -35,19 +35,84 @@
 //! everywhere.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use ordo_wire::group::{Control, Priority, TopicState, TotalCounts};
-use ordo_wire::{NodeId, Ordering, Origin, Seq};
+use ordo_wire::{GlobalSeq, NodeId, Ordering, Origin, Seq};
 
 use super::{Out, Ready};
+use crate::engine::Delivered;
 
 type Key = (Priority, Origin, Seq);
 
+/// A total-seq message waiting for its place in the sequencer's order.
+#[derive(Debug)]
+enum Held {
+    /// Its delivery, built on arrival (while its datagram is still in
+    /// cache); only the `gseq` is filled in when its place is known. Boxed
+    /// in the `Arc` it is delivered in, so holding it moves 8 bytes.
+    Msg(Arc<Delivered>),
+    /// A topic declaration (decoded when its place is reached).
+    Declare(Box<Ready>),
+}
+
+/// What [`Total::take_seq`] found for an order entry.
+enum Taken {
+    Held(Held),
+    /// Delivered before (only a second sequencer orders a message twice).
+    Twice,
+    /// Not here (yet): the order came before the data.
+    Missing,
+}
+
+/// One origin's total-seq messages not yet delivered, in stream order,
+/// and the last one delivered. Orders are FIFO per origin, so a message's
+/// place is almost always at the front: no search, no map per message.
+#[derive(Debug, Default)]
+struct SeqOrigin {
+    held: VecDeque<(Seq, Held)>,
+    done: Option<Seq>,
+}
+
+impl SeqOrigin {
+    /// Whether `s` was delivered already (only a second sequencer can
+    /// order a message twice).
+    fn delivered(&self, s: Seq) -> bool {
+        self.done.is_some_and(|d| d >= s)
+    }
+
+    /// Takes message `s` out if we hold it.
+    fn take(&mut self, s: Seq) -> Option<Held> {
+        match self.held.front() {
+            Some((f, _)) if *f == s => self.held.pop_front().map(|(_, h)| h),
+            // Out of FIFO order (a broken or second sequencer): search.
+            Some(_) => {
+                let i = self.held.binary_search_by_key(&s, |(q, _)| *q).ok()?;
+                self.held.remove(i).map(|(_, h)| h)
+            }
+            None => None,
+        }
+    }
+}
+
+/// A total-isis message without a final priority yet.
 #[derive(Debug)]
 struct IsisEntry {
-    ready: Ready,
-    key: Key,
+    seq: Seq,
+    /// Its delivery, built on arrival; the `gseq` is set when delivered.
+    d: Arc<Delivered>,
+}
+
+/// The proposals for one of our messages, one per member (a handful).
+type Proposals = Vec<(Origin, Priority)>;
+
+/// Records `sender`'s proposal (a later one replaces an earlier one).
+fn propose(props: &mut Proposals, sender: Origin, p: Priority) {
+    match props.iter_mut().find(|(o, _)| *o == sender) {
+        Some(e) => e.1 = p,
+        None => props.push((sender, p)),
+    }
 }
 
 /// The agreed settings of a topic.
@@ -63,21 +128,34 @@ pub(crate) struct Total {
     batch: usize,
     // ----- ISIS -----
     counter: u64,
-    isis: BTreeMap<(Origin, Seq), IsisEntry>,
-    /// Every pending ISIS message by key; true once final.
-    queue: BTreeMap<Key, bool>,
+    /// Per origin, its messages without a final, in stream order (an
+    /// origin fixes its finals in stream order, so a final almost always
+    /// names the front: no search, no map entry per message).
+    isis: BTreeMap<Origin, VecDeque<IsisEntry>>,
+    /// Messages in `isis`.
+    isis_len: usize,
+    /// The priorities we proposed, ascending (each above the last): the
+    /// places of messages without a final, plus stale ones of messages that
+    /// got theirs since (skipped at the front, see [`Total::deliver_isis`]).
+    tentative: VecDeque<Key>,
+    /// Messages with a final priority, not yet delivered, in final order.
+    finals: BTreeMap<Key, Arc<Delivered>>,
     /// Our own messages collecting proposals, in stream order.
-    collecting: BTreeMap<Seq, BTreeMap<Origin, Priority>>,
+    collecting: BTreeMap<Seq, Proposals>,
+    /// Our own ISIS messages in the layer whose final we have not fixed,
+    /// in stream order (which of `collecting` are here).
+    own_open: VecDeque<Seq>,
     last_final: Priority,
     /// Our last message with a final (finals are fixed in stream order).
     final_upto: Seq,
     proposals_out: Vec<(Origin, Seq, Priority)>,
     finals_out: Vec<(Seq, Priority)>,
     // ----- sequencer -----
-    seq_data: BTreeMap<(Origin, Seq), Ready>,
+    /// Per origin, the messages held for their order and the last delivered.
+    seq: BTreeMap<Origin, SeqOrigin>,
+    /// Messages in `seq` (the sum of its queues).
+    seq_held: usize,
     seq_order: VecDeque<(Origin, Seq)>,
-    /// Per origin, the last sequenced message delivered (orders are FIFO per origin).
-    seq_done: BTreeMap<Origin, Seq>,
     order_out: Vec<(Origin, Seq)>,
     /// Control messages built and not yet in our stream.
     ctl: VecDeque<Control>,
@@ -104,7 +182,7 @@ pub(crate) struct Total {
     /// Whether a view was installed here.
     installed: bool,
     // ----- agreed state -----
-    gseq: BTreeMap<Bytes, u64>,
+    gseq: BTreeMap<Arc<str>, u64>,
     agreed: BTreeMap<String, Spec>,
     /// Planted bugs.
     pub(crate) skip_max: bool,
@@ -131,8 +209,9 @@ impl Total {
 
     /// Messages pending in both layers and control entries not yet sent.
     pub(crate) fn pending(&self) -> usize {
-        self.isis.len()
-            + self.seq_data.len()
+        self.isis_len
+            + self.finals.len()
+            + self.seq_held
             + self.seq_order.len()
             + self.deferred.values().map(VecDeque::len).sum::<usize>()
     }
@@ -173,17 +252,38 @@ impl Total {
             self.discarded += 1;
             return;
         }
+        let d = Arc::new(super::delivered(ready, out.topics));
+        self.accept_isis_built(d, out);
+    }
+
+    /// A whole total-isis message, its delivery already built (see
+    /// `Delivery::accept`).
+    pub(crate) fn accept_isis_built(&mut self, d: Arc<Delivered>, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
         self.counter += 1;
         let p = Priority {
             counter: self.counter,
             node: self.me.node,
         };
-        let (o, s) = (ready.origin, ready.seq);
+        let (o, s) = (d.origin, d.seq);
         let key = (p, o, s);
-        self.queue.insert(key, false);
-        self.isis.insert((o, s), IsisEntry { ready, key });
+        self.isis
+            .entry(o)
+            .or_default()
+            .push_back(IsisEntry { seq: s, d });
+        self.isis_len += 1;
+        self.tentative.push_back(key);
         if o == self.me {
-            self.collecting.entry(s).or_default().insert(self.me, p);
+            self.own_open.push_back(s);
+            let n = self.members.len();
+            let props = self
+                .collecting
+                .entry(s)
+                .or_insert_with(|| Vec::with_capacity(n));
+            propose(props, self.me, p);
             self.try_finalize();
         } else {
             self.proposals_out.push((o, s, p));
@@ -197,10 +297,31 @@ impl Total {
             self.discarded += 1;
             return;
         }
-        let k = (ready.origin, ready.seq);
-        self.seq_data.insert(k, ready);
+        let (o, s) = (ready.origin, ready.seq);
+        let held = if ready.msg.topic.is_empty() {
+            Held::Declare(Box::new(ready))
+        } else {
+            Held::Msg(Arc::new(super::delivered(ready, out.topics)))
+        };
+        self.hold_seq(o, s, held, out);
+    }
+
+    /// A whole total-seq message on a client topic, its delivery already
+    /// built (see `Delivery::accept`: no clone of the message on the way).
+    pub(crate) fn accept_seq_built(&mut self, d: Arc<Delivered>, out: &mut Out<'_>) {
+        if !self.primary {
+            self.discarded += 1;
+            return;
+        }
+        let (o, s) = (d.origin, d.seq);
+        self.hold_seq(o, s, Held::Msg(d), out);
+    }
+
+    fn hold_seq(&mut self, o: Origin, s: Seq, held: Held, out: &mut Out<'_>) {
+        self.seq.entry(o).or_default().held.push_back((s, held));
+        self.seq_held += 1;
         if self.sequencing() {
-            self.order_out.push(k);
+            self.order_out.push((o, s));
         }
         self.deliver_seq(out);
     }
@@ -221,7 +342,7 @@ impl Total {
                     }
                     // Our message may not be in the layer yet (held until
                     // stable behind a safe one): its proposals wait for it.
-                    self.collecting.entry(s).or_default().insert(sender, p);
+                    propose(self.collecting.entry(s).or_default(), sender, p);
                 }
                 self.try_finalize();
             }
@@ -265,8 +386,10 @@ impl Total {
 
     /// Applies the deferred control of each sender up to `held(sender)`.
     pub(crate) fn release(&mut self, held: impl Fn(Origin) -> Seq, out: &mut Out<'_>) {
-        let senders: Vec<Origin> = self.deferred.keys().copied().collect();
-        for sender in senders {
+        // Called after every input: walk the senders without collecting
+        // them (at most one per member), each from the one after the last.
+        let mut next = self.deferred.keys().next().copied();
+        while let Some(sender) = next {
             let upto = held(sender);
             while let Some(q) = self.deferred.get_mut(&sender) {
                 if q.front().is_none_or(|(s, _)| *s > upto) {
@@ -280,6 +403,11 @@ impl Total {
             if self.deferred.get(&sender).is_some_and(VecDeque::is_empty) {
                 self.deferred.remove(&sender);
             }
+            next = self
+                .deferred
+                .range((Bound::Excluded(sender), Bound::Unbounded))
+                .next()
+                .map(|(o, _)| *o);
         }
     }
 
@@ -317,23 +445,24 @@ impl Total {
                 .sum()
         };
         TotalCounts {
-            isis: self.done.isis
-                + self.queue.values().filter(|f| **f).count() as u64
-                + deferred(true),
+            isis: self.done.isis + self.finals.len() as u64 + deferred(true),
             seq: self.done.seq + self.seq_order.len() as u64 + deferred(false),
         }
     }
 
     /// The highest ISIS place we delivered or hold a final for in this view.
     fn held_final(&self) -> Key {
-        let applied = self.queue.iter().filter(|(_, f)| **f).map(|(k, _)| *k);
+        let applied = self.finals.keys().next_back().copied();
         let deferred = self.deferred.iter().flat_map(|(o, q)| {
             q.iter().flat_map(move |(_, c)| match c {
                 Control::IsisFinal(v) => v.iter().map(|(s, p)| (*p, *o, *s)).collect(),
                 _ => Vec::new(),
             })
         });
-        applied.chain(deferred).fold(self.last_key, std::cmp::max)
+        applied
+            .into_iter()
+            .chain(deferred)
+            .fold(self.last_key, std::cmp::max)
     }
 
     /// What we held of our last primary view's decisions (the current one's
@@ -435,15 +564,17 @@ impl Total {
     /// Fixes the final priority of our oldest messages that have every proposal.
     fn try_finalize(&mut self) {
         while let Some((&s, props)) = self.collecting.first_key_value() {
-            if !self.isis.contains_key(&(self.me, s)) {
+            let here = match self.own_open.front() {
+                Some(f) if *f == s => true,
+                Some(f) if *f > s => false,
+                Some(_) => self.own_open.binary_search(&s).is_ok(),
+                None => false,
+            };
+            if !here {
                 // Our messages enter in stream order: if a later one is here,
                 // this seq is no ISIS message of ours (a broken peer's
                 // proposal); otherwise it has not entered yet.
-                let later = self
-                    .collecting
-                    .keys()
-                    .skip(1)
-                    .any(|k| self.isis.contains_key(&(self.me, *k)));
+                let later = self.own_open.back().is_some_and(|b| *b > s);
                 if later {
                     self.collecting.remove(&s);
                     self.unknown += 1;
@@ -451,13 +582,21 @@ impl Total {
                 }
                 return;
             }
-            if !self.members.iter().all(|m| props.contains_key(m)) {
+            if !self
+                .members
+                .iter()
+                .all(|m| props.iter().any(|(o, _)| o == m))
+            {
                 return;
             }
             let max = if self.skip_max {
-                props.get(&self.me).copied().unwrap_or_default()
+                props
+                    .iter()
+                    .find(|(o, _)| *o == self.me)
+                    .map(|(_, p)| *p)
+                    .unwrap_or_default()
             } else {
-                props.values().max().copied().unwrap_or_default()
+                props.iter().map(|(_, p)| *p).max().unwrap_or_default()
             };
             // Above our previous final, so our messages keep their order.
             let fin = if max > self.last_final {
@@ -473,34 +612,73 @@ impl Total {
             self.counter = self.counter.max(fin.counter);
             self.finals_out.push((s, fin));
             self.collecting.remove(&s);
+            if self.own_open.front() == Some(&s) {
+                self.own_open.pop_front();
+            } else if let Ok(i) = self.own_open.binary_search(&s) {
+                self.own_open.remove(i);
+            }
         }
     }
 
     fn apply_final(&mut self, origin: Origin, s: Seq, p: Priority) {
         self.counter = self.counter.max(p.counter);
-        let Some(e) = self.isis.get_mut(&(origin, s)) else {
+        let Some(e) = self.take_isis(origin, s) else {
+            // Unknown, or final already (an origin fixes each final once).
             self.unknown += 1;
             return;
         };
-        self.queue.remove(&e.key);
-        e.key = (p, origin, s);
-        self.queue.insert(e.key, true);
+        self.finals.insert((p, origin, s), e.d);
     }
 
+    /// Where `origin`'s message `s` is in its queue of messages without a final.
+    fn isis_index(&self, origin: Origin, s: Seq) -> Option<usize> {
+        let q = self.isis.get(&origin)?;
+        match q.front() {
+            Some(f) if f.seq == s => Some(0),
+            Some(f) if f.seq > s => None,
+            Some(_) => q.binary_search_by_key(&s, |e| e.seq).ok(),
+            None => None,
+        }
+    }
+
+    /// Whether `origin`'s message `s` is here without a final.
+    fn isis_holds(&self, origin: Origin, s: Seq) -> bool {
+        self.isis_index(origin, s).is_some()
+    }
+
+    /// Takes `origin`'s message `s` out of the messages without a final.
+    fn take_isis(&mut self, origin: Origin, s: Seq) -> Option<IsisEntry> {
+        let i = self.isis_index(origin, s)?;
+        let e = self.isis.get_mut(&origin)?.remove(i)?;
+        self.isis_len -= 1;
+        Some(e)
+    }
+
+    /// Delivers while the lowest place of all pending messages is final:
+    /// the first final is below every proposal still tentative.
     fn deliver_isis(&mut self, out: &mut Out<'_>) {
         if self.frozen {
             return;
         }
-        while let Some((&(_, o, s), &fin)) = self.queue.first_key_value() {
-            if !fin {
+        loop {
+            while let Some(&(_, o, s)) = self.tentative.front() {
+                if self.isis_holds(o, s) {
+                    break;
+                }
+                self.tentative.pop_front(); // it has its final now
+            }
+            let Some((first, _)) = self.finals.first_key_value() else {
+                return;
+            };
+            if self.tentative.front().is_some_and(|t| t < first) {
                 return;
             }
-            self.queue.pop_first();
-            if let Some(e) = self.isis.remove(&(o, s)) {
-                self.done.isis += 1;
-                self.last_key = e.key;
-                self.emit(e.ready, out);
-            }
+            let Some((key, d)) = self.finals.pop_first() else {
+                return;
+            };
+            self.done.isis += 1;
+            self.last_key = key;
+            self.emit_delivered(d, out);
         }
     }
 
@@ -511,32 +689,65 @@ impl Total {
             return;
         }
         while let Some(&(o, s)) = self.seq_order.front() {
-            if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
-                // Already delivered (only a second sequencer can order it twice).
-                self.seq_order.pop_front();
-                continue;
+            match self.take_seq(o, s) {
+                Taken::Twice => {
+                    self.seq_order.pop_front();
+                }
+                Taken::Missing => return, // the order came before the data
+                Taken::Held(h) => {
+                    self.seq_order.pop_front();
+                    self.done.seq += 1;
+                    self.emit_held(h, out);
+                }
             }
-            let Some(r) = self.seq_data.remove(&(o, s)) else {
-                return; // the order came before the data
-            };
-            self.seq_order.pop_front();
-            self.seq_done.insert(o, s);
-            self.done.seq += 1;
-            self.emit(r, out);
         }
+    }
+
+    /// Takes the message the order names, marking it delivered.
+    fn take_seq(&mut self, o: Origin, s: Seq) -> Taken {
+        let Some(q) = self.seq.get_mut(&o) else {
+            return Taken::Missing;
+        };
+        if q.delivered(s) {
+            return Taken::Twice;
+        }
+        let Some(h) = q.take(s) else {
+            return Taken::Missing;
+        };
+        q.done = Some(s);
+        self.seq_held -= 1;
+        Taken::Held(h)
     }
 
     // ----- delivery, gseq and declarations -----
 
-    fn emit(&mut self, r: Ready, out: &mut Out<'_>) {
-        if r.msg.topic.is_empty() {
-            self.declaration(r, out);
-            return;
+    fn emit_held(&mut self, h: Held, out: &mut Out<'_>) {
+        match h {
+            Held::Msg(d) => self.emit_delivered(d, out),
+            Held::Declare(r) => self.declaration(*r, out),
         }
-        let g = self.gseq.entry(r.msg.topic.clone()).or_default();
-        *g += 1;
-        let g = *g;
-        out.deliver(r, Some(g));
+    }
+
+    /// Delivers with the topic's next `gseq`.
+    fn emit_delivered(&mut self, mut d: Arc<Delivered>, out: &mut Out<'_>) {
+        let g = if let Some(g) = self.gseq.get_mut(&d.topic) {
+            *g += 1;
+            *g
+        } else {
+            self.gseq.insert(d.topic.clone(), 1);
+            1
+        };
+        let gseq = Some(GlobalSeq(g));
+        match Arc::get_mut(&mut d) {
+            Some(m) => m.gseq = gseq,
+            // Never shared before delivery; if it were, deliver a copy.
+            None => {
+                let mut c = Delivered::clone(&d);
+                c.gseq = gseq;
+                d = Arc::new(c);
+            }
+        }
+        out.push(d);
     }
 
     fn declaration(&mut self, r: Ready, out: &mut Out<'_>) {
@@ -586,80 +797,75 @@ impl Total {
             // gave us its finals, orders and data. The rest has no agreed
             // place and would be placed apart from the primary side: it is
             // delivered nowhere here.
-            let finals: Vec<Key> = self
-                .queue
-                .iter()
-                .filter(|(_, f)| **f)
-                .map(|(k, _)| *k)
-                .collect();
-            for (_, o, s) in finals {
-                if self.done.isis >= self.frontier.isis {
+            while self.done.isis < self.frontier.isis {
+                let Some((key, d)) = self.finals.pop_first() else {
                     break;
-                }
-                if let Some(e) = self.isis.remove(&(o, s)) {
-                    self.done.isis += 1;
-                    self.last_key = e.key;
-                    self.emit(e.ready, out);
-                }
+                };
+                self.done.isis += 1;
+                self.last_key = key;
+                self.emit_delivered(d, out);
             }
             while self.done.seq < self.frontier.seq {
                 let Some(&(o, s)) = self.seq_order.front() else {
                     break;
                 };
-                if self.seq_done.get(&o).is_some_and(|d| *d >= s) {
-                    self.seq_order.pop_front();
-                    continue;
+                match self.take_seq(o, s) {
+                    Taken::Twice => {
+                        self.seq_order.pop_front();
+                    }
+                    Taken::Missing => break,
+                    Taken::Held(h) => {
+                        self.seq_order.pop_front();
+                        self.done.seq += 1;
+                        self.emit_held(h, out);
+                    }
                 }
-                let Some(r) = self.seq_data.remove(&(o, s)) else {
-                    break;
-                };
-                self.seq_order.pop_front();
-                self.seq_done.insert(o, s);
-                self.done.seq += 1;
-                self.emit(r, out);
             }
-            self.discarded += (self.isis.len() + self.seq_data.len()) as u64;
+            self.discarded += (self.isis_len + self.finals.len() + self.seq_held) as u64;
             self.isis.clear();
-            self.queue.clear();
-            self.seq_data.clear();
+            self.isis_len = 0;
+            self.finals.clear();
+            self.tentative.clear();
+            for q in self.seq.values_mut() {
+                q.held.clear();
+            }
+            self.seq_held = 0;
             self.seq_order.clear();
         }
         // ISIS: finals in final order, then the rest by (origin, seq).
-        let mut finals: Vec<Key> = self
-            .queue
-            .iter()
-            .filter(|(_, f)| **f)
-            .map(|(k, _)| *k)
-            .collect();
-        finals.sort();
-        for (_, o, s) in finals {
-            if let Some(e) = self.isis.remove(&(o, s)) {
-                self.emit(e.ready, out);
+        while let Some((_, d)) = self.finals.pop_first() {
+            self.emit_delivered(d, out);
+        }
+        for q in std::mem::take(&mut self.isis).into_values() {
+            for e in q {
+                self.emit_delivered(e.d, out);
             }
         }
-        let rest: Vec<(Origin, Seq)> = self.isis.keys().copied().collect();
-        for k in rest {
-            if let Some(e) = self.isis.remove(&k) {
-                self.emit(e.ready, out);
-            }
-        }
-        self.queue.clear();
+        self.isis_len = 0;
+        self.tentative.clear();
         self.collecting.clear();
+        self.own_open.clear();
         self.proposals_out.clear();
         self.finals_out.clear();
         self.last_final = Priority::default();
         // Sequencer: its order, then the rest by (origin, seq).
         while let Some((o, s)) = self.seq_order.pop_front() {
-            if let Some(r) = self.seq_data.remove(&(o, s)) {
-                self.seq_done.insert(o, s);
-                self.emit(r, out);
+            if let Some(q) = self.seq.get_mut(&o) {
+                if let Some(h) = q.take(s) {
+                    q.done = Some(s);
+                    self.seq_held -= 1;
+                    self.emit_held(h, out);
+                }
             }
         }
-        let rest: Vec<(Origin, Seq)> = self.seq_data.keys().copied().collect();
-        for k in rest {
-            if let Some(r) = self.seq_data.remove(&k) {
-                self.seq_done.insert(k.0, k.1);
-                self.emit(r, out);
+        let origins: Vec<Origin> = self.seq.keys().copied().collect();
+        for o in origins {
+            while let Some((s, h)) = self.seq.get_mut(&o).and_then(|q| q.held.pop_front()) {
+                if let Some(q) = self.seq.get_mut(&o) {
+                    q.done = Some(s);
+                }
+                self.seq_held -= 1;
+                self.emit_held(h, out);
             }
         }
         self.order_out.clear();
@@ -684,7 +890,7 @@ impl Total {
         self.sequencer = sequencer;
         self.primary = primary;
         let keep = &self.members;
-        self.seq_done.retain(|o, _| keep.contains(o));
+        self.seq.retain(|o, _| keep.contains(o));
     }
 
     /// The agreed state a joiner needs: topics and their `gseq`.
@@ -697,7 +903,7 @@ impl Total {
                 name: name.clone(),
                 ordering: *ordering,
                 safe: *safe,
-                gseq: self.gseq.get(name.as_bytes()).copied().unwrap_or(0),
+                gseq: self.gseq.get(name.as_str()).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -706,8 +912,7 @@ impl Total {
     pub(crate) fn load(&mut self, state: &[TopicState], out: &mut Out<'_>) {
         for t in state {
             if t.gseq > 0 {
-                self.gseq
-                    .insert(Bytes::copy_from_slice(t.name.as_bytes()), t.gseq);
+                self.gseq.insert(Arc::from(t.name.as_str()), t.gseq);
             }
             if self.agreed.contains_key(&t.name) {
                 continue;
@@ -725,6 +930,7 @@ mod tests {
     use super::*;
     use crate::engine::topics::TopicCache;
     use crate::engine::Event;
+    use bytes::Bytes;
     use ordo_wire::group::DataMsg;
     use ordo_wire::{CausalContext, Incarnation};
 
@@ -848,5 +1054,72 @@ mod tests {
         t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
         assert_eq!(delivered(out.events), [("3:2".into(), 3)]);
         assert_eq!(t.state(), vec![]);
+    }
+
+    #[test]
+    fn isis_delivers_finals_in_final_order_past_stale_proposals() {
+        // We are node 3; nodes 1 and 2 each send two messages.
+        let mut t = Total::new(o(3), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        t.install(o(3), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
+        for (origin, seq) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            t.accept_isis(msg(origin, seq, Ordering::TotalIsis), &mut out);
+        }
+        // We proposed 1.3, 2.3, 3.3, 4.3. Node 2's messages get finals
+        // first (above our first proposal): nothing may be delivered.
+        t.on_control(
+            o(2),
+            Control::IsisFinal(vec![(Seq(1), p(5, 1)), (Seq(2), p(7, 2))]),
+            &mut out,
+        );
+        assert_eq!(out.delivered, 0, "1:1 (tentative 1.3) may still come first");
+        // Node 1's: 1:1 lands between node 2's, 1:2 after both.
+        t.on_control(
+            o(1),
+            Control::IsisFinal(vec![(Seq(1), p(6, 1)), (Seq(2), p(8, 1))]),
+            &mut out,
+        );
+        assert_eq!(
+            delivered(out.events),
+            [
+                ("2:1".into(), 1),
+                ("1:1".into(), 2),
+                ("2:2".into(), 3),
+                ("1:2".into(), 4)
+            ]
+        );
+        // A second final for a delivered message is counted, not applied.
+        t.on_control(o(1), Control::IsisFinal(vec![(Seq(2), p(9, 1))]), &mut out);
+        assert_eq!(t.unknown, 1);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn sequenced_orders_out_of_stream_order_and_twice_are_handled() {
+        let mut t = Total::new(o(2), 100);
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        t.install(o(2), &[o(1), o(2), o(3)], Some(NodeId(1)), true, &mut out);
+        for seq in 1..=3 {
+            t.accept_seq(msg(3, seq, Ordering::TotalSeq), &mut out);
+        }
+        // A (broken) order naming 3:2 before 3:1 (found behind the front),
+        // then 3:1: as before, an origin's order is taken to be FIFO, so
+        // 3:1 counts as passed and is skipped, both times.
+        t.on_control(
+            o(1),
+            Control::SequencerOrder(vec![(o(3), Seq(2)), (o(3), Seq(1)), (o(3), Seq(1))]),
+            &mut out,
+        );
+        assert_eq!(delivered(out.events), [("3:2".into(), 1)]);
+        assert_eq!(t.pending(), 2, "3:1 and 3:3 are held, nothing is ordered");
+        // The view change delivers what was never delivered, by seq.
+        t.install(o(2), &[o(2), o(3)], Some(NodeId(2)), true, &mut out);
+        assert_eq!(
+            delivered(out.events),
+            [("3:1".into(), 2), ("3:3".into(), 3)]
+        );
+        assert_eq!(t.pending(), 0);
     }
 }
