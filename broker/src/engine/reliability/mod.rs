@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ordo_wire::group::{DataFrameWriter, DataMsg, Flags};
-use ordo_wire::{Origin, Seq};
+use ordo_wire::{Ordering, Origin, Seq};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -49,6 +49,9 @@ pub(crate) struct RelConfig {
     pub(crate) nak_rate_per_sec: u32,
     pub(crate) nak_burst: u32,
     pub(crate) max_ahead: u64,
+    /// How long the end of a burst may go without asking the others for a
+    /// prompt digest when nobody waits for one (see [`Reliability::fill`]).
+    pub(crate) ack_interval: Duration,
     pub(crate) bugs: super::Bugs,
 }
 
@@ -78,6 +81,14 @@ pub(crate) struct Reliability {
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
+    /// Something sent (or about to be) waits for the others' digests: a
+    /// confirmation, a `safe` message, total-order data or control. The
+    /// next datagram that ends a burst asks for a prompt digest.
+    ack_urgent: bool,
+    /// Own messages sent since a datagram last asked for a prompt digest.
+    unrequested: usize,
+    /// When a datagram last asked for a prompt digest.
+    last_request: Option<Instant>,
     repairs: RepairQueue,
     pacer: NakPacer,
     /// Per departing origin, the most a view change lets us deliver: what
@@ -107,6 +118,9 @@ impl Reliability {
             members: 1,
             sent: last_seq,
             confirms: BTreeMap::new(),
+            ack_urgent: false,
+            unrequested: 0,
+            last_request: None,
             repairs: RepairQueue::default(),
             caps: BTreeMap::new(),
             held_beyond: BTreeMap::new(),
@@ -274,6 +288,15 @@ impl Reliability {
     /// Appends one of our messages (sequence number already assigned).
     pub(crate) fn push_own(&mut self, msg: DataMsg) {
         let size = msg.payload.len() + msg.topic.len();
+        // Safe delivery, total-order decisions (applied once a quorum holds
+        // them) and control messages (empty topic) wait for the others'
+        // digests: ask for them promptly.
+        if msg.safe
+            || msg.topic.is_empty()
+            || matches!(msg.ordering, Ordering::TotalSeq | Ordering::TotalIsis)
+        {
+            self.ack_urgent = true;
+        }
         let me = self.me;
         if let Some(log) = self.logs.get_mut(&me) {
             log.contiguous = msg.seq;
@@ -294,6 +317,7 @@ impl Reliability {
     /// Registers a confirmation awaiting others' digests.
     pub(crate) fn await_confirm(&mut self, seq: Seq, token: ConfirmToken, safe: bool) {
         self.confirms.insert(seq, (token, safe));
+        self.ack_urgent = true;
     }
 
     /// Whether own messages wait to be sent.
@@ -302,7 +326,19 @@ impl Reliability {
     }
 
     /// Packs unsent own messages into `w`; returns whether more remain.
-    pub(crate) fn fill(&mut self, w: &mut DataFrameWriter) -> bool {
+    ///
+    /// A datagram asks the others for a prompt digest
+    /// ([`Flags::ACK_REQUESTED`]) only when one is worth its cost: every
+    /// prompt digest is a datagram that wakes every member, and at a steady
+    /// 10k msg/s asking at the end of every burst made each receiver send
+    /// one per `ack_delay`. It asks when it ends a burst and someone waits
+    /// (see `ack_urgent`) or `ack_interval` passed since the last request
+    /// (so stability, and a lost tail, are never left to the heartbeat
+    /// alone under steady traffic), and whenever the messages sent since
+    /// the last request reach an eighth of the send window (flow control
+    /// must see them freed long before the window closes). A burst's lost
+    /// tail is exposed by [`Reliability::tail_unrequested`] otherwise.
+    pub(crate) fn fill(&mut self, w: &mut DataFrameWriter, now: Instant) -> bool {
         let last = self.last_seq();
         let Some(log) = self.logs.get(&self.me) else {
             return false;
@@ -312,18 +348,38 @@ impl Reliability {
             // A message already stable (a one-member view) is skipped: nobody needs it.
             if let Some(h) = log.msgs.get(&next) {
                 if !w.push(&h.msg) {
-                    return true;
+                    break;
                 }
+                self.unrequested += 1;
             }
             self.sent = next;
         }
         let more = self.sent < last;
-        if !more {
-            // The end of a burst: a prompt digest from the others confirms
-            // it, frees it sooner and exposes a lost tail at once.
+        let window_share = self.unrequested >= (self.cfg.send_window / 8).max(1)
+            || self.own_unstable_bytes() >= self.own_limit() / 8;
+        let interval_over = self
+            .last_request
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ack_interval);
+        if window_share || (!more && (self.ack_urgent || interval_over)) {
             w.add_flags(Flags::ACK_REQUESTED);
+            self.ack_urgent = false;
+            self.unrequested = 0;
+            self.last_request = Some(now);
         }
         more
+    }
+
+    /// Whether own messages went out since the last datagram that asked
+    /// for a prompt digest: if the last of them was lost somewhere, nothing
+    /// after it shows the gap, so the engine tells its stream's end with a
+    /// heartbeat once the burst has been over for `ack_interval`.
+    pub(crate) fn tail_unrequested(&self) -> bool {
+        self.unrequested > 0
+    }
+
+    /// The stream's end was told (a heartbeat carries it).
+    pub(crate) fn tail_told(&mut self) {
+        self.unrequested = 0;
     }
 
     // ----- receiving -----
