@@ -621,3 +621,141 @@ pub(crate) fn random_upto(rng: &mut SmallRng, max: Duration) -> Duration {
     }
     Duration::from_nanos(rng.gen_range(0..=nanos))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use bytes::Bytes;
+    use ordo_wire::group::{ClusterId, Frame, Header};
+    use ordo_wire::{CausalContext, Incarnation, NodeId, ViewId};
+
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn origin(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    /// Node 1 in a view of nodes 1, 2, 3, with `window` own messages at most.
+    fn rel(window: usize) -> Reliability {
+        let mut config = EngineConfig::new(NodeId(1), Incarnation(1), "unit");
+        config.send_window = window;
+        let mut r = Reliability::new(origin(1), Seq(0), config.reliability());
+        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        r.install(&members, &BTreeMap::new());
+        r
+    }
+
+    fn publish(r: &mut Reliability, ordering: Ordering, safe: bool) {
+        let seq = r.last_seq().next();
+        r.push_own(DataMsg {
+            seq,
+            topic: Bytes::from_static(b"t"),
+            ordering,
+            safe,
+            publisher: 1,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload: Bytes::from_static(b"payload"),
+        });
+    }
+
+    /// Sends everything unsent; per datagram, whether it asked for a prompt digest.
+    fn send(r: &mut Reliability, now: Instant) -> Vec<bool> {
+        let header = Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: origin(1),
+            view: ViewId(1),
+            tag: 0,
+        };
+        let mut asked = Vec::new();
+        while r.has_unsent() {
+            let mut w = DataFrameWriter::new(&header, origin(1), 200);
+            r.fill(&mut w, now);
+            let frame = Frame::decode(&w.finish()).unwrap();
+            asked.push(frame.header.flags.contains(Flags::ACK_REQUESTED));
+        }
+        asked
+    }
+
+    #[test]
+    fn steady_fifo_traffic_asks_for_digests_once_per_interval() {
+        let mut r = rel(1 << 16);
+        let t0 = Instant::now();
+        let interval = r.cfg.ack_interval;
+        publish(&mut r, Ordering::Fifo, false);
+        // The first burst asks (nothing asked yet); its end is told.
+        assert_eq!(send(&mut r, t0), [true]);
+        assert!(!r.tail_unrequested());
+        // Bursts within the interval do not ask; their end is left to tell.
+        for i in 1..5 {
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0 + interval * i / 10), [false]);
+            assert!(r.tail_unrequested());
+        }
+        // Once the interval is over, the next burst end asks again.
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0 + interval), [true]);
+        assert!(!r.tail_unrequested());
+        // A heartbeat that told the tail clears it.
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0 + interval), [false]);
+        r.tail_told();
+        assert!(!r.tail_unrequested());
+    }
+
+    #[test]
+    fn a_burst_someone_waits_on_asks_at_its_end() {
+        let t0 = Instant::now();
+        for (ordering, safe, confirm) in [
+            (Ordering::TotalSeq, false, false),
+            (Ordering::TotalIsis, false, false),
+            (Ordering::Fifo, true, false),
+            (Ordering::Causal, false, true),
+        ] {
+            let mut r = rel(1 << 16);
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0), [true]);
+            // Several datagrams: only the burst's end asks.
+            for _ in 0..12 {
+                publish(&mut r, ordering, safe);
+            }
+            if confirm {
+                let token = ConfirmToken { conn: 1, req: 1 };
+                r.await_confirm(r.last_seq(), token, false);
+            }
+            let asked = send(&mut r, t0);
+            assert!(asked.len() > 1, "{asked:?}");
+            let (last, rest) = asked.split_last().unwrap();
+            assert!(
+                *last && !rest.contains(&true),
+                "{ordering:?} safe {safe}: {asked:?}"
+            );
+            // Asked once: the next plain burst within the interval does not.
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0), [false]);
+        }
+    }
+
+    #[test]
+    fn an_eighth_of_the_window_asks_even_mid_burst() {
+        let mut r = rel(64);
+        let t0 = Instant::now();
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0), [true]);
+        // 8 messages (an eighth of 64) fill more than a 200-byte datagram:
+        // the datagram that reaches the eighth asks although more follow.
+        for _ in 0..24 {
+            publish(&mut r, Ordering::Fifo, false);
+        }
+        let asked = send(&mut r, t0);
+        assert!(asked.len() > 2, "{asked:?}");
+        assert!(asked.iter().filter(|a| **a).count() >= 2, "{asked:?}");
+        assert!(asked[..asked.len() - 1].iter().any(|a| *a), "{asked:?}");
+    }
+}
