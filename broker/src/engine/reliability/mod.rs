@@ -335,8 +335,9 @@ impl Reliability {
     /// (see `ack_urgent`) or `ack_interval` passed since the last request
     /// (so stability, and a lost tail, are never left to the heartbeat
     /// alone under steady traffic), and whenever the messages sent since
-    /// the last request reach an eighth of the send window (flow control
-    /// must see them freed long before the window closes). A burst's lost
+    /// the last request reach a sixteenth of the send window (flow control
+    /// must see them freed long before the window closes, and the logs'
+    /// rings stay small). A burst's lost
     /// tail is exposed by [`Reliability::tail_unrequested`] otherwise.
     pub(crate) fn fill(&mut self, w: &mut DataFrameWriter, now: Instant) -> bool {
         let last = self.last_seq();
@@ -355,8 +356,8 @@ impl Reliability {
             self.sent = next;
         }
         let more = self.sent < last;
-        let window_share = self.unrequested >= (self.cfg.send_window / 8).max(1)
-            || self.own_unstable_bytes() >= self.own_limit() / 8;
+        let window_share = self.unrequested >= (self.cfg.send_window / 16).max(1)
+            || self.own_unstable_bytes() >= self.own_limit() / 16;
         let interval_over = self
             .last_request
             .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ack_interval);
@@ -743,12 +744,12 @@ mod tests {
     }
 
     #[test]
-    fn an_eighth_of_the_window_asks_even_mid_burst() {
-        let mut r = rel(64);
+    fn a_sixteenth_of_the_window_asks_even_mid_burst() {
+        let mut r = rel(128);
         let t0 = Instant::now();
         publish(&mut r, Ordering::Fifo, false);
         assert_eq!(send(&mut r, t0), [true]);
-        // 8 messages (an eighth of 64) fill more than a 200-byte datagram:
+        // 8 messages (a sixteenth of 128) fill more than a 200-byte datagram:
         // the datagram that reaches the eighth asks although more follow.
         for _ in 0..24 {
             publish(&mut r, Ordering::Fifo, false);
