@@ -784,6 +784,23 @@ mod tests {
     }
 
     #[test]
+    fn ack_interval_defaults_to_10_ms_file_and_flag_set_it_and_it_is_bounded() {
+        let c = Config::resolve(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.ack_interval, Duration::from_millis(10));
+        let file = FileConfig::parse("ack-interval = 3").unwrap();
+        let c = Config::resolve(args(&[]), file.clone()).unwrap();
+        assert_eq!(c.ack_interval, Duration::from_millis(3));
+        let c = Config::resolve(args(&["--ack-interval", "0"]), file).unwrap();
+        assert_eq!(
+            c.ack_interval,
+            Duration::ZERO,
+            "0 asks at every burst's end"
+        );
+        let e = Config::resolve(args(&["--ack-interval", "5000"]), FileConfig::default());
+        assert!(e.unwrap_err().to_string().contains("--ack-interval"));
+    }
+
+    #[test]
     fn datagram_size_defaults_to_the_interface_mtu() {
         let c = Config::resolve(args(&[]), FileConfig::default()).unwrap();
         let (_, mtu) = crate::shell::transport::interface_mtu(c.iface, *c.group.ip()).unwrap();
