@@ -135,6 +135,13 @@ pub struct Args {
     /// failure detector learns from their arrival times [default: 100].
     #[arg(long, env = "ORDO_HEARTBEAT_INTERVAL", value_name = "MS")]
     pub heartbeat_interval: Option<u64>,
+    /// Longest a sending broker goes, in milliseconds, without asking the
+    /// others for a prompt acknowledgement when no confirmation, `safe` or
+    /// total-order message waits for one; 0 asks at the end of every burst
+    /// (one acknowledgement datagram per broker per millisecond at steady
+    /// low rates) [default: 10].
+    #[arg(long, env = "ORDO_ACK_INTERVAL", value_name = "MS")]
+    pub ack_interval: Option<u64>,
     /// Failure detector threshold (phi accrual): a broker is suspected once
     /// phi exceeds it. Lower detects crashes sooner but suspects live
     /// brokers on a jittery network (they are excluded and rejoin) [default: 8].
@@ -182,6 +189,7 @@ pub struct FileConfig {
     pub handshake_timeout: Option<u64>,
     pub inject_loss_percent: Option<u8>,
     pub heartbeat_interval: Option<u64>,
+    pub ack_interval: Option<u64>,
     pub phi_threshold: Option<f64>,
     pub acceptable_heartbeat_pause: Option<u64>,
     pub cluster_size: Option<usize>,
@@ -242,6 +250,8 @@ pub struct Config {
     pub inject_loss_percent: u8,
     /// Heartbeat interval of the group (failure detector input).
     pub heartbeat_interval: Duration,
+    /// Longest wait for a prompt acknowledgement nobody waits on.
+    pub ack_interval: Duration,
     /// Failure detector threshold.
     pub phi_threshold: f64,
     /// Silence tolerated before suspicion grows.
@@ -516,6 +526,14 @@ impl Config {
                 "give milliseconds between 1 and 60000",
             ));
         }
+        let ack_interval = args.ack_interval.or(file.ack_interval).unwrap_or(10);
+        if ack_interval > 1_000 {
+            return Err(invalid(
+                "--ack-interval",
+                ack_interval,
+                "give milliseconds between 0 and 1000",
+            ));
+        }
         let phi_threshold = args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0);
         if !phi_threshold.is_finite() || phi_threshold <= 0.0 {
             return Err(invalid(
@@ -608,6 +626,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(handshake_timeout as u64),
             inject_loss_percent,
             heartbeat_interval: Duration::from_millis(heartbeat_interval),
+            ack_interval: Duration::from_millis(ack_interval),
             phi_threshold,
             acceptable_heartbeat_pause: Duration::from_millis(acceptable_heartbeat_pause),
             cluster_size: args.cluster_size.or(file.cluster_size).unwrap_or(0),
@@ -762,6 +781,23 @@ mod tests {
         assert_eq!(c.default_ordering, Ordering::Fifo);
         assert_eq!(c.client_queue_bytes, 64 * 1024 * 1024);
         assert!(c.auth_token.is_none());
+    }
+
+    #[test]
+    fn ack_interval_defaults_to_10_ms_file_and_flag_set_it_and_it_is_bounded() {
+        let c = Config::resolve(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.ack_interval, Duration::from_millis(10));
+        let file = FileConfig::parse("ack-interval = 3").unwrap();
+        let c = Config::resolve(args(&[]), file.clone()).unwrap();
+        assert_eq!(c.ack_interval, Duration::from_millis(3));
+        let c = Config::resolve(args(&["--ack-interval", "0"]), file).unwrap();
+        assert_eq!(
+            c.ack_interval,
+            Duration::ZERO,
+            "0 asks at every burst's end"
+        );
+        let e = Config::resolve(args(&["--ack-interval", "5000"]), FileConfig::default());
+        assert!(e.unwrap_err().to_string().contains("--ack-interval"));
     }
 
     #[test]

@@ -133,6 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.retransmit_buffer_bytes = config.retransmit_buffer_bytes;
     engine_config.max_message = config.max_payload as usize;
     engine_config.heartbeat_interval = config.heartbeat_interval;
+    engine_config.ack_interval = config.ack_interval;
     engine_config.phi_threshold = config.phi_threshold;
     engine_config.acceptable_heartbeat_pause = config.acceptable_heartbeat_pause;
     engine_config.cluster_size = config.cluster_size;

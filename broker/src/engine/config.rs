@@ -74,6 +74,12 @@ pub struct EngineConfig {
     pub repair_delay: Duration,
     /// Delay that coalesces prompt acknowledgements (digests answering data).
     pub ack_delay: Duration,
+    /// Longest time our data goes without asking the others for a prompt
+    /// acknowledgement when nobody waits for one (no confirmation, `safe`
+    /// or total-order message): steady traffic then causes one digest per
+    /// member per interval rather than one per `ack_delay`. Also how long
+    /// after a burst without such a request a heartbeat tells its end.
+    pub ack_interval: Duration,
     /// Most own messages (fragments count one each) not yet stable.
     pub send_window: usize,
     /// Messages further than this beyond the contiguous prefix are dropped.
@@ -153,6 +159,7 @@ impl EngineConfig {
             nak_burst: 64,
             repair_delay: Duration::from_millis(10),
             ack_delay: Duration::from_millis(1),
+            ack_interval: Duration::from_millis(10),
             send_window: 64 * 1024,
             max_receive_ahead: 1 << 20,
             ordering_limit: 16 * 1024,
@@ -213,6 +220,7 @@ impl EngineConfig {
             nak_rate_per_sec: self.nak_rate_per_sec,
             nak_burst: self.nak_burst,
             max_ahead: self.max_receive_ahead,
+            ack_interval: self.ack_interval,
             bugs: self.bugs(),
         }
     }

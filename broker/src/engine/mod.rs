@@ -169,6 +169,9 @@ pub struct Engine {
     transmit: VecDeque<Bytes>,
     timers: TimerTable,
     last_ack: Option<Instant>,
+    /// The time of the latest input (`poll_transmit` takes none): dates
+    /// the requests for prompt digests (see `Reliability::fill`).
+    clock: Instant,
     /// Our own messages waiting for every member to hold them (a `safe`
     /// one and everything published after it), with their last sequence number.
     local_pending: VecDeque<(Seq, delivery::Ready)>,
@@ -227,6 +230,7 @@ impl Engine {
             transmit: VecDeque::new(),
             timers: TimerTable::default(),
             last_ack: None,
+            clock: now,
             wanted: 0,
             pending_declares: VecDeque::new(),
             local_pending: VecDeque::new(),
@@ -251,7 +255,8 @@ impl Engine {
     /// once (a `safe` one once every member holds it) and multicast with the
     /// next [`Engine::poll_transmit`]; a message larger than a datagram is
     /// split into fragments, each with its own sequence number.
-    pub fn publish(&mut self, msg: Publish, _now: Instant) -> Result<(), PublishError> {
+    pub fn publish(&mut self, msg: Publish, now: Instant) -> Result<(), PublishError> {
+        self.clock = self.clock.max(now);
         if self.membership.has_left() {
             return Err(PublishError::Unavailable(
                 "this broker left the group".into(),
@@ -654,6 +659,14 @@ impl Engine {
             }
             self.failure_tick(now);
         }
+        if self.timers.is_due(Timer::Tail, now) {
+            self.timers.clear(Timer::Tail);
+            if self.rel.tail_unrequested() {
+                // A burst ended without asking for digests: tell its end,
+                // so a member that lost its last datagram asks for it.
+                self.timers.set(Timer::Heartbeat, now);
+            }
+        }
         if self.timers.is_due(Timer::Heartbeat, now) || self.timers.is_due(Timer::Ack, now) {
             self.timers.clear(Timer::Ack);
             self.send_heartbeat(now);
@@ -689,9 +702,15 @@ impl Engine {
                 }
                 let header = self.header(Flags::default());
                 let mut w = DataFrameWriter::new(&header, self.me, self.config.max_datagram);
-                self.rel.fill(&mut w);
+                self.rel.fill(&mut w, self.clock);
                 if w.is_empty() {
                     return None;
+                }
+                if self.rel.tail_unrequested() {
+                    self.timers
+                        .set(Timer::Tail, self.clock + self.config.ack_interval);
+                } else {
+                    self.timers.clear(Timer::Tail);
                 }
                 w.finish()
             }
@@ -968,6 +987,7 @@ impl Engine {
 
     /// Stability, confirmations, view-change progress and gauges after any input.
     fn after_input(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         if self.in_view {
             for origin in self.rel.waiting_origins() {
                 self.deliver_waiting(origin, Seq(0));
@@ -1075,6 +1095,8 @@ impl Engine {
             return;
         }
         self.last_ack = Some(now);
+        // The digest carries our stream's end.
+        self.rel.tail_told();
         self.stats.heartbeats_sent += 1;
         // Counting costs a walk over the buffers: refreshed per heartbeat.
         self.stats.out_of_order_messages = self.rel.out_of_order() as u64;

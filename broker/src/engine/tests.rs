@@ -1362,3 +1362,34 @@ fn a_member_speaking_in_another_view_of_our_number_does_not_wedge_our_flush() {
         "the detector never suspected it"
     );
 }
+
+#[test]
+fn the_lost_tail_of_a_burst_that_asked_for_no_digest_is_told_by_a_heartbeat() {
+    // Heartbeats rarely, so that only the tail heartbeat can tell engine 2
+    // in time that the second message exists.
+    let mut g = Group::with(3, |n| {
+        let mut c = config(n);
+        c.heartbeat_interval = Duration::from_secs(1);
+        c
+    });
+    let interval = g.engines[0].config().ack_interval;
+    g.publish(0, b"one").unwrap();
+    g.run(ms(3), |_, _, _| true);
+    // Within the interval since "one" asked: "two" asks for no digest,
+    // and it is lost on the way to engine 2.
+    g.publish(0, b"two").unwrap();
+    let heartbeats = g.engines[0].stats().heartbeats_sent;
+    g.run(interval * 4, |from, to, dg| {
+        !(from == 0
+            && to == 2
+            && is_data(dg)
+            && !is_repair(dg)
+            && dg.windows(3).any(|w| w == b"two"))
+    });
+    assert_eq!(
+        g.delivered(2),
+        vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+    );
+    assert_eq!(g.engines[0].stats().heartbeats_sent, heartbeats + 1);
+    assert!(g.engines[2].stats().naks_sent >= 1);
+}

@@ -17,9 +17,12 @@ pub(crate) enum Timer {
     /// The failure detector's periodic look (every heartbeat interval, on
     /// its own: prompt digests re-arm the heartbeat under load).
     Detector = 3,
+    /// Our last burst ended without asking for prompt digests: a heartbeat
+    /// then tells its end (see `Reliability::fill`).
+    Tail = 4,
 }
 
-const COUNT: usize = 4;
+const COUNT: usize = 5;
 
 /// Deadlines indexed by [`Timer`].
 #[derive(Debug, Clone, Default)]

@@ -26,7 +26,7 @@ use crate::metrics::{DeliveryRecorder, Metrics};
 use crate::server::outbox::{Out, Outbox, PushError};
 use crate::shell::transport::{RecvBatch, Transport};
 use crate::subs::{SubKey, SubTrie};
-use crate::topics::{Declared, TopicError, TopicRegistry, TopicSpec};
+use crate::topics::{Declared, Topic, TopicError, TopicRegistry, TopicSpec};
 
 /// Commands handled per wake-up before outputs are flushed.
 const COMMAND_BATCH: usize = 256;
@@ -249,6 +249,10 @@ pub struct Driver {
     engine: Engine,
     transport: Transport,
     registry: TopicRegistry,
+    /// The topic of the last publish as the registry resolved it:
+    /// publishes to the topic of the one before (the usual stream) skip the
+    /// registry's hash lookups. Cleared whenever the registry changes.
+    last_topic: Option<Topic>,
     subs: SubTrie<(u64, u64)>,
     conns: ConnMap<ConnState>,
     /// Wall clock (µs) of the current pass: stamps publishes and times
@@ -326,6 +330,7 @@ impl Driver {
             engine,
             transport,
             registry,
+            last_topic: None,
             subs: SubTrie::new(),
             conns: ConnMap::default(),
             pass_us: unix_micros(),
@@ -646,6 +651,7 @@ impl Driver {
                     return;
                 }
                 if self.registry.get(&topic).is_some() {
+                    self.last_topic = None;
                     let reply = match self.registry.declare(&topic, spec) {
                         Ok(Declared::Existing | Declared::New) => Reply::Ok { req },
                         Err(e) => topic_error(req, e),
@@ -770,30 +776,38 @@ impl Driver {
         // The budget goes back (the caller returns it) unless the publish
         // stalls again (then it stays charged until it is finally taken).
         let charge = publish_charge(topic.len(), payload.len(), self.budget_max);
-        let first_use = self.registry.get(topic).is_none();
-        let topic = match self.registry.resolve(topic) {
-            Ok(t) => t,
-            Err(e) => {
-                if matches!(e, TopicError::Limit { .. }) {
-                    self.metrics.topic_refused();
+        let resolved = match &self.last_topic {
+            Some(last) if *last.name == *topic => last,
+            _ => {
+                let first_use = self.registry.get(topic).is_none();
+                let resolved = match self.registry.resolve(topic) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if matches!(e, TopicError::Limit { .. }) {
+                            self.metrics.topic_refused();
+                        }
+                        let reply = topic_error(confirm.unwrap_or(0), e);
+                        self.reply(conn, reply);
+                        return charge;
+                    }
+                };
+                if first_use {
+                    // First use: created with the default ordering here at
+                    // once, and declared to the group so every broker agrees on it.
+                    self.configured
+                        .push((resolved.name.to_string(), resolved.spec));
                 }
-                let reply = topic_error(confirm.unwrap_or(0), e);
-                self.reply(conn, reply);
-                return charge;
+                self.last_topic.insert(resolved)
             }
         };
-        if first_use {
-            // First use: created with the default ordering here at once, and
-            // declared to the group so every broker agrees on it.
-            self.configured.push((topic.name.to_string(), topic.spec));
-        }
+        let (name, spec) = (Arc::clone(&resolved.name), resolved.spec);
         // Kept (cheap: reference counts, and the context is usually empty)
         // because a refused publish is handed back to us by value only.
         let retry = (context.clone(), payload.clone());
         let msg = Publish {
-            topic: Arc::clone(&topic.name),
-            ordering: topic.spec.ordering,
-            safe: topic.spec.safe,
+            topic: name,
+            ordering: spec.ordering,
+            safe: spec.safe,
             publisher: conn,
             context,
             payload,
@@ -816,7 +830,7 @@ impl Driver {
                 self.stalled.push_back(Command::Publish {
                     conn,
                     confirm,
-                    topic: topic.name.to_string(),
+                    topic: topic.to_string(),
                     context: retry.0,
                     payload: retry.1,
                 });
@@ -913,6 +927,7 @@ impl Driver {
                     tracing::info!(topic = %name, spec = %agreed, "topic agreed");
                 }
                 self.registry.apply_agreed(&name, agreed);
+                self.last_topic = None;
                 if let Some(ConfirmToken { conn, req }) = token.filter(|t| t.conn != 0) {
                     let reply = if requested == agreed {
                         Reply::Ok { req }

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ordo_wire::group::{DataFrameWriter, DataMsg, Flags};
-use ordo_wire::{Origin, Seq};
+use ordo_wire::{Ordering, Origin, Seq};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -49,6 +49,9 @@ pub(crate) struct RelConfig {
     pub(crate) nak_rate_per_sec: u32,
     pub(crate) nak_burst: u32,
     pub(crate) max_ahead: u64,
+    /// How long the end of a burst may go without asking the others for a
+    /// prompt digest when nobody waits for one (see [`Reliability::fill`]).
+    pub(crate) ack_interval: Duration,
     pub(crate) bugs: super::Bugs,
 }
 
@@ -78,6 +81,14 @@ pub(crate) struct Reliability {
     /// Own messages handed to the driver up to this one.
     sent: Seq,
     confirms: BTreeMap<Seq, (ConfirmToken, bool)>,
+    /// Something sent (or about to be) waits for the others' digests: a
+    /// confirmation, a `safe` message, total-order data or control. The
+    /// next datagram that ends a burst asks for a prompt digest.
+    ack_urgent: bool,
+    /// Own messages sent since a datagram last asked for a prompt digest.
+    unrequested: usize,
+    /// When a datagram last asked for a prompt digest.
+    last_request: Option<Instant>,
     repairs: RepairQueue,
     pacer: NakPacer,
     /// Per departing origin, the most a view change lets us deliver: what
@@ -107,6 +118,9 @@ impl Reliability {
             members: 1,
             sent: last_seq,
             confirms: BTreeMap::new(),
+            ack_urgent: false,
+            unrequested: 0,
+            last_request: None,
             repairs: RepairQueue::default(),
             caps: BTreeMap::new(),
             held_beyond: BTreeMap::new(),
@@ -274,6 +288,15 @@ impl Reliability {
     /// Appends one of our messages (sequence number already assigned).
     pub(crate) fn push_own(&mut self, msg: DataMsg) {
         let size = msg.payload.len() + msg.topic.len();
+        // Safe delivery, total-order decisions (applied once a quorum holds
+        // them) and control messages (empty topic) wait for the others'
+        // digests: ask for them promptly.
+        if msg.safe
+            || msg.topic.is_empty()
+            || matches!(msg.ordering, Ordering::TotalSeq | Ordering::TotalIsis)
+        {
+            self.ack_urgent = true;
+        }
         let me = self.me;
         if let Some(log) = self.logs.get_mut(&me) {
             log.contiguous = msg.seq;
@@ -294,6 +317,7 @@ impl Reliability {
     /// Registers a confirmation awaiting others' digests.
     pub(crate) fn await_confirm(&mut self, seq: Seq, token: ConfirmToken, safe: bool) {
         self.confirms.insert(seq, (token, safe));
+        self.ack_urgent = true;
     }
 
     /// Whether own messages wait to be sent.
@@ -302,7 +326,20 @@ impl Reliability {
     }
 
     /// Packs unsent own messages into `w`; returns whether more remain.
-    pub(crate) fn fill(&mut self, w: &mut DataFrameWriter) -> bool {
+    ///
+    /// A datagram asks the others for a prompt digest
+    /// ([`Flags::ACK_REQUESTED`]) only when one is worth its cost: every
+    /// prompt digest is a datagram that wakes every member, and at a steady
+    /// 10k msg/s asking at the end of every burst made each receiver send
+    /// one per `ack_delay`. It asks when it ends a burst and someone waits
+    /// (see `ack_urgent`) or `ack_interval` passed since the last request
+    /// (so stability, and a lost tail, are never left to the heartbeat
+    /// alone under steady traffic), and whenever the messages sent since
+    /// the last request reach a sixteenth of the send window (flow control
+    /// must see them freed long before the window closes, and the logs'
+    /// rings stay small). A burst's lost
+    /// tail is exposed by [`Reliability::tail_unrequested`] otherwise.
+    pub(crate) fn fill(&mut self, w: &mut DataFrameWriter, now: Instant) -> bool {
         let last = self.last_seq();
         let Some(log) = self.logs.get(&self.me) else {
             return false;
@@ -312,18 +349,38 @@ impl Reliability {
             // A message already stable (a one-member view) is skipped: nobody needs it.
             if let Some(h) = log.msgs.get(&next) {
                 if !w.push(&h.msg) {
-                    return true;
+                    break;
                 }
+                self.unrequested += 1;
             }
             self.sent = next;
         }
         let more = self.sent < last;
-        if !more {
-            // The end of a burst: a prompt digest from the others confirms
-            // it, frees it sooner and exposes a lost tail at once.
+        let window_share = self.unrequested >= (self.cfg.send_window / 16).max(1)
+            || self.own_unstable_bytes() >= self.own_limit() / 16;
+        let interval_over = self
+            .last_request
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ack_interval);
+        if window_share || (!more && (self.ack_urgent || interval_over)) {
             w.add_flags(Flags::ACK_REQUESTED);
+            self.ack_urgent = false;
+            self.unrequested = 0;
+            self.last_request = Some(now);
         }
         more
+    }
+
+    /// Whether own messages went out since the last datagram that asked
+    /// for a prompt digest: if the last of them was lost somewhere, nothing
+    /// after it shows the gap, so the engine tells its stream's end with a
+    /// heartbeat once the burst has been over for `ack_interval`.
+    pub(crate) fn tail_unrequested(&self) -> bool {
+        self.unrequested > 0
+    }
+
+    /// The stream's end was told (a heartbeat carries it).
+    pub(crate) fn tail_told(&mut self) {
+        self.unrequested = 0;
     }
 
     // ----- receiving -----
@@ -564,4 +621,142 @@ pub(crate) fn random_upto(rng: &mut SmallRng, max: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_nanos(rng.gen_range(0..=nanos))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use bytes::Bytes;
+    use ordo_wire::group::{ClusterId, Frame, Header};
+    use ordo_wire::{CausalContext, Incarnation, NodeId, ViewId};
+
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    fn origin(n: u32) -> Origin {
+        Origin {
+            node: NodeId(n),
+            incarnation: Incarnation(1),
+        }
+    }
+
+    /// Node 1 in a view of nodes 1, 2, 3, with `window` own messages at most.
+    fn rel(window: usize) -> Reliability {
+        let mut config = EngineConfig::new(NodeId(1), Incarnation(1), "unit");
+        config.send_window = window;
+        let mut r = Reliability::new(origin(1), Seq(0), config.reliability());
+        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        r.install(&members, &BTreeMap::new());
+        r
+    }
+
+    fn publish(r: &mut Reliability, ordering: Ordering, safe: bool) {
+        let seq = r.last_seq().next();
+        r.push_own(DataMsg {
+            seq,
+            topic: Bytes::from_static(b"t"),
+            ordering,
+            safe,
+            publisher: 1,
+            context: CausalContext::new(),
+            published_at_us: 0,
+            fragment: None,
+            payload: Bytes::from_static(b"payload"),
+        });
+    }
+
+    /// Sends everything unsent; per datagram, whether it asked for a prompt digest.
+    fn send(r: &mut Reliability, now: Instant) -> Vec<bool> {
+        let header = Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: origin(1),
+            view: ViewId(1),
+            tag: 0,
+        };
+        let mut asked = Vec::new();
+        while r.has_unsent() {
+            let mut w = DataFrameWriter::new(&header, origin(1), 200);
+            r.fill(&mut w, now);
+            let frame = Frame::decode(&w.finish()).unwrap();
+            asked.push(frame.header.flags.contains(Flags::ACK_REQUESTED));
+        }
+        asked
+    }
+
+    #[test]
+    fn steady_fifo_traffic_asks_for_digests_once_per_interval() {
+        let mut r = rel(1 << 16);
+        let t0 = Instant::now();
+        let interval = r.cfg.ack_interval;
+        publish(&mut r, Ordering::Fifo, false);
+        // The first burst asks (nothing asked yet); its end is told.
+        assert_eq!(send(&mut r, t0), [true]);
+        assert!(!r.tail_unrequested());
+        // Bursts within the interval do not ask; their end is left to tell.
+        for i in 1..5 {
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0 + interval * i / 10), [false]);
+            assert!(r.tail_unrequested());
+        }
+        // Once the interval is over, the next burst end asks again.
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0 + interval), [true]);
+        assert!(!r.tail_unrequested());
+        // A heartbeat that told the tail clears it.
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0 + interval), [false]);
+        r.tail_told();
+        assert!(!r.tail_unrequested());
+    }
+
+    #[test]
+    fn a_burst_someone_waits_on_asks_at_its_end() {
+        let t0 = Instant::now();
+        for (ordering, safe, confirm) in [
+            (Ordering::TotalSeq, false, false),
+            (Ordering::TotalIsis, false, false),
+            (Ordering::Fifo, true, false),
+            (Ordering::Causal, false, true),
+        ] {
+            let mut r = rel(1 << 16);
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0), [true]);
+            // Several datagrams: only the burst's end asks.
+            for _ in 0..12 {
+                publish(&mut r, ordering, safe);
+            }
+            if confirm {
+                let token = ConfirmToken { conn: 1, req: 1 };
+                r.await_confirm(r.last_seq(), token, false);
+            }
+            let asked = send(&mut r, t0);
+            assert!(asked.len() > 1, "{asked:?}");
+            let (last, rest) = asked.split_last().unwrap();
+            assert!(
+                *last && !rest.contains(&true),
+                "{ordering:?} safe {safe}: {asked:?}"
+            );
+            // Asked once: the next plain burst within the interval does not.
+            publish(&mut r, Ordering::Fifo, false);
+            assert_eq!(send(&mut r, t0), [false]);
+        }
+    }
+
+    #[test]
+    fn a_sixteenth_of_the_window_asks_even_mid_burst() {
+        let mut r = rel(128);
+        let t0 = Instant::now();
+        publish(&mut r, Ordering::Fifo, false);
+        assert_eq!(send(&mut r, t0), [true]);
+        // 8 messages (a sixteenth of 128) fill more than a 200-byte datagram:
+        // the datagram that reaches the eighth asks although more follow.
+        for _ in 0..24 {
+            publish(&mut r, Ordering::Fifo, false);
+        }
+        let asked = send(&mut r, t0);
+        assert!(asked.len() > 2, "{asked:?}");
+        assert!(asked.iter().filter(|a| **a).count() >= 2, "{asked:?}");
+        assert!(asked[..asked.len() - 1].iter().any(|a| *a), "{asked:?}");
+    }
 }
