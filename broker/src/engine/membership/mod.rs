@@ -276,6 +276,10 @@ pub(crate) struct Membership {
     /// Node ids of members that departed by failure (a later join of one
     /// of them is a merge or a restart: a discontinuity here too).
     failed_nodes: BTreeSet<NodeId>,
+    /// Reported suspicions of members we still hear (see
+    /// [`Engine::on_suspect`]): per suspect, since when and by whom. At
+    /// most one entry per member of the view; cleared with each install.
+    disputes: BTreeMap<Origin, (Instant, BTreeSet<Origin>)>,
 }
 
 /// A multi-frame install being collected (see [`Install::into_parts`]).
@@ -630,11 +634,23 @@ impl Engine {
     /// A member reports suspects: the coordinator acts on them. When they
     /// include the coordinator itself, the first member after the suspects
     /// takes over (it may hear the coordinator; the reporter does not).
+    ///
+    /// A suspect we heard from recently is alive for us: the report says
+    /// only that the reporter cannot hear it, and the reporter may be the
+    /// one at fault (a broker that hears nobody suspects everyone, one by
+    /// one as its timers fire). Such a disputed report is acted on only once
+    /// reporters outweighing the view agree, or once it stood for a whole
+    /// `acceptable_heartbeat_pause` (a link only the reporter lacks: one of
+    /// the two must go). Meanwhile a deaf reporter goes on alone and is
+    /// removed, and its reports with it (sim seed 32: acting on each report
+    /// at once removed three live members, then the coordinator was left
+    /// alone, non-primary, and its install made the three rejoin).
     pub(crate) fn on_suspect(&mut self, sender: Origin, s: Suspect, now: Instant) {
         if !self.in_view
             || s.view != self.view.id
             || !self.view.members.contains(&sender)
             || s.members.contains(&sender)
+            || self.membership.dead.contains(&sender)
         {
             return;
         }
@@ -649,16 +665,53 @@ impl Engine {
         }
         let mut any = false;
         for m in s.members {
-            if m != self.me && self.view.members.contains(&m) && self.membership.dead.insert(m) {
-                tracing::warn!(member = %m, by = %sender, "member reported suspected");
-                self.membership.change_began.get_or_insert(now);
-                any = true;
+            if m == self.me || !self.view.members.contains(&m) || self.membership.dead.contains(&m)
+            {
+                continue;
             }
+            if self.disputed(sender, m, now) {
+                continue;
+            }
+            self.membership.dead.insert(m);
+            self.membership.disputes.remove(&m);
+            tracing::warn!(member = %m, by = %sender, "member reported suspected");
+            self.membership.change_began.get_or_insert(now);
+            any = true;
         }
         if any {
             self.maybe_start_change(now);
             self.coordinator_progress(now);
         }
+    }
+
+    /// Whether `reporter`'s suspicion of `suspect` is still disputed (see
+    /// [`Engine::on_suspect`]): we heard the suspect within half an
+    /// `acceptable_heartbeat_pause`, the reporters so far do not outweigh
+    /// the view, and the first report is younger than a whole pause.
+    fn disputed(&mut self, reporter: Origin, suspect: Origin, now: Instant) -> bool {
+        let pause = self.config.acceptable_heartbeat_pause;
+        let alive = self
+            .detector
+            .last_heard(suspect)
+            .is_some_and(|t| now.saturating_duration_since(t) < pause / 2);
+        if !alive && !self.membership.disputes.contains_key(&suspect) {
+            return false;
+        }
+        let m = &mut self.membership;
+        let (since, reporters) = m
+            .disputes
+            .entry(suspect)
+            .or_insert_with(|| (now, BTreeSet::new()));
+        // A reporter removed since (it went on alone) no longer counts.
+        reporters.retain(|r| !m.dead.contains(r));
+        if reporters.is_empty() {
+            *since = now;
+            tracing::info!(member = %suspect, by = %reporter, "a member reports a suspicion of a member we still hear; waiting for it to be confirmed");
+        }
+        reporters.insert(reporter);
+        let reporters: Vec<Origin> = reporters.iter().copied().collect();
+        now.saturating_duration_since(*since) < pause
+            && !Membership::outweighs(&self.view, &reporters)
     }
 
     /// Refuses `new`, which claims the node id of the live `holder`.
