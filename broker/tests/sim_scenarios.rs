@@ -7,7 +7,8 @@
 //! stalled broker is falsely suspected and rejoins; a minority is cut off
 //! for longer than failure detection and merges back; a one-way partition;
 //! a crashed broker restarts with its node id; a second live broker with a
-//! node id in use is refused. The workload mixes every
+//! node id in use is refused; rejoiners that hear only a coordinator that
+//! cannot hear them form a view of their own. The workload mixes every
 //! ordering; every run ends with the simulator's full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -609,6 +610,42 @@ fn a_broker_that_hears_nobody_does_not_wedge_the_others() {
             "seed {seed}: the brokers that hear each other are not in a primary view: {}",
             sim.views_summary()
         );
+        assert_ok(&sim.run());
+    }
+}
+
+#[test]
+fn rejoiners_that_hear_only_a_coordinator_that_cannot_hear_them_form_a_view() {
+    for seed in failure_seeds() {
+        let mut c = lossy(seed, 4, loss(0.05));
+        // Slot 0, the coordinator, hears nobody for 7 s; everyone hears it.
+        c.faults
+            .partitions
+            .push((ms(200), ms(7000), BTreeSet::from([1, 2, 3]), true));
+        let mut sim = Sim::new(c);
+        assert!(sim.form_group());
+        sim.plan_traffic_over(ms(5), ms(7000), &[0]);
+        // The three others restart as new incarnations: the only
+        // coordinator they hear is slot 0, which cannot hear their joins.
+        // Before the joining fallback they waited for it forever.
+        for s in 1..4 {
+            sim.schedule(ms(300), Action::Crash(Victim::Slot(s), Some(ms(200))));
+        }
+        sim.run_for(ms(1000));
+        sim.plan_traffic_over(ms(5), ms(6000), &[1, 2, 3]);
+        sim.run_for(ms(5500));
+        let views: BTreeSet<_> = (1..4)
+            .filter_map(|s| sim.engine(s))
+            .filter(|e| e.in_view())
+            .map(|e| (e.view().id, e.view().members.clone()))
+            .collect();
+        assert!(
+            views.len() == 1 && views.iter().all(|(_, m)| m.len() == 3),
+            "seed {seed}: the rejoiners are not in one view of their own: {}",
+            sim.views_summary()
+        );
+        // Healed: every view converges and every buffer drains (the run's
+        // liveness check).
         assert_ok(&sim.run());
     }
 }

@@ -76,7 +76,10 @@ impl Engine {
         now: Instant,
     ) {
         let coordinator = d.coordinator;
-        if view.0 == 0 {
+        if view.0 == 0 || self.shunned(coordinator, now) {
+            // A coordinator that left a whole join round of ours
+            // unanswered may not hear us: we neither ask it again nor
+            // merge into its view for a while (see `join_round_unanswered`).
             return;
         }
         match self.membership.phase.clone() {
@@ -91,6 +94,8 @@ impl Engine {
                     self.membership.phase = Phase::Joining {
                         target: Some(coordinator),
                     };
+                    // A new target gets a whole round of patience.
+                    self.membership.join_attempts = 0;
                     self.send_join(Some(coordinator));
                 }
             }
@@ -263,6 +268,7 @@ impl Engine {
         self.membership.newer_view_since = None;
         self.membership.last_install = None;
         self.membership.join_attempts = 0;
+        self.membership.join_rounds = 0;
         self.membership.change_began = Some(now);
         self.membership.phase = Phase::Joining { target };
         if self.membership.join_not_before.is_none_or(|t| now >= t) {

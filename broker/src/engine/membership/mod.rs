@@ -273,6 +273,13 @@ pub(crate) struct Membership {
     last_tick: Option<Instant>,
     /// Join requests sent to the current target without admission.
     join_attempts: u32,
+    /// Join rounds (a target's whole patience) that ended without
+    /// admission since we last were in a view (see `Joining`'s fallback).
+    join_rounds: u32,
+    /// Coordinators that let a whole join round of ours go unanswered
+    /// (they may not hear us), and until when we do not ask them or merge
+    /// into their view again. Bounded like `departed`.
+    shunned: BTreeMap<Origin, Instant>,
     /// Node ids of members that departed by failure (a later join of one
     /// of them is a merge or a restart: a discontinuity here too).
     failed_nodes: BTreeSet<NodeId>,
@@ -360,10 +367,15 @@ impl Membership {
     /// half with its first member. A smaller group that leaves us out is
     /// the one leaving (a stalled or cut-off broker), not us being excluded.
     fn outweighs(view: &View, members: &[Origin]) -> bool {
-        let held = view.members.iter().filter(|m| members.contains(m)).count();
-        2 * held > view.members.len()
-            || (2 * held == view.members.len()
-                && view.members.first().is_some_and(|f| members.contains(f)))
+        Self::weighs(&view.members, members)
+    }
+
+    /// Whether `part` holds a strict majority of `whole`, or exactly half
+    /// with its first member.
+    fn weighs(whole: &[Origin], part: &[Origin]) -> bool {
+        let held = whole.iter().filter(|m| part.contains(m)).count();
+        2 * held > whole.len()
+            || (2 * held == whole.len() && whole.first().is_some_and(|f| part.contains(f)))
     }
 
     /// Whether a view of `members` is primary, judged against the last
@@ -435,15 +447,10 @@ impl Engine {
             Phase::Joining { target } => {
                 if self.membership.join_not_before.is_none_or(|t| now >= t) {
                     self.membership.join_attempts += 1;
-                    // A target that never admits us (it left its view, or
-                    // cannot hear us): ask whichever coordinator we hear next.
-                    let patience = (self.config.acceptable_heartbeat_pause.as_millis()
-                        / self.config.view_retry.as_millis().max(1))
-                    .max(4) as u32;
-                    if target.is_some() && self.membership.join_attempts > patience {
-                        self.membership.join_attempts = 0;
-                        self.membership.phase = Phase::Joining { target: None };
-                        self.send_join(None);
+                    if self.membership.join_attempts > self.join_patience() {
+                        // A whole round unanswered: the target left its
+                        // view or cannot hear us (or we heard nobody).
+                        self.join_round_unanswered(target, now);
                     } else {
                         self.send_join(target);
                     }
@@ -491,6 +498,63 @@ impl Engine {
 }
 
 impl Engine {
+    /// Join requests (one per `view_retry`) a target gets before the round
+    /// counts as unanswered: an `acceptable_heartbeat_pause`'s worth.
+    fn join_patience(&self) -> u32 {
+        let n = self.config.acceptable_heartbeat_pause.as_millis()
+            / self.config.view_retry.as_millis().max(1);
+        u32::try_from(n).unwrap_or(u32::MAX).max(4)
+    }
+
+    /// A join round ended without admission. The target is shunned for as
+    /// long as we gave it (it may not hear us: asking it again, or merging
+    /// into its view, would only repeat this), and we ask whichever
+    /// coordinator we hear next. After `max_join_attempts` rounds we found
+    /// a view of our own, as a broker that finds nobody at startup does;
+    /// the merge unites it with the others once they hear each other.
+    fn join_round_unanswered(&mut self, target: Option<Origin>, now: Instant) {
+        let m = &mut self.membership;
+        m.join_attempts = 0;
+        m.join_rounds = m.join_rounds.saturating_add(1);
+        if let Some(t) = target {
+            if m.shunned.len() >= MAX_DEPARTED {
+                m.shunned.clear();
+            }
+            let rounds = self.config.max_join_attempts.max(1);
+            m.shunned
+                .insert(t, now + self.config.acceptable_heartbeat_pause * rounds);
+            tracing::warn!(coordinator = %t, "no admission from the coordinator asked for a whole join round (it may not hear this broker); asking another");
+        }
+        let limit = self.config.max_join_attempts;
+        if limit > 0 && m.join_rounds >= limit {
+            // A broker that knows no primary view and no cluster size would
+            // found a *primary* view (the first view of a group is), beside
+            // the group it heard: it keeps asking instead.
+            if m.last_primary.is_empty() && self.config.cluster_size == 0 {
+                if m.join_rounds == limit {
+                    tracing::warn!("still not admitted to the group it hears; not forming a view of its own, which could order total topics beside the group's (set --cluster-size to allow it)");
+                }
+            } else {
+                tracing::warn!(
+                    rounds = m.join_rounds,
+                    "no coordinator admitted this broker; forming a view of its own until the views merge"
+                );
+                self.form_singleton(now);
+                return;
+            }
+        }
+        self.membership.phase = Phase::Joining { target: None };
+        self.send_join(None);
+    }
+
+    /// Whether `coordinator` let a join round of ours go unanswered lately.
+    pub(crate) fn shunned(&self, coordinator: Origin, now: Instant) -> bool {
+        self.membership
+            .shunned
+            .get(&coordinator)
+            .is_some_and(|until| now < *until)
+    }
+
     /// Our answer to a proposal: our last sequence number and what we hold
     /// of every other origin. Delivery of each departing origin is frozen
     /// at what we report, so the cut (the most any survivor reports) is at
@@ -639,7 +703,8 @@ impl Engine {
     /// only that the reporter cannot hear it, and the reporter may be the
     /// one at fault (a broker that hears nobody suspects everyone, one by
     /// one as its timers fire). Such a disputed report is acted on only once
-    /// reporters outweighing the view agree, or once it stood for a whole
+    /// reporters outweighing the rest of the view agree (the suspect is the
+    /// one most cannot hear), or once it stood for a whole
     /// `acceptable_heartbeat_pause` (a link only the reporter lacks: one of
     /// the two must go). Meanwhile a deaf reporter goes on alone and is
     /// removed, and its reports with it (sim seed 32: acting on each report
@@ -687,7 +752,8 @@ impl Engine {
     /// Whether `reporter`'s suspicion of `suspect` is still disputed (see
     /// [`Engine::on_suspect`]): we heard the suspect within half an
     /// `acceptable_heartbeat_pause`, the reporters so far do not outweigh
-    /// the view, and the first report is younger than a whole pause.
+    /// the rest of the view, and the first report is younger than a whole
+    /// pause.
     fn disputed(&mut self, reporter: Origin, suspect: Origin, now: Instant) -> bool {
         let pause = self.config.acceptable_heartbeat_pause;
         let alive = self
@@ -709,9 +775,17 @@ impl Engine {
             tracing::info!(member = %suspect, by = %reporter, "a member reports a suspicion of a member we still hear; waiting for it to be confirmed");
         }
         reporters.insert(reporter);
+        // Reporters that outweigh the rest of the view (the suspect left
+        // out) say it is the suspect most cannot hear.
         let reporters: Vec<Origin> = reporters.iter().copied().collect();
-        now.saturating_duration_since(*since) < pause
-            && !Membership::outweighs(&self.view, &reporters)
+        let others: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| **m != suspect)
+            .copied()
+            .collect();
+        now.saturating_duration_since(*since) < pause && !Membership::weighs(&others, &reporters)
     }
 
     /// Refuses `new`, which claims the node id of the live `holder`.

@@ -726,6 +726,7 @@ impl Engine {
         m.newer_view_since = None;
         m.merge_target = None;
         m.join_attempts = 0;
+        m.join_rounds = 0;
         m.disputes.clear();
         m.newer.retain(|node, (new, _)| {
             members
