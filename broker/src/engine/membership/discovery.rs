@@ -76,6 +76,11 @@ impl Engine {
         now: Instant,
     ) {
         let coordinator = d.coordinator;
+        if view.0 > 1 || d.primary || d.view_size > 1 {
+            // A group with a history (more than a broker's first view
+            // alone): see `Membership::heard_group`.
+            self.membership.heard_group = true;
+        }
         if view.0 == 0 || self.shunned(coordinator, now) {
             // A coordinator that left a whole join round of ours
             // unanswered may not hear us: we neither ask it again nor

@@ -287,6 +287,12 @@ pub(crate) struct Membership {
     /// [`Engine::on_suspect`]): per suspect, since when and by whom. At
     /// most one entry per member of the view; cleared with each install.
     disputes: BTreeMap<Origin, (Instant, BTreeSet<Origin>)>,
+    /// We heard a view of our cluster with a history (primary, of several
+    /// members, or past its first number): knowing no primary view, we do
+    /// not count as the first view of a group (see `Membership::quorum`).
+    /// Two brokers' first views alone do not set it, so brokers that
+    /// started apart still unite into a primary view.
+    heard_group: bool,
 }
 
 /// A multi-frame install being collected (see [`Install::into_parts`]).
@@ -391,7 +397,11 @@ impl Membership {
             // No primary view known yet: with the cluster's size configured,
             // a majority of it (so a broker restarted while cut off from its
             // group forms no second primary); unknown, the first view is.
-            return cluster_size == 0 || 2 * members.len() > cluster_size;
+            // Not after hearing another view of the cluster: its group has
+            // a history we do not know (restarted brokers that founded a
+            // view beside it restarted gseq at 1 in the simulator), and we
+            // get it by merging into that group.
+            return !self.heard_group && (cluster_size == 0 || 2 * members.len() > cluster_size);
         }
         let present = |l: &Origin| {
             (vouch && members.contains(l))
@@ -527,21 +537,15 @@ impl Engine {
         }
         let limit = self.config.max_join_attempts;
         if limit > 0 && m.join_rounds >= limit {
-            // A broker that knows no primary view and no cluster size would
-            // found a *primary* view (the first view of a group is), beside
-            // the group it heard: it keeps asking instead.
-            if m.last_primary.is_empty() && self.config.cluster_size == 0 {
-                if m.join_rounds == limit {
-                    tracing::warn!("still not admitted to the group it hears; not forming a view of its own, which could order total topics beside the group's (set --cluster-size to allow it)");
-                }
-            } else {
-                tracing::warn!(
-                    rounds = m.join_rounds,
-                    "no coordinator admitted this broker; forming a view of its own until the views merge"
-                );
-                self.form_singleton(now);
-                return;
-            }
+            // Primary only with a quorum of the last primary view we know
+            // (a new incarnation does not count for its old self), never
+            // by the first-view rule: we heard a group (`heard_group`).
+            tracing::warn!(
+                rounds = m.join_rounds,
+                "no coordinator admitted this broker; forming a view of its own until the views merge"
+            );
+            self.form_singleton(now);
+            return;
         }
         self.membership.phase = Phase::Joining { target: None };
         self.send_join(None);
