@@ -1,6 +1,8 @@
 //! Finding a group: listening at start, forming a view when alone, asking
-//! a coordinator for admission, a lone coordinator joining a lower-ranked
-//! one (simultaneous starts converge to one view), and rejoining as a new
+//! a coordinator for admission (and, left unanswered, shunning it and in
+//! the end founding a view of our own: the joining fallback in
+//! `membership`), a lone coordinator joining a lower-ranked one
+//! (simultaneous starts converge to one view), and rejoining as a new
 //! incarnation after an unrecoverable loss.
 
 use std::collections::BTreeMap;

@@ -12,7 +12,14 @@
 //! phi accrual) suspects it, when a member reports a suspicion to the
 //! coordinator (a `Suspect` frame: suspicion is one-sided, so a member the
 //! others hear but one cannot is excluded too), or when a newer incarnation
-//! of its node speaks while it stays silent (a restart). The coordinator is
+//! of its node speaks while it stays silent (a restart). A report of a
+//! member the coordinator itself heard within half an
+//! `acceptable_heartbeat_pause` is *disputed*: the reporter may be the one
+//! that cannot hear (a broker that hears nobody suspects everyone, one by
+//! one as its timers fire, and acting on each report removed live members
+//! until the coordinator was left alone, sim seed 32). It is acted on once
+//! reporters outweighing the rest of the view agree, or once it stood a
+//! whole pause; a deaf reporter goes on alone before that and is removed. The coordinator is
 //! the first member not gone in its own eyes; it proposes the view without
 //! the gone members. Each survivor then stops sending, freezes its delivery
 //! of every departing origin at what it holds contiguously and reports
@@ -55,7 +62,9 @@
 //!
 //! **Quorum.** A view is *primary* if it holds a strict majority of the
 //! members of the last primary view, or exactly half including that view's
-//! first (lowest-ranked) member; the first view of a group is primary.
+//! first (lowest-ranked) member; the first view of a group is primary
+//! (with `cluster_size` known, a majority of it), but not for a broker
+//! that knows no primary view yet heard a group with a history.
 //! Quorum is judged by the coordinator against the last primary view
 //! *installed* (a change in flight at the split counts for nothing), and
 //! carried in the install. Members are counted by incarnation, so a
@@ -120,6 +129,19 @@
 //! higher node id. Each member of the losing view rejoins the winner as a
 //! new incarnation (state transfer, discontinuity event), so nothing one
 //! side delivered during the split is delivered on the other.
+//!
+//! **Joining fallback.** A joiner asks one coordinator at a time, each
+//! for an `acceptable_heartbeat_pause` (a round). A round without
+//! admission shuns that coordinator for `max_join_attempts` rounds (it may
+//! not hear us: we neither ask it nor merge into its view meanwhile), and
+//! after `max_join_attempts` (3) unanswered rounds the joiner founds a view
+//! of its own, as a broker that finds nobody at startup does (JGroups GMS
+//! does the same after `max_join_attempts`); the merge above unites the
+//! views once they hear each other. The founded view is primary only by
+//! the quorum rule above: a new incarnation never counts for its old self,
+//! and a broker that knows no primary view but heard a group with a
+//! history (`heard_group`) is no first view, so a broker the coordinator
+//! cannot hear never orders total topics beside the group.
 //!
 //! **View identity.** A view is named by its number and its tag (a hash
 //! of its members, `ordo_wire::group::view_tag`), both in every frame's
