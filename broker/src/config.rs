@@ -775,6 +775,9 @@ mod tests {
         assert_eq!(c.default_ordering, Ordering::Fifo);
         assert_eq!(c.client_queue_bytes, 64 * 1024 * 1024);
         assert!(c.auth_token.is_none());
+        assert_eq!(c.max_join_attempts, 3);
+        let c = Config::resolve(args(&["--max-join-attempts", "0"]), FileConfig::default());
+        assert_eq!(c.unwrap().max_join_attempts, 0, "0: never give up");
     }
 
     #[test]

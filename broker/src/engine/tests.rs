@@ -1456,3 +1456,22 @@ fn joiners_that_know_no_primary_view_found_only_a_non_primary_one() {
     assert_eq!(v.members.len(), 3, "{v:?}");
     assert!(g.engines.iter().all(|e| e.view() == &v));
 }
+
+#[test]
+fn a_deaf_broker_next_in_rank_takes_over_nobody_who_hears_the_coordinator() {
+    let mut g = Group::new(5);
+    let before: Vec<Origin> = g.engines.iter().map(Engine::origin).collect();
+    // Engine 1 stops hearing the coordinator first, then (300 ms later)
+    // everyone: it proposes a view without the coordinator, which the
+    // others still hear, then installs itself alone. Flushing for its
+    // proposal at once made that install everyone's exclusion (sim seed 51).
+    g.run(ms(300), |from, to, _| !(to == 1 && from == 0));
+    g.run(ms(6000), |_, to, _| to != 1);
+    let rest = vec![before[0], before[2], before[3], before[4]];
+    for i in [0, 2, 3, 4] {
+        let v = g.engines[i].view();
+        assert_eq!(v.members, rest, "engine {i}: {v:?}");
+        assert!(v.primary, "engine {i}: {v:?}");
+        assert_eq!(g.engines[i].stats().exclusions, 0, "engine {i}");
+    }
+}

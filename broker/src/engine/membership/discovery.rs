@@ -271,6 +271,7 @@ impl Engine {
         self.membership.leaves.clear();
         self.membership.dead.clear();
         self.membership.disputes.clear();
+        self.membership.proposal_disputes.clear();
         self.membership.newer.clear();
         self.membership.newer_view_since = None;
         self.membership.last_install = None;

@@ -19,7 +19,12 @@
 //! one as its timers fire, and acting on each report removed live members
 //! until the coordinator was left alone, sim seed 32). It is acted on once
 //! reporters outweighing the rest of the view agree, or once it stood a
-//! whole pause; a deaf reporter goes on alone before that and is removed. The coordinator is
+//! whole pause; a deaf reporter goes on alone before that and is removed.
+//! Likewise a proposal that takes over from members ranked before its
+//! proposer whom we still hear (or from us) is flushed for only once it
+//! was repeated for a whole pause: a deaf broker suspects those before it
+//! first and proposes, then installs itself alone, and everyone who had
+//! flushed for it would take that as their exclusion (sim seed 51). The coordinator is
 //! the first member not gone in its own eyes; it proposes the view without
 //! the gone members. Each survivor then stops sending, freezes its delivery
 //! of every departing origin at what it holds contiguously and reports
@@ -309,6 +314,10 @@ pub(crate) struct Membership {
     /// [`Engine::on_suspect`]): per suspect, since when and by whom. At
     /// most one entry per member of the view; cleared with each install.
     disputes: BTreeMap<Origin, (Instant, BTreeSet<Origin>)>,
+    /// Proposers taking over from members we still hear (see
+    /// `Engine::proposal_disputed`), and since when they propose. At most
+    /// one entry per member of the view; cleared with each install.
+    proposal_disputes: BTreeMap<Origin, Instant>,
     /// We heard a view of our cluster with a history (primary, of several
     /// members, or past its first number): knowing no primary view, we do
     /// not count as the first view of a group (see `Membership::quorum`).
