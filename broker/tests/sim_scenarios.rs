@@ -600,6 +600,11 @@ const FIXED_SCENARIO_SEEDS: &[(fn(u64), u64, &str)] = &[
         "the deaf broker, next in rank, proposed a view without the coordinator, then installed \
          itself alone: everyone who had flushed for it rejoined",
     ),
+    (
+        rejoiners_hearing_only_a_deaf_coordinator,
+        121,
+        "three stuck joiners founded views at the same moment and their merges never settled",
+    ),
 ];
 
 #[test]
@@ -647,35 +652,39 @@ fn a_broker_that_hears_nobody(seed: u64) {
 #[test]
 fn rejoiners_that_hear_only_a_coordinator_that_cannot_hear_them_form_a_view() {
     for seed in failure_seeds() {
-        let mut c = lossy(seed, 4, loss(0.05));
-        // Slot 0, the coordinator, hears nobody for 7 s; everyone hears it.
-        c.faults
-            .partitions
-            .push((ms(200), ms(7000), BTreeSet::from([1, 2, 3]), true));
-        let mut sim = Sim::new(c);
-        assert!(sim.form_group());
-        sim.plan_traffic_over(ms(5), ms(7000), &[0]);
-        // The three others restart as new incarnations: the only
-        // coordinator they hear is slot 0, which cannot hear their joins.
-        // Before the joining fallback they waited for it forever.
-        for s in 1..4 {
-            sim.schedule(ms(300), Action::Crash(Victim::Slot(s), Some(ms(200))));
-        }
-        sim.run_for(ms(1000));
-        sim.plan_traffic_over(ms(5), ms(6000), &[1, 2, 3]);
-        sim.run_for(ms(5500));
-        let views: BTreeSet<_> = (1..4)
-            .filter_map(|s| sim.engine(s))
-            .filter(|e| e.in_view())
-            .map(|e| (e.view().id, e.view().members.clone()))
-            .collect();
-        assert!(
-            views.len() == 1 && views.iter().all(|(_, m)| m.len() == 3),
-            "seed {seed}: the rejoiners are not in one view of their own: {}",
-            sim.views_summary()
-        );
-        // Healed: every view converges and every buffer drains (the run's
-        // liveness check).
-        assert_ok(&sim.run());
+        rejoiners_hearing_only_a_deaf_coordinator(seed);
     }
+}
+
+fn rejoiners_hearing_only_a_deaf_coordinator(seed: u64) {
+    let mut c = lossy(seed, 4, loss(0.05));
+    // Slot 0, the coordinator, hears nobody for 7 s; everyone hears it.
+    c.faults
+        .partitions
+        .push((ms(200), ms(7000), BTreeSet::from([1, 2, 3]), true));
+    let mut sim = Sim::new(c);
+    assert!(sim.form_group());
+    sim.plan_traffic_over(ms(5), ms(7000), &[0]);
+    // The three others restart as new incarnations: the only
+    // coordinator they hear is slot 0, which cannot hear their joins.
+    // Before the joining fallback they waited for it forever.
+    for s in 1..4 {
+        sim.schedule(ms(300), Action::Crash(Victim::Slot(s), Some(ms(200))));
+    }
+    sim.run_for(ms(1000));
+    sim.plan_traffic_over(ms(5), ms(6000), &[1, 2, 3]);
+    sim.run_for(ms(5500));
+    let views: BTreeSet<_> = (1..4)
+        .filter_map(|s| sim.engine(s))
+        .filter(|e| e.in_view())
+        .map(|e| (e.view().id, e.view().members.clone()))
+        .collect();
+    assert!(
+        views.len() == 1 && views.iter().all(|(_, m)| m.len() == 3),
+        "seed {seed}: the rejoiners are not in one view of their own: {}",
+        sim.views_summary()
+    );
+    // Healed: every view converges and every buffer drains (the run's
+    // liveness check).
+    assert_ok(&sim.run());
 }

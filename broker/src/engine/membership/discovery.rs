@@ -166,6 +166,12 @@ impl Engine {
     }
 
     pub(crate) fn on_join(&mut self, sender: Origin, join: Join, now: Instant) {
+        if matches!(self.membership.phase, Phase::Joining { .. }) && sender.node < self.me.node {
+            // Another joiner, ranked before us: if neither of us gets in,
+            // it founds a view first and we join it (see
+            // `join_round_unanswered`), rather than all founding at once.
+            self.membership.lower_joiner_at = Some(now);
+        }
         let Some(target) = join.target else {
             if let Phase::Discovering { .. } = self.membership.phase {
                 if sender < self.me {

@@ -142,7 +142,9 @@
 //! after `max_join_attempts` (3) unanswered rounds the joiner founds a view
 //! of its own, as a broker that finds nobody at startup does (JGroups GMS
 //! does the same after `max_join_attempts`); the merge above unites the
-//! views once they hear each other. The founded view is primary only by
+//! views once they hear each other. Joiners stuck together found one at a
+//! time: one that hears a lower-ranked joiner waits (at most as many
+//! rounds again) and joins the view that one founds. The founded view is primary only by
 //! the quorum rule above: a new incarnation never counts for its old self,
 //! and a broker that knows no primary view but heard a group with a
 //! history (`heard_group`) is no first view, so a broker the coordinator
@@ -314,6 +316,8 @@ pub(crate) struct Membership {
     /// [`Engine::on_suspect`]): per suspect, since when and by whom. At
     /// most one entry per member of the view; cleared with each install.
     disputes: BTreeMap<Origin, (Instant, BTreeSet<Origin>)>,
+    /// When we last heard a join from a lower-ranked node while joining.
+    lower_joiner_at: Option<Instant>,
     /// Proposers taking over from members we still hear (see
     /// `Engine::proposal_disputed`), and since when they propose. At most
     /// one entry per member of the view; cleared with each install.
@@ -567,7 +571,16 @@ impl Engine {
             tracing::warn!(coordinator = %t, "no admission from the coordinator asked for a whole join round (it may not hear this broker); asking another");
         }
         let limit = self.config.max_join_attempts;
-        if limit > 0 && m.join_rounds >= limit {
+        // Joiners stuck together found one at a time: the first ranked
+        // founds, the others join its view (founding all at once, their
+        // views met in a storm of merges, sim seed 121 of the rejoiners
+        // scenario). Deferring is bounded, should that joiner never found.
+        let pause = self.config.acceptable_heartbeat_pause;
+        let deferred = m
+            .lower_joiner_at
+            .is_some_and(|t| now.saturating_duration_since(t) < pause)
+            && m.join_rounds < limit.saturating_mul(2);
+        if limit > 0 && m.join_rounds >= limit && !deferred {
             // Primary only with a quorum of the last primary view we know
             // (a new incarnation does not count for its old self), never
             // by the first-view rule: we heard a group (`heard_group`).

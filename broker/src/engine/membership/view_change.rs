@@ -770,6 +770,7 @@ impl Engine {
         m.merge_target = None;
         m.join_attempts = 0;
         m.join_rounds = 0;
+        m.lower_joiner_at = None;
         m.disputes.clear();
         m.proposal_disputes.clear();
         m.newer.retain(|node, (new, _)| {
