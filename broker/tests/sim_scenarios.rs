@@ -584,10 +584,13 @@ fn a_broker_that_hears_nobody_does_not_wedge_the_others() {
     }
 }
 
+/// A scenario run for one seed.
+type Scenario = fn(u64);
+
 /// Scenario seeds past the default range that once failed (soaks of 300
 /// seeds of one scenario), with what they catch: `once_failing_scenario_seeds`
 /// runs them in every `cargo test`.
-const FIXED_SCENARIO_SEEDS: &[(fn(u64), u64, &str)] = &[
+const FIXED_SCENARIO_SEEDS: &[(Scenario, u64, &str)] = &[
     (
         a_broker_that_hears_nobody,
         32,
