@@ -24,17 +24,18 @@
 //! proposer whom we still hear (or from us) is flushed for only once it
 //! was repeated for a whole pause: a deaf broker suspects those before it
 //! first and proposes, then installs itself alone, and everyone who had
-//! flushed for it would take that as their exclusion (sim seed 51). The coordinator is
-//! the first member not gone in its own eyes; it proposes the view without
-//! the gone members. Each survivor then stops sending, freezes its delivery
-//! of every departing origin at what it holds contiguously and reports
-//! that (`FlushAck::held`); the cut of a departed origin is the most any
-//! survivor reported, so it covers everything any survivor delivered. The
-//! survivors repair each other up to the cut (any holder repairs), and only
-//! once every survivor's digest shows it holds the cut does the
-//! coordinator install; each survivor delivers the departed streams
-//! exactly up to the cut and discards the rest. So each departed message
-//! reaches every survivor or none.
+//! flushed for it would take that as their exclusion (sim seed 51).
+//!
+//! The coordinator is the first member not gone in its own eyes; it
+//! proposes the view without the gone members. Each survivor then stops
+//! sending, freezes its delivery of every departing origin at what it
+//! holds contiguously and reports that (`FlushAck::held`); the cut of a
+//! departed origin is the most any survivor reported, so it covers
+//! everything any survivor delivered. The survivors repair each other up
+//! to the cut (any holder repairs), and only once every survivor's digest
+//! shows it holds the cut does the coordinator install; each survivor
+//! delivers the departed streams exactly up to the cut and discards the
+//! rest. So each departed message reaches every survivor or none.
 //!
 //! **Vouching: what a confirmation rests on.** The invariant: *a message
 //! is confirmed, and an ordering decision applied, only if it is at or
@@ -144,11 +145,11 @@
 //! does the same after `max_join_attempts`); the merge above unites the
 //! views once they hear each other. Joiners stuck together found one at a
 //! time: one that hears a lower-ranked joiner waits (at most as many
-//! rounds again) and joins the view that one founds. The founded view is primary only by
-//! the quorum rule above: a new incarnation never counts for its old self,
-//! and a broker that knows no primary view but heard a group with a
-//! history (`heard_group`) is no first view, so a broker the coordinator
-//! cannot hear never orders total topics beside the group.
+//! rounds again) and joins the view that one founds. The founded view is
+//! primary only by the quorum rule above: a new incarnation never counts
+//! for its old self, and a broker that knows no primary view but heard a
+//! group with a history (`heard_group`) is no first view, so a broker the
+//! coordinator cannot hear never orders total topics beside the group.
 //!
 //! **View identity.** A view is named by its number and its tag (a hash
 //! of its members, `ordo_wire::group::view_tag`), both in every frame's
@@ -808,7 +809,9 @@ impl Engine {
             .detector
             .last_heard(suspect)
             .is_some_and(|t| now.saturating_duration_since(t) < pause / 2);
-        if !alive && !self.membership.disputes.contains_key(&suspect) {
+        if !alive {
+            // Silent for us too by now: nothing left to dispute.
+            self.membership.disputes.remove(&suspect);
             return false;
         }
         let m = &mut self.membership;
