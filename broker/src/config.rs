@@ -148,7 +148,7 @@ pub struct Args {
     /// Join rounds (each waits one --acceptable-heartbeat-pause for the
     /// coordinator it asks) left unanswered before a (re)joining broker
     /// forms a view of its own, which merges with the group once they hear
-    /// each other; 0 never gives up [default: 3].
+    /// each other; 0 never gives up [default: 5].
     #[arg(long, env = "ORDO_MAX_JOIN_ATTEMPTS", value_name = "N")]
     pub max_join_attempts: Option<u32>,
     /// How many brokers the cluster has. Total-order topics then need a
@@ -775,7 +775,7 @@ mod tests {
         assert_eq!(c.default_ordering, Ordering::Fifo);
         assert_eq!(c.client_queue_bytes, 64 * 1024 * 1024);
         assert!(c.auth_token.is_none());
-        assert_eq!(c.max_join_attempts, 3);
+        assert_eq!(c.max_join_attempts, 5);
         let c = Config::resolve(args(&["--max-join-attempts", "0"]), FileConfig::default());
         assert_eq!(c.unwrap().max_join_attempts, 0, "0: never give up");
     }

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ordo_broker::sim::{Action, Sim, SimConfig, SimReport, Victim};
+use ordo_broker::sim::{run_config, Action, PlannedCrash, Sim, SimConfig, SimReport, Victim};
 use ordo_wire::Ordering;
 
 /// Seeds per scenario; `ORDO_SIM_SCENARIO_SEEDS` raises it for soak runs.
@@ -661,13 +661,13 @@ fn rejoiners_that_hear_only_a_coordinator_that_cannot_hear_them_form_a_view() {
 
 fn rejoiners_hearing_only_a_deaf_coordinator(seed: u64) {
     let mut c = lossy(seed, 4, loss(0.05));
-    // Slot 0, the coordinator, hears nobody for 7 s; everyone hears it.
+    // Slot 0, the coordinator, hears nobody for 10 s; everyone hears it.
     c.faults
         .partitions
-        .push((ms(200), ms(7000), BTreeSet::from([1, 2, 3]), true));
+        .push((ms(200), ms(10_000), BTreeSet::from([1, 2, 3]), true));
     let mut sim = Sim::new(c);
     assert!(sim.form_group());
-    sim.plan_traffic_over(ms(5), ms(7000), &[0]);
+    sim.plan_traffic_over(ms(5), ms(10_000), &[0]);
     // The three others restart as new incarnations: the only
     // coordinator they hear is slot 0, which cannot hear their joins.
     // Before the joining fallback they waited for it forever.
@@ -675,8 +675,10 @@ fn rejoiners_hearing_only_a_deaf_coordinator(seed: u64) {
         sim.schedule(ms(300), Action::Crash(Victim::Slot(s), Some(ms(200))));
     }
     sim.run_for(ms(1000));
-    sim.plan_traffic_over(ms(5), ms(6000), &[1, 2, 3]);
-    sim.run_for(ms(5500));
+    sim.plan_traffic_over(ms(5), ms(9000), &[1, 2, 3]);
+    // Five unanswered join rounds of a second each, then one founds a
+    // view and the others join it.
+    sim.run_for(ms(8000));
     let views: BTreeSet<_> = (1..4)
         .filter_map(|s| sim.engine(s))
         .filter(|e| e.in_view())
@@ -690,4 +692,40 @@ fn rejoiners_hearing_only_a_deaf_coordinator(seed: u64) {
     // Healed: every view converges and every buffer drains (the run's
     // liveness check).
     assert_ok(&sim.run());
+}
+
+#[test]
+fn a_restarted_broker_that_founds_a_view_while_the_coordinator_is_slow_loses_nothing() {
+    for seed in failure_seeds() {
+        a_restarted_broker_founds_a_view_while_the_coordinator_is_slow(seed);
+    }
+}
+
+fn a_restarted_broker_founds_a_view_while_the_coordinator_is_slow(seed: u64) {
+    let mut c = SimConfig::basic(seed, 4);
+    c.faults.loss = 0.15;
+    c.traffic_span = Duration::from_millis(1000);
+    c.deadline = Duration::from_secs(30);
+    c.publishers_per_node = 3;
+    // Slot 1's datagrams are lost half the time and repairs wait long:
+    // the view change that removes its crashed incarnation takes seconds,
+    // longer than its restarted incarnation waits for admission (three
+    // rounds here), so it founds a view of its own and publishes there
+    // while the coordinator still holds its join. Founding as the same
+    // incarnation, the coordinator then admitted it at the stream position
+    // of that join, and the others found its messages since unrecoverable
+    // (sim_bugs' crash-a-publisher seed 5).
+    for to in [0, 2, 3] {
+        c.faults.lossy_links.push((1, to, 0.5));
+    }
+    c.tune = Some(|e| {
+        e.repair_delay = Duration::from_millis(800);
+        e.max_join_attempts = 3;
+    });
+    c.faults.crashes.push(PlannedCrash {
+        at: Duration::from_millis(300 + seed * 40),
+        victim: Victim::Publisher(1),
+        restart_after: Some(Duration::ZERO),
+    });
+    assert_ok(&run_config(c));
 }

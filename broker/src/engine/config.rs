@@ -17,11 +17,11 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 /// through a largest message.
 pub const DEFAULT_REASSEMBLY_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Default [`EngineConfig::max_join_attempts`]: about 3 s of unanswered
-/// joins with the default `acceptable_heartbeat_pause`, twice failure
-/// detection, so a coordinator that is merely slow to admit (its view
-/// change in flight) is not given up on.
-pub const DEFAULT_MAX_JOIN_ATTEMPTS: u32 = 3;
+/// Default [`EngineConfig::max_join_attempts`]: about 5 s of unanswered
+/// joins with the default `acceptable_heartbeat_pause`, three failure
+/// detections, so a coordinator that is merely slow to admit (a view
+/// change under heavy loss took 3 s in the simulator) is not given up on.
+pub const DEFAULT_MAX_JOIN_ATTEMPTS: u32 = 5;
 
 /// Everything the engine needs to start; no field is read from the environment.
 #[derive(Debug, Clone)]

@@ -238,18 +238,9 @@ impl Engine {
         self.rejoin_to(now, reason, target);
     }
 
-    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
-    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
-        self.stats.rejoins += 1;
-        // Our stream ends here: what still awaits confirmation never gets
-        // it (an install that carried our cut answered those it settled).
-        self.resolve_confirms(
-            None,
-            &format!(
-                "this broker lost its place in the group's view ({reason}) and rejoined as a new incarnation"
-            ),
-        );
-        self.membership.discontinuity = Some((self.view.id, reason));
+    /// Becomes the next incarnation of our node, with an empty stream and
+    /// fresh ordering layers.
+    pub(crate) fn next_incarnation(&mut self) {
         self.me = Origin {
             node: self.me.node,
             incarnation: Incarnation(self.me.incarnation.0 + 1),
@@ -266,6 +257,21 @@ impl Engine {
             self.membership.rejoin_counts = self.delivery.primary_held();
         }
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
+    }
+
+    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
+    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
+        self.stats.rejoins += 1;
+        // Our stream ends here: what still awaits confirmation never gets
+        // it (an install that carried our cut answered those it settled).
+        self.resolve_confirms(
+            None,
+            &format!(
+                "this broker lost its place in the group's view ({reason}) and rejoined as a new incarnation"
+            ),
+        );
+        self.membership.discontinuity = Some((self.view.id, reason));
+        self.next_incarnation();
         if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
             // Only the planted bug listens: the sequencer we were keeps acting.
             self.delivery.remember_stale_sequencer(s);

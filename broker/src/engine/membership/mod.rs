@@ -140,8 +140,9 @@
 //! for an `acceptable_heartbeat_pause` (a round). A round without
 //! admission shuns that coordinator for `max_join_attempts` rounds (it may
 //! not hear us: we neither ask it nor merge into its view meanwhile), and
-//! after `max_join_attempts` (3) unanswered rounds the joiner founds a view
-//! of its own, as a broker that finds nobody at startup does (JGroups GMS
+//! after `max_join_attempts` (5) unanswered rounds the joiner founds a view
+//! of its own (as a new incarnation, so a join a slow coordinator queued
+//! admits nobody who speaks), as a broker that finds nobody at startup does (JGroups GMS
 //! does the same after `max_join_attempts`); the merge above unites the
 //! views once they hear each other. Joiners stuck together found one at a
 //! time: one that hears a lower-ranked joiner waits (at most as many
@@ -589,6 +590,12 @@ impl Engine {
                 rounds = m.join_rounds,
                 "no coordinator admitted this broker; forming a view of its own until the views merge"
             );
+            // As a new incarnation: a coordinator that was only slow may
+            // still admit us on a join it queued, with the stream position
+            // that join named; our founded view's messages would then be
+            // missing from it (sim_bugs seed 5: 62 unrecoverable). The
+            // incarnation it admits never speaks and is removed.
+            self.next_incarnation();
             self.form_singleton(now);
             return;
         }
