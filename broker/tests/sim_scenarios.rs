@@ -724,7 +724,7 @@ fn a_restarted_broker_founds_a_view_while_the_coordinator_is_slow(seed: u64) {
     });
     // Within the traffic span, so that it crashes right after a publish.
     c.faults.crashes.push(PlannedCrash {
-        at: Duration::from_millis(300 + (seed % 16) * 40),
+        at: Duration::from_millis(300 + (seed % 10) * 40),
         victim: Victim::Publisher(1),
         restart_after: Some(Duration::ZERO),
     });
