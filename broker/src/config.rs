@@ -152,6 +152,12 @@ pub struct Args {
     /// is suspected about 1.6 s after its last frame [default: 1000].
     #[arg(long, env = "ORDO_ACCEPTABLE_HEARTBEAT_PAUSE", value_name = "MS")]
     pub acceptable_heartbeat_pause: Option<u64>,
+    /// Join rounds (each waits one --acceptable-heartbeat-pause for the
+    /// coordinator it asks) left unanswered before a (re)joining broker
+    /// forms a view of its own, which merges with the group once they hear
+    /// each other; 0 never gives up [default: 5].
+    #[arg(long, env = "ORDO_MAX_JOIN_ATTEMPTS", value_name = "N")]
+    pub max_join_attempts: Option<u32>,
     /// How many brokers the cluster has. Total-order topics then need a
     /// majority of them before the first primary view, so a broker restarted
     /// while cut off from its group does not order total topics alone;
@@ -192,6 +198,7 @@ pub struct FileConfig {
     pub ack_interval: Option<u64>,
     pub phi_threshold: Option<f64>,
     pub acceptable_heartbeat_pause: Option<u64>,
+    pub max_join_attempts: Option<u32>,
     pub cluster_size: Option<usize>,
     #[serde(default)]
     pub topics: Vec<FileTopic>,
@@ -256,6 +263,8 @@ pub struct Config {
     pub phi_threshold: f64,
     /// Silence tolerated before suspicion grows.
     pub acceptable_heartbeat_pause: Duration,
+    /// Unanswered join rounds before founding a view (0: never).
+    pub max_join_attempts: u32,
     /// Brokers in the cluster (0: unknown).
     pub cluster_size: usize,
     pub topics: Vec<TopicDecl>,
@@ -629,6 +638,10 @@ impl Config {
             ack_interval: Duration::from_millis(ack_interval),
             phi_threshold,
             acceptable_heartbeat_pause: Duration::from_millis(acceptable_heartbeat_pause),
+            max_join_attempts: args
+                .max_join_attempts
+                .or(file.max_join_attempts)
+                .unwrap_or(crate::engine::DEFAULT_MAX_JOIN_ATTEMPTS),
             cluster_size: args.cluster_size.or(file.cluster_size).unwrap_or(0),
             topics,
         })
@@ -781,6 +794,9 @@ mod tests {
         assert_eq!(c.default_ordering, Ordering::Fifo);
         assert_eq!(c.client_queue_bytes, 64 * 1024 * 1024);
         assert!(c.auth_token.is_none());
+        assert_eq!(c.max_join_attempts, 5);
+        let c = Config::resolve(args(&["--max-join-attempts", "0"]), FileConfig::default());
+        assert_eq!(c.unwrap().max_join_attempts, 0, "0: never give up");
     }
 
     #[test]

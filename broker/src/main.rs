@@ -137,6 +137,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     engine_config.phi_threshold = config.phi_threshold;
     engine_config.acceptable_heartbeat_pause = config.acceptable_heartbeat_pause;
     engine_config.cluster_size = config.cluster_size;
+    engine_config.max_join_attempts = config.max_join_attempts;
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let (health_tx, health_rx) = watch::channel(Health::of(&engine));

@@ -17,6 +17,12 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 /// through a largest message.
 pub const DEFAULT_REASSEMBLY_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Default [`EngineConfig::max_join_attempts`]: about 5 s of unanswered
+/// joins with the default `acceptable_heartbeat_pause`, three failure
+/// detections, so a coordinator that is merely slow to admit (a view
+/// change under heavy loss took 3 s in the simulator) is not given up on.
+pub const DEFAULT_MAX_JOIN_ATTEMPTS: u32 = 5;
+
 /// Everything the engine needs to start; no field is read from the environment.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -54,6 +60,12 @@ pub struct EngineConfig {
     /// excluded (it backs off exponentially up to this, so a member the
     /// group cannot hear does not disrupt it forever).
     pub max_rejoin_backoff: Duration,
+    /// Join rounds (each asks one coordinator for an
+    /// `acceptable_heartbeat_pause`) left unanswered before a joiner founds
+    /// a view of its own and lets the partition merge unite it with the
+    /// group once they hear each other (a coordinator that cannot hear the
+    /// joiner would keep it out forever). Zero: never give up.
+    pub max_join_attempts: u32,
     /// How long a starting engine listens for an existing group before
     /// forming a view of its own. Zero: form one at once.
     pub discovery_timeout: Duration,
@@ -149,6 +161,7 @@ impl EngineConfig {
             acceptable_heartbeat_pause: Duration::from_secs(1),
             min_heartbeat_std_dev: Duration::from_millis(100),
             max_rejoin_backoff: Duration::from_secs(10),
+            max_join_attempts: DEFAULT_MAX_JOIN_ATTEMPTS,
             cluster_size: 0,
             discovery_timeout: Duration::from_millis(300),
             view_retry: Duration::from_millis(50),

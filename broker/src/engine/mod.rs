@@ -37,7 +37,7 @@ use ordo_wire::{CausalContext, GlobalSeq, NodeId, Ordering, Origin, Seq, ViewId,
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-pub use config::{Bugs, EngineConfig};
+pub use config::{Bugs, EngineConfig, DEFAULT_MAX_JOIN_ATTEMPTS};
 use membership::{Detector, Membership};
 use reliability::{Received, Reliability};
 pub use stats::Stats;

@@ -1393,3 +1393,116 @@ fn the_lost_tail_of_a_burst_that_asked_for_no_digest_is_told_by_a_heartbeat() {
     assert_eq!(g.engines[0].stats().heartbeats_sent, heartbeats + 1);
     assert!(g.engines[2].stats().naks_sent >= 1);
 }
+
+#[test]
+fn a_broker_that_stops_hearing_the_others_one_by_one_removes_only_itself() {
+    let mut g = Group::new(5);
+    let before: Vec<Origin> = g.engines.iter().map(Engine::origin).collect();
+    // Engine 2 stops hearing engines 1 and 3 first, the rest 300 ms later
+    // (as a deaf broker's timers fire apart); everyone still hears it. Its
+    // first reports name members the coordinator hears: they must not be
+    // removed on its word (sim seed 32 removed them one by one).
+    g.run(ms(300), |from, to, _| {
+        !(to == 2 && (from == 1 || from == 3))
+    });
+    g.run(ms(6000), |_, to, _| to != 2);
+    let rest = vec![before[0], before[1], before[3], before[4]];
+    for i in [0, 1, 3, 4] {
+        let v = g.engines[i].view();
+        assert_eq!(v.members, rest, "engine {i}: {v:?}");
+        assert!(v.primary, "engine {i}: {v:?}");
+        assert_eq!(g.engines[i].stats().exclusions, 0, "engine {i}");
+    }
+    assert_eq!(g.engines[2].view().members, vec![before[2]]);
+}
+
+#[test]
+fn a_suspicion_several_members_report_is_acted_on_at_once() {
+    let mut g = Group::new(4);
+    let mute = g.engines[3].origin();
+    // Engine 3 is heard by the coordinator only: the other two report it,
+    // which outweighs the view, so it goes without waiting a whole pause.
+    g.run(ms(2200), |from, to, _| !(from == 3 && to != 0));
+    // Reported at about 1.6 s: a lone report would wait until 2.6 s.
+    let v = g.engines[0].view();
+    assert!(!v.members.contains(&mute), "{v:?}");
+    assert!(v.primary);
+}
+
+/// A group of 3 whose coordinator (engine 0) then hears nobody, and whose
+/// other two brokers restart as new incarnations: the only coordinator
+/// they hear cannot hear their joins.
+fn joiners_hearing_only_a_deaf_coordinator(cluster_size: usize) -> Group {
+    let cfg = move |node: u32| {
+        let mut c = config(node);
+        c.cluster_size = cluster_size;
+        c
+    };
+    let mut g = Group::with(3, cfg);
+    g.run(ms(100), |_, to, _| to != 0);
+    for i in [1, 2] {
+        let mut c = cfg(i as u32 + 1);
+        c.incarnation = Incarnation(2);
+        // Long enough to hear the coordinator's heartbeat.
+        c.discovery_timeout = ms(300);
+        g.engines[i] = Engine::new(c, g.now);
+        g.events[i].clear();
+    }
+    g
+}
+
+#[test]
+fn joiners_a_coordinator_cannot_hear_form_a_view_of_their_own_and_merge_on_heal() {
+    let mut g = joiners_hearing_only_a_deaf_coordinator(3);
+    g.run(ms(8000), |_, to, _| to != 0);
+    let (a, b) = (g.engines[1].view().clone(), g.engines[2].view().clone());
+    assert!(g.engines[1].in_view() && g.engines[2].in_view());
+    assert_eq!(a, b);
+    assert_eq!(a.members.len(), 2, "{a:?}");
+    // Restarted, they know no primary view, and they heard the group: two
+    // of the configured three are no quorum of a history they never saw.
+    assert!(!a.primary, "{a:?}");
+    // Healed: the views merge into one.
+    g.run(ms(6000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    for e in &g.engines {
+        assert_eq!(e.view(), &v);
+    }
+}
+
+#[test]
+fn joiners_that_know_no_primary_view_found_only_a_non_primary_one() {
+    // Unknown cluster size and no primary view known: by the first-view
+    // rule their view would be primary, beside the group they heard (whose
+    // history they do not know). It is not; healed, the views merge.
+    let mut g = joiners_hearing_only_a_deaf_coordinator(0);
+    g.run(ms(8000), |_, to, _| to != 0);
+    let a = g.engines[1].view().clone();
+    assert!(g.engines[1].in_view() && g.engines[2].view() == &a);
+    assert_eq!(a.members.len(), 2, "{a:?}");
+    assert!(!a.primary, "{a:?}");
+    g.run(ms(6000), |_, _, _| true);
+    let v = g.engines[0].view().clone();
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert!(g.engines.iter().all(|e| e.view() == &v));
+}
+
+#[test]
+fn a_deaf_broker_next_in_rank_takes_over_nobody_who_hears_the_coordinator() {
+    let mut g = Group::new(5);
+    let before: Vec<Origin> = g.engines.iter().map(Engine::origin).collect();
+    // Engine 1 stops hearing the coordinator first, then (300 ms later)
+    // everyone: it proposes a view without the coordinator, which the
+    // others still hear, then installs itself alone. Flushing for its
+    // proposal at once made that install everyone's exclusion (sim seed 51).
+    g.run(ms(300), |from, to, _| !(to == 1 && from == 0));
+    g.run(ms(6000), |_, to, _| to != 1);
+    let rest = vec![before[0], before[2], before[3], before[4]];
+    for i in [0, 2, 3, 4] {
+        let v = g.engines[i].view();
+        assert_eq!(v.members, rest, "engine {i}: {v:?}");
+        assert!(v.primary, "engine {i}: {v:?}");
+        assert_eq!(g.engines[i].stats().exclusions, 0, "engine {i}");
+    }
+}

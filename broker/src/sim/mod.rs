@@ -10,6 +10,7 @@
 //! ORDO_SIM_SEEDS=100000 cargo test -p ordo-broker --features sim --test sim -- many_seeds --nocapture
 //! ORDO_SIM_SEED=1234 cargo test -p ordo-broker --features sim --test sim -- replay --exact --nocapture
 //! ORDO_SIM_TRACE=1 ...                                             # publishes and view installs, as they happen
+//! ORDO_SIM_LOG=info ...                                            # the engines' own logs, each with its slot and virtual ms
 //! ORDO_SIM_SCENARIO_SEEDS=300 ORDO_SIM_SCENARIO_LOSS=0.3 cargo test -p ordo-broker --features sim --test sim_scenarios
 //! ORDO_SIM_FAILURE_SEEDS=100 cargo test -p ordo-broker --features sim --test sim_scenarios   # failure scenarios
 //! ```
@@ -657,6 +658,12 @@ const RESPONDER: u64 = 4_000_001;
 /// Most responses per run.
 const MAX_RESPONSES: u32 = 24;
 
+/// The span an engine's logs carry while the harness drives it (shown
+/// with `ORDO_SIM_LOG`): its slot and the virtual time.
+fn engine_span(slot: usize, at: Duration) -> tracing::Span {
+    tracing::info_span!("sim", slot, ms = at.as_millis() as u64)
+}
+
 fn topic_of(publisher: u64) -> (&'static str, Ordering) {
     TOPICS[(publisher % 4) as usize]
 }
@@ -664,6 +671,17 @@ fn topic_of(publisher: u64) -> (&'static str, Ordering) {
 impl Sim {
     /// A harness with `cfg.nodes` empty slots; nothing runs yet.
     pub fn new(cfg: SimConfig) -> Sim {
+        if let Ok(filter) = std::env::var("ORDO_SIM_LOG") {
+            // Once per process (later calls fail harmlessly): the engines'
+            // tracing output, each line inside the span of its slot.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .without_time()
+                .with_target(false)
+                .with_ansi(false)
+                .try_init();
+        }
         let start = Instant::now();
         let mut net = Network::new(cfg.base_latency);
         let f = &cfg.faults;
@@ -950,6 +968,7 @@ impl Sim {
                 continue;
             }
             if let Some(e) = slot.engine.as_mut() {
+                let _span = engine_span(to, now - self.start).entered();
                 e.handle_datagram_bytes(d, now);
             }
             self.drain(to);
@@ -963,6 +982,7 @@ impl Sim {
                     .and_then(Engine::poll_timeout)
                     .is_some_and(|t| t <= now);
             if due {
+                let _span = engine_span(i, now - self.start).entered();
                 if let Some(e) = slot.active() {
                     e.handle_timeout(now);
                 }
@@ -1502,6 +1522,7 @@ impl Sim {
                     slot.stalled_until = None;
                     let inbox = std::mem::take(&mut slot.inbox);
                     if let Some(e) = slot.engine.as_mut() {
+                        let _span = engine_span(s, now - self.start).entered();
                         let due = |e: &Engine| e.poll_timeout().is_some_and(|t| t <= now);
                         if timers_first && due(e) {
                             e.handle_timeout(now);

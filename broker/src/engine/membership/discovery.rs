@@ -1,6 +1,8 @@
 //! Finding a group: listening at start, forming a view when alone, asking
-//! a coordinator for admission, a lone coordinator joining a lower-ranked
-//! one (simultaneous starts converge to one view), and rejoining as a new
+//! a coordinator for admission (and, left unanswered, shunning it and in
+//! the end founding a view of our own: the joining fallback in
+//! `membership`), a lone coordinator joining a lower-ranked one
+//! (simultaneous starts converge to one view), and rejoining as a new
 //! incarnation after an unrecoverable loss.
 
 use std::collections::BTreeMap;
@@ -76,7 +78,15 @@ impl Engine {
         now: Instant,
     ) {
         let coordinator = d.coordinator;
-        if view.0 == 0 {
+        if view.0 > 1 || d.primary || d.view_size > 1 {
+            // A group with a history (more than a broker's first view
+            // alone): see `Membership::heard_group`.
+            self.membership.heard_group = true;
+        }
+        if view.0 == 0 || self.shunned(coordinator, now) {
+            // A coordinator that left a whole join round of ours
+            // unanswered may not hear us: we neither ask it again nor
+            // merge into its view for a while (see `join_round_unanswered`).
             return;
         }
         match self.membership.phase.clone() {
@@ -91,6 +101,8 @@ impl Engine {
                     self.membership.phase = Phase::Joining {
                         target: Some(coordinator),
                     };
+                    // A new target gets a whole round of patience.
+                    self.membership.join_attempts = 0;
                     self.send_join(Some(coordinator));
                 }
             }
@@ -154,6 +166,12 @@ impl Engine {
     }
 
     pub(crate) fn on_join(&mut self, sender: Origin, join: Join, now: Instant) {
+        if matches!(self.membership.phase, Phase::Joining { .. }) && sender.node < self.me.node {
+            // Another joiner, ranked before us: if neither of us gets in,
+            // it founds a view first and we join it (see
+            // `join_round_unanswered`), rather than all founding at once.
+            self.membership.lower_joiner_at = Some(now);
+        }
         let Some(target) = join.target else {
             if let Phase::Discovering { .. } = self.membership.phase {
                 if sender < self.me {
@@ -220,18 +238,9 @@ impl Engine {
         self.rejoin_to(now, reason, target);
     }
 
-    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
-    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
-        self.stats.rejoins += 1;
-        // Our stream ends here: what still awaits confirmation never gets
-        // it (an install that carried our cut answered those it settled).
-        self.resolve_confirms(
-            None,
-            &format!(
-                "this broker lost its place in the group's view ({reason}) and rejoined as a new incarnation"
-            ),
-        );
-        self.membership.discontinuity = Some((self.view.id, reason));
+    /// Becomes the next incarnation of our node, with an empty stream and
+    /// fresh ordering layers.
+    pub(crate) fn next_incarnation(&mut self) {
         self.me = Origin {
             node: self.me.node,
             incarnation: Incarnation(self.me.incarnation.0 + 1),
@@ -248,6 +257,21 @@ impl Engine {
             self.membership.rejoin_counts = self.delivery.primary_held();
         }
         self.delivery = crate::engine::fresh_delivery(&self.config, self.me);
+    }
+
+    /// [`Engine::rejoin`], asking `target` (a coordinator) for admission.
+    pub(crate) fn rejoin_to(&mut self, now: Instant, reason: String, target: Option<Origin>) {
+        self.stats.rejoins += 1;
+        // Our stream ends here: what still awaits confirmation never gets
+        // it (an install that carried our cut answered those it settled).
+        self.resolve_confirms(
+            None,
+            &format!(
+                "this broker lost its place in the group's view ({reason}) and rejoined as a new incarnation"
+            ),
+        );
+        self.membership.discontinuity = Some((self.view.id, reason));
+        self.next_incarnation();
         if let Some(s) = self.view.sequencer.filter(|s| *s == self.me.node) {
             // Only the planted bug listens: the sequencer we were keeps acting.
             self.delivery.remember_stale_sequencer(s);
@@ -258,10 +282,13 @@ impl Engine {
         self.membership.joins.clear();
         self.membership.leaves.clear();
         self.membership.dead.clear();
+        self.membership.disputes.clear();
+        self.membership.proposal_disputes.clear();
         self.membership.newer.clear();
         self.membership.newer_view_since = None;
         self.membership.last_install = None;
         self.membership.join_attempts = 0;
+        self.membership.join_rounds = 0;
         self.membership.change_began = Some(now);
         self.membership.phase = Phase::Joining { target };
         if self.membership.join_not_before.is_none_or(|t| now >= t) {

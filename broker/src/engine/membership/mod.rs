@@ -12,17 +12,30 @@
 //! phi accrual) suspects it, when a member reports a suspicion to the
 //! coordinator (a `Suspect` frame: suspicion is one-sided, so a member the
 //! others hear but one cannot is excluded too), or when a newer incarnation
-//! of its node speaks while it stays silent (a restart). The coordinator is
-//! the first member not gone in its own eyes; it proposes the view without
-//! the gone members. Each survivor then stops sending, freezes its delivery
-//! of every departing origin at what it holds contiguously and reports
-//! that (`FlushAck::held`); the cut of a departed origin is the most any
-//! survivor reported, so it covers everything any survivor delivered. The
-//! survivors repair each other up to the cut (any holder repairs), and only
-//! once every survivor's digest shows it holds the cut does the
-//! coordinator install; each survivor delivers the departed streams
-//! exactly up to the cut and discards the rest. So each departed message
-//! reaches every survivor or none.
+//! of its node speaks while it stays silent (a restart). A report of a
+//! member the coordinator itself heard within half an
+//! `acceptable_heartbeat_pause` is *disputed*: the reporter may be the one
+//! that cannot hear (a broker that hears nobody suspects everyone, one by
+//! one as its timers fire, and acting on each report removed live members
+//! until the coordinator was left alone, sim seed 32). It is acted on once
+//! reporters outweighing the rest of the view agree, or once it stood a
+//! whole pause; a deaf reporter goes on alone before that and is removed.
+//! Likewise a proposal that takes over from members ranked before its
+//! proposer whom we still hear (or from us) is flushed for only once it
+//! was repeated for a whole pause: a deaf broker suspects those before it
+//! first and proposes, then installs itself alone, and everyone who had
+//! flushed for it would take that as their exclusion (sim seed 51).
+//!
+//! The coordinator is the first member not gone in its own eyes; it
+//! proposes the view without the gone members. Each survivor then stops
+//! sending, freezes its delivery of every departing origin at what it
+//! holds contiguously and reports that (`FlushAck::held`); the cut of a
+//! departed origin is the most any survivor reported, so it covers
+//! everything any survivor delivered. The survivors repair each other up
+//! to the cut (any holder repairs), and only once every survivor's digest
+//! shows it holds the cut does the coordinator install; each survivor
+//! delivers the departed streams exactly up to the cut and discards the
+//! rest. So each departed message reaches every survivor or none.
 //!
 //! **Vouching: what a confirmation rests on.** The invariant: *a message
 //! is confirmed, and an ordering decision applied, only if it is at or
@@ -55,7 +68,9 @@
 //!
 //! **Quorum.** A view is *primary* if it holds a strict majority of the
 //! members of the last primary view, or exactly half including that view's
-//! first (lowest-ranked) member; the first view of a group is primary.
+//! first (lowest-ranked) member; the first view of a group is primary
+//! (with `cluster_size` known, a majority of it), but not for a broker
+//! that knows no primary view yet heard a group with a history.
 //! Quorum is judged by the coordinator against the last primary view
 //! *installed* (a change in flight at the split counts for nothing), and
 //! carried in the install. Members are counted by incarnation, so a
@@ -120,6 +135,22 @@
 //! higher node id. Each member of the losing view rejoins the winner as a
 //! new incarnation (state transfer, discontinuity event), so nothing one
 //! side delivered during the split is delivered on the other.
+//!
+//! **Joining fallback.** A joiner asks one coordinator at a time, each
+//! for an `acceptable_heartbeat_pause` (a round). A round without
+//! admission shuns that coordinator for `max_join_attempts` rounds (it may
+//! not hear us: we neither ask it nor merge into its view meanwhile), and
+//! after `max_join_attempts` (5) unanswered rounds the joiner founds a view
+//! of its own (as a new incarnation, so a join a slow coordinator queued
+//! admits nobody who speaks), as a broker that finds nobody at startup does (JGroups GMS
+//! does the same after `max_join_attempts`); the merge above unites the
+//! views once they hear each other. Joiners stuck together found one at a
+//! time: one that hears a lower-ranked joiner waits (at most as many
+//! rounds again) and joins the view that one founds. The founded view is
+//! primary only by the quorum rule above: a new incarnation never counts
+//! for its old self, and a broker that knows no primary view but heard a
+//! group with a history (`heard_group`) is no first view, so a broker the
+//! coordinator cannot hear never orders total topics beside the group.
 //!
 //! **View identity.** A view is named by its number and its tag (a hash
 //! of its members, `ordo_wire::group::view_tag`), both in every frame's
@@ -273,9 +304,32 @@ pub(crate) struct Membership {
     last_tick: Option<Instant>,
     /// Join requests sent to the current target without admission.
     join_attempts: u32,
+    /// Join rounds (a target's whole patience) that ended without
+    /// admission since we last were in a view (see `Joining`'s fallback).
+    join_rounds: u32,
+    /// Coordinators that let a whole join round of ours go unanswered
+    /// (they may not hear us), and until when we do not ask them or merge
+    /// into their view again. Bounded like `departed`.
+    shunned: BTreeMap<Origin, Instant>,
     /// Node ids of members that departed by failure (a later join of one
     /// of them is a merge or a restart: a discontinuity here too).
     failed_nodes: BTreeSet<NodeId>,
+    /// Reported suspicions of members we still hear (see
+    /// [`Engine::on_suspect`]): per suspect, since when and by whom. At
+    /// most one entry per member of the view; cleared with each install.
+    disputes: BTreeMap<Origin, (Instant, BTreeSet<Origin>)>,
+    /// When we last heard a join from a lower-ranked node while joining.
+    lower_joiner_at: Option<Instant>,
+    /// Proposers taking over from members we still hear (see
+    /// `Engine::proposal_disputed`), and since when they propose. At most
+    /// one entry per member of the view; cleared with each install.
+    proposal_disputes: BTreeMap<Origin, Instant>,
+    /// We heard a view of our cluster with a history (primary, of several
+    /// members, or past its first number): knowing no primary view, we do
+    /// not count as the first view of a group (see `Membership::quorum`).
+    /// Two brokers' first views alone do not set it, so brokers that
+    /// started apart still unite into a primary view.
+    heard_group: bool,
 }
 
 /// A multi-frame install being collected (see [`Install::into_parts`]).
@@ -356,10 +410,15 @@ impl Membership {
     /// half with its first member. A smaller group that leaves us out is
     /// the one leaving (a stalled or cut-off broker), not us being excluded.
     fn outweighs(view: &View, members: &[Origin]) -> bool {
-        let held = view.members.iter().filter(|m| members.contains(m)).count();
-        2 * held > view.members.len()
-            || (2 * held == view.members.len()
-                && view.members.first().is_some_and(|f| members.contains(f)))
+        Self::weighs(&view.members, members)
+    }
+
+    /// Whether `part` holds a strict majority of `whole`, or exactly half
+    /// with its first member.
+    fn weighs(whole: &[Origin], part: &[Origin]) -> bool {
+        let held = whole.iter().filter(|m| part.contains(m)).count();
+        2 * held > whole.len()
+            || (2 * held == whole.len() && whole.first().is_some_and(|f| part.contains(f)))
     }
 
     /// Whether a view of `members` is primary, judged against the last
@@ -375,7 +434,11 @@ impl Membership {
             // No primary view known yet: with the cluster's size configured,
             // a majority of it (so a broker restarted while cut off from its
             // group forms no second primary); unknown, the first view is.
-            return cluster_size == 0 || 2 * members.len() > cluster_size;
+            // Not after hearing another view of the cluster: its group has
+            // a history we do not know (restarted brokers that founded a
+            // view beside it restarted gseq at 1 in the simulator), and we
+            // get it by merging into that group.
+            return !self.heard_group && (cluster_size == 0 || 2 * members.len() > cluster_size);
         }
         let present = |l: &Origin| {
             (vouch && members.contains(l))
@@ -431,15 +494,10 @@ impl Engine {
             Phase::Joining { target } => {
                 if self.membership.join_not_before.is_none_or(|t| now >= t) {
                     self.membership.join_attempts += 1;
-                    // A target that never admits us (it left its view, or
-                    // cannot hear us): ask whichever coordinator we hear next.
-                    let patience = (self.config.acceptable_heartbeat_pause.as_millis()
-                        / self.config.view_retry.as_millis().max(1))
-                    .max(4) as u32;
-                    if target.is_some() && self.membership.join_attempts > patience {
-                        self.membership.join_attempts = 0;
-                        self.membership.phase = Phase::Joining { target: None };
-                        self.send_join(None);
+                    if self.membership.join_attempts > self.join_patience() {
+                        // A whole round unanswered: the target left its
+                        // view or cannot hear us (or we heard nobody).
+                        self.join_round_unanswered(target, now);
                     } else {
                         self.send_join(target);
                     }
@@ -487,6 +545,72 @@ impl Engine {
 }
 
 impl Engine {
+    /// Join requests (one per `view_retry`) a target gets before the round
+    /// counts as unanswered: an `acceptable_heartbeat_pause`'s worth.
+    fn join_patience(&self) -> u32 {
+        let n = self.config.acceptable_heartbeat_pause.as_millis()
+            / self.config.view_retry.as_millis().max(1);
+        u32::try_from(n).unwrap_or(u32::MAX).max(4)
+    }
+
+    /// A join round ended without admission. The target is shunned for as
+    /// long as we gave it (it may not hear us: asking it again, or merging
+    /// into its view, would only repeat this), and we ask whichever
+    /// coordinator we hear next. After `max_join_attempts` rounds we found
+    /// a view of our own, as a broker that finds nobody at startup does;
+    /// the merge unites it with the others once they hear each other.
+    fn join_round_unanswered(&mut self, target: Option<Origin>, now: Instant) {
+        let m = &mut self.membership;
+        m.join_attempts = 0;
+        m.join_rounds = m.join_rounds.saturating_add(1);
+        if let Some(t) = target {
+            if m.shunned.len() >= MAX_DEPARTED {
+                m.shunned.clear();
+            }
+            let rounds = self.config.max_join_attempts.max(1);
+            m.shunned
+                .insert(t, now + self.config.acceptable_heartbeat_pause * rounds);
+            tracing::warn!(coordinator = %t, "no admission from the coordinator asked for a whole join round (it may not hear this broker); asking another");
+        }
+        let limit = self.config.max_join_attempts;
+        // Joiners stuck together found one at a time: the first ranked
+        // founds, the others join its view (founding all at once, their
+        // views met in a storm of merges, sim seed 121 of the rejoiners
+        // scenario). Deferring is bounded, should that joiner never found.
+        let pause = self.config.acceptable_heartbeat_pause;
+        let deferred = m
+            .lower_joiner_at
+            .is_some_and(|t| now.saturating_duration_since(t) < pause)
+            && m.join_rounds < limit.saturating_mul(2);
+        if limit > 0 && m.join_rounds >= limit && !deferred {
+            // Primary only with a quorum of the last primary view we know
+            // (a new incarnation does not count for its old self), never
+            // by the first-view rule: we heard a group (`heard_group`).
+            tracing::warn!(
+                rounds = m.join_rounds,
+                "no coordinator admitted this broker; forming a view of its own until the views merge"
+            );
+            // As a new incarnation: a coordinator that was only slow may
+            // still admit us on a join it queued, with the stream position
+            // that join named; our founded view's messages would then be
+            // missing from it (sim_bugs seed 5: 62 unrecoverable). The
+            // incarnation it admits never speaks and is removed.
+            self.next_incarnation();
+            self.form_singleton(now);
+            return;
+        }
+        self.membership.phase = Phase::Joining { target: None };
+        self.send_join(None);
+    }
+
+    /// Whether `coordinator` let a join round of ours go unanswered lately.
+    pub(crate) fn shunned(&self, coordinator: Origin, now: Instant) -> bool {
+        self.membership
+            .shunned
+            .get(&coordinator)
+            .is_some_and(|until| now < *until)
+    }
+
     /// Our answer to a proposal: our last sequence number and what we hold
     /// of every other origin. Delivery of each departing origin is frozen
     /// at what we report, so the cut (the most any survivor reports) is at
@@ -630,11 +754,24 @@ impl Engine {
     /// A member reports suspects: the coordinator acts on them. When they
     /// include the coordinator itself, the first member after the suspects
     /// takes over (it may hear the coordinator; the reporter does not).
+    ///
+    /// A suspect we heard from recently is alive for us: the report says
+    /// only that the reporter cannot hear it, and the reporter may be the
+    /// one at fault (a broker that hears nobody suspects everyone, one by
+    /// one as its timers fire). Such a disputed report is acted on only once
+    /// reporters outweighing the rest of the view agree (the suspect is the
+    /// one most cannot hear), or once it stood for a whole
+    /// `acceptable_heartbeat_pause` (a link only the reporter lacks: one of
+    /// the two must go). Meanwhile a deaf reporter goes on alone and is
+    /// removed, and its reports with it (sim seed 32: acting on each report
+    /// at once removed three live members, then the coordinator was left
+    /// alone, non-primary, and its install made the three rejoin).
     pub(crate) fn on_suspect(&mut self, sender: Origin, s: Suspect, now: Instant) {
         if !self.in_view
             || s.view != self.view.id
             || !self.view.members.contains(&sender)
             || s.members.contains(&sender)
+            || self.membership.dead.contains(&sender)
         {
             return;
         }
@@ -649,16 +786,64 @@ impl Engine {
         }
         let mut any = false;
         for m in s.members {
-            if m != self.me && self.view.members.contains(&m) && self.membership.dead.insert(m) {
-                tracing::warn!(member = %m, by = %sender, "member reported suspected");
-                self.membership.change_began.get_or_insert(now);
-                any = true;
+            if m == self.me || !self.view.members.contains(&m) || self.membership.dead.contains(&m)
+            {
+                continue;
             }
+            if self.disputed(sender, m, now) {
+                continue;
+            }
+            self.membership.dead.insert(m);
+            self.membership.disputes.remove(&m);
+            tracing::warn!(member = %m, by = %sender, "member reported suspected");
+            self.membership.change_began.get_or_insert(now);
+            any = true;
         }
         if any {
             self.maybe_start_change(now);
             self.coordinator_progress(now);
         }
+    }
+
+    /// Whether `reporter`'s suspicion of `suspect` is still disputed (see
+    /// [`Engine::on_suspect`]): we heard the suspect within half an
+    /// `acceptable_heartbeat_pause`, the reporters so far do not outweigh
+    /// the rest of the view, and the first report is younger than a whole
+    /// pause.
+    fn disputed(&mut self, reporter: Origin, suspect: Origin, now: Instant) -> bool {
+        let pause = self.config.acceptable_heartbeat_pause;
+        let alive = self
+            .detector
+            .last_heard(suspect)
+            .is_some_and(|t| now.saturating_duration_since(t) < pause / 2);
+        if !alive {
+            // Silent for us too by now: nothing left to dispute.
+            self.membership.disputes.remove(&suspect);
+            return false;
+        }
+        let m = &mut self.membership;
+        let (since, reporters) = m
+            .disputes
+            .entry(suspect)
+            .or_insert_with(|| (now, BTreeSet::new()));
+        // A reporter removed since (it went on alone) no longer counts.
+        reporters.retain(|r| !m.dead.contains(r));
+        if reporters.is_empty() {
+            *since = now;
+            tracing::info!(member = %suspect, by = %reporter, "a member reports a suspicion of a member we still hear; waiting for it to be confirmed");
+        }
+        reporters.insert(reporter);
+        // Reporters that outweigh the rest of the view (the suspect left
+        // out) say it is the suspect most cannot hear.
+        let reporters: Vec<Origin> = reporters.iter().copied().collect();
+        let others: Vec<Origin> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| **m != suspect)
+            .copied()
+            .collect();
+        now.saturating_duration_since(*since) < pause && !Membership::weighs(&others, &reporters)
     }
 
     /// Refuses `new`, which claims the node id of the live `holder`.

@@ -210,6 +210,9 @@ impl Engine {
         {
             return;
         }
+        if pos > 0 && self.proposal_disputed(sender, pos, now) {
+            return;
+        }
         // Left out too (suspected, or our view dissolves into another in a
         // merge): we flush all the same; the install tells us the rest. But
         // a proposal by a few that leaves most of us out is theirs to leave.
@@ -239,6 +242,46 @@ impl Engine {
         self.schedule_ack(now);
         self.timers
             .set_earliest(Timer::Membership, now + self.config.view_retry);
+    }
+
+    /// Whether a proposal by `proposer`, ranked `pos` in our view, waits:
+    /// it takes over from members ranked before it that we still hear (or
+    /// from us). As with a disputed suspicion (`Engine::on_suspect`), the
+    /// proposer may be the one that cannot hear: a broker that hears nobody
+    /// suspects the members before it first, proposes, and once it suspects
+    /// the rest installs itself alone, which would exclude everyone who
+    /// flushed for it (sim seed 51 of the deaf-broker scenario). We flush
+    /// for it only once it kept proposing for a whole
+    /// `acceptable_heartbeat_pause`; a deaf proposer went alone before.
+    fn proposal_disputed(&mut self, proposer: Origin, pos: usize, now: Instant) -> bool {
+        let flushing_for_it = self
+            .membership
+            .flush
+            .as_ref()
+            .is_some_and(|f| f.proposers.contains(&proposer));
+        if flushing_for_it {
+            return false;
+        }
+        let pause = self.config.acceptable_heartbeat_pause;
+        let alive = self.view.members[..pos].iter().any(|m| {
+            *m == self.me
+                || self
+                    .detector
+                    .last_heard(*m)
+                    .is_some_and(|t| now.saturating_duration_since(t) < pause / 2)
+        });
+        if !alive {
+            return false;
+        }
+        let since = *self
+            .membership
+            .proposal_disputes
+            .entry(proposer)
+            .or_insert_with(|| {
+                tracing::info!(%proposer, "a proposal takes over from members we still hear; waiting for it to be confirmed");
+                now
+            });
+        now.saturating_duration_since(since) < pause
     }
 
     pub(crate) fn on_flush_ack(&mut self, sender: Origin, f: FlushAck, now: Instant) {
@@ -726,6 +769,10 @@ impl Engine {
         m.newer_view_since = None;
         m.merge_target = None;
         m.join_attempts = 0;
+        m.join_rounds = 0;
+        m.lower_joiner_at = None;
+        m.disputes.clear();
+        m.proposal_disputes.clear();
         m.newer.retain(|node, (new, _)| {
             members
                 .iter()
