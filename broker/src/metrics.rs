@@ -70,6 +70,7 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_heartbeats_sent_total", "Heartbeat (digest) frames sent."),
     ("ordo_oversized_messages_dropped_total", "Fragmented messages from other brokers dropped: larger than the maximum message size, or beyond the reassembly bound."),
     ("ordo_causal_forced_total", "Causal messages delivered at a view change with a context no member could meet."),
+    ("ordo_causal_discarded_total", "Departed brokers' causal messages discarded at a view change: they depend on a message no surviving broker holds."),
     ("ordo_ordering_control_sent_total", "Ordering control messages (ISIS proposals/finals, sequencer orders) sent, each a batch."),
     ("ordo_ordering_control_unknown_total", "Ordering control entries naming a message this broker does not hold (ignored)."),
     ("ordo_suspicions_total", "Members this broker's failure detector suspected."),
@@ -146,6 +147,7 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_fragments_sent_total", "", |s| s.fragments),
     ("ordo_heartbeats_sent_total", "", |s| s.heartbeats_sent),
     ("ordo_causal_forced_total", "", |s| s.causal_forced),
+    ("ordo_causal_discarded_total", "", |s| s.causal_discarded),
     ("ordo_oversized_messages_dropped_total", "", |s| {
         s.dropped_oversized
     }),

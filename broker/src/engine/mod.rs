@@ -1014,8 +1014,9 @@ impl Engine {
         self.stats.causal_holdback_messages = held as u64;
         self.stats.causal_holdback_bytes = held_bytes as u64;
         self.stats.total_pending_messages = pending as u64;
-        let (forced, unknown) = self.delivery.anomalies();
+        let (forced, discarded, unknown) = self.delivery.anomalies();
         self.stats.causal_forced = forced;
+        self.stats.causal_discarded = discarded;
         self.stats.control_unknown = unknown;
         self.stats.control_malformed = self.delivery.bad_control;
     }

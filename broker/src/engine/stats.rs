@@ -98,6 +98,9 @@ pub struct Stats {
     pub ordering_limit: u64,
     /// Causal messages delivered at a view change with a context no member could meet.
     pub causal_forced: u64,
+    /// Departed brokers' causal messages discarded at a view change: they
+    /// depend on a message no survivor holds.
+    pub causal_discarded: u64,
     /// Ordering control messages (proposal, final, order batches) sent.
     pub control_messages_sent: u64,
     /// Control entries naming a message we do not hold (ignored).

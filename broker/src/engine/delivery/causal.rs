@@ -19,19 +19,29 @@
 //! repeating (a delivery's context, given to clients, names its direct
 //! dependencies and itself; the rest follows transitively).
 //!
-//! Entries for origins outside the view are taken as satisfied: a departed
-//! origin's messages were all delivered by the flush that removed it (up to
-//! the agreed cut; a message of a crashed broker beyond it, which only that
-//! broker delivered, is no dependency), and a context cannot name a future
-//! one. But a departed origin's message still held here (the flush handed
-//! it over) is waited for, so the flush delivers those in causal order too
-//! (sim seeds 3153, 3173, 4204: a broker cut off alone delivered one
-//! departed origin's message before another's that it followed). At a view
-//! change every held message is delivered (the flush makes every member
-//! hold the same ones), so nothing held crosses a view, and the sender
-//! forgets what it sent: the first causal message of a view carries the
-//! whole clock again, so a joiner (which starts at the view's digest) never
-//! relies on a message it did not receive.
+//! At a view change the departed origins' streams end at the agreed cut,
+//! and what a context still names of them beyond what we delivered is a
+//! message no survivor holds. A departed origin's message still held here
+//! (the flush handed it over) is waited for, so the flush delivers those in
+//! causal order (sim seeds 3153, 3173, 4204: a broker cut off alone
+//! delivered one departed origin's message before another's that it
+//! followed). A departed origin's message whose context names such a lost
+//! message is discarded, with the rest of its origin's stream: every
+//! survivor holds the same departed messages and the same survivors'
+//! streams at the install, so every one discards the same (agreement), and
+//! none delivers a message before one it depends on (sim seeds 8663,
+//! 15839: a broker cut off alone received a responder's reply but not the
+//! message it answered, both from brokers on the other side). For a
+//! surviving member's message such an entry is void and it is delivered:
+//! that context came from a client that saw the message at a broker which
+//! failed before any survivor held it (its own subscribers are gone with
+//! it), and waiting would block its origin for good; one still waiting at
+//! the install (for a message no member holds) is delivered, counted as
+//! forced. So
+//! nothing held crosses a view, and the sender forgets what it sent: the
+//! first causal message of a view carries the whole clock again, so a
+//! joiner (which starts at the view's digest) never relies on a message it
+//! did not receive.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -59,6 +69,9 @@ pub(crate) struct Causal {
     /// Messages delivered at a view change with a dependency still unmet
     /// (a context naming a message no member holds: a client's bad context).
     pub(crate) forced: u64,
+    /// Departed origins' messages discarded at a view change: their context
+    /// names a message no survivor holds (see the module docs).
+    pub(crate) discarded: u64,
 }
 
 impl Causal {
@@ -141,19 +154,30 @@ impl Causal {
     ) {
         self.deliver_ready(out);
         // Departed origins: everything of theirs any member will deliver was
-        // delivered by the flush above (their cut), so what a context still
-        // names of them (delivered only at a broker that failed, and seen by
-        // a client there) is void, not a dependency to wait for.
+        // handed over by the flush (their cut), so what a context still names
+        // of them beyond it is a message no survivor will ever hold.
         self.members.retain(|m| members.contains(m));
-        self.deliver_ready(out);
-        // What is left waits for a message no member holds: deliver it in a
-        // fixed order (by origin, then stream order) so all members agree.
-        while let Some(origin) = self.held.keys().next().copied() {
-            while let Some(r) = self.pop(origin) {
-                self.forced += 1;
-                self.deliver(r, out);
-            }
+        loop {
             self.deliver_ready(out);
+            // A survivor's message first (its context came from a client
+            // of a failed broker): delivered, forced, in a fixed order (by
+            // origin, then stream order) so all members agree; it may be
+            // what a departed message waits for.
+            if let Some(origin) = self.held.keys().find(|o| self.members.contains(o)).copied() {
+                if let Some(r) = self.pop(origin) {
+                    self.forced += 1;
+                    self.deliver(r, out);
+                }
+                continue;
+            }
+            // Only departed origins' messages are left, each waiting for a
+            // lost message: discarded with the rest of their streams.
+            let Some(origin) = self.held.keys().next().copied() else {
+                break;
+            };
+            while self.pop(origin).is_some() {
+                self.discarded += 1;
+            }
         }
         self.members = members.iter().copied().collect();
         for (o, s) in digest {
@@ -170,10 +194,16 @@ impl Causal {
         if self.no_holdback {
             return true;
         }
+        // A departed origin's message (the flush handed it over) waits for
+        // its departed dependencies for real: one no survivor holds makes
+        // it void (discarded at the install). A member's message takes a
+        // departed origin's entry that nothing held here covers as void
+        // instead (see the module docs).
+        let departed = !self.members.contains(&r.origin);
         r.msg.context.entries().iter().all(|(o, s)| {
             *o == r.origin
                 || self.delivered.get(o).copied().unwrap_or_default() >= *s
-                || (!self.members.contains(o) && !self.holds_upto(*o, *s))
+                || (!departed && !self.members.contains(o) && !self.holds_upto(*o, *s))
         })
     }
 
@@ -380,9 +410,32 @@ mod tests {
         c.accept(msg(2, 1, &[(3, 1)]), &mut out);
         c.accept(msg(1, 1, &[(2, 1)]), &mut out);
         assert_eq!(out.delivered, 0);
-        // Its view of itself alone: 3:1 is void, 2:1 still comes before 1:1.
+        // Its view of itself alone: 3:1 is lost for good, so 2:1 cannot be
+        // delivered in causal order, nor 1:1 after it (seeds 8663, 15839).
         c.install(&[o(4)], &BTreeMap::new(), &mut out);
+        assert_eq!(out.delivered, 0);
+        assert_eq!((c.forced, c.discarded), (0, 2));
+        assert_eq!(c.held(), (0, 0));
+        // The next view starts clean: a message of the new view is delivered.
+        c.accept(msg(4, 1, &[]), &mut out);
+        assert_eq!(delivered(out.events), ["4:1"]);
+    }
+
+    #[test]
+    fn a_survivors_message_naming_a_lost_one_is_delivered_and_releases_departed_ones() {
+        let mut c = Causal::new(o(4));
+        let (mut ev, mut topics) = (VecDeque::new(), TopicCache::default());
+        let mut out = Out::new(&mut ev, &mut topics);
+        c.install(&[o(1), o(2), o(3), o(4)], &BTreeMap::new(), &mut out);
+        // 2:1 names 3:1 (never received: its client saw it at node 3); 1:1
+        // follows 2:1, and node 1 departs with node 3.
+        c.accept(msg(2, 1, &[(3, 1)]), &mut out);
+        c.accept(msg(1, 1, &[(2, 1)]), &mut out);
+        c.install(&[o(2), o(4)], &BTreeMap::new(), &mut out);
+        // Node 2 survives: what its message names of departed node 3 is
+        // void, so it is delivered; then the departed 1:1 has what it
+        // depends on.
         assert_eq!(delivered(out.events), ["2:1", "1:1"]);
-        assert_eq!(c.forced, 0);
+        assert_eq!((c.forced, c.discarded), (0, 0));
     }
 }

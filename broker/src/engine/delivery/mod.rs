@@ -325,10 +325,14 @@ impl Delivery {
         (n, b, self.total.pending())
     }
 
-    /// Counters: causal messages forced at a view change, control entries
-    /// naming unknown messages.
-    pub(crate) fn anomalies(&self) -> (u64, u64) {
-        (self.causal.forced, self.total.unknown)
+    /// Counters: causal messages forced and discarded at a view change,
+    /// control entries naming unknown messages.
+    pub(crate) fn anomalies(&self) -> (u64, u64, u64) {
+        (
+            self.causal.forced,
+            self.causal.discarded,
+            self.total.unknown,
+        )
     }
 
     /// Forgets a departed origin's partial messages.
