@@ -164,10 +164,11 @@ fn the_flush_brings_a_lagging_survivor_to_the_cut_and_the_planted_bugs_break_it(
     // (`departed_on_one_survivor` is inert here: the survivor it is planted
     // on is slot 1, the lagging one, which holds nothing beyond the cut;
     // sim_bugs and the engine test `crash_with_uneven_holdings` catch it.)
-    for bugs in [Bugs {
-        skip_failure_flush: true,
-        ..Bugs::default()
-    }] {
+    {
+        let bugs = Bugs {
+            skip_failure_flush: true,
+            ..Bugs::default()
+        };
         let caught = seeds
             .clone()
             .map(|seed| unheard_publisher(seed, bugs))
