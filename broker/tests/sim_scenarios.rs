@@ -8,8 +8,10 @@
 //! for longer than failure detection and merges back; a one-way partition;
 //! a crashed broker restarts with its node id; a second live broker with a
 //! node id in use is refused; rejoiners that hear only a coordinator that
-//! cannot hear them form a view of their own. The workload mixes every
-//! ordering; every run ends with the simulator's full checks.
+//! cannot hear them form a view of their own; a broker cut off alone that
+//! holds a causal reply but not the message it answers discards the reply.
+//! The workload mixes every ordering; every run ends with the simulator's
+//! full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
