@@ -8,8 +8,10 @@
 //! for longer than failure detection and merges back; a one-way partition;
 //! a crashed broker restarts with its node id; a second live broker with a
 //! node id in use is refused; rejoiners that hear only a coordinator that
-//! cannot hear them form a view of their own. The workload mixes every
-//! ordering; every run ends with the simulator's full checks.
+//! cannot hear them form a view of their own; a broker cut off alone that
+//! holds a causal reply but not the message it answers discards the reply.
+//! The workload mixes every ordering; every run ends with the simulator's
+//! full checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -729,4 +731,108 @@ fn a_restarted_broker_founds_a_view_while_the_coordinator_is_slow(seed: u64) {
         restart_after: Some(Duration::ZERO),
     });
     assert_ok(&run_config(c));
+}
+
+#[test]
+fn a_broker_cut_off_alone_with_a_reply_but_not_what_it_answers_discards_the_reply() {
+    for seed in failure_seeds() {
+        a_reply_without_what_it_answers(seed);
+    }
+}
+
+/// Publisher 1 at slot 0 (broker A; `1 % 4`: causal, not safe) publishes 4
+/// messages at one instant; the responder delivers the fourth, `m1 = (1, 3)`,
+/// at slot 0 and publishes `m2` through slot 1 (broker R), so m2's context
+/// names m1. Slot 2 (broker X) loses m1 (a one-way cut of A and R from X
+/// for the instant it is sent, ending before m2 goes out), receives m2,
+/// and is cut off (symmetrically) before it can ask for m1, for longer than
+/// failure detection. Alone, X installs a view of its own in which m1's and
+/// m2's origins departed and no survivor holds m1: m2 must be discarded, not
+/// delivered before (without) what it depends on (soak seeds 8663, 15839 on
+/// 9bdcedf; commit 0ec39c2).
+fn a_reply_without_what_it_answers(seed: u64) {
+    const A: usize = 0;
+    const X: usize = 2;
+    let m1 = (1, 3);
+    let m2 = (ordo_broker::sim::RESPONDER, 0);
+    // The seed moves the publish against the heartbeats and timers.
+    let publish_at = ms(50 + seed % 16 * 7);
+    let mut c = SimConfig::basic(seed, 3);
+    c.publishers_per_node = 1;
+    c.messages_per_publisher = 4;
+    // One datagram each, sent at the publish instant.
+    c.payload_size = Some(100);
+    // m1 goes out at `publish_at`; m2 at the harness's next step, when the
+    // first datagrams arrive (base latency 200 µs) or earlier: A and R are
+    // cut off from X (one way) only for the instant of m1.
+    c.faults.partitions.push((
+        publish_at - ms(1),
+        ms(1) + Duration::from_micros(1),
+        BTreeSet::from([A, 1]),
+        true,
+    ));
+    // X hears m2 (sent by then) but nothing after: neither the repair of m1
+    // nor any NAK of X's gets through, long enough for X to be excluded.
+    c.faults.partitions.push((
+        publish_at + Duration::from_micros(300),
+        ms(4000),
+        BTreeSet::from([X]),
+        false,
+    ));
+    let mut sim = Sim::new(c);
+    assert!(sim.form_group());
+    let x = sim.origins()[X].unwrap();
+    sim.plan_traffic_over(publish_at, Duration::ZERO, &[A]);
+    // Until X is alone in a view of its own.
+    sim.run_for(ms(100));
+    run_until(&mut sim, |sim| {
+        sim.engine(X)
+            .is_some_and(|e| e.in_view() && e.view().members == [x])
+    });
+    let e = sim.engine(X).unwrap();
+    assert_eq!(
+        e.view().members,
+        [x],
+        "seed {seed}: X never installed a view of its own: {}",
+        sim.views_summary()
+    );
+    assert!(
+        sim.causal_past(m2)
+            .is_some_and(|p| p.get(&m1.0) > Some(&m1.1)),
+        "seed {seed}: the responder never published a reply to {m1:?}"
+    );
+    // X held m2 (waiting for m1) at its install and discarded it.
+    let discarded = e.stats().causal_discarded;
+    let delivered = sim.causal_delivered(X).to_vec();
+    println!("seed {seed}: X delivered causal {delivered:?}, discarded {discarded} at its install");
+    // Strictly: whatever X delivered came after everything that happened
+    // before it (the run's own causal check leaves a predecessor X never
+    // delivers to the loss check, which does not compare X, alone, with A
+    // and R).
+    for (k, m) in delivered.iter().enumerate() {
+        for (publisher, n) in sim.causal_past(*m).into_iter().flatten() {
+            if *n == 0 {
+                continue;
+            }
+            let pred = (*publisher, n - 1);
+            assert!(
+                delivered[..k].contains(&pred),
+                "seed {seed}: CAUSAL VIOLATION: X delivered {m:?} without {pred:?} before it, \
+                 which happened before it (delivered: {delivered:?})"
+            );
+        }
+    }
+    assert!(
+        !delivered.contains(&m1),
+        "seed {seed}: X received m1 after all (the faults missed): {delivered:?}"
+    );
+    assert!(
+        discarded >= 1,
+        "seed {seed}: X discarded nothing at its install (never held m2?): {}",
+        sim.views_summary()
+    );
+    // Healed: X merges back, and the run's full checks hold.
+    let r = sim.run();
+    assert_ok(&r);
+    assert!(r.discontinuities > 0, "seed {seed}: no discontinuity");
 }

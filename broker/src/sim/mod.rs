@@ -654,7 +654,7 @@ pub const TOPICS: [(&str, Ordering); 4] = [
 /// The responder's publisher id at a slot: it listens at slot 0 and, after
 /// some causal deliveries there, publishes at slot 1 carrying the delivery's
 /// context (a receive-then-publish chain across brokers). `≡ 1 (mod 4)`: causal.
-const RESPONDER: u64 = 4_000_001;
+pub const RESPONDER: u64 = 4_000_001;
 /// Most responses per run.
 const MAX_RESPONSES: u32 = 24;
 
@@ -895,6 +895,22 @@ impl Sim {
             .iter()
             .map(|s| s.engine.as_ref().map(Engine::origin))
             .collect()
+    }
+
+    /// The causal messages (publisher, index) the engine life in `slot`
+    /// delivered so far, in delivery order. A scenario can judge them
+    /// strictly: [`check::causal`] leaves a predecessor never delivered to
+    /// the loss check, which compares only engines that went on together.
+    pub fn causal_delivered(&self, slot: usize) -> &[check::Msg] {
+        self.slots
+            .get(slot)
+            .and_then(|s| self.lives.get(s.life))
+            .map_or(&[], |l| l.causal.as_slice())
+    }
+
+    /// The happened-before past the harness computed for a causal message.
+    pub fn causal_past(&self, m: check::Msg) -> Option<&Past> {
+        self.past.get(&m)
     }
 
     /// Runs for `d` of virtual time.
