@@ -411,8 +411,19 @@ impl Reliability {
         let new_high = seq > log.highest;
         let size = msg.payload.len() + msg.topic.len();
         let next_expected = seq == log.contiguous.next();
-        let room =
-            self.held_bytes + size <= limit || self.make_room(size, next_expected, origin, stats);
+        // During a flush (caps set), a message that extends its stream may
+        // overshoot the bound by a quarter: a member that cannot hear one
+        // broker never learns it holds anything, so nothing it keeps for
+        // stability (own messages, `--safe` ones) is ever freed, and its
+        // buffer fills; refusing the repairs the flush waits for would then
+        // wedge the view change that removes the unheard broker and frees
+        // the buffer (the one-way cut toward the last-ranked broker).
+        let flush_reserve = next_expected
+            && !self.caps.is_empty()
+            && self.held_bytes + size <= limit.saturating_add(limit / 4);
+        let room = self.held_bytes + size <= limit
+            || self.make_room(size, next_expected, origin, stats)
+            || flush_reserve;
         let Some(log) = self.logs.get_mut(&origin) else {
             return Received::Dropped;
         };
