@@ -18,6 +18,14 @@
 //! no cycle of full buffers can form. Others' delivered messages are kept
 //! for repairs only while room remains, and out-of-order ones give way to a
 //! stream's next message, so receiving always progresses.
+//!
+//! That argument needs the origins' windows to drain, which needs stability,
+//! which needs every member's digest. A member that cannot hear one broker
+//! (a one-way cut) never learns what it holds, so nothing it keeps for
+//! stability is freed and its buffer fills; only the view change that
+//! removes the unheard broker frees it, and that flush waits for repairs.
+//! So during a flush a message that extends its stream may take the buffer
+//! up to a quarter beyond the bound (the hard bound the simulator checks).
 
 mod log;
 mod nak;
