@@ -6,6 +6,7 @@
 //! was wrong, then a clean close; nothing it sends can affect another client.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,13 +14,13 @@ use ordo_wire::client::{
     delivery_len, frame_len, ErrorCode, FrameBuf, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use ordo_wire::WireError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::outbox::{outbox, Out, Outbox, OutboxReceiver, PushError};
+use super::outbox::{outbox, write_now, Out, Outbox, OutboxReceiver, PushError};
 use super::ServerCtx;
 use crate::shell::driver::{Command, PublishItem};
 use crate::topics::TopicSpec;
@@ -48,11 +49,14 @@ pub(crate) async fn serve(
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
+    // Shared with the driver's direct writes (see outbox.rs).
+    let wr = Arc::new(wr);
     let (tx, mut rx) = outbox(
         ctx.config.client_queue_frames,
         ctx.config.client_queue_bytes,
     );
+    rx.attach(Arc::clone(&wr));
     let closer = tx.close_handle();
     let reader = Reader {
         ctx,
@@ -64,7 +68,7 @@ pub(crate) async fn serve(
     };
     let fatal = {
         let read = reader.run(&mut rd, shutdown.clone());
-        let write = write_loop(&mut wr, &mut rx, ctx, shutdown);
+        let write = write_loop(&wr, &mut rx, ctx, shutdown);
         tokio::pin!(read, write);
         tokio::select! {
             fatal = &mut read => {
@@ -507,7 +511,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// write, until the queue closes, a `Close` item is reached, the outbox is
 /// killed (slow consumer) or the socket fails.
 async fn write_loop(
-    wr: &mut OwnedWriteHalf,
+    wr: &OwnedWriteHalf,
     rx: &mut OutboxReceiver,
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
@@ -521,12 +525,18 @@ async fn write_loop(
     let kill = rx.kill_watch();
     loop {
         if batch.is_empty() {
+            // Nothing taken, nothing unwritten: the driver may write directly.
+            rx.set_idle();
             let n = tokio::select! {
                 biased;
-                _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+                _ = kill.killed() => return slow_consumer(wr, rx, out, ctx).await,
+                // A direct write left a tail (taken by `set_busy` below).
+                _ = kill.direct_woken() => None,
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => Some(n),
             };
-            if n == 0 {
+            // From here until idle again, only this task writes.
+            rx.set_busy(&mut out);
+            if n == Some(0) {
                 // Every sender is gone: the client left, or the broker is stopping.
                 if *shutdown.borrow() {
                     Reply::Error {
@@ -536,12 +546,12 @@ async fn write_loop(
                     }
                     .encode(out.copied());
                 }
-                let _ = wr.write_all_buf(&mut out).await;
-                let _ = wr.shutdown().await;
+                let _ = write_all(wr, &mut out).await;
+                close_write(wr);
                 return;
             }
         } else if kill.is_killed() {
-            return slow_consumer(wr, out, ctx).await;
+            return slow_consumer(wr, rx, out, ctx).await;
         }
         let mut close = false;
         let mut released = 0;
@@ -583,18 +593,15 @@ async fn write_loop(
         }
         // One atomic update per batch, not per frame.
         rx.release(released, frames);
-        while !out.is_empty() {
-            tokio::select! {
-                biased;
-                _ = kill.killed() => return slow_consumer(wr, out, ctx).await,
-                r = wr.write_buf(&mut out) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
-            }
+        tokio::select! {
+            biased;
+            _ = kill.killed() => return slow_consumer(wr, rx, out, ctx).await,
+            r = write_all(wr, &mut out) => if r.is_err() {
+                return;
+            },
         }
         if close {
-            let _ = wr.shutdown().await;
+            close_write(wr);
             return;
         }
         if out.capacity() > 4 * WRITE_BATCH_BYTES {
@@ -604,9 +611,33 @@ async fn write_loop(
     }
 }
 
+/// Writes all of `out`, waiting for the socket as needed. Cancel-safe: what
+/// was not written stays in `out`.
+async fn write_all(wr: &OwnedWriteHalf, out: &mut FrameBuf) -> std::io::Result<()> {
+    loop {
+        write_now(wr, out)?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        wr.writable().await?;
+    }
+}
+
+/// Ends our direction of the stream (the peer reads end-of-stream).
+fn close_write(wr: &OwnedWriteHalf) {
+    let _ = socket2::SockRef::from(wr.as_ref()).shutdown(std::net::Shutdown::Write);
+}
+
 /// The driver gave up on this client: drop what is queued, finish the frame
 /// in flight, say why, and close.
-async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: FrameBuf, ctx: &ServerCtx) {
+async fn slow_consumer(
+    wr: &OwnedWriteHalf,
+    rx: &OutboxReceiver,
+    mut out: FrameBuf,
+    ctx: &ServerCtx,
+) {
+    // Waits for a direct write in progress; its unwritten tail comes first.
+    rx.set_busy(&mut out);
     // `out` holds the unwritten tail of whole frames, so appending keeps the
     // stream well-formed.
     Reply::Error {
@@ -619,8 +650,8 @@ async fn slow_consumer(wr: &mut OwnedWriteHalf, mut out: FrameBuf, ctx: &ServerC
         ),
     }
     .encode(out.copied());
-    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, wr.write_all_buf(&mut out)).await;
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, write_all(wr, &mut out)).await;
+    close_write(wr);
 }
 
 #[cfg(test)]

@@ -6,9 +6,22 @@
 //! exceed either fails, and the driver then disconnects the client as a
 //! slow consumer (the NATS policy) instead of growing without bound or
 //! slowing every other subscriber down.
+//!
+//! Direct writes: while the connection's writer is idle (nothing queued,
+//! nothing of its own unwritten) the driver writes a frame straight to the
+//! socket with a non-blocking write ([`Outbox::push_direct`]), which saves
+//! the hand-off to the writer task on every delivery at low rates. What the
+//! socket did not take is left for the writer (woken for it), which writes it
+//! before anything queued after it: per-connection order is kept, and the
+//! one unfinished frame is held outside the queue's bound just as the
+//! writer's own encoded batch is.
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Buf;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use ordo_wire::client::{DeliveryRef, FrameBuf, Reply};
 use tokio::sync::{mpsc, Notify};
@@ -120,6 +133,46 @@ struct Shared {
     kill: Notify,
     /// Set by the connection when it ends, before it tells the driver.
     closed: AtomicBool,
+    /// Who may write to the socket; see [`Direct`].
+    direct: Mutex<Direct>,
+    /// Wakes the writer for what a direct write left unwritten.
+    direct_wake: Notify,
+}
+
+/// The socket as shared by the driver's direct writes and the writer.
+#[derive(Debug, Default)]
+struct Direct {
+    /// The connection's socket; `None` until attached (and in unit tests).
+    wr: Option<Arc<OwnedWriteHalf>>,
+    /// The writer waits with nothing queued and nothing unwritten: a direct
+    /// write may go to the socket. Only the writer sets it, under this lock;
+    /// it clears it (under the lock) before it writes anything itself.
+    idle: bool,
+    /// The direct writer's encoding buffer; when not empty, the unwritten
+    /// tail of a direct write, which the writer takes first (`idle` is then
+    /// false, so at most one such tail exists).
+    buf: FrameBuf,
+}
+
+/// The direct writer's buffer is dropped after a write beyond this capacity.
+const DIRECT_BUF_KEEP: usize = 64 * 1024;
+/// Most slices handed to one vectored write (as tokio's `write_buf`).
+const MAX_IOV: usize = 64;
+
+/// Writes what `buf` holds without waiting, until it is empty or the socket
+/// would block; an error is the socket's failure.
+pub fn write_now(wr: &OwnedWriteHalf, buf: &mut FrameBuf) -> std::io::Result<()> {
+    while buf.has_remaining() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = buf.chunks_vectored(&mut slices);
+        match wr.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(k) => buf.advance(k),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The sending side; cheap to clone.
@@ -158,6 +211,8 @@ pub fn outbox(max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
         killed: AtomicBool::new(false),
         kill: Notify::new(),
         closed: AtomicBool::new(false),
+        direct: Mutex::new(Direct::default()),
+        direct_wake: Notify::new(),
     });
     (
         Outbox {
@@ -211,6 +266,47 @@ impl Outbox {
         })
     }
 
+    /// Queues an item, or writes it straight to the socket when the writer
+    /// is idle with nothing queued (see the module's docs). The driver's path:
+    /// it saves a wake-up of the writer task per item.
+    pub fn push_direct(&self, item: Out) -> Result<(), PushError> {
+        let shared = &self.shared;
+        if matches!(item, Out::Close) || shared.killed.load(AtomicOrdering::Relaxed) {
+            return self.push(item);
+        }
+        // Never wait for the lock: the writer holds it only to change hands.
+        let Ok(mut guard) = shared.direct.try_lock() else {
+            return self.push(item);
+        };
+        let direct = &mut *guard;
+        let wr = match &direct.wr {
+            Some(wr)
+                if direct.idle
+                    && direct.buf.is_empty()
+                    && shared.queued_frames.load(AtomicOrdering::Acquire) == 0 =>
+            {
+                wr
+            }
+            _ => {
+                drop(guard);
+                return self.push(item);
+            }
+        };
+        item.encode(&mut direct.buf);
+        // A failed write leaves the frame to the writer, which meets the
+        // error again and ends the connection.
+        let _ = write_now(wr, &mut direct.buf);
+        if !direct.buf.is_empty() {
+            // The writer finishes it, before anything queued after it.
+            direct.idle = false;
+            shared.direct_wake.notify_one();
+        } else if direct.buf.capacity() > DIRECT_BUF_KEEP {
+            // One large batch must not pin its buffer for the connection's life.
+            direct.buf = FrameBuf::default();
+        }
+        Ok(())
+    }
+
     /// Gives up on the client: the writer drops what is queued, sends a
     /// slow-consumer error as best it can, and closes.
     pub fn kill(&self) {
@@ -257,13 +353,46 @@ impl OutboxReceiver {
             .fetch_sub(frames, AtomicOrdering::Relaxed);
     }
 
+    /// Lets the driver write to `wr` directly while the writer is idle.
+    pub fn attach(&self, wr: Arc<OwnedWriteHalf>) {
+        self.direct().wr = Some(wr);
+    }
+
+    fn direct(&self) -> MutexGuard<'_, Direct> {
+        // A panic while holding the lock leaves nothing half-done that
+        // matters here (a flag and a buffer of whole frames' bytes).
+        self.shared
+            .direct
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The writer has written everything and waits: direct writes may go.
+    /// Call only with nothing taken off the queue and nothing unwritten.
+    pub fn set_idle(&self) {
+        let mut d = self.direct();
+        d.idle = d.wr.is_some();
+    }
+
+    /// The writer is about to write: stops direct writes (waiting for one
+    /// in progress) and moves what a direct write left unwritten into `out`,
+    /// which must be empty, so it goes first.
+    pub fn set_busy(&self, out: &mut FrameBuf) {
+        let mut d = self.direct();
+        d.idle = false;
+        if !d.buf.is_empty() && out.is_empty() {
+            *out = std::mem::take(&mut d.buf);
+        }
+    }
+
     /// A handle to wait for the kill while this receiver is borrowed.
     pub fn kill_watch(&self) -> KillWatch {
         KillWatch(Arc::clone(&self.shared))
     }
 }
 
-/// Waits for [`Outbox::kill`]; see [`OutboxReceiver::kill_watch`].
+/// Waits for [`Outbox::kill`] (and for a direct write's tail); see
+/// [`OutboxReceiver::kill_watch`].
 #[derive(Debug)]
 pub struct KillWatch(Arc<Shared>);
 
@@ -279,6 +408,11 @@ impl KillWatch {
     /// Whether the outbox was killed.
     pub fn is_killed(&self) -> bool {
         self.0.killed.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Resolves when a direct write left bytes for the writer (or spuriously).
+    pub async fn direct_woken(&self) {
+        self.0.direct_wake.notified().await;
     }
 }
 
@@ -380,5 +514,114 @@ mod tests {
         watch.killed().await;
         assert!(watch.is_killed());
         assert_eq!(tx.push(ok(1)), Err(PushError::Closed));
+    }
+
+    /// A connected pair: the server side's write half, the client's stream.
+    async fn socket_pair() -> (
+        Arc<OwnedWriteHalf>,
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::TcpStream,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, wr) = server.into_split();
+        (Arc::new(wr), rd, client)
+    }
+
+    /// Reads `n` replies from the client side.
+    async fn read_replies(client: &mut tokio::net::TcpStream, n: usize) -> Vec<Reply> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::new();
+        let mut replies = Vec::new();
+        while replies.len() < n {
+            while let Some(r) = Reply::decode(&mut buf, 64 << 20).unwrap() {
+                replies.push(r);
+            }
+            if replies.len() < n {
+                let got = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    client.read_buf(&mut buf),
+                )
+                .await
+                .expect("no bytes from the broker side")
+                .unwrap();
+                assert!(got > 0, "closed early");
+            }
+        }
+        replies
+    }
+
+    #[tokio::test]
+    async fn direct_write_only_while_the_writer_is_idle() {
+        let (wr, _rd, mut client) = socket_pair().await;
+        let (tx, mut rx) = outbox(100, 1 << 20);
+        // Not attached: queued.
+        tx.push_direct(ok(1)).unwrap();
+        assert_eq!(tx.queued_bytes(), ok(1).charge());
+        let item = rx.try_recv().unwrap();
+        rx.release(item.charge(), item.frames());
+        rx.attach(Arc::clone(&wr));
+        // Attached but the writer is not idle: queued.
+        tx.push_direct(ok(2)).unwrap();
+        assert!(rx.try_recv().is_some(), "queued while the writer is busy");
+        rx.release(ok(2).charge(), 1);
+        rx.set_idle();
+        // Idle with an empty queue: straight to the socket, nothing queued.
+        tx.push_direct(ok(3)).unwrap();
+        assert!(rx.try_recv().is_none());
+        assert_eq!(tx.queued_bytes(), 0);
+        // Something queued: the next item goes behind it, not around it.
+        tx.push(ok(4)).unwrap();
+        tx.push_direct(ok(5)).unwrap();
+        assert!(matches!(
+            rx.try_recv(),
+            Some(Out::Reply(Reply::Ok { req: 4 }))
+        ));
+        assert!(matches!(
+            rx.try_recv(),
+            Some(Out::Reply(Reply::Ok { req: 5 }))
+        ));
+        let got = read_replies(&mut client, 1).await;
+        assert_eq!(got, vec![Reply::Ok { req: 3 }]);
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_the_socket_cannot_take_is_finished_first() {
+        let (wr, _rd, mut client) = socket_pair().await;
+        let (tx, mut rx) = outbox(100, 64 << 20);
+        rx.attach(Arc::clone(&wr));
+        rx.set_idle();
+        let watch = rx.kill_watch();
+        // Far more than the socket buffers hold while nobody reads.
+        let mut msg = delivered();
+        Arc::get_mut(&mut msg).unwrap().payload = bytes::Bytes::from(vec![7u8; 16 << 20]);
+        tx.push_direct(Out::Deliver { sid: 1, msg }).unwrap();
+        // The writer is woken for the tail, and what follows is queued.
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.direct_woken())
+            .await
+            .expect("writer not woken for the tail");
+        tx.push_direct(ok(2)).unwrap();
+        assert_eq!(tx.queued_bytes(), ok(2).charge(), "queued behind the tail");
+        // The writer's part: the tail first, then the queue.
+        let mut out = FrameBuf::default();
+        rx.set_busy(&mut out);
+        assert!(!out.is_empty(), "the tail moved to the writer");
+        let item = rx.try_recv().unwrap();
+        rx.release(item.charge(), item.frames());
+        assert!(item.encode(&mut out));
+        let writer = tokio::spawn(async move {
+            while !out.is_empty() {
+                write_now(&wr, &mut out).unwrap();
+                if !out.is_empty() {
+                    wr.writable().await.unwrap();
+                }
+            }
+        });
+        let got = read_replies(&mut client, 2).await;
+        writer.await.unwrap();
+        assert!(matches!(&got[0], Reply::Message(d) if d.sid == 1 && d.payload.len() == 16 << 20));
+        assert_eq!(got[1], Reply::Ok { req: 2 });
     }
 }

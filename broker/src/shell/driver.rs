@@ -233,12 +233,12 @@ impl ConnState {
             }
             None => return true,
         };
-        self.outbox.push(item) != Err(PushError::Full)
+        self.outbox.push_direct(item) != Err(PushError::Full)
     }
 
     /// Queues `item` after the pending deliveries; false when the outbox overflowed.
     fn push(&mut self, item: Out) -> bool {
-        self.push_pending() && self.outbox.push(item) != Err(PushError::Full)
+        self.push_pending() && self.outbox.push_direct(item) != Err(PushError::Full)
     }
 }
 
