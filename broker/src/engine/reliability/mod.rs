@@ -426,12 +426,11 @@ impl Reliability {
         // buffer fills; refusing the repairs the flush waits for would then
         // wedge the view change that removes the unheard broker and frees
         // the buffer (the one-way cut toward the last-ranked broker).
-        let flush_reserve = next_expected
-            && !self.caps.is_empty()
-            && self.held_bytes + size <= limit.saturating_add(limit / 4);
         let room = self.held_bytes + size <= limit
             || self.make_room(size, next_expected, origin, stats)
-            || flush_reserve;
+            || (next_expected
+                && !self.caps.is_empty()
+                && self.held_bytes + size <= limit.saturating_add(limit / 4));
         let Some(log) = self.logs.get_mut(&origin) else {
             return Received::Dropped;
         };
