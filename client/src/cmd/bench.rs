@@ -94,6 +94,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     json: bool,
+    /// Also write every measured delivery to this file, one `subscriber
+    /// send_us latency_us` line each (send time in µs since the Unix epoch),
+    /// to see when the tail happens; at most 10 million per subscriber.
+    #[arg(long, value_name = "FILE")]
+    latency_log: Option<std::path::PathBuf>,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5` (seconds).
@@ -144,6 +149,8 @@ struct Plan {
     topic: String,
     confirm: bool,
     run: u32,
+    /// Whether subscribers keep every sample for `--latency-log`.
+    latency_log: bool,
 }
 
 impl Plan {
@@ -239,7 +246,12 @@ struct SubOut {
     discontinuities: u64,
     foreign: u64,
     error: Option<String>,
+    /// `(send_us, latency_us)` per measured delivery, with `--latency-log`.
+    samples: Vec<(u64, u64)>,
 }
+
+/// Most samples a subscriber keeps for `--latency-log` (160 MB).
+const MAX_LOGGED_SAMPLES: usize = 10_000_000;
 
 /// Per-subscriber part of the report.
 #[derive(Debug, serde::Serialize)]
@@ -300,6 +312,10 @@ struct Report {
     discontinuities: u64,
     ok: bool,
     errors: Vec<String>,
+    /// This bench process's CPU time (user + system, µs) over the whole run.
+    bench_cpu_us: u64,
+    /// This bench process's context switches over the whole run.
+    bench_ctx_switches: u64,
     rate_definition: &'static str,
     clock: &'static str,
     per_sub: Vec<SubReport>,
@@ -347,6 +363,10 @@ pub async fn run(conn: &Connection, args: BenchArgs) -> anyhow::Result<()> {
         .context("cannot start the bench thread")?;
     let (pub_outs, sub_outs, go_us) = rx.await.context("the bench thread died")??;
     let report = report(&plan, &args, &pub_outs, &sub_outs, go_us);
+    if let Some(path) = &args.latency_log {
+        write_latency_log(path, &sub_outs)
+            .with_context(|| format!("cannot write the latency log {}", path.display()))?;
+    }
     // A closed stdout (`| head`) is the reader's choice; the exit status
     // still says whether every message arrived.
     if args.json {
@@ -422,6 +442,7 @@ fn plan(conn: &Connection, args: &BenchArgs) -> anyhow::Result<Plan> {
         topic: args.topic.clone(),
         confirm: args.confirm,
         run,
+        latency_log: args.latency_log.is_some(),
     })
 }
 
@@ -510,6 +531,7 @@ fn execute(plan: &Plan) -> anyhow::Result<Outcome> {
             discontinuities: 0,
             foreign: 0,
             error: Some(format!("subscriber {s} panicked")),
+            samples: Vec::new(),
         }));
     }
     Ok((pub_outs, sub_outs, shared.go_us.load(Mem::Acquire)))
@@ -569,6 +591,7 @@ fn subscriber(plan: &Plan, shared: &Shared, s: usize) -> SubOut {
         discontinuities: 0,
         foreign: 0,
         error: None,
+        samples: Vec::new(),
     };
     let res = match runtime() {
         Ok(rt) => rt.block_on(subscribe_loop(plan, shared, s, &mut out)),
@@ -691,7 +714,11 @@ fn on_payload(plan: &Plan, shared: &Shared, s: usize, out: &mut SubOut, payload:
         let now = now_us();
         out.measured += 1;
         out.last_us = now;
-        stats::record(&mut out.hist, now.saturating_sub(stamp.sent_us));
+        let latency = now.saturating_sub(stamp.sent_us);
+        stats::record(&mut out.hist, latency);
+        if plan.latency_log && out.samples.len() < MAX_LOGGED_SAMPLES {
+            out.samples.push((stamp.sent_us, latency));
+        }
     }
     true
 }
@@ -917,12 +944,54 @@ async fn written(client: &Client, writes: u64) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- report
 
+/// Writes `--latency-log`: one `subscriber send_us latency_us` line per sample.
+fn write_latency_log(path: &std::path::Path, subs: &[SubOut]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "# subscriber send_us latency_us")?;
+    for (s, o) in subs.iter().enumerate() {
+        if o.samples.len() >= MAX_LOGGED_SAMPLES {
+            writeln!(
+                f,
+                "# subscriber {s}: only its first {MAX_LOGGED_SAMPLES} samples"
+            )?;
+        }
+        for (sent, latency) in &o.samples {
+            writeln!(f, "{s} {sent} {latency}")?;
+        }
+    }
+    f.flush()
+}
+
+/// CPU time (user + system, µs) and context switches (voluntary +
+/// involuntary) of this whole process so far, exited threads included, so a
+/// benchmark script need not sample the process while it runs (sampling
+/// costs the machine a few processes' start-up every time, which shows in
+/// the latency tail).
+fn own_usage() -> (u64, u64) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let us = |t: nix::sys::time::TimeVal| {
+                (t.tv_sec().max(0) as u64) * 1_000_000 + t.tv_usec().max(0) as u64
+            };
+            let switches = u.voluntary_context_switches() + u.involuntary_context_switches();
+            (
+                us(u.user_time()) + us(u.system_time()),
+                switches.max(0) as u64,
+            )
+        }
+        Err(_) => (0, 0),
+    }
+}
+
 fn report(plan: &Plan, args: &BenchArgs, pubs: &[PubOut], subs: &[SubOut], go_us: u64) -> Report {
     let start = go_us + plan.warmup_us;
     let total: u64 = pubs.iter().map(|o| o.sent).sum();
     let measured: u64 = pubs.iter().map(|o| o.sent - o.warmup.min(o.sent)).sum();
     let end = pubs.iter().map(|o| o.end_us).max().unwrap_or(start);
     let pub_rate = stats::rate(measured, start, end);
+    let (bench_cpu_us, bench_ctx_switches) = own_usage();
     let mut errors: Vec<String> = pubs.iter().filter_map(|o| o.error.clone()).collect();
     errors.extend(subs.iter().filter_map(|o| o.error.clone()));
 
@@ -999,6 +1068,8 @@ fn report(plan: &Plan, args: &BenchArgs, pubs: &[PubOut], subs: &[SubOut], go_us
         discontinuities,
         ok: totals.clean() && errors.is_empty(),
         errors,
+        bench_cpu_us,
+        bench_ctx_switches,
         rate_definition: "pub_rate: measured msgs / (publishers' start after warm-up .. last publish flushed); \
              sub rates: measured msgs received / (publishers' start after warm-up .. that subscriber's last arrival), as peers/broker-bench",
         clock: "send and receive times: SystemTime in µs, one process on one host",
@@ -1127,6 +1198,7 @@ mod tests {
             window: 10,
             warmup: Duration::ZERO,
             json: true,
+            latency_log: None,
         };
         let plan = plan(&conn, &args).unwrap();
         assert_eq!(plan.server_of_pub(0), "a:1");
@@ -1155,6 +1227,7 @@ mod tests {
             window: 0,
             warmup: Duration::ZERO,
             json: true,
+            latency_log: None,
         };
         let plan = plan(&conn, &args).unwrap();
         assert_eq!(plan.servers, ["x:1"]);
@@ -1203,6 +1276,7 @@ mod tests {
             window: 0,
             warmup: Duration::ZERO,
             json: true,
+            latency_log: None,
         };
         let plan = plan(&conn, &args).unwrap();
         let sh = Shared::new(1, 1);
@@ -1214,6 +1288,7 @@ mod tests {
             discontinuities: 0,
             foreign: 0,
             error: None,
+            samples: Vec::new(),
         };
         let msg = |flags, seq| {
             Bytes::from(payload::make(
@@ -1256,5 +1331,86 @@ mod tests {
         let c = out.checks[0].finish(2);
         assert_eq!((c.duplicates, c.lost, c.received), (1, 0, 2));
         assert_eq!(out.hist.len(), 1);
+        assert!(out.samples.is_empty(), "samples kept without --latency-log");
+    }
+
+    #[test]
+    fn latency_log_has_one_line_per_measured_delivery() {
+        let conn = Connection {
+            server: "x:1".into(),
+            token: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lat.txt");
+        let args = BenchArgs {
+            servers: vec![],
+            pubs: 1,
+            subs: 1,
+            size: 64,
+            msgs: Some(3),
+            duration: None,
+            rate: 0,
+            ordering: Ordering::Fifo,
+            topic: "t".into(),
+            confirm: false,
+            window: 0,
+            warmup: Duration::ZERO,
+            json: true,
+            latency_log: Some(path.clone()),
+        };
+        let plan = plan(&conn, &args).unwrap();
+        let sh = Shared::new(1, 1);
+        let mut out = SubOut {
+            checks: vec![OrderCheck::new()],
+            measured: 0,
+            last_us: 0,
+            hist: stats::new_histogram(),
+            discontinuities: 0,
+            foreign: 0,
+            error: None,
+            samples: Vec::new(),
+        };
+        let sent = now_us() - 250;
+        for (flags, seq) in [(FLAG_WARMUP, 0), (0, 1), (0, 2)] {
+            let m = payload::make(
+                64,
+                plan.run,
+                &Stamp {
+                    publisher: 0,
+                    flags,
+                    seq,
+                    sent_us: sent,
+                },
+            );
+            assert!(on_payload(&plan, &sh, 0, &mut out, &Bytes::from(m)));
+        }
+        write_latency_log(&path, &[out]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Vec<u64>> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').map(|x| x.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(lines.len(), 2, "warm-up is not measured: {text}");
+        for l in &lines {
+            assert_eq!((l[0], l[1]), (0, sent));
+            assert!(
+                l[2] >= 250,
+                "latency {} below the 250 µs it was sent ago",
+                l[2]
+            );
+        }
+    }
+
+    #[test]
+    fn own_usage_counts_this_process() {
+        // Burn a little CPU so the figure cannot be zero on any clock.
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let (cpu_us, _) = own_usage();
+        assert!(cpu_us >= 10_000, "cpu {cpu_us} µs after a 30 ms busy loop");
     }
 }
