@@ -149,8 +149,8 @@ struct Plan {
     topic: String,
     confirm: bool,
     run: u32,
-    /// Whether subscribers keep every sample for `--latency-log`.
-    latency_log: bool,
+    /// With `--latency-log`: samples each subscriber makes room for up front.
+    latency_log: Option<usize>,
 }
 
 impl Plan {
@@ -442,7 +442,19 @@ fn plan(conn: &Connection, args: &BenchArgs) -> anyhow::Result<Plan> {
         topic: args.topic.clone(),
         confirm: args.confirm,
         run,
-        latency_log: args.latency_log.is_some(),
+        latency_log: args.latency_log.as_ref().map(|_| {
+            // Room for the whole run up front: growing the buffer mid-run
+            // copies it and faults fresh pages in, a stall of several ms
+            // (on this VM) that lands in the very tail being measured.
+            let expected = match (args.msgs, args.duration) {
+                (Some(n), _) => n,
+                (None, Some(d)) if args.rate > 0 => {
+                    ((d + args.warmup).as_secs_f64() * args.rate as f64 * 1.05) as u64
+                }
+                _ => MAX_LOGGED_SAMPLES as u64 / 10,
+            };
+            expected.min(MAX_LOGGED_SAMPLES as u64) as usize
+        }),
     })
 }
 
@@ -593,6 +605,11 @@ fn subscriber(plan: &Plan, shared: &Shared, s: usize) -> SubOut {
         error: None,
         samples: Vec::new(),
     };
+    if let Some(n) = plan.latency_log {
+        // Touched now, at setup, so no page is first faulted in mid-run.
+        out.samples.resize(n, (0, 0));
+        out.samples.clear();
+    }
     let res = match runtime() {
         Ok(rt) => rt.block_on(subscribe_loop(plan, shared, s, &mut out)),
         Err(e) => Err(anyhow!("cannot start a runtime: {e}")),
@@ -716,7 +733,7 @@ fn on_payload(plan: &Plan, shared: &Shared, s: usize, out: &mut SubOut, payload:
         out.last_us = now;
         let latency = now.saturating_sub(stamp.sent_us);
         stats::record(&mut out.hist, latency);
-        if plan.latency_log && out.samples.len() < MAX_LOGGED_SAMPLES {
+        if plan.latency_log.is_some() && out.samples.len() < MAX_LOGGED_SAMPLES {
             out.samples.push((stamp.sent_us, latency));
         }
     }
