@@ -166,6 +166,15 @@ impl Reliability {
     /// contiguously and the others with their digests. An ordering decision
     /// in that prefix is held by a member of every possible next primary
     /// view, so that view's flush cut includes it.
+    ///
+    /// The origin itself holds (and vouches for) at least as much of its
+    /// own stream as we hold of it: it sent that, keeps its own messages
+    /// until they are stable, and never flushes itself out; if it survives
+    /// a view change, the flush makes every survivor hold what it sent. So
+    /// a decision of the origin's that we hold is held by the two of us
+    /// without waiting for its digest: in a 3-broker view the sequencer's
+    /// orders and ISIS finals are applied on arrival, not one digest round
+    /// (an `ack_delay`) later.
     pub(crate) fn held_by_quorum(&self, origin: Origin, members: &[Origin]) -> Seq {
         let mine = if origin == self.me {
             self.sent
@@ -177,13 +186,18 @@ impl Reliability {
         };
         let held = |m: &Origin| {
             if *m == self.me {
-                mine
+                return mine;
+            }
+            let vouched = self
+                .peers
+                .get(m)
+                .and_then(|p| p.get(&origin))
+                .copied()
+                .unwrap_or_default();
+            if *m == origin {
+                vouched.max(mine)
             } else {
-                self.peers
-                    .get(m)
-                    .and_then(|p| p.get(&origin))
-                    .copied()
-                    .unwrap_or_default()
+                vouched
             }
         };
         let values: Vec<Seq> = members.iter().map(held).collect();
@@ -403,11 +417,34 @@ mod tests {
     #[test]
     fn the_quorum_behind_an_ordering_decision_counts_what_members_vouch_for() {
         let mut r = holding_ten_of_3();
-        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        // Five members: we and the origin (node 3) are two, one short.
+        let members: Vec<Origin> = (1..=5).map(origin).collect();
+        assert_eq!(r.held_by_quorum(origin(3), &members), Seq(0));
         // Node 2 holds 10 of node 3's stream but reported (vouches for) 6.
         digest_from(&mut r, 2, &[entry(3, 10, 6)]);
         assert_eq!(r.held_by_quorum(origin(3), &members), Seq(6));
         digest_from(&mut r, 2, &[entry(3, 10, 10)]);
         assert_eq!(r.held_by_quorum(origin(3), &members), Seq(10));
+    }
+
+    #[test]
+    fn the_origin_counts_as_holding_what_we_hold_of_its_stream() {
+        // We (node 1) hold 10 of node 3's stream; nobody sent a digest yet.
+        let mut r = holding_ten_of_3();
+        let members: Vec<Origin> = (1..=3).map(origin).collect();
+        // Node 3 sent those 10, so with us they are held by two of three.
+        assert_eq!(r.held_by_quorum(origin(3), &members), Seq(10));
+        // Node 2's stream: we hold none of it, and node 2's own word is
+        // one of three, not a quorum.
+        digest_from(&mut r, 2, &[entry(2, 4, 4)]);
+        assert_eq!(r.held_by_quorum(origin(2), &members), Seq(0));
+        // In a view of four, the origin and we are half: a quorum by the
+        // tie rule only when the first member is one of us.
+        let four: Vec<Origin> = (1..=4).map(origin).collect();
+        assert_eq!(r.held_by_quorum(origin(3), &four), Seq(10));
+        let four_other_first: Vec<Origin> = [2, 1, 3, 4].into_iter().map(origin).collect();
+        assert_eq!(r.held_by_quorum(origin(3), &four_other_first), Seq(0));
+        digest_from(&mut r, 2, &[entry(3, 7, 7)]);
+        assert_eq!(r.held_by_quorum(origin(3), &four_other_first), Seq(7));
     }
 }
