@@ -9,7 +9,8 @@
 #     udp                          peers' udp-limit one-way multicast latency, 3 receivers
 #   e.g. bench/latency.sh base=/tmp/base/release new=target/release nats udp
 #
-# Environment: ROUNDS (5), SECS (5), RATE (10000), SIZE (128), WARMUP (1), MAX_OTHER (leave
+# Environment: ROUNDS (5), SECS (5), RATE (10000), SIZE (128), WARMUP (1), ORDERING (fifo:
+#   the Ordo topic's ordering; NATS and UDP have none), MAX_OTHER (leave
 #   out of the summary runs during which other processes used more than this % of a core),
 #   PEERS_BIN (directory with broker-bench and udp-limit, e.g. /work/peers-out/target/release),
 #   OUT (default target/bench-results/lat-<UTC time>), ENV_<name> (environment for that
@@ -27,6 +28,7 @@ SECS=${SECS:-5}
 RATE=${RATE:-10000}
 SIZE=${SIZE:-128}
 WARMUP=${WARMUP:-1}
+ORDERING=${ORDERING:-fifo}
 OUT=${OUT:-$ROOT/target/bench-results/lat-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
@@ -82,7 +84,7 @@ run_ordo() { # name bindir flags outfile
   # processes (sed, awk, cat), and every 200 ms of that showed in the tail as
   # stalls of all subscribers at once. The bench reports its own CPU time.
   "$bin/ordo" bench --servers "$s" --pub 1 --sub 3 --size "$SIZE" --duration "${SECS}s" \
-    --rate "$RATE" --warmup "${WARMUP}s" --topic "lat.$name" --json > "$f" 2>> "$OUT/log.txt" || true
+    --rate "$RATE" --warmup "${WARMUP}s" --ordering "$ORDERING" --topic "lat.$name" --json > "$f" 2>> "$OUT/log.txt" || true
   t1=$(pid_ticks "${PIDS[@]}"); c1=$(ctx_switches "${PIDS[@]}"); m1=$(busy_ticks); w1=$(date +%s%N)
   echo "$((t1 - t0))" > "$f.ticks"
   read -r bt bc < <(python3 -c "import json,sys

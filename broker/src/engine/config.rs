@@ -84,7 +84,9 @@ pub struct EngineConfig {
     /// random delay in `[repair_delay, 2 * repair_delay]`, unless someone
     /// repaired it first; the origin repairs at once.
     pub repair_delay: Duration,
-    /// Delay that coalesces prompt acknowledgements (digests answering data).
+    /// Least time between prompt acknowledgements (digests answering data
+    /// that asks for one): the first goes out at once, later requests
+    /// within this time share one sent when it ends.
     pub ack_delay: Duration,
     /// Longest time our data goes without asking the others for a prompt
     /// acknowledgement when nobody waits for one (no confirmation, `safe`

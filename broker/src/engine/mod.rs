@@ -1113,9 +1113,15 @@ impl Engine {
         );
     }
 
-    /// A prompt digest, coalesced and at most one per `ack_delay`.
+    /// A prompt digest: at once (after this input) unless one went out
+    /// within the last `ack_delay`, else that long after it, so at most one
+    /// per `ack_delay` however fast data asks. Waiting out a fixed delay
+    /// after each request instead made every total-order message at a low
+    /// rate wait that delay (plus the runtime's timer tick) at its origin,
+    /// which applies its own orders and finals once another member's
+    /// digest shows it holds them.
     fn schedule_ack(&mut self, now: Instant) {
-        let mut at = now + self.config.ack_delay;
+        let mut at = now;
         if let Some(last) = self.last_ack {
             at = at.max(last + self.config.ack_delay);
         }

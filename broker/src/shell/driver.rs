@@ -1121,6 +1121,11 @@ fn unix_micros() -> u64 {
 /// Sleeps until `deadline`, or forever when there is none.
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
+        // tokio's timer wheel ticks in whole milliseconds and rounds a
+        // deadline up to the next tick: one that passed while we handled
+        // input (a prompt acknowledgement due a moment ago) is served on
+        // this pass, not up to a millisecond later.
+        Some(d) if d <= Instant::now() => {}
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
