@@ -82,6 +82,10 @@ const ENGINE_CATALOG: &[(&str, &str)] = &[
     ("ordo_publishes_unconfirmed_total", "Confirm-requested publishes and declarations answered with an error: this broker's stream ended (excluded from the view, refused, shut down) before the group vouched for them."),
     ("ordo_duplicate_node_refusals_total", "Brokers refused because they claimed the node id of a live member."),
     ("ordo_exclusions_total", "Times this broker found itself excluded from the view (suspected, or losing a merge) and rejoined."),
+    ("ordo_suspicions_disputed_total", "Suspicion reports about a member this broker (the coordinator) still heard, held until confirmed: the reporter may be the broker that cannot hear."),
+    ("ordo_proposals_disputed_total", "View proposals taking over from members this broker still heard, held until repeated for a whole --acceptable-heartbeat-pause."),
+    ("ordo_join_rounds_unanswered_total", "Join rounds that ended without admission (the coordinator asked is avoided for a while)."),
+    ("ordo_join_fallbacks_total", "Times no coordinator admitted this broker for --max-join-attempts rounds and it formed a view of its own, to merge once the views hear each other."),
 ];
 
 /// Which `Stats` field feeds which counter: (metric, `reason` label for
@@ -181,6 +185,16 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
         s.duplicate_node_refusals
     }),
     ("ordo_exclusions_total", "", |s| s.exclusions),
+    ("ordo_suspicions_disputed_total", "", |s| {
+        s.suspicions_disputed
+    }),
+    ("ordo_proposals_disputed_total", "", |s| {
+        s.proposals_disputed
+    }),
+    ("ordo_join_rounds_unanswered_total", "", |s| {
+        s.join_rounds_unanswered
+    }),
+    ("ordo_join_fallbacks_total", "", |s| s.join_fallbacks),
 ];
 
 /// Gauges copied from each snapshot: (name, help, field).

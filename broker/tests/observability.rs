@@ -313,18 +313,38 @@ const CATALOG_EXPECTED: &[(&str, &str, Expect)] = &[
     ("View changes by cause", "C", Expect::Positive),
     ("View changes by cause", "D", Expect::Positive),
     (
-        "Suspicions, exclusions and refused node ids",
+        "Suspicions, disputes, exclusions, join fallbacks",
         "A",
         Expect::Positive,
     ),
     (
-        "Suspicions, exclusions and refused node ids",
+        "Suspicions, disputes, exclusions, join fallbacks",
         "B",
         Expect::Positive,
     ),
     (
-        "Suspicions, exclusions and refused node ids",
+        "Suspicions, disputes, exclusions, join fallbacks",
         "C",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, disputes, exclusions, join fallbacks",
+        "D",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, disputes, exclusions, join fallbacks",
+        "E",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, disputes, exclusions, join fallbacks",
+        "F",
+        Expect::Positive,
+    ),
+    (
+        "Suspicions, disputes, exclusions, join fallbacks",
+        "G",
         Expect::Positive,
     ),
     (
@@ -401,6 +421,10 @@ fn dashboard_panels_return_data_from_the_catalog() {
                 suspicions: round,
                 exclusions: round,
                 duplicate_node_refusals: round,
+                suspicions_disputed: round,
+                proposals_disputed: round,
+                join_rounds_unanswered: round,
+                join_fallbacks: round,
                 publishes_no_quorum: round,
                 primary: 1,
                 last_failure_detection_ms: 1600,

@@ -136,4 +136,15 @@ pub struct Stats {
     /// Times this engine learned it was excluded from the view (falsely
     /// suspected, or on the losing side of a merge) and rejoined.
     pub exclusions: u64,
+    /// Suspicion reports about a member we still heard, held until
+    /// confirmed (the reporter may be the one that cannot hear).
+    pub suspicions_disputed: u64,
+    /// View proposals that took over from members we still heard, held
+    /// until the proposer repeated them for a whole heartbeat pause.
+    pub proposals_disputed: u64,
+    /// Join rounds that ended without admission.
+    pub join_rounds_unanswered: u64,
+    /// Times no coordinator admitted us for `max_join_attempts` rounds and
+    /// we formed a view of our own (to merge once the views hear each other).
+    pub join_fallbacks: u64,
 }

@@ -1414,6 +1414,8 @@ fn a_broker_that_stops_hearing_the_others_one_by_one_removes_only_itself() {
         assert_eq!(g.engines[i].stats().exclusions, 0, "engine {i}");
     }
     assert_eq!(g.engines[2].view().members, vec![before[2]]);
+    // The coordinator held the deaf broker's reports (and counted that).
+    assert!(g.engines[0].stats().suspicions_disputed >= 1);
 }
 
 #[test]
@@ -1462,6 +1464,13 @@ fn joiners_a_coordinator_cannot_hear_form_a_view_of_their_own_and_merge_on_heal(
     // Restarted, they know no primary view, and they heard the group: two
     // of the configured three are no quorum of a history they never saw.
     assert!(!a.primary, "{a:?}");
+    // One of them founded that view after its unanswered join rounds.
+    let fallbacks: u64 = [1, 2]
+        .iter()
+        .map(|&i| g.engines[i].stats().join_fallbacks)
+        .sum();
+    assert_eq!(fallbacks, 1);
+    assert!(g.engines[1].stats().join_rounds_unanswered >= 5);
     // Healed: the views merge into one.
     g.run(ms(6000), |_, _, _| true);
     let v = g.engines[0].view().clone();
@@ -1505,4 +1514,10 @@ fn a_deaf_broker_next_in_rank_takes_over_nobody_who_hears_the_coordinator() {
         assert!(v.primary, "engine {i}: {v:?}");
         assert_eq!(g.engines[i].stats().exclusions, 0, "engine {i}");
     }
+    // The others held its take-over (and counted that).
+    let disputed: u64 = [0, 2, 3, 4]
+        .iter()
+        .map(|&i| g.engines[i].stats().proposals_disputed)
+        .sum();
+    assert!(disputed >= 1);
 }

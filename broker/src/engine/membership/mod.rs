@@ -560,6 +560,7 @@ impl Engine {
     /// a view of our own, as a broker that finds nobody at startup does;
     /// the merge unites it with the others once they hear each other.
     fn join_round_unanswered(&mut self, target: Option<Origin>, now: Instant) {
+        self.stats.join_rounds_unanswered += 1;
         let m = &mut self.membership;
         m.join_attempts = 0;
         m.join_rounds = m.join_rounds.saturating_add(1);
@@ -595,6 +596,7 @@ impl Engine {
             // that join named; our founded view's messages would then be
             // missing from it (sim_bugs seed 5: 62 unrecoverable). The
             // incarnation it admits never speaks and is removed.
+            self.stats.join_fallbacks += 1;
             self.next_incarnation();
             self.form_singleton(now);
             return;
@@ -830,6 +832,7 @@ impl Engine {
         reporters.retain(|r| !m.dead.contains(r));
         if reporters.is_empty() {
             *since = now;
+            self.stats.suspicions_disputed += 1;
             tracing::info!(member = %suspect, by = %reporter, "a member reports a suspicion of a member we still hear; waiting for it to be confirmed");
         }
         reporters.insert(reporter);

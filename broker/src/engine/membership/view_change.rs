@@ -278,6 +278,7 @@ impl Engine {
             .proposal_disputes
             .entry(proposer)
             .or_insert_with(|| {
+                self.stats.proposals_disputed += 1;
                 tracing::info!(%proposer, "a proposal takes over from members we still hear; waiting for it to be confirmed");
                 now
             });
