@@ -23,7 +23,8 @@
 //!
 //! Faults: loss (per link too), duplication, jitter, corruption, partitions
 //! (symmetric or one way; short ones must lose nothing, long ones split the
-//! view), and membership faults the harness makes at planned instants
+//! view), a single directed link cut for seconds (one broker cannot hear
+//! another that everyone else hears), and membership faults the harness makes at planned instants
 //! ([`Action`]): a crash drops an engine (it processes and sends nothing
 //! more; datagrams in flight still arrive), optionally followed by a new
 //! incarnation on the same node id; a stall freezes an engine (a GC pause:
@@ -95,6 +96,11 @@ pub struct FaultPlan {
     /// Stalls (a GC pause: the node processes nothing, then resumes):
     /// (start after traffic begins, slot, length).
     pub stalls: Vec<(Duration, usize, Duration)>,
+    /// One directed link cut completely for a while, every other link
+    /// working (`to` cannot hear `from`, everyone else hears both): (start
+    /// after traffic begins, length, from, to). The asymmetric case where
+    /// the one that cannot hear is the one that suspects.
+    pub link_cuts: Vec<(Duration, Duration, usize, usize)>,
 }
 
 impl FaultPlan {
@@ -187,11 +193,12 @@ impl FaultPlan {
     }
 
     /// Whether the plan has faults that change the membership (crashes,
-    /// stalls, partitions longer than `short`).
+    /// stalls, partitions or link cuts longer than `short`).
     pub fn changes_membership(&self, short: Duration) -> bool {
         !self.crashes.is_empty()
             || !self.stalls.is_empty()
             || self.partitions.iter().any(|p| p.1 > short)
+            || self.link_cuts.iter().any(|c| c.1 > short)
     }
 }
 
@@ -330,6 +337,30 @@ impl SimConfig {
         if rng.gen_bool(0.4) {
             cfg.faults.membership_faults(&mut rng, nodes);
         }
+        // A directed link cut longer than failure detection, from a third
+        // generator: the seeds above keep every fault they had.
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x11c0_ffee_c075);
+        if rng.gen_bool(0.08) {
+            let from = rng.gen_range(0..nodes);
+            let to = (from + rng.gen_range(1..nodes)) % nodes;
+            let at = Duration::from_millis(rng.gen_range(30..450));
+            let len = Duration::from_millis(rng.gen_range(2000..5000));
+            // Not while a partition cuts that link anyway: the cut would
+            // drop nothing of its own (and count as never fired).
+            let covered = cfg
+                .faults
+                .partitions
+                .iter()
+                .any(|(p_at, p_len, side, one_way)| {
+                    let overlaps = *p_at < at + len && at < *p_at + *p_len;
+                    let cuts = side.contains(&from) != side.contains(&to)
+                        && (!*one_way || side.contains(&from));
+                    overlaps && cuts
+                });
+            if !covered {
+                cfg.faults.link_cuts.push((at, len, from, to));
+            }
+        }
         cfg
     }
 
@@ -337,7 +368,7 @@ impl SimConfig {
     pub fn describe(&self) -> String {
         let f = &self.faults;
         format!(
-            "seed {} | {} brokers x {} publishers x {} msgs | buffer {} B | loss {:.0}% (+{} lossy links) dup {:.0}% jitter {:?} corrupt {:.0}% partitions {:?} crashes {:?} stalls {:?}",
+            "seed {} | {} brokers x {} publishers x {} msgs | buffer {} B | loss {:.0}% (+{} lossy links) dup {:.0}% jitter {:?} corrupt {:.0}% partitions {:?} crashes {:?} stalls {:?}{}",
             self.seed,
             self.nodes,
             self.publishers_per_node,
@@ -368,7 +399,13 @@ impl SimConfig {
             f.stalls
                 .iter()
                 .map(|(at, slot, len)| format!("slot {slot} at {at:?} for {len:?}"))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            f.link_cuts
+                .iter()
+                .map(|(at, len, from, to)| format!(
+                    " link cut {from}->{to} at {at:?} for {len:?}"
+                ))
+                .collect::<String>()
         )
     }
 }
@@ -1731,7 +1768,21 @@ impl Sim {
                 until: self.now + *start + *len,
                 side: side.clone(),
                 one_way: *one_way,
+                only_to: None,
             })
+            .chain(
+                self.cfg
+                    .faults
+                    .link_cuts
+                    .iter()
+                    .map(|(start, len, from, to)| PartitionWindow {
+                        from: self.now + *start,
+                        until: self.now + *start + *len,
+                        side: BTreeSet::from([*from]),
+                        one_way: true,
+                        only_to: Some(*to),
+                    }),
+            )
             .collect();
         // One fault per window, so each must fire on its own.
         for w in windows {

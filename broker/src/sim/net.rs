@@ -227,6 +227,9 @@ pub struct PartitionWindow {
     pub side: BTreeSet<usize>,
     /// Only traffic leaving `side` is cut (an asymmetric partition).
     pub one_way: bool,
+    /// With `one_way`: only traffic from `side` to this node is cut (one
+    /// directed link).
+    pub only_to: Option<usize>,
 }
 
 impl Partition {
@@ -242,6 +245,13 @@ impl Partition {
 impl Fault for Partition {
     fn name(&self) -> String {
         if let [w] = self.windows.as_slice() {
+            if let Some(to) = w.only_to {
+                return format!(
+                    "link cut({:?} -> {to} for {:?})",
+                    w.side,
+                    w.until.saturating_duration_since(w.from)
+                );
+            }
             return format!(
                 "partition({:?}{} for {:?})",
                 w.side,
@@ -261,7 +271,9 @@ impl Fault for Partition {
             if t.sent < w.from || t.sent >= w.until {
                 continue;
             }
-            let out = w.side.contains(&t.from) && !w.side.contains(&t.to);
+            let out = w.side.contains(&t.from)
+                && !w.side.contains(&t.to)
+                && w.only_to.is_none_or(|to| to == t.to);
             let back = !w.side.contains(&t.from) && w.side.contains(&t.to);
             if out || (back && !w.one_way) {
                 self.crossing += 1;
