@@ -26,6 +26,14 @@ const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[];
 /// every `cargo test`.
 const FIXED_SEEDS: &[(u64, &str)] = &[
     (
+        39033,
+        "a broker that cannot hear the next coordinator (a directed link cut) proposes the same view \
+         number without it while the coordinator proposes; the others flush for the coordinator's \
+         proposal, and counting their acknowledgements for the other proposal installed two \
+         primary views numbered 4 (total order restarted at gseq 1): flush acknowledgements now \
+         name the proposers they answer. Found on ad80e9e (de9300d passed it by timing alone)",
+    ),
+    (
         8663,
         "causal: a broker cut off alone (symmetric partition) holds a responder's reply but not the \
          message it answered, both from brokers on the other side: it must discard the reply, not \

@@ -62,7 +62,9 @@ pub const MAGIC: u16 = 0x4f72;
 /// 3: the header carries the view's tag (views are told apart by number
 /// and members); flush acknowledgements and installs carry the total-order
 /// delivery counts (the agreed frontier).
-pub const GROUP_PROTOCOL_VERSION: u8 = 3;
+///
+/// 4: flush acknowledgements name the proposers they answer.
+pub const GROUP_PROTOCOL_VERSION: u8 = 4;
 
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4;
@@ -437,6 +439,12 @@ pub struct FlushAck {
     /// included) the member delivered in the old view: the install's agreed
     /// frontier is the most any survivor delivered.
     pub delivered: TotalCounts,
+    /// The proposers of `view` whose proposal the member flushes for. A
+    /// proposer counts only acknowledgements that name it: two members
+    /// proposing one view number at once (one that cannot hear the other
+    /// takes over) each counted the acknowledgements meant for the other,
+    /// and both installed their view (sim seed 39033).
+    pub proposers: Vec<Origin>,
 }
 
 /// Counts of total-order deliveries in one view, per layer.
@@ -757,6 +765,7 @@ impl Frame {
                 put_seq_vector(&mut out, &f.held);
                 out.put_u64(f.delivered.isis);
                 out.put_u64(f.delivered.seq);
+                put_members(&mut out, &f.proposers);
             }
             Body::Install(i) => {
                 out.put_u64(i.view.0);
@@ -882,6 +891,7 @@ impl Frame {
                 last_seq: Seq(r.counter("flush last seq")?),
                 held: seq_vector(&mut r)?,
                 delivered: total_counts(&mut r)?,
+                proposers: members(&mut r)?,
             }),
             kind::INSTALL => {
                 let view = ViewId(r.counter("view")?);
@@ -1256,14 +1266,23 @@ mod tests {
                     members,
                 })
             }),
-            (ctr(), ctr(), seqs(), ctr(), ctr()).prop_map(|(v, s, held, isis, seq)| {
-                Body::FlushAck(FlushAck {
-                    view: ViewId(v),
-                    last_seq: Seq(s),
-                    held,
-                    delivered: TotalCounts { isis, seq },
-                })
-            }),
+            (
+                ctr(),
+                ctr(),
+                seqs(),
+                ctr(),
+                ctr(),
+                proptest::collection::vec(origin(), 0..4)
+            )
+                .prop_map(|(v, s, held, isis, seq, proposers)| {
+                    Body::FlushAck(FlushAck {
+                        view: ViewId(v),
+                        last_seq: Seq(s),
+                        held,
+                        delivered: TotalCounts { isis, seq },
+                        proposers,
+                    })
+                }),
             (ctr(), proptest::collection::vec(origin(), 0..4)).prop_map(|(v, members)| {
                 Body::Suspect(Suspect {
                     view: ViewId(v),

@@ -637,11 +637,18 @@ impl Engine {
                 (o, self.rel.cap(o).unwrap_or(c))
             })
             .collect();
+        let proposers = self
+            .membership
+            .flush
+            .as_ref()
+            .map(|f| f.proposers.iter().copied().collect())
+            .unwrap_or_default();
         Some(FlushAck {
             view,
             last_seq,
             held,
             delivered: self.delivery.freeze_total(),
+            proposers,
         })
     }
 

@@ -287,7 +287,11 @@ impl Engine {
 
     pub(crate) fn on_flush_ack(&mut self, sender: Origin, f: FlushAck, now: Instant) {
         if let Some(c) = &mut self.membership.change {
-            if c.view == f.view && c.old.contains(&sender) {
+            // Only an answer to our proposal: another member may propose
+            // the same view number at once (one that cannot hear a member
+            // we hear, taking over), and members answer each proposal they
+            // flush for, not ours.
+            if c.view == f.view && c.old.contains(&sender) && f.proposers.contains(&self.me) {
                 c.acks.insert(sender, f.last_seq);
                 for (o, s) in f.held {
                     let e = c.held.entry(o).or_default();
