@@ -1,0 +1,393 @@
+//! End-to-end tests of TLS on the client listener, with real broker
+//! processes and certificates made in the test (rcgen, in a tempdir):
+//! pub/sub over TLS across a cluster, mutual TLS, a plaintext client
+//! against a TLS listener (and the reverse), a wrong CA, and the
+//! configuration errors that stop the broker with exit code 2.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{broker, metric};
+use futures_util::StreamExt;
+use ordo_broker::testkit::{BrokerProcess, ClusterSpec, TestTls};
+use ordo_client::{Client, ClientOptions, Error, Event, Ordering, TlsOptions};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// PEM files of one test PKI: a CA, a broker certificate for `localhost`
+/// and 127.0.0.1 signed by it, and a client certificate signed by it.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let (ca, ca_key) = ca("Ordo test CA");
+        write("ca.pem", ca.pem());
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, prefix: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("ordo {prefix}"));
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            write(&format!("{prefix}.pem"), cert.pem());
+            write(&format!("{prefix}-key.pem"), key.serialize_pem());
+        };
+        leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "broker",
+        );
+        leaf(
+            vec!["client.test".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "client",
+        );
+        // Another CA, that signed nothing here.
+        let (other, _) = ca("Some other CA");
+        write("other-ca.pem", other.pem());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// The broker flags for a TLS listener (with mutual TLS when `mtls`).
+    fn broker_args(&self, mtls: bool) -> Vec<String> {
+        let mut args = vec![
+            "--tls-cert".into(),
+            self.arg("broker.pem"),
+            "--tls-key".into(),
+            self.arg("broker-key.pem"),
+        ];
+        if mtls {
+            args.extend(["--tls-client-ca".into(), self.arg("ca.pem")]);
+        }
+        args
+    }
+
+    /// How the testkit's probes reach a broker of this PKI.
+    fn probe(&self, mtls: bool) -> TestTls {
+        TestTls {
+            ca: self.path("ca.pem"),
+            client: mtls.then(|| (self.path("client.pem"), self.path("client-key.pem"))),
+            server_name: None,
+        }
+    }
+
+    /// Client options trusting this PKI's CA (with its client certificate when `mtls`).
+    fn client(&self, mtls: bool) -> ClientOptions {
+        ClientOptions {
+            tls: Some(TlsOptions {
+                ca_file: self.path("ca.pem"),
+                client_cert: mtls.then(|| (self.path("client.pem"), self.path("client-key.pem"))),
+                server_name: None,
+            }),
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert, key)
+}
+
+/// A TLS broker of a fresh cluster of its own.
+fn tls_broker(pki: &Pki, mtls: bool, extra: &[&str]) -> BrokerProcess {
+    broker()
+        .args(pki.broker_args(mtls))
+        .args(extra.iter().copied())
+        .tls(pki.probe(mtls))
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_sub_over_tls_across_a_three_broker_cluster() {
+    let pki = Pki::new();
+    let cluster = ClusterSpec::new();
+    let brokers: Vec<BrokerProcess> = (1..=3)
+        .map(|id| {
+            broker()
+                .cluster(&cluster)
+                .args(["--node-id".to_string(), id.to_string()])
+                .args(pki.broker_args(false))
+                .tls(pki.probe(false))
+                .start()
+        })
+        .collect();
+    for b in &brokers {
+        b.wait_for_members(3, Duration::from_secs(20)).unwrap();
+    }
+    // A subscriber on every broker, by IP address (the certificate names
+    // 127.0.0.1 too) and, for one, by name.
+    let mut subs = Vec::new();
+    for (i, b) in brokers.iter().enumerate() {
+        let addr = if i == 2 {
+            format!("localhost:{}", b.addr().port())
+        } else {
+            b.addr().to_string()
+        };
+        let c = Client::connect(&addr, pki.client(false)).await.unwrap();
+        let s = c.subscribe("tls.>").await.unwrap();
+        subs.push((c, s));
+    }
+    let publisher = Client::connect(&brokers[0].addr().to_string(), pki.client(false))
+        .await
+        .unwrap();
+    publisher
+        .declare("tls.fifo", Ordering::Fifo, false)
+        .await
+        .unwrap();
+    const N: u32 = 300;
+    for i in 0..N {
+        // A payload larger than one TLS record now and then.
+        let payload = if i % 50 == 0 {
+            vec![i as u8; 40_000]
+        } else {
+            i.to_be_bytes().to_vec()
+        };
+        publisher.publish("tls.fifo", payload).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    for (n, (_c, s)) in subs.iter_mut().enumerate() {
+        for i in 0..N {
+            let event = tokio::time::timeout(common::WAIT, s.next())
+                .await
+                .unwrap_or_else(|_| panic!("subscriber {n} got {i} of {N} messages"))
+                .unwrap()
+                .unwrap();
+            let Event::Message(m) = event else {
+                panic!("{event:?}")
+            };
+            if i % 50 == 0 {
+                assert_eq!(m.payload.len(), 40_000);
+                assert!(m.payload.iter().all(|b| *b == i as u8));
+            } else {
+                assert_eq!(
+                    &m.payload[..],
+                    &i.to_be_bytes(),
+                    "subscriber {n}, message {i}"
+                );
+            }
+        }
+    }
+    for b in &brokers {
+        assert_eq!(metric(b, "ordo_tls_handshake_failures_total"), 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_a_client_without_a_certificate() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, true, &[]);
+    let addr = b.addr().to_string();
+    let err = Client::connect(&addr, pki.client(false))
+        .await
+        .expect_err("a client without a certificate was let in");
+    let text = err.to_string();
+    assert_eq!(err.exit_code(), 3, "{text}");
+    assert!(text.contains("TLS handshake failed"), "{text}");
+    // With the certificate it works, and the auth token still applies on top.
+    let c = Client::connect(&addr, pki.client(true)).await.unwrap();
+    c.cluster().await.unwrap();
+    wait_metric_at_least(&b, "ordo_tls_handshake_failures_total", 1.0).await;
+
+    let b = tls_broker(&pki, true, &["--auth-token", "s3cret"]);
+    let err = Client::connect(&b.addr().to_string(), pki.client(true))
+        .await
+        .expect_err("no token");
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    let with_token = ClientOptions {
+        token: Some("s3cret".into()),
+        ..pki.client(true)
+    };
+    Client::connect(&b.addr().to_string(), with_token)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_is_told_tls_may_be_the_cause_and_others_are_served() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, false, &["--handshake-timeout", "3"]);
+    let addr = b.addr().to_string();
+    let tls_client = Client::connect(&addr, pki.client(false)).await.unwrap();
+    let mut sub = tls_client.subscribe("t").await.unwrap();
+
+    let started = Instant::now();
+    let err = Client::connect(&addr, ClientOptions::default())
+        .await
+        .expect_err("a plaintext client got in");
+    let text = err.to_string();
+    assert!(text.contains("TLS"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A client that connects and says nothing holds no one up, and is
+    // dropped at the handshake timeout.
+    let silent = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+    tls_client
+        .publish_confirmed("t", "still served")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(common::WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(event, Event::Message(m) if &m.payload[..] == b"still served"));
+    wait_metric_at_least(&b, "ordo_tls_handshake_failures_total", 2.0).await;
+    drop(silent);
+
+    // The reverse: a TLS client against a plaintext broker.
+    let plain = BrokerProcess::builder()
+        .binary(env!("CARGO_BIN_EXE_ordo-broker"))
+        .start();
+    let started = Instant::now();
+    let err = Client::connect(&plain.addr().to_string(), pki.client(false))
+        .await
+        .expect_err("TLS against a plaintext broker");
+    let text = err.to_string();
+    assert!(text.contains("may not speak TLS"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trusting_another_ca_fails_with_a_clear_error() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, false, &[]);
+    let mut options = pki.client(false);
+    if let Some(tls) = &mut options.tls {
+        tls.ca_file = pki.path("other-ca.pem");
+    }
+    let err = Client::connect(&b.addr().to_string(), options)
+        .await
+        .expect_err("an untrusted broker certificate was accepted");
+    let text = err.to_string();
+    assert_eq!(err.exit_code(), 3, "{text}");
+    assert!(text.contains("not trusted"), "{text}");
+    // A name the certificate does not carry fails the same way.
+    let mut options = pki.client(false);
+    if let Some(tls) = &mut options.tls {
+        tls.server_name = Some("elsewhere.test".into());
+    }
+    let err = Client::connect(&b.addr().to_string(), options)
+        .await
+        .expect_err("a certificate for another name was accepted");
+    assert!(err.to_string().contains("not trusted"), "{err}");
+}
+
+#[test]
+fn tls_configuration_errors_exit_2_with_a_clear_message() {
+    let pki = Pki::new();
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(&garbage, "this is not PEM\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--tls-cert".into(), pki.arg("broker.pem")],
+            "give --tls-key",
+        ),
+        (
+            vec!["--tls-key".into(), pki.arg("broker-key.pem")],
+            "give --tls-cert",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                garbage.display().to_string(),
+                "--tls-key".into(),
+                pki.arg("broker-key.pem"),
+            ],
+            "no CERTIFICATE section",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                pki.arg("broker.pem"),
+                "--tls-key".into(),
+                pki.arg("missing.pem"),
+            ],
+            "cannot read --tls-key",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                pki.arg("broker.pem"),
+                "--tls-key".into(),
+                pki.arg("client-key.pem"),
+            ],
+            "do not make a usable pair",
+        ),
+    ];
+    for (args, hint) in cases {
+        let out = run_broker(&args, pki.dir.path());
+        assert_eq!(out.0, Some(2), "{args:?}: {}", out.1);
+        assert!(out.1.contains(hint), "{args:?}: {}", out.1);
+    }
+}
+
+/// Runs the broker to its exit (it must fail at start): (exit code, stderr).
+fn run_broker(args: &[String], dir: &Path) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ordo-broker"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ORDO_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until a broker's counter reaches `at_least`.
+async fn wait_metric_at_least(b: &BrokerProcess, name: &str, at_least: f64) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let v = metric(b, name);
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {v}, wanted {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
