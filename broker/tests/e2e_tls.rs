@@ -30,7 +30,7 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        let (ca, ca_key) = ca("Ordo test CA");
+        let (ca, ca_key) = new_ca("Ordo test CA");
         write("ca.pem", ca.pem());
         let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, prefix: &str| {
             let key = KeyPair::generate().unwrap();
@@ -54,7 +54,7 @@ impl Pki {
             "client",
         );
         // Another CA, that signed nothing here.
-        let (other, _) = ca("Some other CA");
+        let (other, _) = new_ca("Some other CA");
         write("other-ca.pem", other.pem());
         Pki { dir }
     }
@@ -104,7 +104,7 @@ impl Pki {
     }
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
