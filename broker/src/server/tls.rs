@@ -148,6 +148,9 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[derive(Debug)]
 pub(crate) struct TlsWriter(pub(crate) WriteHalf<TlsStream<TcpStream>>);
 
+/// How long sending close_notify may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most slices handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -167,9 +170,11 @@ impl TlsWriter {
         self.0.flush().await
     }
 
-    /// Sends close_notify and ends our direction of the stream.
+    /// Sends close_notify and ends our direction of the stream; bounded, as
+    /// a peer that stopped reading may never make room for the alert (the
+    /// connection is dropped then anyway).
     pub(crate) async fn close(&mut self) {
-        let _ = self.0.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.0.shutdown()).await;
     }
 }
 
