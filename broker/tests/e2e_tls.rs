@@ -306,6 +306,27 @@ async fn a_client_trusting_another_ca_fails_with_a_clear_error() {
     assert!(err.to_string().contains("not trusted"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_the_connection_limit_is_told_why_over_tls() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, false, &["--max-connections", "1"]);
+    let addr = b.addr().to_string();
+    // The testkit's readiness probe may still hold the one slot briefly.
+    let deadline = Instant::now() + common::WAIT;
+    let first = loop {
+        match Client::connect(&addr, pki.client(false)).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = Client::connect(&addr, pki.client(false))
+        .await
+        .expect_err("a second connection got in");
+    assert!(err.to_string().contains("connection limit"), "{err}");
+    first.cluster().await.unwrap();
+}
+
 #[test]
 fn tls_configuration_errors_exit_2_with_a_clear_message() {
     let pki = Pki::new();
