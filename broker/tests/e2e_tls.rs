@@ -328,6 +328,95 @@ async fn a_client_over_the_connection_limit_is_told_why_over_tls() {
 }
 
 #[test]
+fn the_cli_speaks_tls_for_every_command() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, true, &[]);
+    let server = b.addr().to_string();
+    let tls = [
+        "--tls-ca",
+        &pki.arg("ca.pem"),
+        "--tls-cert",
+        &pki.arg("client.pem"),
+        "--tls-key",
+        &pki.arg("client-key.pem"),
+    ]
+    .map(String::from);
+    let ordo = |args: &[&str], with_tls: bool| -> (Option<i32>, String) {
+        let cli = ordo_broker::testkit::ordo_cli_binary().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = std::process::Command::new(cli);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORDO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--server", &server]);
+        if with_tls {
+            cmd.args(&tls);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    for args in [
+        &["cluster"][..],
+        &["topic", "create", "cli.t", "--ordering", "fifo"],
+        &["topic", "list"],
+        &["pub", "cli.t", "hello", "--confirm"],
+        &[
+            "bench",
+            "--pub",
+            "1",
+            "--sub",
+            "1",
+            "--msgs",
+            "2000",
+            "--topic",
+            "cli.bench",
+        ],
+    ] {
+        let (code, text) = ordo(args, true);
+        assert_eq!(code, Some(0), "ordo {args:?} over TLS: {text}");
+    }
+    // ordo sub over TLS receives what ordo pub over TLS sends.
+    let cli = ordo_broker::testkit::ordo_cli_binary().unwrap();
+    let mut sub = std::process::Command::new(cli)
+        .args(["--server", &server])
+        .args(&tls)
+        .args(["sub", "cli.s", "--count", "1", "--timeout", "20"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut stderr = std::io::BufReader::new(sub.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("subscribed"), "{line}");
+    }
+    let (code, text) = ordo(&["pub", "cli.s", "over tls"], true);
+    assert_eq!(code, Some(0), "{text}");
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+
+    // Without TLS: a connect error that names TLS as the likely cause.
+    let (code, text) = ordo(&["cluster"], false);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("TLS"), "{text}");
+    // An unreadable CA file is a usage error.
+    let (code, text) = ordo(&["--tls-ca", "/nonexistent/ca.pem", "cluster"], false);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("cannot read --tls-ca"), "{text}");
+}
+
+#[test]
 fn tls_configuration_errors_exit_2_with_a_clear_message() {
     let pki = Pki::new();
     let garbage = pki.path("garbage.pem");
