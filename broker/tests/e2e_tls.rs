@@ -327,6 +327,76 @@ async fn a_client_over_the_connection_limit_is_told_why_over_tls() {
     first.cluster().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_over_tls_gets_a_clean_prefix_and_the_reason() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, false, &["--client-queue-bytes", "256KiB"]);
+    let addr = b.addr().to_string();
+    // The slow client buffers little and never reads its subscription, so
+    // it stops reading the socket and the broker's queue for it fills.
+    let slow = Client::connect(
+        &addr,
+        ClientOptions {
+            subscription_capacity: 8,
+            subscription_bytes: 64 * 1024,
+            ..pki.client(false)
+        },
+    )
+    .await
+    .unwrap();
+    let mut slow_sub = slow.subscribe("load").await.unwrap();
+    let fast = Client::connect(&addr, pki.client(false)).await.unwrap();
+    let mut fast_sub = fast.subscribe("load").await.unwrap();
+    let publisher = Client::connect(&addr, pki.client(false)).await.unwrap();
+
+    const N: u64 = 10_000;
+    const BATCH: u64 = 32;
+    let body = vec![b'x'; 4096];
+    let mut next = 0;
+    while next < N {
+        for i in next..next + BATCH {
+            let mut payload = i.to_be_bytes().to_vec();
+            payload.extend_from_slice(&body);
+            publisher.publish("load", payload).await.unwrap();
+        }
+        for i in next..next + BATCH {
+            let event = tokio::time::timeout(common::WAIT, fast_sub.next())
+                .await
+                .expect("the fast subscriber stalled")
+                .unwrap()
+                .unwrap();
+            let Event::Message(m) = event else {
+                panic!("{event:?}")
+            };
+            assert_eq!(&m.payload[..8], &i.to_be_bytes(), "fast subscriber at {i}");
+        }
+        next += BATCH;
+    }
+    wait_metric_at_least(&b, "ordo_slow_consumer_disconnects_total", 1.0).await;
+
+    // Now the slow one reads: a gap-free prefix, then the broker's reason
+    // (so the TLS stream stayed well-formed up to the end).
+    let mut got = 0u64;
+    let reason = loop {
+        match tokio::time::timeout(common::WAIT, slow_sub.next())
+            .await
+            .expect("the slow subscription neither delivered nor ended")
+        {
+            Some(Ok(Event::Message(m))) => {
+                assert_eq!(&m.payload[..8], &got.to_be_bytes(), "gap at {got}");
+                got += 1;
+            }
+            Some(Ok(other)) => panic!("{other:?}"),
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("ended without a reason after {got} messages"),
+        }
+    };
+    assert!(got < N, "the slow consumer was never cut off");
+    assert!(reason.contains("slow consumer"), "{reason}");
+    // The others are still served.
+    publisher.publish_confirmed("load", "after").await.unwrap();
+}
+
 #[test]
 fn the_cli_speaks_tls_for_every_command() {
     let pki = Pki::new();
