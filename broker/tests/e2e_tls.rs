@@ -487,6 +487,31 @@ fn the_cli_speaks_tls_for_every_command() {
 }
 
 #[test]
+fn a_client_stuck_in_the_tls_handshake_does_not_hold_up_shutdown() {
+    let pki = Pki::new();
+    // A handshake timeout far beyond the shutdown timeout.
+    let mut b = tls_broker(
+        &pki,
+        false,
+        &["--handshake-timeout", "60", "--shutdown-timeout", "5"],
+    );
+    let _silent = std::net::TcpStream::connect(b.addr()).unwrap();
+    // Let the broker accept it and start the handshake.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    b.terminate();
+    let status = b.wait_exit(Duration::from_secs(10)).expect("no exit");
+    assert!(status.success(), "{status:?}: {}", b.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}: {}",
+        started.elapsed(),
+        b.stderr()
+    );
+    assert!(!b.stderr().contains("shutdown timed out"), "{}", b.stderr());
+}
+
+#[test]
 fn tls_configuration_errors_exit_2_with_a_clear_message() {
     let pki = Pki::new();
     let garbage = pki.path("garbage.pem");

@@ -140,7 +140,13 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
             match &ctx2.config.tls {
                 None => connection::serve(stream, peer, conn, &ctx2, shutdown2, deadline).await,
                 Some(tls) => {
-                    if let Some(stream) = tls_handshake(stream, peer, tls, &ctx2, deadline).await {
+                    // A handshake in progress must not hold up a shutdown.
+                    let mut stop = shutdown2.clone();
+                    let stream = tokio::select! {
+                        _ = crate::server::stopped(&mut stop) => None,
+                        s = tls_handshake(stream, peer, tls, &ctx2, deadline) => s,
+                    };
+                    if let Some(stream) = stream {
                         connection::serve_tls(stream, peer, conn, &ctx2, shutdown2, deadline).await;
                     }
                 }
