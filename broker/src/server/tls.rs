@@ -211,6 +211,51 @@ mod tests {
         server_config(&mtls).unwrap();
     }
 
+    /// Handshakes a client limited to `version` with a server of `files`
+    /// over an in-memory pipe; the version they agreed on.
+    async fn handshake(
+        files: &TlsFiles,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> rustls::ProtocolVersion {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs("ca", &files.cert).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(files).unwrap());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        server.unwrap();
+        client.unwrap().get_ref().1.protocol_version().unwrap()
+    }
+
+    #[tokio::test]
+    async fn tls_1_2_and_1_3_are_both_spoken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path());
+        let files = TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        };
+        assert_eq!(
+            handshake(&files, &rustls::version::TLS12).await,
+            rustls::ProtocolVersion::TLSv1_2
+        );
+        assert_eq!(
+            handshake(&files, &rustls::version::TLS13).await,
+            rustls::ProtocolVersion::TLSv1_3
+        );
+    }
+
     #[test]
     fn bad_files_name_the_file_and_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
