@@ -13,6 +13,9 @@ messages published, plus the brokers' context switches per 1000 messages.
                   [--a-env K=V ...] [--b-env K=V ...]
 
 DIR_* each hold `ordo-broker` and `ordo` (e.g. a copy of target/release).
+--a-env/--b-env reach that side's `ordo` runs too, so a TLS side can be set
+up by environment: ORDO_TLS_CERT/ORDO_TLS_KEY for its brokers and
+ORDO_TLS_CA for its clients (neither reads the other's variables).
 Brokers listen on loopback only, on a multicast group of their own (TTL 0),
 and are stopped by PID on exit. Prints one line per run and the medians.
 """
@@ -65,6 +68,7 @@ class Cluster:
         cluster = f"ab-{name}-{os.getpid()}"
         e = dict(os.environ)
         e.update(env)
+        self.env = e
         for i in (1, 2, 3):
             port = free_port(socket.SOCK_STREAM)
             mport = free_port(socket.SOCK_STREAM)
@@ -78,7 +82,7 @@ class Cluster:
             self.servers.append(f"127.0.0.1:{port}")
         for _ in range(600):
             r = subprocess.run([f"{bindir}/ordo", "--server", self.servers[0], "cluster"],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env=e)
             members = [l for l in r.stdout.splitlines() if l.startswith("members")]
             if members and members[0].count("incarnation") >= 3:
                 return
@@ -107,7 +111,7 @@ def run_one(c, args, topic):
     cmd = [f"{c.bindir}/ordo", "bench", "--servers", ",".join(c.servers), "--pub", "1",
            "--sub", "3", "--size", str(args.size), "--duration", f"{args.secs}s",
            "--topic", topic, "--json"] + shlex.split(args.bench_args)
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=c.env)
     out, err = p.stdout.read(), p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)

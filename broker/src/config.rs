@@ -106,6 +106,15 @@ pub struct Args {
         hide_env_values = true
     )]
     pub auth_token: Option<String>,
+    /// PEM certificate chain for the client listener; with --tls-key, clients must use TLS (1.2 or 1.3).
+    #[arg(long, env = "ORDO_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ORDO_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates signed by them (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "ORDO_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Bound on the multicast retransmit buffer [default: 64MiB].
     #[arg(long, env = "ORDO_RETRANSMIT_BUFFER_BYTES", value_name = "BYTES")]
     pub retransmit_buffer_bytes: Option<ByteSize>,
@@ -187,6 +196,9 @@ pub struct FileConfig {
     pub client_queue_frames: Option<usize>,
     pub default_ordering: Option<String>,
     pub auth_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     pub retransmit_buffer_bytes: Option<ByteSize>,
     pub max_datagram: Option<ByteSize>,
     pub recv_buffer: Option<ByteSize>,
@@ -245,6 +257,8 @@ pub struct Config {
     pub client_queue_frames: usize,
     pub default_ordering: Ordering,
     pub auth_token: Option<String>,
+    /// The client listener's TLS files; `None`: plain TCP.
+    pub tls: Option<crate::server::tls::TlsFiles>,
     pub retransmit_buffer_bytes: usize,
     pub max_datagram: usize,
     /// Where `max_datagram` came from ("configured", or the MTU it follows), for the log.
@@ -478,6 +492,11 @@ impl Config {
                 "an empty token protects nothing; give a long random string or leave it unset",
             ));
         }
+        let tls = resolve_tls(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        )?;
 
         let retransmit_buffer_bytes = args
             .retransmit_buffer_bytes
@@ -625,6 +644,7 @@ impl Config {
             client_queue_frames,
             default_ordering,
             auth_token,
+            tls,
             retransmit_buffer_bytes: usize::try_from(retransmit_buffer_bytes.0)
                 .unwrap_or(usize::MAX),
             max_datagram: usize::try_from(max_datagram.0).unwrap_or(usize::MAX),
@@ -645,6 +665,40 @@ impl Config {
             cluster_size: args.cluster_size.or(file.cluster_size).unwrap_or(0),
             topics,
         })
+    }
+}
+
+/// TLS needs both the certificate and its key; a client CA needs both too.
+/// (The files are read and checked when the listener starts.)
+fn resolve_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<crate::server::tls::TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::server::tls::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (Some(cert), None) => Err(invalid(
+            "--tls-cert",
+            cert.display(),
+            "TLS needs the certificate's private key too: give --tls-key (ORDO_TLS_KEY, tls-key)",
+        )),
+        (None, Some(key)) => Err(invalid(
+            "--tls-key",
+            key.display(),
+            "TLS needs the certificate too: give --tls-cert (ORDO_TLS_CERT, tls-cert)",
+        )),
+        (None, None) => match client_ca {
+            Some(ca) => Err(invalid(
+                "--tls-client-ca",
+                ca.display(),
+                "client certificates are checked only on a TLS listener: give --tls-cert and --tls-key too",
+            )),
+            None => Ok(None),
+        },
     }
 }
 
@@ -977,5 +1031,46 @@ mod tests {
         assert!("".parse::<ByteSize>().is_err());
         assert!("99999999999999999999G".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(8 * MIB).to_string(), "8MiB");
+    }
+
+    #[test]
+    fn tls_needs_both_cert_and_key_from_flags_or_file() {
+        let c = Config::resolve(
+            args(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert!(tls.client_ca.is_none());
+        let file = FileConfig::parse(
+            "tls-cert = \"f.pem\"\ntls-key = \"g.pem\"\ntls-client-ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(args(&["--tls-cert", "c.pem"]), file).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"), "the flag beats the file");
+        assert_eq!(tls.key, PathBuf::from("g.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        assert!(Config::resolve(args(&[]), FileConfig::default())
+            .unwrap()
+            .tls
+            .is_none());
+
+        let cases: &[(&[&str], &str)] = &[
+            (&["--tls-cert", "c.pem"], "give --tls-key"),
+            (&["--tls-key", "k.pem"], "give --tls-cert"),
+            (
+                &["--tls-client-ca", "ca.pem"],
+                "give --tls-cert and --tls-key",
+            ),
+        ];
+        for (flags, hint) in cases {
+            let err = Config::resolve(args(flags), FileConfig::default())
+                .expect_err(&format!("{flags:?} must be refused"))
+                .to_string();
+            assert!(err.contains(hint), "{flags:?}: {err}");
+        }
     }
 }

@@ -45,6 +45,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Unreadable or invalid TLS files are a configuration error too.
+    let tls = match config
+        .tls
+        .as_ref()
+        .map(server::tls::server_config)
+        .transpose()
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("ordo-broker: error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ordo-broker: error: {e:#}");
@@ -76,7 +89,10 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     // A restart must be a new sender: the start time in µs grows across restarts.
     let incarnation = Incarnation(
         SystemTime::now()
@@ -184,6 +200,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             client_queue_frames: config.client_queue_frames,
             auth_token: config.auth_token.clone(),
             handshake_timeout: config.handshake_timeout,
+            tls,
             final_flush_timeout: Duration::from_secs(10),
         },
         handle,
@@ -201,6 +218,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         iface = %config.iface,
         ttl = config.ttl,
         auth = config.auth_token.is_some(),
+        tls = config.tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         topics = config.topics.len(),
         "ordo-broker ready"
     );

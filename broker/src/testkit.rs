@@ -24,12 +24,17 @@
 //! (`cargo build -p ordo-broker`). [`ordo_cli_binary`] finds the `ordo` CLI
 //! the same way, and [`healthz`] reads a broker's `/healthz` as the contract
 //! defines it.
+//!
+//! A broker started with `--tls-cert` needs [`BrokerBuilder::tls`]: the
+//! probes (readiness, [`BrokerProcess::cluster_view`]) then speak TLS with
+//! the CA (and client certificate) given there.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -91,6 +96,18 @@ pub struct BrokerBuilder {
     envs: Vec<(String, String)>,
     rust_log: Option<String>,
     skip_health: bool,
+    tls: Option<TestTls>,
+}
+
+/// How the testkit's probes reach a TLS broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestTls {
+    /// PEM CA certificate that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM certificate and key to present (a broker with `--tls-client-ca`).
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name the broker's certificate carries (default `localhost`).
+    pub server_name: Option<String>,
 }
 
 impl BrokerBuilder {
@@ -135,6 +152,13 @@ impl BrokerBuilder {
     /// that is not (yet) in a view.
     pub fn wait_healthy(mut self, yes: bool) -> Self {
         self.skip_health = !yes;
+        self
+    }
+
+    /// Probes the broker over TLS (give the broker `--tls-cert`/`--tls-key`
+    /// yourself; this only tells the testkit how to connect).
+    pub fn tls(mut self, tls: TestTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -255,6 +279,7 @@ impl BrokerBuilder {
             stderr_path,
             args,
             token,
+            tls: self.tls.clone(),
         };
         broker.wait_ready(!self.skip_health)?;
         Ok(broker)
@@ -272,6 +297,8 @@ pub struct BrokerProcess {
     args: Vec<String>,
     /// The client token the broker requires, if it was configured by flag or env.
     token: Option<String>,
+    /// How probes speak TLS to it, if it listens with TLS.
+    tls: Option<TestTls>,
 }
 
 impl BrokerProcess {
@@ -355,7 +382,7 @@ impl BrokerProcess {
 
     /// The broker's current view, asked over a short client session.
     pub fn cluster_view(&self) -> Result<ClusterView, String> {
-        cluster_view(self.addr, self.token.as_deref())
+        cluster_view_with(self.addr, self.token.as_deref(), self.tls.as_ref())
     }
 
     /// Waits until the broker is in a view of exactly `members` members
@@ -402,7 +429,7 @@ impl BrokerProcess {
                     self.stderr()
                 ));
             }
-            let ready = match handshake(self.addr) {
+            let ready = match handshake(self.addr, self.tls.as_ref()) {
                 Ok(()) if health => match self.http_get("/healthz") {
                     Ok((200, _)) => Ok(()),
                     Ok((code, body)) => Err(format!("/healthz answered {code}: {body}")),
@@ -538,31 +565,85 @@ pub fn free_udp_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free UDP port: {e}"))
 }
 
-/// A blocking client session for probes: connect and say Hello.
-fn session(addr: SocketAddr, token: Option<&str>) -> Result<(TcpStream, Reply), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+/// A probe's stream: plain TCP or TLS over it.
+trait Io: Read + Write {}
+impl<T: Read + Write> Io for T {}
+
+/// A blocking client session for probes: connect (with TLS when `tls` is
+/// given) and say Hello.
+fn session(
+    addr: SocketAddr,
+    token: Option<&str>,
+    tls: Option<&TestTls>,
+) -> Result<(Box<dyn Io>, Reply), String> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
+    let mut s: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(tls_stream(tcp, tls)?),
+    };
     send(
-        &mut s,
+        &mut *s,
         &Request::Hello {
             version: PROTOCOL_VERSION,
             token: token.map(String::from),
             name: "testkit-probe".into(),
         },
     )?;
-    let answer = read_reply(&mut s)?;
+    let answer = read_reply(&mut *s)?;
     Ok((s, answer))
 }
 
-fn send(s: &mut TcpStream, req: &Request) -> Result<(), String> {
-    let mut buf = BytesMut::new();
-    req.encode(&mut buf);
-    s.write_all(&buf).map_err(|e| format!("write: {e}"))
+/// A blocking TLS client stream over `tcp` (the handshake happens on first use).
+fn tls_stream(
+    tcp: TcpStream,
+    tls: &TestTls,
+) -> Result<
+    tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, TcpStream>,
+    String,
+> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls;
+    let certs = |path: &Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&tls.ca)? {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(certs(cert)?, key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let name = ServerName::try_from(tls.server_name.clone().unwrap_or("localhost".into()))
+        .map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
-fn read_reply(s: &mut TcpStream) -> Result<Reply, String> {
+fn send(s: &mut dyn Io, req: &Request) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    req.encode(&mut buf);
+    s.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    s.flush().map_err(|e| format!("write: {e}"))
+}
+
+fn read_reply(s: &mut dyn Io) -> Result<Reply, String> {
     let mut prefix = [0u8; LEN_PREFIX];
     s.read_exact(&mut prefix)
         .map_err(|e| format!("read: {e}"))?;
@@ -582,8 +663,8 @@ fn read_reply(s: &mut TcpStream) -> Result<Reply, String> {
 
 /// Opens a client session: Ok for a Welcome (or a token refusal, which
 /// also proves the broker serves).
-fn handshake(addr: SocketAddr) -> Result<(), String> {
-    match session(addr, None)?.1 {
+fn handshake(addr: SocketAddr, tls: Option<&TestTls>) -> Result<(), String> {
+    match session(addr, None, tls)?.1 {
         Reply::Welcome { .. }
         | Reply::Error {
             code: ErrorCode::NotAuthorized,
@@ -595,13 +676,22 @@ fn handshake(addr: SocketAddr) -> Result<(), String> {
 
 /// Asks the broker at `addr` for its current view.
 pub fn cluster_view(addr: SocketAddr, token: Option<&str>) -> Result<ClusterView, String> {
-    let (mut s, welcome) = session(addr, token)?;
+    cluster_view_with(addr, token, None)
+}
+
+/// Asks the broker at `addr` for its current view, over TLS if `tls` is given.
+pub fn cluster_view_with(
+    addr: SocketAddr,
+    token: Option<&str>,
+    tls: Option<&TestTls>,
+) -> Result<ClusterView, String> {
+    let (mut s, welcome) = session(addr, token, tls)?;
     if !matches!(welcome, Reply::Welcome { .. }) {
         return Err(format!("handshake refused: {welcome:?}"));
     }
-    send(&mut s, &Request::Cluster { req: 1 })?;
+    send(&mut *s, &Request::Cluster { req: 1 })?;
     loop {
-        match read_reply(&mut s)? {
+        match read_reply(&mut *s)? {
             Reply::Cluster { req: 1, view } => return Ok(view),
             Reply::Error { message, .. } => return Err(message),
             _ => {}

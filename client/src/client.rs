@@ -10,13 +10,15 @@ use ordo_wire::client::{
     ClusterView, ErrorCode, Limits, Reply, Request, TopicInfo, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use ordo_wire::{CausalContext, Incarnation, NodeId, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::connection::{self, Budget, Command, ReplyResult, Shared, SubSender};
 use crate::error::Error;
 use crate::subscription::Subscription;
+use crate::tls::{self, TlsOptions};
 
 /// How to connect and how much to buffer.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct ClientOptions {
     pub max_in_flight: usize,
     /// Largest frame accepted from the broker (at least the broker's own limit is used).
     pub max_frame: u32,
+    /// Speak TLS to the broker (it must listen with `--tls-cert`); `None`: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +60,7 @@ impl Default for ClientOptions {
             command_capacity: 1024,
             max_in_flight: 16 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
+            tls: None,
         }
     }
 }
@@ -180,8 +185,18 @@ fn unexpected(reply: Reply) -> Error {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`), says hello and waits for the welcome.
+    /// Connects to `addr` (`host:port`), with TLS when `options.tls` says so,
+    /// says hello and waits for the welcome. The TLS handshake and the
+    /// welcome together must come within `request_timeout`.
     pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, Error> {
+        // Unusable TLS settings fail before anything is sent.
+        let tls = match &options.tls {
+            None => None,
+            Some(t) => Some((
+                tokio_rustls::TlsConnector::from(Arc::new(t.client_config()?)),
+                t.server_name(addr)?,
+            )),
+        };
         let stream =
             match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await {
                 Err(_) => {
@@ -196,8 +211,50 @@ impl Client {
             };
         // Latency matters more than packet count: the writer batches itself.
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let deadline = Instant::now() + options.request_timeout;
+        match tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                Client::start(addr, options, rd, wr, deadline).await
+            }
+            Some((connector, name)) => {
+                let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: format!(
+                            "waiting for the TLS handshake with the broker at {addr} (does it listen with TLS?)"
+                        ),
+                    })?
+                    .map_err(|e| tls::handshake_failed(addr, &e))?;
+                let (rd, wr) = tokio::io::split(stream);
+                Client::start(addr, options, rd, wr, deadline).await
+            }
+        }
+    }
 
+    /// Says hello over a connected stream (plain or TLS), waits for the
+    /// welcome until `deadline`, and starts the connection task.
+    async fn start<R, W>(
+        addr: &str,
+        options: ClientOptions,
+        mut rd: R,
+        mut wr: W,
+        deadline: Instant,
+    ) -> Result<Client, Error>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let tls = options.tls.is_some();
+        // A failure the TLS layer reports is a failed handshake (TLS 1.3
+        // refuses a client certificate only after the client finished).
+        let io_error = |e: std::io::Error| {
+            if tls::is_tls_error(&e) {
+                tls::handshake_failed(addr, &e)
+            } else {
+                Error::io(&e)
+            }
+        };
         let mut out = BytesMut::new();
         Request::Hello {
             version: PROTOCOL_VERSION,
@@ -207,9 +264,20 @@ impl Client {
         .encode(&mut out);
         let max_frame = options.max_frame as usize;
         let handshake = async {
-            wr.write_all(&out).await.map_err(|e| Error::io(&e))?;
+            wr.write_all(&out).await.map_err(io_error)?;
+            wr.flush().await.map_err(io_error)?;
             let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
+                if !tls && tls::looks_like_tls(&buf) {
+                    return Err(Error::Connect {
+                        addr: addr.to_string(),
+                        reason:
+                            "the broker answered with TLS: it requires TLS; connect with --tls-ca \
+                                 (ORDO_TLS_CA) naming the CA that signed its certificate"
+                                .into(),
+                        cause: None,
+                    });
+                }
                 match Reply::decode(&mut buf, max_frame) {
                     Err(e) => return Err(Error::Protocol(format!("bad welcome: {e}"))),
                     Ok(Some(reply)) => return Ok((reply, buf)),
@@ -219,15 +287,21 @@ impl Client {
                     Ok(0) => {
                         return Err(Error::Disconnected {
                             code: None,
-                            reason: "the broker closed the connection during the handshake".into(),
+                            reason: if tls {
+                                "the broker closed the connection during the handshake".into()
+                            } else {
+                                "the broker closed the connection during the handshake \
+                                 (if it listens with TLS, connect with --tls-ca / ORDO_TLS_CA)"
+                                    .into()
+                            },
                         })
                     }
                     Ok(_) => {}
-                    Err(e) => return Err(Error::io(&e)),
+                    Err(e) => return Err(io_error(e)),
                 }
             }
         };
-        let (reply, buf) = tokio::time::timeout(options.request_timeout, handshake)
+        let (reply, buf) = tokio::time::timeout_at(deadline, handshake)
             .await
             .map_err(|_| Error::Timeout {
                 what: format!("waiting for the welcome of the broker at {addr}"),

@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::{Bytes, BytesMut};
 use ordo_wire::client::{ErrorCode, Reply, Request};
 use ordo_wire::CausalContext;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::Error;
@@ -291,15 +290,19 @@ impl Shared {
 }
 
 /// Runs the connection until it fails, the client closes it, or every
-/// handle is gone. `buf` holds bytes read past the handshake.
-pub(crate) async fn run(
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+/// handle is gone. `buf` holds bytes read past the handshake. The stream is
+/// a plain TCP socket's halves or a TLS stream's.
+pub(crate) async fn run<R, W>(
+    rd: R,
+    wr: W,
     buf: BytesMut,
     max_frame: usize,
     cmds: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let reader = read_loop(rd, buf, max_frame, &shared);
     tokio::pin!(reader);
     let end = tokio::select! {
@@ -319,8 +322,8 @@ pub(crate) async fn run(
 }
 
 /// Reads and dispatches frames until the connection breaks; returns why.
-async fn read_loop(
-    mut rd: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     max_frame: usize,
     shared: &Shared,
@@ -587,8 +590,8 @@ fn complete(shared: &Shared, req: u64, reply: ReplyResult) {
 
 /// Writes commands in batches until the handles are gone (`Ok`), the client
 /// closes (`Ok`), or the socket fails (`Err`).
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut cmds: mpsc::Receiver<Command>,
     shared: &Shared,
 ) -> Result<(), Error> {
@@ -617,6 +620,8 @@ async fn write_loop(
         }
         if !out.is_empty() {
             wr.write_all(&out).await.map_err(|e| Error::io(&e))?;
+            // TLS holds records until flushed; on plain TCP this returns at once.
+            wr.flush().await.map_err(|e| Error::io(&e))?;
             bump(&shared.stats.writes);
             out.clear();
         }

@@ -51,10 +51,15 @@ pub enum Error {
     /// The connection was closed by this client ([`crate::Client::close`]).
     #[error("the connection was closed by this client")]
     Closed,
+    /// The TLS settings cannot be used (an unreadable or invalid PEM file,
+    /// a bad server name); nothing was sent.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
 }
 
 impl Error {
-    /// The `ordo` CLI exit code for this error: 3 cannot connect, 4 refused,
+    /// The `ordo` CLI exit code for this error: 2 unusable TLS settings (a
+    /// usage error), 3 cannot connect (a failed TLS handshake too), 4 refused,
     /// 5 disconnected, 6 timeout, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -62,6 +67,7 @@ impl Error {
             Error::Refused { .. } => 4,
             Error::Disconnected { .. } => 5,
             Error::Timeout { .. } => 6,
+            Error::TlsConfig(_) => 2,
             Error::Protocol(_) | Error::Closed => 1,
         }
     }

@@ -29,11 +29,16 @@
 //! fill should read that subscription from another task, or the answer
 //! waits until [`ClientOptions::request_timeout`] turns it into
 //! [`Error::Timeout`].
+//!
+//! TLS: set [`ClientOptions::tls`] to a [`TlsOptions`] naming the CA that
+//! signed the broker's certificate (and a client certificate for a broker
+//! that requires one); the broker must listen with `--tls-cert`.
 
 mod client;
 mod connection;
 mod error;
 mod subscription;
+mod tls;
 
 pub use client::{Client, ClientOptions, ClientStats, Confirmation, ServerInfo};
 pub use error::Error;
@@ -42,3 +47,4 @@ pub use ordo_wire::client::{
 };
 pub use ordo_wire::{CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, Seq, ViewId};
 pub use subscription::{Discontinuity, Event, Message, Subscription};
+pub use tls::TlsOptions;

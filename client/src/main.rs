@@ -1,6 +1,7 @@
 //! `ordo`: the command-line tool for Ordo (DESIGN.md "Command-line contract").
 //!
-//! Exit codes: 0 success, 2 usage (clap), 3 cannot connect, 4 refused by the
+//! Exit codes: 0 success, 2 usage (clap; unusable TLS files too), 3 cannot
+//! connect (a failed TLS handshake too), 4 refused by the
 //! broker (also a `--confirm` publish the group could not confirm: the
 //! broker answers `unavailable`), 5 disconnected, 6 timeout, 130 / 143 `ordo pub` stopped by
 //! SIGINT / SIGTERM (after flushing what it had read), 1 anything else.
@@ -13,6 +14,7 @@ mod cmd;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,40 @@ struct Cli {
     /// Token the broker requires, if any.
     #[arg(long, global = true, env = "ORDO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file (the broker runs with --tls-cert).
+    #[arg(long, global = true, env = "ORDO_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a broker that requires one (--tls-client-ca); needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires_all = ["tls_key", "tls_ca"]
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// Name the broker's certificate must carry [default: the host part of --server].
+    #[arg(
+        long,
+        global = true,
+        env = "ORDO_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "tls_ca"
+    )]
+    tls_server_name: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -66,9 +102,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = cli.tls_ca.map(|ca_file| ordo_client::TlsOptions {
+        ca_file,
+        client_cert: cli.tls_cert.zip(cli.tls_key),
+        server_name: cli.tls_server_name,
+    });
     let conn = cmd::Connection {
         server: cli.server,
         token: cli.token,
+        tls,
     };
     let result = runtime.block_on(async move {
         match cli.command {

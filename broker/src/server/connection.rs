@@ -4,7 +4,13 @@
 //!
 //! A connection that breaks the protocol gets one `Error` frame naming what
 //! was wrong, then a clean close; nothing it sends can affect another client.
+//!
+//! The reader and writer are generic over the stream: plain TCP (whose
+//! socket the driver may also write to directly, see outbox.rs) or TLS
+//! (see tls.rs; queued writes only). Each is compiled for its own stream, so
+//! plain TCP pays nothing for TLS being possible.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +20,15 @@ use ordo_wire::client::{
     delivery_len, frame_len, ErrorCode, FrameBuf, Reply, Request, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use ordo_wire::WireError;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use super::outbox::{outbox, write_now, Out, Outbox, OutboxReceiver, PushError};
+use super::tls::TlsWriter;
 use super::ServerCtx;
 use crate::shell::driver::{Command, PublishItem};
 use crate::topics::TopicSpec;
@@ -40,23 +48,126 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// not reset the connection and destroy the error frame in flight).
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Serves one accepted client until it leaves, breaks the protocol, is
-/// dropped as a slow consumer, or the broker shuts down.
+/// Where the writer writes: the socket of a plain or of a TLS connection.
+pub(crate) trait ClientWrite: Send {
+    /// Writes all of `out`, waiting for the socket as needed. Cancel-safe:
+    /// what was not written stays in `out`.
+    fn write_all(&mut self, out: &mut FrameBuf)
+        -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Ends our direction of the stream (the peer reads end-of-stream).
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A plain TCP connection's write half, shared with the driver's direct writes.
+struct PlainWriter(Arc<OwnedWriteHalf>);
+
+impl ClientWrite for PlainWriter {
+    fn write_all(
+        &mut self,
+        out: &mut FrameBuf,
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        write_all(&self.0, out)
+    }
+
+    async fn close(&mut self) {
+        close_write(&self.0);
+    }
+}
+
+impl ClientWrite for TlsWriter {
+    fn write_all(
+        &mut self,
+        out: &mut FrameBuf,
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        TlsWriter::write_all(self, out)
+    }
+
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        TlsWriter::close(self)
+    }
+}
+
+/// Serves one accepted plain TCP client until it leaves, breaks the
+/// protocol, is dropped as a slow consumer, or the broker shuts down. It
+/// must say Hello before `deadline`.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn: u64,
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
+    deadline: Instant,
 ) {
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     // Shared with the driver's direct writes (see outbox.rs).
     let wr = Arc::new(wr);
+    let conn_io = ConnIo {
+        peer,
+        conn,
+        deadline,
+    };
+    serve_split(
+        rd,
+        PlainWriter(Arc::clone(&wr)),
+        Some(wr),
+        conn_io,
+        ctx,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves one client whose TLS handshake is done, as [`serve`] does, but
+/// without direct writes: they would bypass the TLS layer.
+pub(crate) async fn serve_tls(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    conn: u64,
+    ctx: &ServerCtx,
+    shutdown: watch::Receiver<bool>,
+    deadline: Instant,
+) {
+    let (rd, wr) = tokio::io::split(stream);
+    let conn_io = ConnIo {
+        peer,
+        conn,
+        deadline,
+    };
+    serve_split(rd, TlsWriter(wr), None, conn_io, ctx, shutdown).await;
+}
+
+/// Who the connection is and when its Hello is due.
+struct ConnIo {
+    peer: SocketAddr,
+    conn: u64,
+    deadline: Instant,
+}
+
+/// The reader and the writer of one connection; `direct`, when given, is
+/// the socket the driver may write to while the writer is idle.
+async fn serve_split<R, W>(
+    mut rd: R,
+    mut wr: W,
+    direct: Option<Arc<OwnedWriteHalf>>,
+    conn_io: ConnIo,
+    ctx: &ServerCtx,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: ClientWrite,
+{
+    let ConnIo {
+        peer,
+        conn,
+        deadline,
+    } = conn_io;
     let (tx, mut rx) = outbox(
         ctx.config.client_queue_frames,
         ctx.config.client_queue_bytes,
     );
-    rx.attach(Arc::clone(&wr));
+    if let Some(direct) = direct {
+        rx.attach(direct);
+    }
     let closer = tx.close_handle();
     let reader = Reader {
         ctx,
@@ -65,10 +176,11 @@ pub(crate) async fn serve(
         outbox: tx,
         greeted: false,
         publishes: Vec::new(),
+        handshake_deadline: deadline,
     };
     let fatal = {
         let read = reader.run(&mut rd, shutdown.clone());
-        let write = write_loop(&wr, &mut rx, ctx, shutdown);
+        let write = write_loop(&mut wr, &mut rx, ctx, shutdown);
         tokio::pin!(read, write);
         tokio::select! {
             fatal = &mut read => {
@@ -93,7 +205,7 @@ pub(crate) async fn serve(
 }
 
 /// Reads and discards until the peer closes (or [`LINGER`] passes).
-async fn linger(rd: &mut OwnedReadHalf) {
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut scratch = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = rd.read(&mut scratch).await {
@@ -114,6 +226,8 @@ struct Reader<'a> {
     /// Publishes decoded from the current read, handed to the driver
     /// together before the next read or the next request of another kind.
     publishes: Vec<PublishItem>,
+    /// When Hello is due (a TLS handshake counts against the same timeout).
+    handshake_deadline: Instant,
 }
 
 /// Whether the reader goes on after a request.
@@ -126,9 +240,13 @@ enum Flow {
 impl Reader<'_> {
     /// Reads until the client leaves or must be dropped; returns true when
     /// it ended on a fatal error (the error frame is queued).
-    async fn run(mut self, rd: &mut OwnedReadHalf, mut shutdown: watch::Receiver<bool>) -> bool {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        rd: &mut R,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> bool {
         let max_frame = self.ctx.config.limits.max_frame as usize;
-        let handshake_deadline = Instant::now() + self.ctx.config.handshake_timeout;
+        let handshake_deadline = self.handshake_deadline;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
             // Handle every complete frame already buffered. The length
@@ -510,8 +628,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Drains the outbox into the socket, batching every queued frame into one
 /// write, until the queue closes, a `Close` item is reached, the outbox is
 /// killed (slow consumer) or the socket fails.
-async fn write_loop(
-    wr: &OwnedWriteHalf,
+async fn write_loop<W: ClientWrite>(
+    wr: &mut W,
     rx: &mut OutboxReceiver,
     ctx: &ServerCtx,
     shutdown: watch::Receiver<bool>,
@@ -546,8 +664,8 @@ async fn write_loop(
                     }
                     .encode(out.copied());
                 }
-                let _ = write_all(wr, &mut out).await;
-                close_write(wr);
+                let _ = wr.write_all(&mut out).await;
+                wr.close().await;
                 return;
             }
         } else if kill.is_killed() {
@@ -596,12 +714,12 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = kill.killed() => return slow_consumer(wr, rx, out, ctx).await,
-            r = write_all(wr, &mut out) => if r.is_err() {
+            r = wr.write_all(&mut out) => if r.is_err() {
                 return;
             },
         }
         if close {
-            close_write(wr);
+            wr.close().await;
             return;
         }
         if out.capacity() > 4 * WRITE_BATCH_BYTES {
@@ -630,8 +748,8 @@ fn close_write(wr: &OwnedWriteHalf) {
 
 /// The driver gave up on this client: drop what is queued, finish the frame
 /// in flight, say why, and close.
-async fn slow_consumer(
-    wr: &OwnedWriteHalf,
+async fn slow_consumer<W: ClientWrite>(
+    wr: &mut W,
     rx: &OutboxReceiver,
     mut out: FrameBuf,
     ctx: &ServerCtx,
@@ -650,8 +768,8 @@ async fn slow_consumer(
         ),
     }
     .encode(out.copied());
-    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, write_all(wr, &mut out)).await;
-    close_write(wr);
+    let _ = tokio::time::timeout(ctx.config.final_flush_timeout, wr.write_all(&mut out)).await;
+    wr.close().await;
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The client server: a tokio TCP accept loop with a connection limit, one
-//! task per connection (see [`connection`]), and graceful shutdown by
-//! broadcast plus completion, as in mini-redis.
+//! task per connection (see [`connection`]), optionally TLS (see [`tls`]),
+//! and graceful shutdown by broadcast plus completion, as in mini-redis.
 
 pub mod connection;
 pub mod outbox;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::rustls;
 
 use crate::metrics::Metrics;
 use crate::shell::driver::DriverHandle;
@@ -31,8 +34,10 @@ pub struct ServerConfig {
     pub client_queue_frames: usize,
     /// The token clients must present, if any.
     pub auth_token: Option<String>,
-    /// How long a client may take to send its Hello.
+    /// How long a client may take to send its Hello (its TLS handshake included).
     pub handshake_timeout: Duration,
+    /// When set, the listener speaks only TLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long the writer keeps trying to hand a slow consumer (or a
     /// client at shutdown) its final error before closing anyway.
     pub final_flush_timeout: Duration,
@@ -46,6 +51,8 @@ pub struct ServerCtx {
     pub metrics: Arc<Metrics>,
     /// Connections refused at `--max-connections`.
     refused: Option<IntCounter>,
+    /// TLS handshakes that failed or timed out.
+    tls_failures: Option<IntCounter>,
     next_conn: AtomicU64,
     open: AtomicUsize,
 }
@@ -54,27 +61,37 @@ impl ServerCtx {
     /// Shared context; connection ids start at 1. Registers the server's
     /// own counters beside the catalog in `metrics`.
     pub fn new(config: ServerConfig, driver: DriverHandle, metrics: Arc<Metrics>) -> Self {
-        // The name is a valid constant, so creation cannot fail; a failed
-        // registration (a duplicate) is logged and the count stays internal.
-        let refused = IntCounter::new(
+        let refused = counter(
+            &metrics,
             "ordo_client_connections_refused_total",
             "Client connections refused at --max-connections.",
-        )
-        .ok();
-        if let Some(c) = &refused {
-            if let Err(e) = metrics.registry().register(Box::new(c.clone())) {
-                tracing::error!("cannot register ordo_client_connections_refused_total: {e}");
-            }
-        }
+        );
+        let tls_failures = counter(
+            &metrics,
+            "ordo_tls_handshake_failures_total",
+            "TLS handshakes with clients that failed or timed out (--handshake-timeout).",
+        );
         ServerCtx {
             config,
             driver,
             metrics,
             refused,
+            tls_failures,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         }
     }
+}
+
+/// A counter of the server's own, registered beside the catalog in `metrics`.
+fn counter(metrics: &Metrics, name: &str, help: &str) -> Option<IntCounter> {
+    // The name is a valid constant, so creation cannot fail; a failed
+    // registration (a duplicate) is logged and the count stays internal.
+    let c = IntCounter::new(name, help).ok()?;
+    if let Err(e) = metrics.registry().register(Box::new(c.clone())) {
+        tracing::error!("cannot register {name}: {e}");
+    }
+    Some(c)
 }
 
 /// Accepts clients until `shutdown` turns true, then waits for every
@@ -101,7 +118,11 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
                 c.inc();
             }
             tracing::warn!(%peer, max = ctx.config.max_connections, "connection refused: at --max-connections");
-            tokio::spawn(refuse(stream, ctx.config.max_connections));
+            tokio::spawn(refuse(
+                stream,
+                ctx.config.max_connections,
+                ctx.config.tls.clone(),
+            ));
             continue;
         }
         if let Err(e) = configure(&stream) {
@@ -113,8 +134,23 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
         let ctx2 = Arc::clone(&ctx);
         let shutdown2 = shutdown.clone();
         let done = done_tx.clone();
+        // The TLS handshake and the Hello share one deadline.
+        let deadline = Instant::now() + ctx.config.handshake_timeout;
         tokio::spawn(async move {
-            connection::serve(stream, peer, conn, &ctx2, shutdown2).await;
+            match &ctx2.config.tls {
+                None => connection::serve(stream, peer, conn, &ctx2, shutdown2, deadline).await,
+                Some(tls) => {
+                    // A handshake in progress must not hold up a shutdown.
+                    let mut stop = shutdown2.clone();
+                    let stream = tokio::select! {
+                        _ = crate::server::stopped(&mut stop) => None,
+                        s = tls_handshake(stream, peer, tls, &ctx2, deadline) => s,
+                    };
+                    if let Some(stream) = stream {
+                        connection::serve_tls(stream, peer, conn, &ctx2, shutdown2, deadline).await;
+                    }
+                }
+            }
             ctx2.open.fetch_sub(1, AtomicOrdering::Relaxed);
             ctx2.metrics.client_disconnected();
             drop(done);
@@ -124,6 +160,32 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>, mut shutdown: watch
     drop(listener);
     drop(done_tx);
     let _ = done_rx.recv().await;
+}
+
+/// The server side of a TLS handshake, bounded by `deadline`; a failure is
+/// counted and logged at debug (a port scanner or a plaintext client is not
+/// the operator's problem), and the connection closed.
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    config: &Arc<rustls::ServerConfig>,
+    ctx: &ServerCtx,
+    deadline: Instant,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+    let failure = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "no TLS handshake within {:?} (--handshake-timeout)",
+            ctx.config.handshake_timeout
+        ),
+    };
+    if let Some(c) = &ctx.tls_failures {
+        c.inc();
+    }
+    tracing::debug!(%peer, error = %failure, "TLS handshake failed");
+    None
 }
 
 /// Idle time before the first keepalive probe, the gap between probes, and
@@ -150,8 +212,26 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await.is_ok();
 }
 
-/// Tells a client over the connection limit why, then closes.
-async fn refuse(mut stream: TcpStream, max: usize) {
+/// How long telling a client over the connection limit why may take.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells a client over the connection limit why, then closes; over TLS
+/// after a handshake (bounded too), as plaintext would not be understood.
+async fn refuse(stream: TcpStream, max: usize, tls: Option<Arc<rustls::ServerConfig>>) {
+    match tls {
+        None => refuse_on(stream, max).await,
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(REFUSE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                refuse_on(stream, max).await;
+            }
+        }
+    }
+}
+
+async fn refuse_on<S: tokio::io::AsyncWrite + Unpin>(mut stream: S, max: usize) {
     let mut buf = BytesMut::new();
     Reply::Error {
         req: 0,
@@ -161,7 +241,7 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         ),
     }
     .encode(&mut buf);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, stream.write_all(&buf)).await;
     let _ = stream.shutdown().await;
 }
 

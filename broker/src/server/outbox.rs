@@ -15,6 +15,10 @@
 //! before anything queued after it: per-connection order is kept, and the
 //! one unfinished frame is held outside the queue's bound just as the
 //! writer's own encoded batch is.
+//!
+//! Only plain TCP connections attach their socket: a TLS connection's bytes
+//! must pass its TLS session, so its outbox is never attached and every
+//! item takes the queue (tls.rs).
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::stream::StreamExt;
 use hdrhistogram::Histogram;
-use ordo_client::{Client, ClientOptions, Error, Event, Ordering};
+use ordo_client::{Client, ClientOptions, Error, Event, Ordering, TlsOptions};
 
 use self::check::{Arrival, Counts, OrderCheck};
 use self::payload::{Parsed, Stamp, FLAG_PROBE, FLAG_WARMUP, HEADER_LEN};
@@ -136,6 +136,8 @@ pub fn now_us() -> u64 {
 struct Plan {
     servers: Vec<String>,
     token: Option<String>,
+    /// TLS settings of every connection (the global `--tls-*` flags).
+    tls: Option<TlsOptions>,
     pubs: usize,
     subs: usize,
     size: usize,
@@ -327,7 +329,7 @@ struct Report {
 pub async fn run(conn: &Connection, args: BenchArgs) -> anyhow::Result<()> {
     let plan = plan(conn, &args)?;
     // Declare first, so the topic has its ordering before anyone subscribes.
-    let client = connect(&plan.servers[0], &plan.token, "declare").await?;
+    let client = connect(&plan.servers[0], &plan, "declare").await?;
     client
         .declare(&plan.topic, args.ordering, false)
         .await
@@ -431,6 +433,7 @@ fn plan(conn: &Connection, args: &BenchArgs) -> anyhow::Result<Plan> {
     Ok(Plan {
         servers,
         token: conn.token.clone(),
+        tls: conn.tls.clone(),
         pubs,
         subs: args.subs as usize,
         size: args.size,
@@ -458,9 +461,10 @@ fn plan(conn: &Connection, args: &BenchArgs) -> anyhow::Result<Plan> {
     })
 }
 
-async fn connect(server: &str, token: &Option<String>, role: &str) -> Result<Client, Error> {
+async fn connect(server: &str, plan: &Plan, role: &str) -> Result<Client, Error> {
     let options = ClientOptions {
-        token: token.clone(),
+        token: plan.token.clone(),
+        tls: plan.tls.clone(),
         name: format!("ordo-bench-{}-{role}", std::process::id()),
         ..ClientOptions::default()
     };
@@ -628,7 +632,7 @@ async fn subscribe_loop(
     out: &mut SubOut,
 ) -> anyhow::Result<()> {
     let server = plan.server_of_sub(s);
-    let client = connect(server, &plan.token, &format!("sub{s}")).await?;
+    let client = connect(server, plan, &format!("sub{s}")).await?;
     let mut sub = client.subscribe(&plan.topic).await?;
     shared.subscribed.fetch_add(1, Mem::AcqRel);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -767,11 +771,7 @@ fn publish_all(
     p: usize,
     out: &mut PubOut,
 ) -> anyhow::Result<()> {
-    let client = rt.block_on(connect(
-        plan.server_of_pub(p),
-        &plan.token,
-        &format!("pub{p}"),
-    ))?;
+    let client = rt.block_on(connect(plan.server_of_pub(p), plan, &format!("pub{p}")))?;
     let mut sender = OrderedPublisher::new(client.clone(), plan.topic.clone(), plan.confirm);
     // Probe until every subscriber has seen one of ours: from then on each
     // of our messages reaches each of them (per-publisher FIFO).
@@ -1200,6 +1200,7 @@ mod tests {
         let conn = Connection {
             server: "x:1".into(),
             token: None,
+            tls: None,
         };
         let args = BenchArgs {
             servers: vec!["a:1".into(), "b:2".into(), "c:3".into()],
@@ -1229,6 +1230,7 @@ mod tests {
         let conn = Connection {
             server: "x:1".into(),
             token: None,
+            tls: None,
         };
         let args = BenchArgs {
             servers: vec![],
@@ -1278,6 +1280,7 @@ mod tests {
         let conn = Connection {
             server: "x:1".into(),
             token: None,
+            tls: None,
         };
         let args = BenchArgs {
             servers: vec![],
@@ -1356,6 +1359,7 @@ mod tests {
         let conn = Connection {
             server: "x:1".into(),
             token: None,
+            tls: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lat.txt");

@@ -9,7 +9,7 @@ pub mod topic;
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use ordo_client::{Client, ClientOptions, Error};
+use ordo_client::{Client, ClientOptions, Error, TlsOptions};
 
 /// Confirmations awaited at once; the next publish waits for the oldest.
 const CONFIRM_WINDOW: usize = 1024;
@@ -86,17 +86,28 @@ pub struct Connection {
     pub server: String,
     /// `--token` / `ORDO_TOKEN`.
     pub token: Option<String>,
+    /// `--tls-ca` and friends; `None`: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Connection {
     /// Connects to the broker named by `--server` / `ORDO_SERVER`.
     pub async fn connect(&self) -> Result<Client, Error> {
-        let options = ClientOptions {
+        Client::connect(
+            &self.server,
+            self.options(format!("ordo-cli-{}", std::process::id())),
+        )
+        .await
+    }
+
+    /// Client options with the global flags (token, TLS) and `name`.
+    pub fn options(&self, name: String) -> ClientOptions {
+        ClientOptions {
             token: self.token.clone(),
-            name: format!("ordo-cli-{}", std::process::id()),
+            name,
+            tls: self.tls.clone(),
             ..ClientOptions::default()
-        };
-        Client::connect(&self.server, options).await
+        }
     }
 }
 
@@ -114,6 +125,7 @@ pub fn describe(err: &anyhow::Error) -> (u8, String) {
     // The broker's own messages already say what to do; a failed connect
     // has nobody to say it but us.
     let hint = match e {
+        Error::Connect { reason, .. } if reason.contains("TLS") => "",
         Error::Connect { .. } => " (is ordo-broker running? set --server or ORDO_SERVER)",
         _ => "",
     };
