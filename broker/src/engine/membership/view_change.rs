@@ -648,7 +648,14 @@ impl Engine {
             self.delivery.set_frontier(self.frontier);
         }
         for (&origin, &cut) in digest {
-            if !members.contains(&origin) && origin != self.me {
+            // Every stream exactly up to its cut, survivors' too: a member
+            // that flushed for a proposal leaving a survivor out (its own,
+            // or one it then saw overtaken) froze that survivor's delivery
+            // at its report, and delivering the rest only after the install
+            // put it in the next view, unlike every other member (sim seed
+            // 58768: a broker that could not hear the coordinator proposed
+            // a view without it, then installed the coordinator's).
+            if origin != self.me {
                 self.rel.set_cap(origin, cut);
             }
             self.deliver_waiting(origin, cut);
