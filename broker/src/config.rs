@@ -979,10 +979,14 @@ mod tests {
             assert_eq!(readable_by_others(p), None);
         }
         let flag = one.to_str().unwrap();
-        let file = FileConfig::parse(&format!("cluster-key-file = {:?}", two.to_str().unwrap()))
-            .unwrap();
+        let file =
+            FileConfig::parse(&format!("cluster-key-file = {:?}", two.to_str().unwrap())).unwrap();
         let c = Config::resolve(args(&["--cluster-key-file", flag]), file.clone()).unwrap();
-        assert_eq!(c.cluster_key.as_ref().map(ClusterKey::len), Some(1), "flag wins");
+        assert_eq!(
+            c.cluster_key.as_ref().map(ClusterKey::len),
+            Some(1),
+            "flag wins"
+        );
         let c = Config::resolve(Args::default(), file).unwrap();
         assert_eq!(c.cluster_key.as_ref().map(ClusterKey::len), Some(2));
         assert!(Config::resolve(Args::default(), FileConfig::default())
@@ -1002,7 +1006,10 @@ mod tests {
         std::fs::write(&empty, "\n# nothing\n").unwrap();
         let missing = dir.path().join("missing");
         for (path, hint) in [
-            (&short, "line 2 is 9 bytes; each key must be at least 16 bytes"),
+            (
+                &short,
+                "line 2 is 9 bytes; each key must be at least 16 bytes",
+            ),
             (&empty, "holds no key"),
             (&missing, "cannot read the cluster key file"),
         ] {

@@ -101,7 +101,9 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_datagrams_dropped_total", "unauthenticated", |s| {
         s.dropped_unauthenticated
     }),
-    ("ordo_datagrams_dropped_total", "bad_mac", |s| s.dropped_bad_mac),
+    ("ordo_datagrams_dropped_total", "bad_mac", |s| {
+        s.dropped_bad_mac
+    }),
     ("ordo_datagrams_dropped_total", "foreign_cluster", |s| {
         s.dropped_foreign_cluster
     }),
