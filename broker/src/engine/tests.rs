@@ -1653,3 +1653,43 @@ fn replayed_frames_change_nothing() {
         assert_eq!(g.delivered(i), before[i], "a replay was delivered again");
     }
 }
+
+#[test]
+fn replays_of_a_crashed_brokers_frames_do_not_keep_its_restart_out() {
+    let mut g = Group::new(3);
+    let old = g.engines[2].origin();
+    // An attacker records what the third broker sends...
+    let mut recorded = Vec::new();
+    g.run(Duration::from_millis(300), |from, _, dg| {
+        if from == 2 {
+            recorded.push(dg.clone());
+        }
+        true
+    });
+    assert!(!recorded.is_empty());
+    // ...it crashes and restarts at once as a new incarnation...
+    let mut c = config(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    g.events[2].clear();
+    // ...and for a second the attacker replays its old frames to the others.
+    for k in 0..20 {
+        let now = g.now;
+        let dg = &recorded[k % recorded.len()];
+        for e in &mut g.engines[..2] {
+            e.handle_datagram(dg, now);
+        }
+        g.run(Duration::from_millis(50), |_, _, _| true);
+    }
+    g.run(Duration::from_secs(4), |_, _, _| true);
+    let new = g.engines[2].origin();
+    assert!(!g.engines[2].has_left(), "the restarted broker was refused");
+    for e in &g.engines {
+        let members = &e.view().members;
+        assert!(
+            members.contains(&new) && !members.contains(&old),
+            "{members:?}"
+        );
+    }
+    assert_eq!(g.engines[0].stats().duplicate_node_refusals, 0);
+}
