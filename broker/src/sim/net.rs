@@ -320,6 +320,8 @@ pub struct Adversary {
     /// Recorded datagrams; bounded, a new one replaces a random old one.
     captured: Vec<Bytes>,
     fired: [u64; 4],
+    /// Injections so far: the attacks take turns, so each one fires.
+    injected: usize,
 }
 
 /// Most datagrams an adversary keeps.
@@ -331,6 +333,7 @@ impl Adversary {
             plan,
             captured: Vec::new(),
             fired: [0; 4],
+            injected: 0,
         }
     }
 
@@ -349,7 +352,8 @@ impl Adversary {
         }
         let old = self.captured[rng.gen_range(0..self.captured.len())].clone();
         let kinds = if self.plan.key.is_some() { 4 } else { 3 };
-        let kind = rng.gen_range(0..kinds);
+        let kind = self.injected % kinds;
+        self.injected += 1;
         let attack = match kind {
             0 => old,
             1 => {

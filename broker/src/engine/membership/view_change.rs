@@ -287,7 +287,10 @@ impl Engine {
     pub(crate) fn on_flush_ack(&mut self, sender: Origin, f: FlushAck, now: Instant) {
         if let Some(c) = &mut self.membership.change {
             if c.view == f.view && c.old.contains(&sender) {
-                c.acks.insert(sender, f.last_seq);
+                // The highest: an older ack of this view (a delayed copy, a
+                // replay) must not lower the cut of the sender's stream.
+                let last = c.acks.entry(sender).or_default();
+                *last = (*last).max(f.last_seq);
                 for (o, s) in f.held {
                     let e = c.held.entry(o).or_default();
                     *e = (*e).max(s);
