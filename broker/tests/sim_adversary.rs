@@ -12,15 +12,15 @@
 //!
 //! Open (found by this adversary, not fixed yet): over 2,000 seeds each,
 //! keyed seed 889 and unkeyed seed 559 fail (as do seeds 889 and 2083 of
-//! `sim.rs`'s randomized runs beyond the 500 `cargo test` runs): around a
-//! view change that two coordinators propose at once (a partition heals
-//! while both flush), replayed control frames of that change arriving
-//! seconds late leave one member installing the view with a cut of the
-//! coordinator's stream below what the others delivered in the old view
-//! (VIEW / VIRTUAL SYNCHRONY violations). Each is a datagram delayed by
-//! seconds, which DESIGN's network may do, so it is a protocol bug that
-//! the key does not cause; a frame counter with a replay window would
-//! hide the attack but not the bug.
+//! `sim.rs`'s randomized runs, beyond the 500 `cargo test` runs), all after
+//! a partition heals while two coordinators propose the same view. In 2083
+//! the member that was cut off holds every stream up to the install's cut
+//! (logged), yet causal messages of a surviving origin stay held back
+//! through the settle and are delivered in the new view, while the others
+//! delivered them in the old one (VIEW / VIRTUAL SYNCHRONY / causal
+//! violations). The seconds-late frames are datagrams delayed by seconds,
+//! which DESIGN's network may do: a protocol bug the key does not cause; a
+//! frame counter with a replay window would hide the attack, not the bug.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ordo_broker::sim::net::AdversaryPlan;
