@@ -646,7 +646,14 @@ impl Engine {
             self.delivery.set_frontier(self.frontier);
         }
         for (&origin, &cut) in digest {
-            if !members.contains(&origin) && origin != self.me {
+            if origin != self.me {
+                // The agreed cut ends every old stream, a surviving one's
+                // too: it replaces a cap our flush for another proposal of
+                // this view number set lower (one that listed this origin
+                // as departing), which would hold messages below the cut
+                // into the new view (found by the simulator's adversary,
+                // seed 2083: a partition healed while two coordinators
+                // proposed the same view).
                 self.rel.set_cap(origin, cut);
             }
             self.deliver_waiting(origin, cut);
