@@ -13,7 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use ordo_wire::{NodeId, Ordering};
+use ordo_wire::key::ClusterKey;
+use ordo_wire::{KeyError, NodeId, Ordering};
 use serde::Deserialize;
 
 use crate::topics::validate_topic;
@@ -71,7 +72,9 @@ pub struct Args {
     /// Address of the /metrics and /healthz endpoint [default: 127.0.0.1:9411].
     #[arg(long, env = "ORDO_METRICS", value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
-    /// Cluster key for frame authentication (refused: not implemented yet).
+    /// Cluster key file: one secret (at least 16 bytes) per line; the first
+    /// signs inter-broker frames, every one verifies (rotation). Brokers drop
+    /// frames no key verifies [default: none, frames unauthenticated].
     #[arg(long, env = "ORDO_CLUSTER_KEY_FILE", value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
     /// Largest payload a client may publish, e.g. 1048576 or 1MiB [default: 1MiB].
@@ -247,6 +250,8 @@ pub struct Config {
     pub ttl: u32,
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
+    /// The cluster key read from `--cluster-key-file`, if one was given.
+    pub cluster_key: Option<ClusterKey>,
     pub max_payload: u32,
     pub max_frame: u32,
     pub max_connections: usize,
@@ -303,6 +308,15 @@ pub enum ConfigError {
         value: String,
         hint: String,
     },
+    /// The cluster key file could not be read.
+    #[error("cannot read the cluster key file {path}: {source} (check --cluster-key-file)")]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The cluster key file holds no usable key.
+    #[error("cluster key file {path} is refused: {source}")]
+    Key { path: PathBuf, source: KeyError },
     /// A security feature was requested that does not exist yet.
     #[error("{flag} was given, but cluster authentication is not implemented yet; refusing to run without the protection you asked for (remove {flag} to run unauthenticated on a trusted network)")]
     Refused { flag: &'static str },
@@ -357,11 +371,10 @@ impl Config {
     /// Merges flags (clap has already applied env over them) over the file
     /// over the defaults, and validates every value.
     pub fn resolve(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
-        if args.cluster_key_file.is_some() || file.cluster_key_file.is_some() {
-            return Err(ConfigError::Refused {
-                flag: "--cluster-key-file",
-            });
-        }
+        let cluster_key = match args.cluster_key_file.or(file.cluster_key_file) {
+            Some(path) => Some(load_cluster_key(&path)?),
+            None => None,
+        };
 
         let (node_id, node_id_random) = match args.node_id.or(file.node_id) {
             Some(0) => {
@@ -635,6 +648,7 @@ impl Config {
             ttl,
             listen,
             metrics,
+            cluster_key,
             max_payload: max_payload_u32,
             max_frame: max_frame_u32,
             max_connections,
@@ -700,6 +714,34 @@ fn resolve_tls(
             None => Ok(None),
         },
     }
+}
+
+/// Reads and parses a cluster key file (see [`ClusterKey::parse`]), warning
+/// when its mode lets the group or others read it. Never logs key material.
+pub fn load_cluster_key(path: &Path) -> Result<ClusterKey, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::ReadKey {
+        path: path.to_owned(),
+        source,
+    })?;
+    let key = ClusterKey::parse(&bytes).map_err(|source| ConfigError::Key {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "the cluster key file is readable by its group or others; restrict it (chmod 600)"
+        );
+    }
+    Ok(key)
+}
+
+/// The file's permission bits when they let the group or others read it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 fn describe(d: &TopicDecl) -> String {
@@ -979,20 +1021,61 @@ mod tests {
     }
 
     #[test]
-    fn cluster_key_is_refused_from_flag_and_file() {
-        let err = Config::resolve(
-            args(&["--cluster-key-file", "/tmp/k"]),
-            FileConfig::default(),
-        )
-        .unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("cluster authentication is not implemented yet"));
-        let file = FileConfig::parse("cluster-key-file = \"/tmp/k\"").unwrap();
-        assert!(matches!(
-            Config::resolve(Args::default(), file),
-            Err(ConfigError::Refused { .. })
-        ));
+    fn cluster_key_comes_from_flag_or_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one");
+        let two = dir.path().join("two");
+        std::fs::write(&one, "# ordo\n0123456789abcdef-one\n").unwrap();
+        std::fs::write(&two, "0123456789abcdef-two\n0123456789abcdef-one\n").unwrap();
+        for p in [&one, &two] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(readable_by_others(p), None);
+        }
+        let flag = one.to_str().unwrap();
+        let file =
+            FileConfig::parse(&format!("cluster-key-file = {:?}", two.to_str().unwrap())).unwrap();
+        let c = Config::resolve(args(&["--cluster-key-file", flag]), file.clone()).unwrap();
+        assert_eq!(
+            c.cluster_key.as_ref().map(ClusterKey::len),
+            Some(1),
+            "flag wins"
+        );
+        let c = Config::resolve(Args::default(), file).unwrap();
+        assert_eq!(c.cluster_key.as_ref().map(ClusterKey::len), Some(2));
+        assert!(Config::resolve(Args::default(), FileConfig::default())
+            .unwrap()
+            .cluster_key
+            .is_none());
+        std::fs::set_permissions(&one, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(readable_by_others(&one), Some(0o640));
+    }
+
+    #[test]
+    fn bad_cluster_key_files_say_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "# comment\ntoo-short\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n# nothing\n").unwrap();
+        let missing = dir.path().join("missing");
+        for (path, hint) in [
+            (
+                &short,
+                "line 2 is 9 bytes; each key must be at least 16 bytes",
+            ),
+            (&empty, "holds no key"),
+            (&missing, "cannot read the cluster key file"),
+        ] {
+            let err = Config::resolve(
+                args(&["--cluster-key-file", path.to_str().unwrap()]),
+                FileConfig::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(hint), "{err:?} lacks {hint:?}");
+            assert!(!err.contains("too-short"), "key material in {err:?}");
+        }
     }
 
     #[test]

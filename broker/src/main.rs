@@ -154,6 +154,16 @@ async fn run(
     engine_config.acceptable_heartbeat_pause = config.acceptable_heartbeat_pause;
     engine_config.cluster_size = config.cluster_size;
     engine_config.max_join_attempts = config.max_join_attempts;
+    match &config.cluster_key {
+        // Key ids are one-way hashes: they let operators compare brokers' keys.
+        Some(key) => tracing::info!(
+            keys = key.len(),
+            ids = ?key.ids(),
+            "cluster key: frames are signed with the first key and accepted under any"
+        ),
+        None => tracing::info!("no cluster key: inter-broker frames are not authenticated"),
+    }
+    engine_config.cluster_key = config.cluster_key.clone();
     let engine = Engine::new(engine_config, std::time::Instant::now());
 
     let (health_tx, health_rx) = watch::channel(Health::of(&engine));

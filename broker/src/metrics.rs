@@ -102,6 +102,12 @@ const ENGINE_COUNTERS: &[(&str, &str, StatField)] = &[
     ("ordo_datagrams_dropped_total", "checksum", |s| {
         s.dropped_checksum
     }),
+    ("ordo_datagrams_dropped_total", "unauthenticated", |s| {
+        s.dropped_unauthenticated
+    }),
+    ("ordo_datagrams_dropped_total", "bad_mac", |s| {
+        s.dropped_bad_mac
+    }),
     ("ordo_datagrams_dropped_total", "foreign_cluster", |s| {
         s.dropped_foreign_cluster
     }),
@@ -734,6 +740,8 @@ mod tests {
             datagrams_received: 7,
             naks_sent: 2,
             dropped_checksum: 5,
+            dropped_unauthenticated: 3,
+            dropped_bad_mac: 4,
             view_changes: 1,
             retransmit_buffer_bytes: 4096,
             retransmit_buffer_limit: 1 << 20,
@@ -753,6 +761,17 @@ mod tests {
         assert_eq!(
             sample(&text, r#"ordo_datagrams_dropped_total{reason="malformed"}"#),
             0.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"ordo_datagrams_dropped_total{reason="unauthenticated"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            sample(&text, r#"ordo_datagrams_dropped_total{reason="bad_mac"}"#),
+            4.0
         );
         assert_eq!(sample(&text, "ordo_view_changes_total"), 1.0);
         assert_eq!(sample(&text, "ordo_retransmit_buffer_bytes"), 4096.0);

@@ -363,7 +363,7 @@ async fn sigterm_exits_zero_promptly_and_tells_clients() {
 }
 
 #[test]
-fn cluster_key_file_is_refused() {
+fn an_unreadable_cluster_key_file_is_a_configuration_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordo-broker"))
         .args([
             "--cluster-key-file",
@@ -376,7 +376,7 @@ fn cluster_key_file_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cluster authentication is not implemented yet; refusing to run without the protection you asked for"),
+        stderr.contains("cannot read the cluster key file /nonexistent/key"),
         "{stderr}"
     );
 }

@@ -6,15 +6,19 @@
 //! header  magic u16 | version u8 | kind u8 | flags u8 | reserved u8 |
 //!         cluster u64 | sender node u32 | sender incarnation u64 | view u64
 //! body    kind-specific
-//! trailer crc32c u32 over everything before it
+//! trailer crc32c u32 over everything before it           (no cluster key)
+//!      or mac [u8; 32], keyed BLAKE3 of everything before it (flag MAC set)
 //! ```
 //!
-//! The checksum is verified before anything else is parsed, so a corrupted
-//! datagram is rejected as [`WireError::Checksum`]. Flag bit 7 announces a
-//! MAC between body and checksum (the cluster key, a later issue); this build
-//! rejects such frames rather than pretending to check them. Payloads are
-//! sliced out of the datagram without copying; every count is checked against
-//! the bytes left before anything is allocated for it.
+//! The trailer is verified before anything else is parsed: a corrupted
+//! datagram is rejected as [`WireError::Checksum`]; with a cluster key
+//! ([`crate::key`]), a frame whose MAC matches none of the keys as
+//! [`WireError::BadMac`], a frame without a MAC as [`WireError::MacMissing`],
+//! and without a key, a frame with one as [`WireError::MacUnexpected`]. The
+//! MAC covers the whole frame, header included (cluster, sender, incarnation,
+//! view), and replaces the checksum, which it subsumes. Payloads are sliced
+//! out of the datagram without copying; every count is checked against the
+//! bytes left before anything is allocated for it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -22,6 +26,7 @@ use crate::buf::put_str;
 use crate::buf::{
     causal_context_len, put_bool, put_causal_context, put_origin, Reader, ORIGIN_LEN,
 };
+use crate::key::{ClusterKey, SigningKey, MAC_LEN};
 use crate::types::{CausalContext, NodeId, Ordering, Origin, Seq, ViewId};
 
 /// Every sequence number, view id, global seq and ISIS counter on the wire
@@ -69,11 +74,15 @@ pub const GROUP_PROTOCOL_VERSION: u8 = 4;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4;
 
-/// Bytes of the checksum trailer.
+/// Bytes of the checksum trailer (frames without a cluster key).
 pub const TRAILER_LEN: usize = 4;
 
-/// Bytes a data frame spends outside its messages: header, origin, count, trailer.
-pub const DATA_FRAME_OVERHEAD: usize = HEADER_LEN + ORIGIN_LEN + 4 + TRAILER_LEN;
+/// Bytes of the longest trailer, the MAC of a keyed frame.
+pub const MAX_TRAILER_LEN: usize = MAC_LEN;
+
+/// Bytes a data frame spends outside its messages: header, origin, count,
+/// and the longest trailer (so sizing does not depend on the key).
+pub const DATA_FRAME_OVERHEAD: usize = HEADER_LEN + ORIGIN_LEN + 4 + MAX_TRAILER_LEN;
 
 /// A cluster's identity on the wire: a stable 64-bit hash of its name, so
 /// brokers of two clusters sharing a group address ignore each other.
@@ -101,7 +110,9 @@ impl Flags {
     pub const RETRANSMIT: Flags = Flags(0x01);
     /// The sender would like a prompt digest (it awaits a confirmation or stability).
     pub const ACK_REQUESTED: Flags = Flags(0x02);
-    /// A MAC follows the body (reserved for the cluster key; not accepted yet).
+    /// The trailer is a MAC under the cluster key instead of a checksum. Set
+    /// and cleared by the encoder according to the key it is given; a
+    /// decoded header never shows it.
     pub const MAC: Flags = Flags(0x80);
     const KNOWN: u8 = 0x01 | 0x02 | 0x80;
 
@@ -517,7 +528,7 @@ impl Install {
             + self.digest.len() * (ORIGIN_LEN + 8)
             + 16
             + 4
-            + TRAILER_LEN;
+            + MAX_TRAILER_LEN;
         let room = max_datagram.saturating_sub(base);
         let mut chunks: Vec<Vec<TopicState>> = vec![Vec::new()];
         let mut used = 0;
@@ -709,8 +720,14 @@ fn priority(r: &mut Reader<'_>) -> Result<Priority, WireError> {
 }
 
 impl Frame {
-    /// Encodes the frame into one datagram.
+    /// Encodes the frame into one datagram, with a checksum and no MAC.
     pub fn encode(&self) -> Bytes {
+        self.encode_with(None)
+    }
+
+    /// Encodes the frame into one datagram, signed with `key`'s signing key
+    /// when there is one (a checksum otherwise).
+    pub fn encode_with(&self, key: Option<&ClusterKey>) -> Bytes {
         let mut out = BytesMut::with_capacity(256);
         put_header(&mut out, self.kind(), &self.header);
         match &self.body {
@@ -796,7 +813,7 @@ impl Frame {
                 put_origin(&mut out, x.holder);
             }
         }
-        seal(out)
+        seal(out, key.map(ClusterKey::signing))
     }
 
     /// The kind code of this frame's body.
@@ -817,9 +834,18 @@ impl Frame {
         }
     }
 
-    /// Decodes one datagram. Never panics; payloads share `datagram`'s memory.
+    /// Decodes one datagram of a broker without a cluster key (a frame with
+    /// a MAC is refused). Never panics; payloads share `datagram`'s memory.
     pub fn decode(datagram: &Bytes) -> Result<Frame, WireError> {
-        let (header, kind, body_start, body_end) = check(datagram)?;
+        Frame::decode_with(datagram, None)
+    }
+
+    /// Decodes one datagram. With `key`, only a frame whose MAC one of its
+    /// keys verifies is accepted, and that is checked before any other byte
+    /// is interpreted; without, only a frame with a valid checksum. Never
+    /// panics; payloads share `datagram`'s memory.
+    pub fn decode_with(datagram: &Bytes, key: Option<&ClusterKey>) -> Result<Frame, WireError> {
+        let (header, kind, body_start, body_end) = check(datagram, key)?;
         let body_bytes = datagram.slice(..body_end);
         let mut r = Reader::new(&body_bytes);
         r.take(body_start, "header")?;
@@ -937,10 +963,16 @@ impl Frame {
 /// Seals an arbitrary body under a header with any kind code: for tests and
 /// fuzzers that need well-checksummed frames of kinds this build rejects.
 pub fn encode_raw(kind: u8, header: &Header, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+    encode_raw_with(kind, header, body, None)
+}
+
+/// [`encode_raw`], signed with `key` when there is one: for fuzzers and
+/// tests that need well-signed frames with arbitrary bodies.
+pub fn encode_raw_with(kind: u8, header: &Header, body: &[u8], key: Option<&ClusterKey>) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len() + MAX_TRAILER_LEN);
     put_header(&mut out, kind, header);
     out.extend_from_slice(body);
-    seal(out)
+    seal(out, key.map(ClusterKey::signing))
 }
 
 /// Builds a data frame message by message, so the engine can batch as many
@@ -951,11 +983,27 @@ pub struct DataFrameWriter {
     count_at: usize,
     count: u32,
     max: usize,
+    /// Signs the frame when set; a checksum seals it otherwise.
+    key: Option<SigningKey>,
+    /// Bytes the trailer will take.
+    trailer: usize,
 }
 
 impl DataFrameWriter {
-    /// Starts a data frame of `origin`'s messages, at most `max_datagram` bytes long.
+    /// Starts a data frame of `origin`'s messages, at most `max_datagram`
+    /// bytes long, sealed with a checksum.
     pub fn new(header: &Header, origin: Origin, max_datagram: usize) -> Self {
+        DataFrameWriter::keyed(header, origin, max_datagram, None)
+    }
+
+    /// Starts a data frame of `origin`'s messages, at most `max_datagram`
+    /// bytes long, signed with `key`'s signing key when there is one.
+    pub fn keyed(
+        header: &Header,
+        origin: Origin,
+        max_datagram: usize,
+        key: Option<&ClusterKey>,
+    ) -> Self {
         let mut out = BytesMut::with_capacity(max_datagram.min(64 * 1024));
         put_header(&mut out, kind::DATA, header);
         put_origin(&mut out, origin);
@@ -966,13 +1014,15 @@ impl DataFrameWriter {
             count_at,
             count: 0,
             max: max_datagram,
+            key: key.map(ClusterKey::signing),
+            trailer: if key.is_some() { MAC_LEN } else { TRAILER_LEN },
         }
     }
 
     /// Appends `msg` if it fits (the first message always goes in, so an
     /// oversized one is sent rather than lost); returns whether it was added.
     pub fn push(&mut self, msg: &DataMsg) -> bool {
-        if self.count > 0 && self.out.len() + msg.encoded_len() + TRAILER_LEN > self.max {
+        if self.count > 0 && self.out.len() + msg.encoded_len() + self.trailer > self.max {
             return false;
         }
         msg.encode(&mut self.out);
@@ -992,29 +1042,59 @@ impl DataFrameWriter {
 
     /// Sets extra header flags (e.g. [`Flags::ACK_REQUESTED`] once the batch is known to be the last).
     pub fn add_flags(&mut self, flags: Flags) {
-        self.out[4] |= flags.0;
+        self.out[FLAGS_AT] |= flags.0;
     }
 
     /// Seals the datagram.
     pub fn finish(mut self) -> Bytes {
         let at = self.count_at;
         self.out[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
-        seal(self.out)
+        seal(self.out, self.key)
     }
 }
 
-/// Checks checksum, magic, version and flags; returns the header, the kind
+/// Offset of the flags byte in the header.
+const FLAGS_AT: usize = 4;
+
+/// Checks the MAC (with a key) or the checksum (without), then magic,
+/// version and flags; returns the header (without [`Flags::MAC`]), the kind
 /// and the body's bounds.
-fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
+fn check(
+    datagram: &[u8],
+    key: Option<&ClusterKey>,
+) -> Result<(Header, u8, usize, usize), WireError> {
     if datagram.len() < HEADER_LEN + TRAILER_LEN {
         return Err(WireError::Truncated { what: "frame" });
     }
-    let body_end = datagram.len() - TRAILER_LEN;
-    let mut sum = [0u8; 4];
-    sum.copy_from_slice(&datagram[body_end..]);
-    if crc32c::crc32c(&datagram[..body_end]) != u32::from_be_bytes(sum) {
-        return Err(WireError::Checksum);
-    }
+    // The flags byte only says which trailer to check: the MAC covers it, so
+    // flipping it cannot make a frame acceptable.
+    let mac = Flags(datagram[FLAGS_AT]).contains(Flags::MAC);
+    let body_end = match (key, mac) {
+        (Some(key), true) => {
+            let Some(body_end) = datagram
+                .len()
+                .checked_sub(MAC_LEN)
+                .filter(|e| *e >= HEADER_LEN)
+            else {
+                return Err(WireError::Truncated { what: "frame" });
+            };
+            if !key.verify(&datagram[..body_end], &datagram[body_end..]) {
+                return Err(WireError::BadMac);
+            }
+            body_end
+        }
+        (Some(_), false) => return Err(WireError::MacMissing),
+        (None, true) => return Err(WireError::MacUnexpected),
+        (None, false) => {
+            let body_end = datagram.len() - TRAILER_LEN;
+            let mut sum = [0u8; 4];
+            sum.copy_from_slice(&datagram[body_end..]);
+            if crc32c::crc32c(&datagram[..body_end]) != u32::from_be_bytes(sum) {
+                return Err(WireError::Checksum);
+            }
+            body_end
+        }
+    };
     let mut r = Reader::new(&datagram[..body_end]);
     let magic = r.u16("magic")?;
     if magic != MAGIC {
@@ -1032,12 +1112,7 @@ fn check(datagram: &[u8]) -> Result<(Header, u8, usize, usize), WireError> {
     if flags.0 & !Flags::KNOWN != 0 {
         return Err(WireError::malformed("flags", format!("{:#04x}", flags.0)));
     }
-    if flags.contains(Flags::MAC) {
-        return Err(WireError::malformed(
-            "flags",
-            "MAC frames need a cluster key",
-        ));
-    }
+    let flags = Flags(flags.0 & !Flags::MAC.0);
     let _reserved = r.u8("reserved")?;
     let header = Header {
         flags,
@@ -1061,9 +1136,21 @@ fn put_header(out: &mut BytesMut, kind: u8, h: &Header) {
     out.put_u32(h.tag);
 }
 
-fn seal(mut out: BytesMut) -> Bytes {
-    let sum = crc32c::crc32c(&out);
-    out.put_u32(sum);
+/// Appends the trailer: the MAC under `key` (and sets [`Flags::MAC`]), or
+/// the checksum (and clears it). The one place every frame is sealed.
+fn seal(mut out: BytesMut, key: Option<SigningKey>) -> Bytes {
+    match key {
+        Some(key) => {
+            out[FLAGS_AT] |= Flags::MAC.0;
+            let tag = key.sign(&out);
+            out.extend_from_slice(&tag);
+        }
+        None => {
+            out[FLAGS_AT] &= !Flags::MAC.0;
+            let sum = crc32c::crc32c(&out);
+            out.put_u32(sum);
+        }
+    }
     out.freeze()
 }
 
@@ -1395,7 +1482,7 @@ mod tests {
             let mut out = BytesMut::new();
             put_header(&mut out, k, &h);
             out.extend_from_slice(&b);
-            let _ = Frame::decode(&seal(out));
+            let _ = Frame::decode(&seal(out, None));
         }
 
         #[test]
@@ -1407,6 +1494,65 @@ mod tests {
         }
 
         #[test]
+        fn every_keyed_frame_round_trips_and_truncations_error(
+            f in frame(), cut in any::<prop::sample::Index>()
+        ) {
+            let k = key(b"0123456789abcdef-one");
+            let bytes = f.encode_with(Some(&k));
+            prop_assert!(Flags(bytes[FLAGS_AT]).contains(Flags::MAC));
+            prop_assert_eq!(Frame::decode_with(&bytes, Some(&k)), Ok(f));
+            let n = cut.index(bytes.len());
+            prop_assert!(Frame::decode_with(&bytes.slice(..n), Some(&k)).is_err());
+        }
+
+        #[test]
+        fn a_flipped_bit_fails_the_mac(f in frame(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let k = key(b"0123456789abcdef-one");
+            let mut bytes = f.encode_with(Some(&k)).to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            let want = if i == FLAGS_AT && 1 << bit == Flags::MAC.0 {
+                WireError::MacMissing
+            } else {
+                WireError::BadMac
+            };
+            prop_assert_eq!(Frame::decode_with(&Bytes::from(bytes), Some(&k)), Err(want));
+        }
+
+        #[test]
+        fn a_frame_signed_with_another_key_or_none_is_refused(f in frame()) {
+            let k = key(b"0123456789abcdef-one");
+            let other = key(b"0123456789abcdef-two");
+            prop_assert_eq!(
+                Frame::decode_with(&f.encode_with(Some(&other)), Some(&k)),
+                Err(WireError::BadMac)
+            );
+            prop_assert_eq!(Frame::decode_with(&f.encode(), Some(&k)), Err(WireError::MacMissing));
+            prop_assert_eq!(Frame::decode(&f.encode_with(Some(&k))), Err(WireError::MacUnexpected));
+        }
+
+        #[test]
+        fn random_bodies_with_a_valid_mac_never_panic(
+            h in header(), k in any::<u8>(), b in proptest::collection::vec(any::<u8>(), 0..128)
+        ) {
+            let key = key(b"0123456789abcdef-one");
+            let _ = Frame::decode_with(&encode_raw_with(k, &h, &b, Some(&key)), Some(&key));
+        }
+
+        #[test]
+        fn writer_matches_keyed_frame_encoding(h in header(), o in origin(), msgs in proptest::collection::vec(msg(), 1..4)) {
+            let k = key(b"0123456789abcdef-one");
+            let mut w = DataFrameWriter::keyed(&h, o, usize::MAX, Some(&k));
+            for m in &msgs {
+                prop_assert!(w.push(m));
+            }
+            w.add_flags(Flags::ACK_REQUESTED);
+            let h = Header { flags: h.flags.with(Flags::ACK_REQUESTED), ..h };
+            let f = Frame { header: h, body: Body::Data(DataFrame { origin: o, msgs }) };
+            prop_assert_eq!(w.finish(), f.encode_with(Some(&k)));
+        }
+
+        #[test]
         fn writer_matches_frame_encoding(h in header(), o in origin(), msgs in proptest::collection::vec(msg(), 1..4)) {
             let mut w = DataFrameWriter::new(&h, o, usize::MAX);
             for m in &msgs {
@@ -1415,6 +1561,75 @@ mod tests {
             let f = Frame { header: h, body: Body::Data(DataFrame { origin: o, msgs }) };
             prop_assert_eq!(w.finish(), f.encode());
         }
+    }
+
+    fn key(secret: &[u8]) -> ClusterKey {
+        ClusterKey::from_secrets([secret]).unwrap()
+    }
+
+    #[test]
+    fn a_rotated_key_verifies_frames_of_either_key() {
+        let f = Frame {
+            header: Header {
+                flags: Flags::default(),
+                cluster: ClusterId(7),
+                sender: Origin::default(),
+                view: ViewId(3),
+                tag: 9,
+            },
+            body: Body::Leave,
+        };
+        let old = key(b"the-old-secret-0123");
+        let new = key(b"the-new-secret-0123");
+        let adding = ClusterKey::parse(b"the-old-secret-0123\nthe-new-secret-0123").unwrap();
+        let moved = ClusterKey::parse(b"the-new-secret-0123\nthe-old-secret-0123").unwrap();
+        // Step 1: new key second everywhere: still signs with the old one.
+        assert_eq!(f.encode_with(Some(&adding)), f.encode_with(Some(&old)));
+        // Step 2: moved first on some brokers while others are at step 1:
+        // everyone accepts everyone.
+        for signer in [&adding, &moved] {
+            for verifier in [&adding, &moved] {
+                assert_eq!(
+                    Frame::decode_with(&f.encode_with(Some(signer)), Some(verifier)),
+                    Ok(f.clone())
+                );
+            }
+        }
+        // Step 3: old key dropped; only brokers at step 2 or later are heard.
+        assert_eq!(
+            Frame::decode_with(&f.encode_with(Some(&moved)), Some(&new)),
+            Ok(f.clone())
+        );
+        assert_eq!(
+            Frame::decode_with(&f.encode_with(Some(&adding)), Some(&new)),
+            Err(WireError::BadMac)
+        );
+    }
+
+    #[test]
+    fn a_truncated_mac_is_refused() {
+        let k = key(b"0123456789abcdef-one");
+        let f = Frame {
+            header: Header {
+                flags: Flags::default(),
+                cluster: ClusterId(7),
+                sender: Origin::default(),
+                view: ViewId(3),
+                tag: 9,
+            },
+            body: Body::InstallAck(ViewId(3)),
+        };
+        let bytes = f.encode_with(Some(&k));
+        for cut in 1..=MAC_LEN {
+            let short = bytes.slice(..bytes.len() - cut);
+            assert!(Frame::decode_with(&short, Some(&k)).is_err(), "cut {cut}");
+        }
+        // A frame of just a header and a few bytes of tag.
+        let tiny = bytes.slice(..HEADER_LEN + TRAILER_LEN);
+        assert_eq!(
+            Frame::decode_with(&tiny, Some(&k)),
+            Err(WireError::Truncated { what: "frame" })
+        );
     }
 
     #[test]
@@ -1437,7 +1652,15 @@ mod tests {
             fragment: None,
             payload: Bytes::from(vec![7u8; 100]),
         };
+        // Keyed, the longest trailer: exactly DATA_FRAME_OVERHEAD.
         let max = DATA_FRAME_OVERHEAD + 3 * m.encoded_len();
+        let key = ClusterKey::parse(b"0123456789abcdef").unwrap();
+        let mut w = DataFrameWriter::keyed(&h, Origin::default(), max, Some(&key));
+        while w.push(&m) {}
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.finish().len(), max);
+        // Unkeyed, the checksum trailer.
+        let max = max - MAX_TRAILER_LEN + TRAILER_LEN;
         let mut w = DataFrameWriter::new(&h, Origin::default(), max);
         while w.push(&m) {}
         assert_eq!(w.len(), 3);
@@ -1464,12 +1687,15 @@ mod tests {
                     tag: 0,
                 },
             );
-            assert_eq!(Frame::decode(&seal(out)), Err(WireError::UnknownKind(k)));
+            assert_eq!(
+                Frame::decode(&seal(out, None)),
+                Err(WireError::UnknownKind(k))
+            );
         }
     }
 
     #[test]
-    fn another_version_or_magic_or_a_mac_is_refused() {
+    fn another_version_or_magic_or_an_unexpected_mac_is_refused() {
         let h = Header {
             flags: Flags::default(),
             cluster: ClusterId(1),
@@ -1481,17 +1707,20 @@ mod tests {
             let mut out = BytesMut::new();
             put_header(&mut out, kind::LEAVE, &h);
             out[at] = v;
-            Frame::decode(&seal(out))
+            Frame::decode(&seal(out, None))
         };
         assert!(matches!(
             patched(2, 9),
             Err(WireError::Version { got: 9, .. })
         ));
         assert!(matches!(patched(0, 0), Err(WireError::Malformed { .. })));
-        assert!(matches!(
-            patched(4, Flags::MAC.0),
-            Err(WireError::Malformed { .. })
-        ));
+        // The MAC flag is judged before the checksum (seal would clear it).
+        let mut with_mac = encode_raw(kind::LEAVE, &h, &[]).to_vec();
+        with_mac[FLAGS_AT] |= Flags::MAC.0;
+        assert_eq!(
+            Frame::decode(&Bytes::from(with_mac)),
+            Err(WireError::MacUnexpected)
+        );
         assert!(matches!(patched(4, 0x40), Err(WireError::Malformed { .. })));
         assert!(patched(4, 0).is_ok());
     }

@@ -8,9 +8,10 @@ pub mod buf;
 pub mod client;
 mod error;
 pub mod group;
+pub mod key;
 pub mod types;
 
-pub use error::WireError;
+pub use error::{KeyError, WireError};
 pub use types::{
     CausalContext, GlobalSeq, Incarnation, NodeId, Ordering, Origin, ParseOrderingError, Seq,
     ViewId,

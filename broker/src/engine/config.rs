@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ordo_wire::key::ClusterKey;
 use ordo_wire::{Incarnation, NodeId};
 
 use super::membership::DetectorConfig;
@@ -30,6 +31,11 @@ pub struct EngineConfig {
     pub incarnation: Incarnation,
     /// Cluster name; frames of other clusters are dropped and counted.
     pub cluster: String,
+    /// The cluster key: with one, every frame sent is signed with its first
+    /// key and only frames one of its keys verifies are acted on; frames
+    /// without a MAC, or with one no key verifies, are dropped and counted.
+    /// Without one, frames carrying a MAC are dropped and counted.
+    pub cluster_key: Option<ClusterKey>,
     /// Seeds every random choice (NAK backoff, jitter).
     pub seed: u64,
     /// Largest datagram the engine emits, headers included.
@@ -155,6 +161,7 @@ impl EngineConfig {
             node,
             incarnation,
             cluster: cluster.into(),
+            cluster_key: None,
             seed: u64::from(node.0) ^ incarnation.0,
             max_datagram: 8192,
             retransmit_buffer_bytes: 64 * 1024 * 1024,

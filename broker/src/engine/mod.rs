@@ -587,7 +587,9 @@ impl Engine {
     pub fn handle_datagram_bytes(&mut self, datagram: Bytes, now: Instant) {
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        let frame = match Frame::decode(&datagram) {
+        // The one place frames are checked: with a key, the MAC is verified
+        // before any byte of the frame is interpreted.
+        let frame = match Frame::decode_with(&datagram, self.config.cluster_key.as_ref()) {
             Ok(f) => f,
             Err(e) => {
                 self.count_decode_error(&e);
@@ -701,7 +703,12 @@ impl Engine {
                     return None;
                 }
                 let header = self.header(Flags::default());
-                let mut w = DataFrameWriter::new(&header, self.me, self.config.max_datagram);
+                let mut w = DataFrameWriter::keyed(
+                    &header,
+                    self.me,
+                    self.config.max_datagram,
+                    self.config.cluster_key.as_ref(),
+                );
                 self.rel.fill(&mut w, self.clock);
                 if w.is_empty() {
                     return None;
@@ -1060,7 +1067,8 @@ impl Engine {
             header: self.header(flags),
             body,
         };
-        self.transmit.push_back(frame.encode());
+        self.transmit
+            .push_back(frame.encode_with(self.config.cluster_key.as_ref()));
     }
 
     fn send_repairs(&mut self, origin: Origin, msgs: Vec<DataMsg>) {
@@ -1068,13 +1076,13 @@ impl Engine {
             return;
         }
         let header = self.header(Flags::RETRANSMIT);
-        let mut w = DataFrameWriter::new(&header, origin, self.config.max_datagram);
+        let key = self.config.cluster_key.as_ref();
+        let max = self.config.max_datagram;
+        let mut w = DataFrameWriter::keyed(&header, origin, max, key);
         for m in &msgs {
             if !w.push(m) {
-                let full = std::mem::replace(
-                    &mut w,
-                    DataFrameWriter::new(&header, origin, self.config.max_datagram),
-                );
+                let full =
+                    std::mem::replace(&mut w, DataFrameWriter::keyed(&header, origin, max, key));
                 self.transmit.push_back(full.finish());
                 w.push(m);
             }
@@ -1131,6 +1139,10 @@ impl Engine {
     fn count_decode_error(&mut self, e: &WireError) {
         match e {
             WireError::Checksum => self.stats.dropped_checksum += 1,
+            WireError::MacMissing | WireError::MacUnexpected => {
+                self.stats.dropped_unauthenticated += 1
+            }
+            WireError::BadMac => self.stats.dropped_bad_mac += 1,
             WireError::Version { .. } => self.stats.dropped_bad_version += 1,
             WireError::UnknownKind(_) => self.stats.dropped_unknown_kind += 1,
             _ => self.stats.dropped_malformed += 1,

@@ -23,6 +23,13 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Dropped: the checksum did not match (corruption).
     pub dropped_checksum: u64,
+    /// Dropped: the frame is not authenticated as this broker requires: no
+    /// MAC while we have a cluster key, or a MAC while we have none (a
+    /// broker configured with a key beside one without).
+    pub dropped_unauthenticated: u64,
+    /// Dropped: the frame's MAC matches none of our cluster keys (forged,
+    /// signed with another cluster's key, or damaged in transit).
+    pub dropped_bad_mac: u64,
     /// Dropped: the frame belongs to another cluster.
     pub dropped_foreign_cluster: u64,
     /// Dropped: another protocol version.

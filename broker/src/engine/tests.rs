@@ -1521,3 +1521,190 @@ fn a_deaf_broker_next_in_rank_takes_over_nobody_who_hears_the_coordinator() {
         .sum();
     assert!(disputed >= 1);
 }
+
+fn keyed(secrets: &str) -> impl Fn(u32) -> EngineConfig + '_ {
+    move |node| {
+        let mut c = config(node);
+        c.cluster_key = Some(ordo_wire::key::ClusterKey::parse(secrets.as_bytes()).unwrap());
+        c
+    }
+}
+
+#[test]
+fn a_keyed_group_acts_only_on_frames_its_key_verifies() {
+    const KEY: &str = "unit-test-key-0123456789";
+    let mut g = Group::with(3, keyed(KEY));
+    g.publish(0, b"hello").unwrap();
+    let mut captured = Vec::new();
+    g.run(Duration::from_millis(100), |from, _, dg| {
+        if from == 1 {
+            captured.push(dg.clone());
+        }
+        true
+    });
+    assert_eq!(g.delivered(2), vec![Bytes::from_static(b"hello")]);
+    let view = g.engines[0].view().clone();
+    let member = g.engines[1].origin();
+    let leave = Frame {
+        header: Header {
+            flags: Flags::default(),
+            cluster: ClusterId::from_name("unit"),
+            sender: member,
+            view: view.id,
+            tag: ordo_wire::group::view_tag(&view.members),
+        },
+        body: Body::Leave,
+    };
+    let other = ordo_wire::key::ClusterKey::parse(b"another-key-0123456789").unwrap();
+    let now = g.now;
+    let e = &mut g.engines[0];
+    // A member's leave, but unsigned, or signed with another key.
+    e.handle_datagram(&leave.encode(), now);
+    e.handle_datagram(&leave.encode_with(Some(&other)), now);
+    // Every captured frame of member 1, each with one bit flipped.
+    for (i, dg) in captured.iter().enumerate() {
+        let mut bad = dg.to_vec();
+        let at = (i * 7) % bad.len();
+        bad[at] ^= 1 << (i % 8);
+        e.handle_datagram(&bad, now);
+    }
+    let s = e.stats().clone();
+    assert_eq!(
+        s.dropped_unauthenticated,
+        1 + captured
+            .iter()
+            .enumerate()
+            .filter(|(i, dg)| (i * 7) % dg.len() == 4 && i % 8 == 7)
+            .count() as u64
+    );
+    assert_eq!(
+        s.dropped_bad_mac + s.dropped_unauthenticated,
+        2 + captured.len() as u64
+    );
+    assert!(!captured.is_empty());
+    g.run(Duration::from_millis(300), |_, _, _| true);
+    for e in &g.engines {
+        assert_eq!(e.view(), &view, "a forged leave changed the view");
+    }
+    // The keyed group still works.
+    g.publish(1, b"after").unwrap();
+    g.run(Duration::from_millis(100), |_, _, _| true);
+    assert_eq!(
+        g.delivered(0),
+        vec![Bytes::from_static(b"hello"), Bytes::from_static(b"after")]
+    );
+}
+
+#[test]
+fn brokers_with_another_key_or_none_are_never_admitted() {
+    const KEY: &str = "unit-test-key-0123456789";
+    let now = Instant::now();
+    let mut g = Group {
+        engines: vec![
+            Engine::new(keyed(KEY)(1), now),
+            Engine::new(keyed(KEY)(2), now),
+            Engine::new(keyed("a-wrong-key-0123456789")(3), now),
+            Engine::new(config(4), now),
+        ],
+        now,
+        events: vec![Vec::new(); 4],
+    };
+    for _ in 0..20 {
+        g.run(Duration::from_millis(250), |_, _, _| true);
+        for i in 0..2 {
+            let members = &g.engines[i].view().members;
+            assert!(
+                !members.contains(&g.engines[2].origin())
+                    && !members.contains(&g.engines[3].origin()),
+                "{members:?}"
+            );
+        }
+    }
+    assert_eq!(g.engines[0].view().members.len(), 2);
+    assert_eq!(g.engines[0].view(), g.engines[1].view());
+    // The outsiders each formed a view of their own.
+    assert_eq!(g.engines[2].view().members, vec![g.engines[2].origin()]);
+    assert_eq!(g.engines[3].view().members, vec![g.engines[3].origin()]);
+    for i in 0..2 {
+        let s = g.engines[i].stats();
+        assert!(s.dropped_bad_mac > 0, "{s:?}");
+        assert!(s.dropped_unauthenticated > 0, "{s:?}");
+    }
+    // The unkeyed broker drops every keyed frame as unauthenticated.
+    assert!(g.engines[3].stats().dropped_unauthenticated > 0);
+    assert_eq!(g.engines[3].stats().dropped_bad_mac, 0);
+    g.publish(0, b"inside").unwrap();
+    g.run(Duration::from_millis(100), |_, _, _| true);
+    assert_eq!(g.delivered(1), vec![Bytes::from_static(b"inside")]);
+    assert!(g.delivered(2).is_empty() && g.delivered(3).is_empty());
+}
+
+#[test]
+fn replayed_frames_change_nothing() {
+    const KEY: &str = "unit-test-key-0123456789";
+    let mut g = Group::with(3, keyed(KEY));
+    let mut captured = Vec::new();
+    for i in 0..3 {
+        g.publish(i, format!("m{i}").as_bytes()).unwrap();
+    }
+    g.run(Duration::from_millis(200), |_, _, dg| {
+        captured.push(dg.clone());
+        true
+    });
+    let view = g.engines[0].view().clone();
+    let before: Vec<_> = (0..3).map(|i| g.delivered(i)).collect();
+    assert!(before.iter().all(|d| d.len() == 3), "{before:?}");
+    // Later, every captured frame arrives again at every broker.
+    g.run(Duration::from_millis(500), |_, _, _| true);
+    let now = g.now;
+    for e in &mut g.engines {
+        for dg in &captured {
+            e.handle_datagram(dg, now);
+        }
+    }
+    g.run(Duration::from_millis(500), |_, _, _| true);
+    for (i, e) in g.engines.iter().enumerate() {
+        assert_eq!(e.view(), &view);
+        assert_eq!(g.delivered(i), before[i], "a replay was delivered again");
+    }
+}
+
+#[test]
+fn replays_of_a_crashed_brokers_frames_do_not_keep_its_restart_out() {
+    let mut g = Group::new(3);
+    let old = g.engines[2].origin();
+    // An attacker records what the third broker sends...
+    let mut recorded = Vec::new();
+    g.run(Duration::from_millis(300), |from, _, dg| {
+        if from == 2 {
+            recorded.push(dg.clone());
+        }
+        true
+    });
+    assert!(!recorded.is_empty());
+    // ...it crashes and restarts at once as a new incarnation...
+    let mut c = config(3);
+    c.incarnation = Incarnation(2);
+    g.engines[2] = Engine::new(c, g.now);
+    g.events[2].clear();
+    // ...and for a second the attacker replays its old frames to the others.
+    for k in 0..20 {
+        let now = g.now;
+        let dg = &recorded[k % recorded.len()];
+        for e in &mut g.engines[..2] {
+            e.handle_datagram(dg, now);
+        }
+        g.run(Duration::from_millis(50), |_, _, _| true);
+    }
+    g.run(Duration::from_secs(4), |_, _, _| true);
+    let new = g.engines[2].origin();
+    assert!(!g.engines[2].has_left(), "the restarted broker was refused");
+    for e in &g.engines {
+        let members = &e.view().members;
+        assert!(
+            members.contains(&new) && !members.contains(&old),
+            "{members:?}"
+        );
+    }
+    assert_eq!(g.engines[0].stats().duplicate_node_refusals, 0);
+}

@@ -67,8 +67,15 @@ use rand::{Rng, SeedableRng};
 
 use crate::engine::{Engine, EngineConfig, Event, Publish, PublishError, Stats};
 use check::{Life, Past, Published, ViewKey};
-use net::{Corrupt, Duplicate, Jitter, Loss, Network, Partition, PartitionWindow};
+use net::{Adversary, Corrupt, Duplicate, Jitter, Loss, Network, Partition, PartitionWindow};
 use workload::PlannedPublish;
+
+/// The cluster key of the simulated runs that use one.
+pub fn sim_key() -> ordo_wire::key::ClusterKey {
+    #[allow(clippy::expect_used)]
+    ordo_wire::key::ClusterKey::parse(b"the simulated cluster's key, 0123456789")
+        .expect("a constant key longer than the minimum")
+}
 
 /// The command that replays one seed of the randomized run.
 pub fn replay_command(seed: u64) -> String {
@@ -101,6 +108,9 @@ pub struct FaultPlan {
     /// after traffic begins, length, from, to). The asymmetric case where
     /// the one that cannot hear is the one that suspects.
     pub link_cuts: Vec<(Duration, Duration, usize, usize)>,
+    /// An attacker on the network replaying recorded datagrams, and
+    /// injecting bit-flipped copies and forgeries (see [`net::Adversary`]).
+    pub adversary: Option<net::AdversaryPlan>,
 }
 
 impl FaultPlan {
@@ -265,6 +275,8 @@ pub struct SimConfig {
     pub ordering_limit: Option<usize>,
     /// Adjusts every engine's configuration (timers, detector) for a run.
     pub tune: Option<fn(&mut EngineConfig)>,
+    /// The cluster key every engine uses (frames signed and verified).
+    pub cluster_key: Option<ordo_wire::key::ClusterKey>,
     /// The run fails if it is not quiescent (everything delivered, buffers
     /// drained) this long after it started.
     pub deadline: Duration,
@@ -292,6 +304,7 @@ impl SimConfig {
             only: None,
             ordering_limit: None,
             tune: None,
+            cluster_key: None,
             deadline: Duration::from_secs(120),
             liveness_bound: Duration::from_secs(10),
             #[cfg(feature = "bug-injection")]
@@ -361,6 +374,12 @@ impl SimConfig {
                 cfg.faults.link_cuts.push((at, len, from, to));
             }
         }
+        // The cluster key too, for the same reason. (The adversary runs
+        // over these configurations in `tests/sim_adversary.rs`.)
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x006b_6579_5f61_6476);
+        if rng.gen_bool(0.3) {
+            cfg.cluster_key = Some(sim_key());
+        }
         cfg
     }
 
@@ -368,7 +387,7 @@ impl SimConfig {
     pub fn describe(&self) -> String {
         let f = &self.faults;
         format!(
-            "seed {} | {} brokers x {} publishers x {} msgs | buffer {} B | loss {:.0}% (+{} lossy links) dup {:.0}% jitter {:?} corrupt {:.0}% partitions {:?} crashes {:?} stalls {:?}{}",
+            "seed {} | {} brokers x {} publishers x {} msgs | buffer {} B | loss {:.0}% (+{} lossy links) dup {:.0}% jitter {:?} corrupt {:.0}% partitions {:?} crashes {:?} stalls {:?}{}{}{}",
             self.seed,
             self.nodes,
             self.publishers_per_node,
@@ -405,7 +424,17 @@ impl SimConfig {
                 .map(|(at, len, from, to)| format!(
                     " link cut {from}->{to} at {at:?} for {len:?}"
                 ))
-                .collect::<String>()
+                .collect::<String>(),
+            if self.cluster_key.is_some() {
+                " | cluster key"
+            } else {
+                ""
+            },
+            if f.adversary.is_some() {
+                " | adversary (replays, bit flips, forgeries)"
+            } else {
+                ""
+            },
         )
     }
 }
@@ -740,6 +769,9 @@ impl Sim {
         }
         if f.corrupt > 0.0 {
             net.add_fault(Box::new(Corrupt::new(f.corrupt)));
+        }
+        if let Some(plan) = &f.adversary {
+            net.add_adversary(Adversary::new(plan.clone()));
         }
         let slots = (0..cfg.nodes).map(|_| Slot::empty()).collect();
         Sim {
@@ -1739,6 +1771,7 @@ impl Sim {
         // Configured like a deployment: the group's size is known, so a
         // broker alone (say, restarted while cut off) forms no primary view.
         c.cluster_size = self.cfg.nodes;
+        c.cluster_key = self.cfg.cluster_key.clone();
         if let Some(tune) = self.cfg.tune {
             tune(&mut c);
         }
@@ -2142,6 +2175,11 @@ fn add_stats(t: &mut Stats, s: &Stats) {
     t.flow_control_stalls += s.flow_control_stalls;
     t.view_changes += s.view_changes;
     t.dropped_checksum += s.dropped_checksum;
+    t.dropped_unauthenticated += s.dropped_unauthenticated;
+    t.dropped_bad_mac += s.dropped_bad_mac;
+    t.dropped_stale_incarnation += s.dropped_stale_incarnation;
+    t.dropped_wrong_view += s.dropped_wrong_view;
+    t.dropped_not_member += s.dropped_not_member;
     t.unrecoverable += s.unrecoverable;
     t.fragments += s.fragments;
     t.duplicates += s.duplicates;

@@ -1,6 +1,8 @@
 //! The simulated multicast network: every datagram is copied to every other
 //! node through a chain of composable faults, each of which counts how often
-//! it fired so a run can prove its planned faults really happened.
+//! it fired so a run can prove its planned faults really happened; and an
+//! optional [`Adversary`] on the network that records datagrams and injects
+//! replays, bit-flipped copies and forgeries later.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -8,6 +10,8 @@ use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ordo_wire::group::Frame;
+use ordo_wire::key::ClusterKey;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -300,6 +304,119 @@ impl Fault for Partition {
     }
 }
 
+/// What an [`Adversary`] does; part of a run's fault plan.
+#[derive(Debug, Clone)]
+pub struct AdversaryPlan {
+    /// Share of the datagrams sent that it records.
+    pub record: f64,
+    /// Per datagram sent, the chance that it injects one attack.
+    pub rate: f64,
+    /// An injection lands up to this long after the send that triggered it
+    /// (a replay can be seconds old: other views, dead incarnations).
+    pub max_delay: Duration,
+    /// The key the brokers use (to read captured frames), if any.
+    pub key: Option<ClusterKey>,
+    /// Another key, to sign forgeries with.
+    pub foreign: ClusterKey,
+}
+
+impl AdversaryPlan {
+    /// A busy attacker against brokers using `key`.
+    pub fn new(key: Option<ClusterKey>) -> Self {
+        AdversaryPlan {
+            record: 0.3,
+            rate: 0.08,
+            max_delay: Duration::from_secs(3),
+            key,
+            #[allow(clippy::expect_used)]
+            foreign: ClusterKey::from_secrets([&b"an attacker's own key, not the cluster's"[..]])
+                .expect("a constant key longer than the minimum"),
+        }
+    }
+}
+
+/// The attacks an [`Adversary`] makes, in report order.
+const ATTACKS: [&str; 4] = [
+    "adversary replays",
+    "adversary bit-flipped copies",
+    "adversary frames signed with another key",
+    "adversary unsigned copies",
+];
+
+/// An attacker on the network: it records some of the datagrams sent and,
+/// at random instants, multicasts one of them again (a replay), a copy with
+/// one bit flipped, the same frame signed with another key, or (against a
+/// keyed cluster) without any MAC. Every injection goes to every node.
+#[derive(Debug)]
+pub struct Adversary {
+    plan: AdversaryPlan,
+    /// Recorded datagrams; bounded, a new one replaces a random old one.
+    captured: Vec<Bytes>,
+    fired: [u64; 4],
+    /// Injections so far: the attacks take turns, so each one fires.
+    injected: usize,
+}
+
+/// Most datagrams an adversary keeps.
+const CAPTURE_LIMIT: usize = 4096;
+
+impl Adversary {
+    pub fn new(plan: AdversaryPlan) -> Self {
+        Adversary {
+            plan,
+            captured: Vec::new(),
+            fired: [0; 4],
+            injected: 0,
+        }
+    }
+
+    /// Sees a datagram being sent; returns what to inject (delay, datagram).
+    fn observe(&mut self, datagram: &Bytes, rng: &mut SmallRng) -> Option<(Duration, Bytes)> {
+        if rng.gen_bool(self.plan.record) {
+            if self.captured.len() < CAPTURE_LIMIT {
+                self.captured.push(datagram.clone());
+            } else {
+                let i = rng.gen_range(0..self.captured.len());
+                self.captured[i] = datagram.clone();
+            }
+        }
+        if self.captured.is_empty() || !rng.gen_bool(self.plan.rate) {
+            return None;
+        }
+        let old = self.captured[rng.gen_range(0..self.captured.len())].clone();
+        let kinds = if self.plan.key.is_some() { 4 } else { 3 };
+        let kind = self.injected % kinds;
+        self.injected += 1;
+        let attack = match kind {
+            0 => old,
+            1 => {
+                let mut v = old.to_vec();
+                let i = rng.gen_range(0..v.len().max(1));
+                if let Some(b) = v.get_mut(i) {
+                    *b ^= 1 << rng.gen_range(0..8);
+                }
+                Bytes::from(v)
+            }
+            _ => {
+                // Re-sealed: with another key, or with none at all.
+                let frame = Frame::decode_with(&old, self.plan.key.as_ref()).ok()?;
+                let key = (kind == 2).then_some(&self.plan.foreign);
+                frame.encode_with(key)
+            }
+        };
+        self.fired[kind] += 1;
+        let delay = rng.gen_range(Duration::ZERO..=self.plan.max_delay);
+        Some((delay, attack))
+    }
+
+    fn report(&self) -> Vec<(String, u64)> {
+        let kinds = if self.plan.key.is_some() { 4 } else { 3 };
+        (0..kinds)
+            .map(|k| (ATTACKS[k].to_string(), self.fired[k]))
+            .collect()
+    }
+}
+
 /// Datagrams in flight, delivered in time order (ties in send order).
 #[derive(Debug)]
 pub struct Network {
@@ -310,6 +427,7 @@ pub struct Network {
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     payloads: BTreeMap<u64, Bytes>,
     next_id: u64,
+    adversary: Option<Adversary>,
     /// Datagrams sent into the network and copies delivered.
     pub sent: u64,
     pub delivered: u64,
@@ -324,6 +442,7 @@ impl Network {
             queue: BinaryHeap::new(),
             payloads: BTreeMap::new(),
             next_id: 0,
+            adversary: None,
             sent: 0,
             delivered: 0,
         }
@@ -339,15 +458,29 @@ impl Network {
         self.faults_from = Some(at);
     }
 
-    /// The faults and how often each fired.
+    /// Puts an adversary on the network (it acts, like the faults, only
+    /// from [`Network::faults_from`] on).
+    pub fn add_adversary(&mut self, a: Adversary) {
+        self.adversary = Some(a);
+    }
+
+    /// The faults and how often each fired (the adversary's attacks last).
     pub fn fault_report(&self) -> Vec<(String, u64)> {
-        self.faults.iter().map(|f| (f.name(), f.fired())).collect()
+        let mut r: Vec<_> = self.faults.iter().map(|f| (f.name(), f.fired())).collect();
+        if let Some(a) = &self.adversary {
+            r.extend(a.report());
+        }
+        r
     }
 
     /// Per fault (as in [`Network::fault_report`]), whether it never had
     /// anything to act on.
     pub fn fault_idle(&self) -> Vec<bool> {
-        self.faults.iter().map(|f| f.idle()).collect()
+        let mut r: Vec<_> = self.faults.iter().map(|f| f.idle()).collect();
+        if let Some(a) = &self.adversary {
+            r.extend(a.report().iter().map(|_| false));
+        }
+        r
     }
 
     /// Multicasts `datagram` from `from` to every node in `to`.
@@ -361,7 +494,20 @@ impl Network {
     ) {
         self.sent += 1;
         let faulty = self.faults_from.is_some_and(|t| now >= t);
-        for dest in to.filter(|d| *d != from) {
+        let to: Vec<usize> = to.collect();
+        if faulty {
+            if let Some((delay, attack)) = self
+                .adversary
+                .as_mut()
+                .and_then(|a| a.observe(datagram, rng))
+            {
+                // Multicast, so the sender hears it too.
+                for &dest in &to {
+                    self.enqueue(now + self.base_latency + delay, dest, attack.clone());
+                }
+            }
+        }
+        for dest in to.into_iter().filter(|d| *d != from) {
             let mut t = Transit {
                 from,
                 to: dest,

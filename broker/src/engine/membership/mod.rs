@@ -166,9 +166,11 @@
 //! two coordinators admitted at once wedged a dissolve, sim seed 14993).
 //!
 //! **Duplicate node ids.** A live member that hears a newer incarnation of
-//! its own node id, or a member that keeps hearing an old incarnation after
-//! a newer one spoke, refuses the newcomer with a `Refuse` frame; the
-//! refused engine leaves and reports it (`Engine::refused`).
+//! its own node id refuses the newcomer with a `Refuse` frame; the refused
+//! engine leaves and reports it (`Engine::refused`). A member that keeps
+//! hearing an old incarnation after a newer one spoke only waits (the old
+//! is dead once silent): what it hears may be replays of a crashed
+//! broker's frames, which must not keep its restart out for good.
 
 mod detector;
 mod discovery;
@@ -698,8 +700,12 @@ impl Engine {
             tracing::warn!(member = %m, silent_ms = silent.as_millis() as u64, phi = self.detector.phi(*m, now), "member suspected of failure");
         }
         // Newer incarnations: the old one is dead once silent for a
-        // heartbeat interval after the newer spoke; if it still speaks, the
-        // newer is a second broker with the same node id.
+        // heartbeat interval after the newer spoke. While it still speaks,
+        // the newer waits (it is not admitted). Only the old one itself
+        // refuses the newer (`on_newer_self`, it hears the same group): a
+        // frame of the old one we hear may be a replay of a crashed broker's
+        // recorded traffic, and refusing on it would keep the restarted
+        // broker out for good (the simulator's adversary found this).
         let grace = self.config.heartbeat_interval;
         let newer: Vec<(NodeId, Origin, Instant)> = self
             .membership
@@ -715,9 +721,9 @@ impl Engine {
                 continue;
             };
             let last = self.detector.last_heard(old);
-            if last.is_some_and(|t| t > first + grace) {
-                self.membership.newer.remove(&node);
-                self.refuse(new, old, now);
+            if let Some(t) = last.filter(|t| *t > first + grace) {
+                // Heard since: wait a while longer from then.
+                self.membership.newer.insert(node, (new, t));
             } else if now >= first + grace * 2 {
                 self.membership.newer.remove(&node);
                 if self.membership.dead.insert(old) {

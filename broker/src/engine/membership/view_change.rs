@@ -292,7 +292,10 @@ impl Engine {
             // we hear, taking over), and members answer each proposal they
             // flush for, not ours.
             if c.view == f.view && c.old.contains(&sender) && f.proposers.contains(&self.me) {
-                c.acks.insert(sender, f.last_seq);
+                // The highest: an older ack of this view (a delayed copy, a
+                // replay) must not lower the cut of the sender's stream.
+                let last = c.acks.entry(sender).or_default();
+                *last = (*last).max(f.last_seq);
                 for (o, s) in f.held {
                     let e = c.held.entry(o).or_default();
                     *e = (*e).max(s);
@@ -648,14 +651,15 @@ impl Engine {
             self.delivery.set_frontier(self.frontier);
         }
         for (&origin, &cut) in digest {
-            // Every stream exactly up to its cut, survivors' too: a member
-            // that flushed for a proposal leaving a survivor out (its own,
-            // or one it then saw overtaken) froze that survivor's delivery
-            // at its report, and delivering the rest only after the install
-            // put it in the next view, unlike every other member (sim seed
-            // 58768: a broker that could not hear the coordinator proposed
-            // a view without it, then installed the coordinator's).
             if origin != self.me {
+                // The agreed cut ends every old stream, a surviving one's
+                // too: it replaces a cap our flush for another proposal of
+                // this view number set lower (one that listed this origin
+                // as departing), which would hold messages below the cut
+                // into the new view (sim seed 58768: a broker that could
+                // not hear the coordinator proposed a view without it, then
+                // installed the coordinator's; adversary seed 2083: a
+                // partition healed while two coordinators proposed).
                 self.rel.set_cap(origin, cut);
             }
             self.deliver_waiting(origin, cut);
