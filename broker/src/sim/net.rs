@@ -188,11 +188,17 @@ impl Fault for Jitter {
 pub struct Corrupt {
     pub rate: f64,
     fired: u64,
+    /// Corruptions expected so far (as [`Loss`]'s).
+    expected: f64,
 }
 
 impl Corrupt {
     pub fn new(rate: f64) -> Self {
-        Corrupt { rate, fired: 0 }
+        Corrupt {
+            rate,
+            fired: 0,
+            expected: 0.0,
+        }
     }
 }
 
@@ -202,7 +208,11 @@ impl Fault for Corrupt {
     }
 
     fn apply(&mut self, t: &mut Transit, rng: &mut SmallRng) {
-        if !t.dropped && rng.gen_bool(self.rate) {
+        if t.dropped {
+            return;
+        }
+        self.expected += self.rate;
+        if rng.gen_bool(self.rate) {
             t.corrupt = true;
             self.fired += 1;
         }
@@ -210,6 +220,13 @@ impl Fault for Corrupt {
 
     fn fired(&self) -> u64 {
         self.fired
+    }
+
+    /// As [`Loss`]: corrupting nothing where fewer than ten were expected
+    /// (seed 66924: 3% of the few datagrams a 3-broker run with its
+    /// sequencer crashed early still sent) is no sign of a broken plan.
+    fn idle(&self) -> bool {
+        self.expected < LOSS_EXPECTED_TO_FIRE
     }
 }
 
