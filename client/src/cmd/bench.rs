@@ -1275,8 +1275,8 @@ mod tests {
         assert!(!sh.all_ready_for(1));
     }
 
-    #[test]
-    fn subscriber_counts_measured_messages_and_skips_probes_and_warmup() {
+    /// One publisher, one subscriber, nothing received yet.
+    fn one_subscriber(latency_log: Option<std::path::PathBuf>) -> (Plan, Shared, SubOut) {
         let conn = Connection {
             server: "x:1".into(),
             token: None,
@@ -1296,11 +1296,9 @@ mod tests {
             window: 0,
             warmup: Duration::ZERO,
             json: true,
-            latency_log: None,
+            latency_log,
         };
-        let plan = plan(&conn, &args).unwrap();
-        let sh = Shared::new(1, 1);
-        let mut out = SubOut {
+        let out = SubOut {
             checks: vec![OrderCheck::new()],
             measured: 0,
             last_us: 0,
@@ -1310,6 +1308,12 @@ mod tests {
             error: None,
             samples: Vec::new(),
         };
+        (plan(&conn, &args).unwrap(), Shared::new(1, 1), out)
+    }
+
+    #[test]
+    fn subscriber_counts_measured_messages_and_skips_probes_and_warmup() {
+        let (plan, sh, mut out) = one_subscriber(None);
         let msg = |flags, seq| {
             Bytes::from(payload::make(
                 64,
@@ -1356,41 +1360,9 @@ mod tests {
 
     #[test]
     fn latency_log_has_one_line_per_measured_delivery() {
-        let conn = Connection {
-            server: "x:1".into(),
-            token: None,
-            tls: None,
-        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lat.txt");
-        let args = BenchArgs {
-            servers: vec![],
-            pubs: 1,
-            subs: 1,
-            size: 64,
-            msgs: Some(3),
-            duration: None,
-            rate: 0,
-            ordering: Ordering::Fifo,
-            topic: "t".into(),
-            confirm: false,
-            window: 0,
-            warmup: Duration::ZERO,
-            json: true,
-            latency_log: Some(path.clone()),
-        };
-        let plan = plan(&conn, &args).unwrap();
-        let sh = Shared::new(1, 1);
-        let mut out = SubOut {
-            checks: vec![OrderCheck::new()],
-            measured: 0,
-            last_us: 0,
-            hist: stats::new_histogram(),
-            discontinuities: 0,
-            foreign: 0,
-            error: None,
-            samples: Vec::new(),
-        };
+        let (plan, sh, mut out) = one_subscriber(Some(path.clone()));
         let sent = now_us() - 250;
         for (flags, seq) in [(FLAG_WARMUP, 0), (0, 1), (0, 2)] {
             let m = payload::make(
