@@ -19,13 +19,20 @@ const DEFAULT_SEEDS: u64 = 500;
 /// a seed here only while its bug is open, and move it to
 /// [`FIXED_SEEDS`] once the engine is fixed (`many_seeds` says when a
 /// listed seed passes).
-const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[(
-    68953,
-    "liveness: after a one-way partition of two brokers of five and a symmetric one of a third \
-     (every view non-primary by then), the views merge and split again for longer than the 10 s \
-     bound after the last fault healed; surfaced when prompt acknowledgements started going out \
-     at once (ad80e9e), passes on de9300d by timing",
-)];
+const KNOWN_ENGINE_BUGS: &[(u64, &str)] = &[
+    (
+        74281,
+        "liveness: as 68953 (a one-way partition of two brokers of five and a stall of one); \
+         surfaced when frames started carrying their sender's frame counter, a timing change",
+    ),
+    (
+        68953,
+        "liveness: after a one-way partition of two brokers of five and a symmetric one of a \
+         third (every view non-primary by then), the views merge and split again for longer than \
+         the 10 s bound after the last fault healed; surfaced when prompt acknowledgements started \
+         going out at once (ad80e9e), passes on de9300d by timing",
+    ),
+];
 
 /// Seeds past the default range that once failed (found by soaks of seeds
 /// 500..20000), with what they catch: `once_failing_seeds` runs them in

@@ -41,6 +41,7 @@ fn split(data: &[u8]) -> Option<(u8, Header, &[u8])> {
         },
         view: ViewId(u64_at(22)),
         tag: u32_at(30),
+        beat: 0,
     };
     Some((h[0], header, body))
 }

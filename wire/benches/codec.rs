@@ -65,6 +65,7 @@ fn header() -> Header {
         sender: origin(),
         view: ViewId(1),
         tag: 0,
+        beat: 0,
     }
 }
 

@@ -68,11 +68,12 @@ pub const MAGIC: u16 = 0x4f72;
 /// and members); flush acknowledgements and installs carry the total-order
 /// delivery counts (the agreed frontier).
 ///
-/// 4: flush acknowledgements name the proposers they answer.
+/// 4: flush acknowledgements name the proposers they answer; the header
+/// carries the sender's frame counter ([`Header::beat`]).
 pub const GROUP_PROTOCOL_VERSION: u8 = 4;
 
 /// Bytes of the fixed header.
-pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4;
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 1 + 1 + 8 + ORIGIN_LEN + 8 + 4 + 8;
 
 /// Bytes of the checksum trailer (frames without a cluster key).
 pub const TRAILER_LEN: usize = 4;
@@ -167,6 +168,12 @@ pub struct Header {
     /// first view): two views with one number installed apart (a stalled
     /// coordinator's and the others') are told apart by it.
     pub tag: u32,
+    /// The sender's frame counter: it grows with the frames its incarnation
+    /// sends. A receiver takes only a frame newer than every earlier one of
+    /// that sender as a sign of life, so a replayed or long-delayed copy
+    /// (covered by the MAC, so not forgeable with a cluster key) does not
+    /// keep a silent broker from being suspected.
+    pub beat: u64,
 }
 
 /// The tag of a view of `members` (FNV-1a over their node ids and
@@ -1120,6 +1127,7 @@ fn check(
         sender: r.origin()?,
         view: ViewId(r.counter("view")?),
         tag: r.u32("view tag")?,
+        beat: r.u64("frame counter")?,
     };
     Ok((header, kind, r.position(), body_end))
 }
@@ -1134,6 +1142,7 @@ fn put_header(out: &mut BytesMut, kind: u8, h: &Header) {
     put_origin(out, h.sender);
     out.put_u64(h.view.0);
     out.put_u32(h.tag);
+    out.put_u64(h.beat);
 }
 
 /// Appends the trailer: the MAC under `key` (and sets [`Flags::MAC`]), or
@@ -1251,6 +1260,7 @@ mod tests {
             sender: s,
             view: ViewId(v),
             tag,
+            beat: 0,
         })
     }
 
@@ -1583,6 +1593,7 @@ mod tests {
                 sender: Origin::default(),
                 view: ViewId(3),
                 tag: 9,
+                beat: 0,
             },
             body: Body::Leave,
         };
@@ -1623,6 +1634,7 @@ mod tests {
                 sender: Origin::default(),
                 view: ViewId(3),
                 tag: 9,
+                beat: 0,
             },
             body: Body::InstallAck(ViewId(3)),
         };
@@ -1647,6 +1659,7 @@ mod tests {
             sender: Origin::default(),
             view: ViewId(1),
             tag: 0,
+            beat: 0,
         };
         let m = DataMsg {
             seq: Seq(1),
@@ -1692,6 +1705,7 @@ mod tests {
                     sender: Origin::default(),
                     view: ViewId(0),
                     tag: 0,
+                    beat: 0,
                 },
             );
             assert_eq!(
@@ -1709,6 +1723,7 @@ mod tests {
             sender: Origin::default(),
             view: ViewId(0),
             tag: 0,
+            beat: 0,
         };
         let patched = |at: usize, v: u8| {
             let mut out = BytesMut::new();
@@ -1740,6 +1755,7 @@ mod tests {
             sender: Origin::default(),
             view: ViewId(view),
             tag: 0,
+            beat: 0,
         };
         let encode = |view: u64, body: Body| {
             Frame {
@@ -1869,6 +1885,7 @@ mod tests {
             sender: Origin::default(),
             view: ViewId(3),
             tag: 0,
+            beat: 0,
         };
         let state: Vec<TopicState> = (0..1000)
             .map(|i| TopicState {

@@ -23,9 +23,13 @@ mod stats;
 mod timer;
 mod topics;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Senders whose newest frame counter is remembered (see `Engine::beats`);
+/// more (a storm of forged origins without a key) and the table starts over.
+const MAX_BEATS: usize = 4096;
 
 use bytes::Bytes;
 use ordo_wire::group::view_tag;
@@ -169,6 +173,11 @@ pub struct Engine {
     transmit: VecDeque<Bytes>,
     timers: TimerTable,
     last_ack: Option<Instant>,
+    /// Our frame counter ([`Header::beat`]): one more per frame header.
+    beat: u64,
+    /// The newest frame counter heard from each sender: only a newer frame
+    /// is a sign of life (at most [`MAX_BEATS`] senders, then forgotten).
+    beats: BTreeMap<Origin, u64>,
     /// The time of the latest input (`poll_transmit` takes none): dates
     /// the requests for prompt digests (see `Reliability::fill`).
     clock: Instant,
@@ -230,6 +239,8 @@ impl Engine {
             transmit: VecDeque::new(),
             timers: TimerTable::default(),
             last_ack: None,
+            beat: 0,
+            beats: BTreeMap::new(),
             clock: now,
             wanted: 0,
             pending_declares: VecDeque::new(),
@@ -625,7 +636,18 @@ impl Engine {
             self.stats.dropped_stale_incarnation += 1;
             return;
         }
-        self.detector.heard(h.sender, now);
+        // Only a frame newer than every earlier one of its sender is a sign
+        // of life: a replayed or long-delayed copy (an attacker's, or the
+        // network's) kept the others from suspecting a broker cut off from
+        // them, and the views split (adversary seeds 889, 4129).
+        let fresh = self.beats.get(&h.sender).is_none_or(|b| h.beat > *b);
+        if fresh {
+            if self.beats.len() >= MAX_BEATS && !self.beats.contains_key(&h.sender) {
+                self.beats.clear();
+            }
+            self.beats.insert(h.sender, h.beat);
+            self.detector.heard(h.sender, now);
+        }
         if self.membership.note_sender(&self.view, h.sender, now) {
             self.stats.dropped_stale_incarnation += 1;
             return;
@@ -1038,7 +1060,8 @@ impl Engine {
         self.in_view
     }
 
-    fn header(&self, flags: Flags) -> Header {
+    fn header(&mut self, flags: Flags) -> Header {
+        self.beat += 1;
         Header {
             flags,
             cluster: self.cluster,
@@ -1053,6 +1076,7 @@ impl Engine {
             } else {
                 0
             },
+            beat: self.beat,
         }
     }
 

@@ -301,6 +301,7 @@ fn bad_datagrams_are_counted_and_dropped() {
             sender,
             view: ViewId(9),
             tag: 0,
+            beat: 0,
         },
         body: Body::Leave,
     };
@@ -320,6 +321,7 @@ fn bad_datagrams_are_counted_and_dropped() {
         sender: other,
         view: ViewId(9),
         tag: 0,
+        beat: 0,
     };
     let reserved = ordo_wire::group::kind::ISIS_PROPOSAL;
     e.handle_datagram(&ordo_wire::group::encode_raw(reserved, &header, &[]), now);
@@ -369,6 +371,7 @@ fn a_forged_install_with_a_huge_view_id_is_dropped_not_installed() {
             sender: forger,
             view: ViewId(1),
             tag: 0,
+            beat: 0,
         },
         body: Body::Install(ordo_wire::group::Install {
             view: ViewId(view),
@@ -411,6 +414,7 @@ fn a_bogus_digest_neither_confirms_nor_frees_what_nobody_holds() {
             sender: b,
             view: g.engines[0].view().id,
             tag: ordo_wire::group::view_tag(&g.engines[0].view().members),
+            beat: 0,
         },
         body: Body::Heartbeat(ordo_wire::group::Digest {
             coordinator: g.engines[0].view().members[0],
@@ -1317,6 +1321,7 @@ fn a_member_speaking_in_another_view_of_our_number_does_not_wedge_our_flush() {
             sender: c,
             view,
             tag: ordo_wire::group::view_tag(&[other, c]),
+            beat: 0,
         },
         body: Body::Heartbeat(ordo_wire::group::Digest {
             coordinator: other,
@@ -1552,6 +1557,7 @@ fn a_keyed_group_acts_only_on_frames_its_key_verifies() {
             sender: member,
             view: view.id,
             tag: ordo_wire::group::view_tag(&view.members),
+            beat: 0,
         },
         body: Body::Leave,
     };
@@ -1707,4 +1713,34 @@ fn replays_of_a_crashed_brokers_frames_do_not_keep_its_restart_out() {
         );
     }
     assert_eq!(g.engines[0].stats().duplicate_node_refusals, 0);
+}
+
+#[test]
+fn replayed_frames_of_a_silent_broker_do_not_keep_it_alive() {
+    // Engine 2 falls silent; an attacker (or a network holding copies)
+    // replays frames it sent earlier to the others every 100 ms. Taken as
+    // signs of life they kept it from ever being suspected (adversary seeds
+    // 889, 4129): only a frame newer than every earlier one of its sender is.
+    let mut g = Group::new(3);
+    let silent = g.engines[2].origin();
+    let mut recorded: Vec<Bytes> = Vec::new();
+    g.run(ms(300), |from, _, dg| {
+        if from == 2 && recorded.len() < 64 {
+            recorded.push(dg.clone());
+        }
+        true
+    });
+    assert!(!recorded.is_empty());
+    for step in 0..60 {
+        g.run(ms(100), |from, to, _| from != 2 && to != 2);
+        let now = g.now;
+        let dg = &recorded[step % recorded.len()];
+        for i in 0..2 {
+            g.engines[i].handle_datagram(dg, now);
+        }
+    }
+    for i in 0..2 {
+        let v = g.engines[i].view();
+        assert!(!v.members.contains(&silent), "engine {i}: {v:?}");
+    }
 }

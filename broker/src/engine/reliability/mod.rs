@@ -691,6 +691,7 @@ mod tests {
             sender: origin(1),
             view: ViewId(1),
             tag: 0,
+            beat: 0,
         };
         let mut asked = Vec::new();
         while r.has_unsent() {
