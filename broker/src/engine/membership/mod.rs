@@ -720,11 +720,17 @@ impl Engine {
                 self.membership.newer.remove(&node);
                 continue;
             };
-            let last = self.detector.last_heard(old);
-            if let Some(t) = last.filter(|t| *t > first + grace) {
-                // Heard since: wait a while longer from then.
-                self.membership.newer.insert(node, (new, t));
-            } else if now >= first + grace * 2 {
+            // Dead once silent for two heartbeat intervals, counted from
+            // when the newer spoke at the earliest. (Rolling the start
+            // forward to each frame heard was marginal: with heartbeats
+            // exactly one interval apart and no other traffic, a live old
+            // incarnation looked silent once its frames came no more
+            // often than that.)
+            let silent_since = self
+                .detector
+                .last_heard(old)
+                .map_or(first, |t| t.max(first));
+            if now >= silent_since + grace * 2 {
                 self.membership.newer.remove(&node);
                 if self.membership.dead.insert(old) {
                     tracing::info!(old = %old, new = %new, "member restarted; its old incarnation is dead");
