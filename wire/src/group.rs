@@ -1584,17 +1584,22 @@ mod tests {
         ClusterKey::from_secrets([secret]).unwrap()
     }
 
+    /// A plain header of view 3 for the keyed-frame tests.
+    fn view_3_header() -> Header {
+        Header {
+            flags: Flags::default(),
+            cluster: ClusterId(7),
+            sender: Origin::default(),
+            view: ViewId(3),
+            tag: 9,
+            beat: 0,
+        }
+    }
+
     #[test]
     fn a_rotated_key_verifies_frames_of_either_key() {
         let f = Frame {
-            header: Header {
-                flags: Flags::default(),
-                cluster: ClusterId(7),
-                sender: Origin::default(),
-                view: ViewId(3),
-                tag: 9,
-                beat: 0,
-            },
+            header: view_3_header(),
             body: Body::Leave,
         };
         let old = key(b"the-old-secret-0123");
@@ -1628,14 +1633,7 @@ mod tests {
     fn a_truncated_mac_is_refused() {
         let k = key(b"0123456789abcdef-one");
         let f = Frame {
-            header: Header {
-                flags: Flags::default(),
-                cluster: ClusterId(7),
-                sender: Origin::default(),
-                view: ViewId(3),
-                tag: 9,
-                beat: 0,
-            },
+            header: view_3_header(),
             body: Body::InstallAck(ViewId(3)),
         };
         let bytes = f.encode_with(Some(&k));

@@ -27,10 +27,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Senders whose newest frame counter is remembered (see `Engine::beats`);
-/// more (a storm of forged origins without a key) and the table starts over.
-const MAX_BEATS: usize = 4096;
-
 use bytes::Bytes;
 use ordo_wire::group::view_tag;
 use ordo_wire::group::{
@@ -47,6 +43,10 @@ use reliability::{Received, Reliability};
 pub use stats::Stats;
 use timer::{Timer, TimerTable};
 use topics::TopicCache;
+
+/// Senders whose newest frame counter is remembered (see `Engine::beats`);
+/// more (a storm of forged origins without a key) and the table starts over.
+const MAX_BEATS: usize = 4096;
 
 /// Identifies a publish awaiting confirmation: the client connection and its request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -640,12 +640,7 @@ impl Engine {
         // of life: a replayed or long-delayed copy (an attacker's, or the
         // network's) kept the others from suspecting a broker cut off from
         // them, and the views split (adversary seeds 889, 4129).
-        let fresh = self.beats.get(&h.sender).is_none_or(|b| h.beat > *b);
-        if fresh {
-            if self.beats.len() >= MAX_BEATS && !self.beats.contains_key(&h.sender) {
-                self.beats.clear();
-            }
-            self.beats.insert(h.sender, h.beat);
+        if self.fresh(h.sender, h.beat) {
             self.detector.heard(h.sender, now);
         }
         if self.membership.note_sender(&self.view, h.sender, now) {
@@ -1058,6 +1053,22 @@ impl Engine {
     /// Whether our pending data may go out (it belongs to the current view).
     fn data_allowed(&self) -> bool {
         self.in_view
+    }
+
+    /// Whether frame `beat` of `sender` is newer than every earlier one
+    /// (then remembered). One lookup for a known sender: this runs for
+    /// every datagram.
+    fn fresh(&mut self, sender: Origin, beat: u64) -> bool {
+        if let Some(b) = self.beats.get_mut(&sender) {
+            let newer = beat > *b;
+            *b = (*b).max(beat);
+            return newer;
+        }
+        if self.beats.len() >= MAX_BEATS {
+            self.beats.clear();
+        }
+        self.beats.insert(sender, beat);
+        true
     }
 
     fn header(&mut self, flags: Flags) -> Header {
